@@ -1,0 +1,45 @@
+"""Configure DSPy inside a worker: the LM, a bounded cache, history off.
+
+DSPy keeps every call in `lm.history` unless told otherwise, which grows
+without bound in a long-lived worker; `disable_history` turns that off. The
+response cache lives in memory only, capped by entry count (0 disables it).
+"""
+
+from __future__ import annotations
+
+import dspy
+
+from dspy_pool.internal import worker_pb2
+
+DUMMY_LM = "dummy"
+
+
+def build_lm(config: worker_pb2.ZygoteConfig) -> dspy.LM:
+    cache_enabled = config.lm_cache_entries > 0
+    if config.lm == DUMMY_LM:
+        from dspy_pool.simlm.engine import make_dummy_lm
+
+        return make_dummy_lm()
+    options: dict = {}
+    if config.lm_api_base:
+        options["api_base"] = config.lm_api_base
+    if config.lm_api_key:
+        options["api_key"] = config.lm_api_key
+    if config.lm_timeout_s > 0:
+        options["timeout"] = config.lm_timeout_s
+    if config.lm_max_tokens > 0:
+        options["max_tokens"] = config.lm_max_tokens
+    if config.lm_temperature > 0:
+        options["temperature"] = config.lm_temperature
+    return dspy.LM(config.lm, cache=cache_enabled, num_retries=max(0, config.lm_num_retries), **options)
+
+
+def configure(config: worker_pb2.ZygoteConfig) -> dspy.LM:
+    dspy.configure_cache(
+        enable_disk_cache=False,
+        enable_memory_cache=config.lm_cache_entries > 0,
+        memory_max_entries=max(1, config.lm_cache_entries),
+    )
+    lm = build_lm(config)
+    dspy.configure(lm=lm, disable_history=True, track_usage=True)
+    return lm

@@ -1,0 +1,98 @@
+"""Framing for the front <-> worker and front <-> zygote channels: bytes in, bytes out, no I/O.
+
+A frame on the wire:
+
+    +----------------+--------+----------------+-----------------+
+    | length: u32 BE | type:u8| request id: u64| payload (bytes) |
+    +----------------+--------+----------------+-----------------+
+
+`length` counts everything after itself (1 + 8 + len(payload)). The payload is
+a serialized message from dspy_pool/internal/worker.proto chosen by the type.
+A frame longer than the agreed maximum, or an unknown type, is a protocol
+error: the caller must poison the channel (kill the peer), never resync.
+"""
+
+from __future__ import annotations
+
+import enum
+import struct
+from dataclasses import dataclass
+
+_HEADER = struct.Struct(">IBQ")
+HEADER_BYTES = _HEADER.size  # 13
+_LENGTH_BYTES = 4
+DEFAULT_MAX_FRAME_BYTES = 64 * 1024 * 1024
+
+
+class FrameType(enum.IntEnum):
+    # front <-> worker
+    REQUEST = 1
+    REPLY = 2
+    ERROR = 3
+    CANCEL = 4
+    PING = 5
+    PONG = 6
+    STATS = 7
+    HELLO = 8
+    SHUTDOWN = 9
+    # front <-> zygote
+    ZYGOTE_CONFIG = 20
+    ZYGOTE_READY = 21
+    SPAWN = 22
+    SPAWNED = 23
+    EXITED = 24
+    ZYGOTE_ERROR = 25
+
+
+_KNOWN_TYPES = frozenset(int(t) for t in FrameType)
+
+
+class ProtocolError(Exception):
+    """The peer sent bytes that cannot be a frame; the channel is unusable."""
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    type: FrameType
+    request_id: int
+    payload: bytes = b""
+
+
+def encode(frame_type: FrameType, request_id: int, payload: bytes = b"") -> bytes:
+    """One frame as bytes, ready to write."""
+    return _HEADER.pack(HEADER_BYTES - _LENGTH_BYTES + len(payload), frame_type, request_id) + payload
+
+
+class FrameDecoder:
+    """Incremental decoder: feed it whatever the socket gave, get whole frames back."""
+
+    __slots__ = ("_buffer", "_max_frame_bytes")
+
+    def __init__(self, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> None:
+        self._buffer = bytearray()
+        self._max_frame_bytes = max_frame_bytes
+
+    def feed(self, data: bytes) -> list[Frame]:
+        self._buffer += data
+        frames: list[Frame] = []
+        buffer = self._buffer
+        offset = 0
+        while len(buffer) - offset >= HEADER_BYTES:
+            length, type_code, request_id = _HEADER.unpack_from(buffer, offset)
+            if length < HEADER_BYTES - _LENGTH_BYTES or length > self._max_frame_bytes:
+                raise ProtocolError(f"frame length {length} out of bounds")
+            if type_code not in _KNOWN_TYPES:
+                raise ProtocolError(f"unknown frame type {type_code}")
+            end = offset + _LENGTH_BYTES + length
+            if len(buffer) < end:
+                break
+            payload = bytes(buffer[offset + HEADER_BYTES : end])
+            frames.append(Frame(FrameType(type_code), request_id, payload))
+            offset = end
+        if offset:
+            del buffer[:offset]
+        return frames
+
+    @property
+    def pending_bytes(self) -> int:
+        return len(self._buffer)

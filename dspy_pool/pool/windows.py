@@ -1,0 +1,286 @@
+"""Cheap sliding-window statistics for the front's hot path.
+
+The dispatcher records one event per call (arrival, queue wait, execution
+time); the controller reads a summary once per tick and `GetPoolStatus` reads
+one per request. Recording therefore has to be O(1) and allocation-free in the
+common case, and memory has to stay bounded however hard the front is driven.
+
+    dispatcher ── record(now, ...) ──> [bucket][bucket]...[bucket]  (a ring of n time buckets)
+    controller ── rate(now) / snapshot(now) ──> sums over the buckets still inside the window
+
+Time is cut into buckets of `bucket_s` seconds; a window of `window_s` seconds
+is a ring of n = ceil(window_s / bucket_s) buckets. A bucket is reused when its
+slot comes round again, so nothing ever has to be evicted explicitly: a query
+simply ignores buckets whose index has fallen out of the window. "The last W
+seconds" is therefore approximate to one bucket: the current, partial bucket
+plus the n - 1 before it.
+
+Latency buckets keep a reservoir of at most `samples_per_bucket` values
+(Vitter's algorithm R), so a bucket that saw 100,000 calls costs the same
+memory as one that saw 256. Counts, sums and maxima are kept exactly; only the
+percentiles are estimated, weighting each bucket's samples by how many calls
+they stand for so a busy second is not outvoted by a quiet one.
+
+Every method takes `now` (float seconds from a monotonic clock); nothing here
+reads a clock, so tests drive the windows with a fake one.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass
+
+__all__ = ["EwmaGauge", "LatencySnapshot", "LatencyWindow", "RateWindow"]
+
+# An index no real bucket has: it never equals a live index and always falls
+# outside the window.
+_NO_BUCKET = -(1 << 62)
+
+
+def _bucket_count(window_s: float, bucket_s: float) -> int:
+    if not (math.isfinite(bucket_s) and bucket_s > 0):
+        raise ValueError(f"bucket_s must be a positive number, got {bucket_s!r}")
+    if not (math.isfinite(window_s) and window_s >= bucket_s):
+        raise ValueError(f"window_s must be at least bucket_s ({bucket_s}), got {window_s!r}")
+    # The epsilon keeps 10.0 / 0.1 from becoming 101 buckets.
+    return math.ceil(window_s / bucket_s - 1e-9)
+
+
+class RateWindow:
+    """Events per second over the last `window_s` seconds."""
+
+    __slots__ = ("_bucket_s", "_size", "_indices", "_counts", "_newest", "_first")
+
+    def __init__(self, window_s: float = 10.0, bucket_s: float = 1.0) -> None:
+        self._size = _bucket_count(window_s, bucket_s)
+        self._bucket_s = float(bucket_s)
+        self._indices = [_NO_BUCKET] * self._size
+        self._counts = [0] * self._size
+        self._newest = _NO_BUCKET
+        self._first: int | None = None
+
+    @property
+    def window_s(self) -> float:
+        return self._size * self._bucket_s
+
+    def record(self, now: float, count: int = 1) -> None:
+        """Count `count` events at time `now`."""
+        index = math.floor(now / self._bucket_s)
+        if index <= self._newest - self._size:
+            # Older than the window: dropping it is cheaper and truer than
+            # rewriting a bucket that has been reused since.
+            return
+        slot = index % self._size
+        if self._indices[slot] != index:
+            self._indices[slot] = index
+            self._counts[slot] = 0
+        self._counts[slot] += count
+        if index > self._newest:
+            self._newest = index
+        if self._first is None:
+            self._first = index
+
+    def count(self, now: float) -> int:
+        """Events recorded in the window that ends at `now`."""
+        current = math.floor(now / self._bucket_s)
+        oldest = current - self._size
+        return sum(
+            count
+            for index, count in zip(self._indices, self._counts)
+            if oldest < index <= current
+        )
+
+    def rate(self, now: float) -> float:
+        """Events per second in the window that ends at `now`.
+
+        Divides by the time the buckets actually cover, not by `window_s`: the
+        current bucket is partial, and a window that started receiving events
+        only recently must not be diluted by the empty time before its first one.
+        """
+        events = self.count(now)
+        if events == 0 or self._first is None:
+            return 0.0
+        current = math.floor(now / self._bucket_s)
+        covered_from = max(current - self._size + 1, self._first) * self._bucket_s
+        # At least one bucket, so one event at the very start is not a huge rate.
+        span = max(self._bucket_s, now - covered_from)
+        return events / span
+
+
+@dataclass(frozen=True, slots=True)
+class LatencySnapshot:
+    """Latency over one window, in seconds; all zeros when nothing was recorded."""
+
+    count: int = 0
+    mean: float = 0.0
+    p50: float = 0.0
+    p95: float = 0.0
+    p99: float = 0.0
+    max: float = 0.0
+
+
+class LatencyWindow:
+    """p50/p95/p99/max of durations (or any values) over the last `window_s` seconds.
+
+    Memory is bounded by n buckets x `samples_per_bucket` floats whatever the
+    load. `seed` makes the reservoir's choices, and so every estimate,
+    reproducible.
+    """
+
+    __slots__ = (
+        "_bucket_s", "_size", "_capacity", "_indices", "_seen", "_sums",
+        "_maxima", "_samples", "_newest", "_random",
+    )
+
+    def __init__(
+        self,
+        window_s: float = 10.0,
+        bucket_s: float = 1.0,
+        samples_per_bucket: int = 256,
+        seed: int = 0,
+    ) -> None:
+        self._size = _bucket_count(window_s, bucket_s)
+        if samples_per_bucket < 1:
+            raise ValueError(f"samples_per_bucket must be at least 1, got {samples_per_bucket!r}")
+        self._bucket_s = float(bucket_s)
+        self._capacity = samples_per_bucket
+        self._indices = [_NO_BUCKET] * self._size
+        self._seen = [0] * self._size  # values recorded, sampled or not
+        self._sums = [0.0] * self._size
+        self._maxima = [0.0] * self._size
+        self._samples: list[list[float]] = [[] for _ in range(self._size)]
+        self._newest = _NO_BUCKET
+        self._random = random.Random(seed)
+
+    @property
+    def window_s(self) -> float:
+        return self._size * self._bucket_s
+
+    @property
+    def samples_per_bucket(self) -> int:
+        return self._capacity
+
+    def record(self, now: float, value: float) -> None:
+        """Record one value observed at time `now`."""
+        index = math.floor(now / self._bucket_s)
+        if index <= self._newest - self._size:
+            return  # older than the window; see RateWindow.record
+        slot = index % self._size
+        samples = self._samples[slot]
+        if self._indices[slot] != index:
+            self._indices[slot] = index
+            self._seen[slot] = 0
+            self._sums[slot] = 0.0
+            self._maxima[slot] = value
+            samples.clear()
+        seen = self._seen[slot] + 1
+        self._seen[slot] = seen
+        self._sums[slot] += value
+        if value > self._maxima[slot]:
+            self._maxima[slot] = value
+        if seen <= self._capacity:
+            samples.append(value)
+        else:
+            # Algorithm R: every value seen so far stays with equal probability.
+            position = int(self._random.random() * seen)
+            if position < self._capacity:
+                samples[position] = value
+        if index > self._newest:
+            self._newest = index
+
+    def _live_slots(self, now: float) -> list[int]:
+        current = math.floor(now / self._bucket_s)
+        oldest = current - self._size
+        return [slot for slot, index in enumerate(self._indices) if oldest < index <= current]
+
+    def snapshot(self, now: float) -> LatencySnapshot:
+        """Count, mean, p50, p95, p99 and max over the window that ends at `now`."""
+        slots = self._live_slots(now)
+        count = sum(self._seen[slot] for slot in slots)
+        if count == 0:
+            return LatencySnapshot()
+        p50, p95, p99 = self._quantiles(slots, (0.50, 0.95, 0.99))
+        return LatencySnapshot(
+            count=count,
+            mean=sum(self._sums[slot] for slot in slots) / count,
+            p50=p50,
+            p95=p95,
+            p99=p99,
+            max=max(self._maxima[slot] for slot in slots),
+        )
+
+    def quantile(self, now: float, q: float) -> float:
+        """The q-quantile (0 <= q <= 1) over the window that ends at `now`; 0.0 when empty."""
+        if not 0.0 <= q <= 1.0:
+            raise ValueError(f"q must be within [0, 1], got {q!r}")
+        slots = self._live_slots(now)
+        if not any(self._seen[slot] for slot in slots):
+            return 0.0
+        return self._quantiles(slots, (q,))[0]
+
+    def _quantiles(self, slots: list[int], qs: tuple[float, ...]) -> list[float]:
+        # Each sample stands for seen/len(samples) calls of its bucket, so a
+        # bucket that overflowed its reservoir still counts for all its calls.
+        weighted: list[tuple[float, float]] = []
+        for slot in slots:
+            samples = self._samples[slot]
+            if samples:
+                weight = self._seen[slot] / len(samples)
+                weighted.extend((value, weight) for value in samples)
+        weighted.sort()
+        total = sum(weight for _, weight in weighted)
+        # Nearest rank: the smallest value whose cumulative weight reaches
+        # q x total (the tolerance absorbs float error in fractional weights).
+        tolerance = total * 1e-12
+        results: list[float] = []
+        position = 0
+        cumulative = weighted[0][1]
+        for q in qs:
+            threshold = q * total - tolerance
+            while cumulative < threshold and position + 1 < len(weighted):
+                position += 1
+                cumulative += weighted[position][1]
+            results.append(weighted[position][0])
+        return results
+
+
+class EwmaGauge:
+    """An exponentially weighted moving average over irregularly timed samples.
+
+    The weight of the past halves every `half_life_s` seconds of elapsed time,
+    so a gauge sampled at an uneven rate (RSS polled when the loop has time,
+    utilisation read every tick) smooths the same way in wall time. A sample
+    taken at the same instant as the previous one carries no weight.
+    """
+
+    __slots__ = ("_half_life_s", "_value", "_updated_at")
+
+    def __init__(self, half_life_s: float) -> None:
+        if not (math.isfinite(half_life_s) and half_life_s > 0):
+            raise ValueError(f"half_life_s must be a positive number, got {half_life_s!r}")
+        self._half_life_s = float(half_life_s)
+        self._value: float | None = None
+        self._updated_at = 0.0
+
+    @property
+    def has_value(self) -> bool:
+        return self._value is not None
+
+    @property
+    def value(self) -> float:
+        """The smoothed value; 0.0 before the first sample."""
+        return 0.0 if self._value is None else self._value
+
+    def update(self, now: float, sample: float) -> float:
+        """Fold in `sample` taken at `now`; returns the new smoothed value."""
+        if self._value is None:
+            self._value = sample
+            self._updated_at = now
+            return sample
+        elapsed = now - self._updated_at
+        if elapsed > 0:
+            weight = 1.0 - 0.5 ** (elapsed / self._half_life_s)
+            self._value += weight * (sample - self._value)
+            self._updated_at = now
+        return self._value

@@ -1,0 +1,269 @@
+"""A worker: the child's main loop, forked from the zygote.
+
+    front --REQUEST--> Channel.data_received -> Worker.start_request -> task
+                                                     |  build (cached) program
+                                                     |  await module.acall(...)   (sync modules: a thread)
+    front <--REPLY/ERROR------------------------------+
+
+One asyncio loop serves up to `worker_concurrency` requests at once: LM calls
+are I/O-bound, so concurrency comes from the loop, not from more processes.
+The worker never writes protocol bytes to stdout/stderr (those are pipes the
+front logs); it talks only on its dedicated socket. It exits when the channel
+reaches EOF (the front is gone) and, via PR_SET_PDEATHSIG, when the zygote dies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import os
+import signal
+import socket
+import sys
+import time
+import traceback
+from typing import Any
+
+import structlog
+
+from dspy_pool import structs
+from dspy_pool.errors import ErrorKind, InvalidArgument, PoolError
+from dspy_pool.internal import worker_pb2 as wire
+from dspy_pool.pool import failures, lms, programs
+from dspy_pool.pool.protocol import Frame, FrameDecoder, FrameType, ProtocolError, encode
+from dspy_pool.redact import Redactor
+from dspy_pool.v1 import dspy_pool_pb2 as pb
+
+log = structlog.get_logger("dspy_pool.worker")
+
+_TRACEBACK_LIMIT = 8000
+
+
+def _rss_bytes() -> int:
+    try:
+        with open("/proc/self/statm", "rb") as statm:
+            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except OSError:
+        return 0
+
+
+def _usage_totals(prediction: Any) -> tuple[int, int, int]:
+    get_usage = getattr(prediction, "get_lm_usage", None)
+    usage = get_usage() if callable(get_usage) else None
+    prompt = completion = total = 0
+    for per_model in (usage or {}).values():
+        prompt += int(per_model.get("prompt_tokens") or 0)
+        completion += int(per_model.get("completion_tokens") or 0)
+        total += int(per_model.get("total_tokens") or 0)
+    return prompt, completion, total
+
+
+def _prediction_outputs(prediction: Any) -> dict[str, Any]:
+    if hasattr(prediction, "keys"):
+        return {key: prediction[key] for key in prediction.keys()}
+    return {"output": prediction}
+
+
+class Channel(asyncio.Protocol):
+    """The worker's end of its socket: frames in, frames out."""
+
+    def __init__(self, worker: "Worker", max_frame_bytes: int) -> None:
+        self._worker = worker
+        self._decoder = FrameDecoder(max_frame_bytes)
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            frames = self._decoder.feed(data)
+        except ProtocolError:
+            # The front never sends garbage; if it did, nothing here can be trusted.
+            self._worker.stop("protocol_error")
+            return
+        for frame in frames:
+            self._worker.on_frame(frame)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._worker.stop("channel_closed")
+
+    def send(self, frame_type: FrameType, request_id: int, payload: bytes = b"") -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(encode(frame_type, request_id, payload))
+
+
+class Worker:
+    def __init__(self, worker_id: int, config: wire.ZygoteConfig) -> None:
+        self.worker_id = worker_id
+        self.config = config
+        self.channel: Channel | None = None
+        self.programs = programs.ProgramCache(config.program_cache_entries or 256)
+        self.tasks: dict[int, asyncio.Task] = {}
+        self.served = 0
+        self.redactor = Redactor(config.lm_api_key)
+        self.stopped = asyncio.Event()
+        self.draining = False
+        self.threads = concurrent.futures.ThreadPoolExecutor(
+            max_workers=max(1, config.worker_concurrency), thread_name_prefix="program"
+        )
+
+    # -- frames ---------------------------------------------------------
+    def on_frame(self, frame: Frame) -> None:
+        if frame.type is FrameType.REQUEST:
+            self.start_request(frame.request_id, frame.payload)
+        elif frame.type is FrameType.CANCEL:
+            task = self.tasks.get(frame.request_id)
+            if task is not None:
+                task.cancel()
+        elif frame.type is FrameType.PING:
+            self.send(FrameType.PONG, frame.request_id, self.stats().SerializeToString())
+        elif frame.type is FrameType.SHUTDOWN:
+            self.draining = True
+            asyncio.get_running_loop().create_task(self._drain_then_stop())
+        else:
+            self.stop(f"unexpected_frame_{frame.type.name.lower()}")
+
+    def send(self, frame_type: FrameType, request_id: int, payload: bytes = b"") -> None:
+        assert self.channel is not None
+        self.channel.send(frame_type, request_id, payload)
+
+    def stats(self) -> wire.WorkerStats:
+        return wire.WorkerStats(
+            rss_bytes=_rss_bytes(), in_flight=len(self.tasks), served=self.served, programs_loaded=len(self.programs)
+        )
+
+    def start_request(self, request_id: int, payload: bytes) -> None:
+        if self.draining:
+            self._send_error(request_id, PoolError("worker is draining", kind=ErrorKind.UNAVAILABLE))
+            return
+        task = asyncio.get_running_loop().create_task(self._run_request(request_id, payload))
+        self.tasks[request_id] = task
+
+    # -- execution ------------------------------------------------------
+    def _resolve_program(self, request: wire.WorkRequest) -> programs.BuiltProgram:
+        program = self.programs.get(request.program_key)
+        if program is not None:
+            return program
+        if not request.spec:
+            raise PoolError(f"program {request.program_key} is not loaded here", kind=ErrorKind.PROGRAM_NOT_LOADED)
+        spec = pb.ProgramSpec.FromString(request.spec)
+        program = programs.build(spec)
+        self.programs.put(request.program_key, program)
+        return program
+
+    async def _call_program(self, program: programs.BuiltProgram, request: wire.WorkRequest) -> Any:
+        inputs = structs.struct_to_dict(request.inputs)
+        if program.takes_history:
+            import dspy
+
+            turns = structs.list_to_python(request.history) if request.has_history else []
+            inputs[programs.HISTORY_FIELD] = dspy.History(messages=turns)
+        if program.runs_async:
+            return await program.module.acall(**inputs)
+        loop = asyncio.get_running_loop()
+        call = lambda: program.module(**inputs)  # noqa: E731 - closes over inputs for the thread
+        return await loop.run_in_executor(self.threads, _with_context(call))
+
+    async def _run_request(self, request_id: int, payload: bytes) -> None:
+        started = time.perf_counter()
+        try:
+            request = wire.WorkRequest.FromString(payload)
+            program = self._resolve_program(request)
+            reply = wire.WorkReply(
+                input_names=program.input_names, output_names=program.output_names, takes_history=program.takes_history
+            )
+            if not request.validate_only:
+                timeout = request.timeout_s if request.timeout_s > 0 else None
+                try:
+                    async with asyncio.timeout(timeout):
+                        prediction = await self._call_program(program, request)
+                except TimeoutError:
+                    raise PoolError("deadline passed while the program ran", kind=ErrorKind.DEADLINE_EXCEEDED) from None
+                structs.dict_to_struct(_prediction_outputs(prediction), reply.outputs)
+                reply.prompt_tokens, reply.completion_tokens, reply.total_tokens = _usage_totals(prediction)
+            reply.execution_ms = (time.perf_counter() - started) * 1000.0
+            self.served += 1
+            self.send(FrameType.REPLY, request_id, reply.SerializeToString())
+        except asyncio.CancelledError:
+            self._send_error(request_id, PoolError("cancelled by the front", kind=ErrorKind.CANCELLED))
+        except Exception as exc:  # every failure travels back as type, message and traceback
+            self._send_error(request_id, exc)
+        finally:
+            self.tasks.pop(request_id, None)
+
+    def _send_error(self, request_id: int, exc: BaseException) -> None:
+        kind = failures.classify(exc)
+        message = exc.message if isinstance(exc, PoolError) else str(exc)
+        error = wire.WorkError(
+            kind=kind.value,
+            type=type(exc).__name__ if not isinstance(exc, PoolError) else exc.error_type,
+            message=self.redactor.scrub(message)[:_TRACEBACK_LIMIT],
+            traceback=""
+            if isinstance(exc, (PoolError, asyncio.CancelledError))
+            else self.redactor.scrub("".join(traceback.format_exception(exc)))[-_TRACEBACK_LIMIT:],
+        )
+        self.send(FrameType.ERROR, request_id, error.SerializeToString())
+
+    # -- lifecycle ------------------------------------------------------
+    async def _drain_then_stop(self) -> None:
+        while self.tasks:
+            await asyncio.wait(list(self.tasks.values()))
+        self.stop("shutdown")
+
+    def stop(self, reason: str) -> None:
+        if not self.stopped.is_set():
+            self.stop_reason = reason
+            self.stopped.set()
+
+
+def _with_context(fn):
+    """Run `fn` in a thread with the caller's contextvars (DSPy's settings overrides live there)."""
+    import contextvars
+
+    context = contextvars.copy_context()
+    return lambda: context.run(fn)
+
+
+async def _serve(worker: Worker, channel_sock: socket.socket, boot_started: float) -> str:
+    loop = asyncio.get_running_loop()
+    lms.configure(worker.config)
+    _, channel = await loop.connect_accepted_socket(
+        lambda: Channel(worker, worker.config.max_frame_bytes or 64 * 1024 * 1024), channel_sock
+    )
+    worker.channel = channel
+    hello = wire.WorkerHello(worker_id=worker.worker_id, pid=os.getpid(), boot_ms=(time.monotonic() - boot_started) * 1000)
+    channel.send(FrameType.HELLO, 0, hello.SerializeToString())
+    await worker.stopped.wait()
+    for task in list(worker.tasks.values()):
+        task.cancel()
+    worker.threads.shutdown(wait=False, cancel_futures=True)
+    return getattr(worker, "stop_reason", "stopped")
+
+
+def _new_event_loop() -> asyncio.AbstractEventLoop:
+    try:
+        import uvloop
+
+        return uvloop.new_event_loop()
+    except ImportError:
+        return asyncio.new_event_loop()
+
+
+def run(worker_id: int, channel_fd: int, config: wire.ZygoteConfig, boot_started: float) -> int:
+    """Entry point in the forked child; returns the exit code (the caller must os._exit)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the front's to handle
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    for stream in (sys.stdout, sys.stderr):
+        stream.reconfigure(line_buffering=True)
+    channel_sock = socket.socket(fileno=channel_fd)
+    channel_sock.setblocking(False)
+    worker = Worker(worker_id, config)
+    loop = _new_event_loop()
+    asyncio.set_event_loop(loop)
+    try:
+        reason = loop.run_until_complete(_serve(worker, channel_sock, boot_started))
+    except Exception as exc:
+        print(f"worker {worker_id} failed: {type(exc).__name__}: {worker.redactor.scrub(str(exc))}", file=sys.stderr)
+        return 70
+    return 0 if reason in ("shutdown", "channel_closed") else 1

@@ -1,0 +1,26 @@
+"""Keep API keys out of logs and error messages.
+
+Every error message that leaves a worker, and every line of worker output the
+front logs, passes through `Redactor.scrub`: the configured key is replaced
+wherever it appears, and so is anything shaped like a common provider key.
+"""
+
+from __future__ import annotations
+
+import re
+
+_KEY_SHAPES = re.compile(
+    r"(sk-[A-Za-z0-9_\-]{6,}|(?i:bearer)\s+[A-Za-z0-9._\-]{8,}|AIza[0-9A-Za-z_\-]{20,}|(?i:api[_-]?key)[\"']?\s*[:=]\s*[\"']?[^\s\"',]{4,})"
+)
+MASK = "[redacted]"
+
+
+class Redactor:
+    def __init__(self, *secrets: str) -> None:
+        self._secrets = tuple(s for s in secrets if s and len(s) >= 4)
+
+    def scrub(self, text: str) -> str:
+        for secret in self._secrets:
+            if secret in text:
+                text = text.replace(secret, MASK)
+        return _KEY_SHAPES.sub(MASK, text)
