@@ -1,0 +1,227 @@
+"""The dispatcher: a bounded queue in front of the workers, with deadlines.
+
+    submit(job) --> a ready worker with a free slot? --yes--> handle.send_request
+                        | no                                        |
+                        v                                           v
+                  queue (bounded; full -> QueueFull)     reply/error -> job.complete
+                        ^                                           |
+                        +------------- slot freed: pump() ----------+
+
+A job's deadline covers queue wait plus execution. Expired or cancelled jobs
+in the queue are skipped lazily when popped. A job that reached a worker is
+never run twice: if its worker dies, it fails with WorkerCrashed. Jobs still
+queued are untouched by a crash. Session affinity is a hint: the preferred
+worker is used when it has a free slot, otherwise the least loaded one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import enum
+import time
+from typing import Iterable
+
+from dspy_pool import errors
+from dspy_pool.internal import worker_pb2 as wire
+from dspy_pool.pool.handle import WorkerHandle, WorkerState
+
+
+class JobState(enum.Enum):
+    QUEUED = 1
+    RUNNING = 2
+    DONE = 3
+
+
+class Job:
+    """One call on its way through the pool."""
+
+    __slots__ = (
+        "program_key", "spec", "request", "deadline", "affinity", "future", "state",
+        "enqueued_at", "started_at", "handle", "request_id", "timer", "_dispatcher", "resent",
+    )
+
+    def __init__(self, program_key: str, spec: bytes, request: wire.WorkRequest, deadline: float, affinity: int = -1) -> None:
+        self.program_key = program_key
+        self.spec = spec
+        self.request = request
+        self.deadline = deadline
+        self.affinity = affinity
+        self.future: asyncio.Future[tuple[wire.WorkReply, WorkerHandle]] = asyncio.get_running_loop().create_future()
+        self.state = JobState.QUEUED
+        self.enqueued_at = time.monotonic()
+        self.started_at = 0.0
+        self.handle: WorkerHandle | None = None
+        self.request_id = 0
+        self.timer: asyncio.TimerHandle | None = None
+        self._dispatcher: Dispatcher | None = None
+        self.resent = False
+
+    def complete(self, handle: WorkerHandle, reply: wire.WorkReply | None, error: errors.PoolError | None) -> None:
+        """Called by the handle with the worker's answer, or a crash."""
+        if self.state is JobState.DONE:
+            return  # the caller already gave up (deadline, cancel); the slot is free now
+        if error is not None and error.kind is errors.ErrorKind.PROGRAM_NOT_LOADED and not self.resent and self._dispatcher:
+            # The worker evicted the program; nothing ran. Send it again with the spec.
+            handle.loaded_programs.discard(self.program_key)
+            self.resent = True
+            self.state = JobState.QUEUED
+            self._dispatcher._requeue_front(self)
+            return
+        self._finish(reply=(reply, handle) if reply is not None else None, error=error)
+
+    def _finish(self, reply=None, error: BaseException | None = None) -> None:
+        self.state = JobState.DONE
+        if self.timer is not None:
+            self.timer.cancel()
+        if not self.future.done():
+            if error is not None:
+                self.future.set_exception(error)
+            else:
+                self.future.set_result(reply)
+
+
+class Dispatcher:
+    def __init__(self, max_queue: int, worker_concurrency: int) -> None:
+        self.max_queue = max_queue
+        self.worker_concurrency = worker_concurrency
+        self.workers: dict[int, WorkerHandle] = {}
+        self._queue: collections.deque[Job] = collections.deque()
+        self._queued = 0
+        self.closed = False
+        self.completed = 0
+        self.failed = 0
+        self.rejected = 0
+        self.expired_in_queue = 0
+
+    # -- workers ------------------------------------------------------------
+    def add_worker(self, handle: WorkerHandle) -> None:
+        self.workers[handle.worker_id] = handle
+        self.pump()
+
+    def remove_worker(self, handle: WorkerHandle) -> None:
+        self.workers.pop(handle.worker_id, None)
+
+    def ready_workers(self) -> list[WorkerHandle]:
+        return [h for h in self.workers.values() if h.state is WorkerState.READY]
+
+    # -- calls --------------------------------------------------------------
+    @property
+    def queue_depth(self) -> int:
+        return self._queued
+
+    @property
+    def in_flight(self) -> int:
+        return sum(len(h.in_flight) for h in self.workers.values())
+
+    def oldest_queued(self) -> Job | None:
+        for job in self._queue:
+            if job.state is JobState.QUEUED:
+                return job
+        return None
+
+    async def run(self, job: Job) -> tuple[wire.WorkReply, WorkerHandle]:
+        """Queue or start `job` and wait for its result within its deadline."""
+        if self.closed:
+            raise errors.Unavailable("the server is draining and takes no new calls")
+        job._dispatcher = self
+        loop = asyncio.get_running_loop()
+        if job.deadline <= loop.time():
+            raise errors.DeadlineExceeded("deadline passed before the call was queued")
+        handle = self._pick(job.affinity) if not self._queued else None
+        if handle is not None:
+            self._start(job, handle)
+        elif self._queued >= self.max_queue:
+            self.rejected += 1
+            raise errors.QueueFull(
+                f"queue is full ({self.max_queue} calls waiting); retry later",
+                metadata={"retry_after_ms": "100", "queue_depth": str(self._queued)},
+            )
+        else:
+            self._queue.append(job)
+            self._queued += 1
+        job.timer = loop.call_at(job.deadline, self._expire, job)
+        try:
+            result = await job.future
+        except asyncio.CancelledError:
+            self._abandon(job, errors.Cancelled("the caller cancelled"))
+            raise
+        except errors.PoolError:
+            self.failed += 1
+            raise
+        self.completed += 1
+        return result
+
+    def _expire(self, job: Job) -> None:
+        where = "in the queue" if job.state is JobState.QUEUED else "while running"
+        if job.state is JobState.QUEUED:
+            self.expired_in_queue += 1
+        self._abandon(job, errors.DeadlineExceeded(f"deadline exceeded {where}"))
+
+    def _abandon(self, job: Job, error: errors.PoolError) -> None:
+        if job.state is JobState.QUEUED:
+            self._queued -= 1
+        elif job.state is JobState.RUNNING and job.handle is not None:
+            job.handle.cancel(job.request_id)  # the slot frees when the worker confirms
+        job._finish(error=error)
+        self._compact()
+
+    def _compact(self) -> None:
+        # Abandoned jobs leave tombstones; drop them before they outweigh live ones.
+        if len(self._queue) > 2 * self._queued + 1024:
+            self._queue = collections.deque(j for j in self._queue if j.state is JobState.QUEUED)
+
+    def _pick(self, affinity: int) -> WorkerHandle | None:
+        limit = self.worker_concurrency
+        preferred = self.workers.get(affinity)
+        if preferred is not None and preferred.state is WorkerState.READY and len(preferred.in_flight) < limit:
+            return preferred
+        best: WorkerHandle | None = None
+        best_load = limit
+        for handle in self.workers.values():
+            load = len(handle.in_flight)
+            if load < best_load and handle.state is WorkerState.READY:
+                best, best_load = handle, load
+        return best
+
+    def _start(self, job: Job, handle: WorkerHandle) -> None:
+        request = job.request
+        if job.program_key not in handle.loaded_programs:
+            request = wire.WorkRequest()
+            request.CopyFrom(job.request)
+            request.spec = job.spec
+            handle.loaded_programs.add(job.program_key)
+        request.timeout_s = max(0.001, job.deadline - asyncio.get_running_loop().time())
+        job.state = JobState.RUNNING
+        job.handle = handle
+        job.started_at = time.monotonic()
+        job.request_id = handle.send_request(job, request)
+
+    def _requeue_front(self, job: Job) -> None:
+        self._queue.appendleft(job)
+        self._queued += 1
+        self.pump()
+
+    def pump(self, _handle: WorkerHandle | None = None) -> None:
+        """Start queued jobs while some worker has a free slot."""
+        queue = self._queue
+        while self._queued:
+            job = queue[0]
+            if job.state is not JobState.QUEUED:
+                queue.popleft()
+                continue
+            handle = self._pick(job.affinity)
+            if handle is None:
+                return
+            queue.popleft()
+            self._queued -= 1
+            self._start(job, handle)
+
+    def fail_queued(self, error: errors.PoolError) -> int:
+        """Fail every queued job (shutdown after the grace period)."""
+        jobs: Iterable[Job] = [j for j in self._queue if j.state is JobState.QUEUED]
+        self._queue.clear()
+        self._queued = 0
+        for job in jobs:
+            job._finish(error=error)
+        return len(jobs)  # type: ignore[arg-type]

@@ -1,0 +1,209 @@
+"""The front's view of one worker: its channel, its in-flight calls, its state.
+
+A handle turns frames into completions. Anything that breaks the protocol
+contract (a malformed frame, a reply for an unknown id, a cancel that is not
+acknowledged in time, a ping that is not answered) poisons the worker: it is
+killed and replaced, its channel never reused. Death is noticed from either
+side: EOF on the channel, or the zygote's EXITED report.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import os
+import signal
+import socket
+import time
+from typing import Callable, Protocol
+
+import structlog
+
+from dspy_pool import errors
+from dspy_pool.internal import worker_pb2 as wire
+from dspy_pool.pool.output import WorkerOutputLog
+from dspy_pool.pool.protocol import Frame, FrameDecoder, FrameType, ProtocolError, encode
+
+log = structlog.get_logger("dspy_pool.pool")
+
+
+class WorkerState(str, enum.Enum):
+    STARTING = "starting"
+    READY = "ready"
+    DRAINING = "draining"
+    STOPPED = "stopped"
+
+
+class Call(Protocol):
+    """What a handle needs from a dispatched call (the dispatcher's Job)."""
+
+    def complete(self, handle: "WorkerHandle", reply: wire.WorkReply | None, error: errors.PoolError | None) -> None: ...
+
+
+class WorkerHandle(asyncio.Protocol):
+    def __init__(
+        self,
+        worker_id: int,
+        *,
+        max_frame_bytes: int,
+        cancel_grace_s: float,
+        on_dead: Callable[["WorkerHandle", str], None],
+        on_slot_free: Callable[["WorkerHandle"], None],
+    ) -> None:
+        self.worker_id = worker_id
+        self.pid = 0
+        self.state = WorkerState.STARTING
+        self.in_flight: dict[int, Call] = {}
+        self.loaded_programs: set[str] = set()
+        self.served = 0
+        self.failed = 0
+        self.rss_bytes = 0
+        self.started_at = time.monotonic()
+        self.ready_at: float | None = None
+        self.death_reason = ""
+        self.hello: asyncio.Future[wire.WorkerHello] = asyncio.get_running_loop().create_future()
+        self._decoder = FrameDecoder(max_frame_bytes)
+        self._cancel_grace_s = cancel_grace_s
+        self._on_dead = on_dead
+        self._on_slot_free = on_slot_free
+        self._transport: asyncio.Transport | None = None
+        self._next_request_id = 1
+        self._ping_sent_at: float | None = None
+        self._output: list[WorkerOutputLog] = []
+
+    # -- wiring -----------------------------------------------------------
+    async def attach(self, pid: int, channel: socket.socket, stdout_fd: int, stderr_fd: int) -> None:
+        self.pid = pid
+        loop = asyncio.get_running_loop()
+        channel.setblocking(False)
+        await loop.connect_accepted_socket(lambda: self, channel)
+        for fd, stream in ((stdout_fd, "stdout"), (stderr_fd, "stderr")):
+            output = WorkerOutputLog(self.worker_id, pid, stream)
+            await loop.connect_read_pipe(lambda output=output: output, os.fdopen(fd, "rb", buffering=0))
+            self._output.append(output)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.kill("channel_closed")
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            frames = self._decoder.feed(data)
+        except ProtocolError as exc:
+            self.kill(f"protocol_error: {exc}")
+            return
+        for frame in frames:
+            if self.state is WorkerState.STOPPED:
+                return
+            self._on_frame(frame)
+
+    # -- frames -------------------------------------------------------------
+    def _on_frame(self, frame: Frame) -> None:
+        if frame.type in (FrameType.REPLY, FrameType.ERROR):
+            self._on_result(frame)
+        elif frame.type is FrameType.PONG:
+            self._ping_sent_at = None
+            try:
+                self.rss_bytes = wire.WorkerStats.FromString(frame.payload).rss_bytes
+            except Exception:
+                self.kill("protocol_error: bad stats frame")
+        elif frame.type is FrameType.HELLO and self.state is WorkerState.STARTING:
+            self.state = WorkerState.READY
+            self.ready_at = time.monotonic()
+            if not self.hello.done():
+                self.hello.set_result(wire.WorkerHello.FromString(frame.payload))
+        else:
+            self.kill(f"protocol_error: unexpected {frame.type.name} frame")
+
+    def _on_result(self, frame: Frame) -> None:
+        call = self.in_flight.pop(frame.request_id, None)
+        if call is None:
+            self.kill(f"protocol_error: reply for unknown request {frame.request_id}")
+            return
+        try:
+            if frame.type is FrameType.REPLY:
+                reply, error = wire.WorkReply.FromString(frame.payload), None
+                self.served += 1
+            else:
+                remote = wire.WorkError.FromString(frame.payload)
+                reply, error = None, errors.from_kind(remote.kind, remote.message, remote.type, remote.traceback)
+                self.failed += 1
+        except Exception:
+            self.kill("protocol_error: undecodable result")
+            return
+        call.complete(self, reply, error)
+        self._on_slot_free(self)
+
+    # -- requests -----------------------------------------------------------
+    def send_request(self, call: Call, request: wire.WorkRequest) -> int:
+        request_id = self._next_request_id
+        self._next_request_id += 1
+        self.in_flight[request_id] = call
+        self._write(FrameType.REQUEST, request_id, request.SerializeToString())
+        return request_id
+
+    def cancel(self, request_id: int) -> None:
+        """Ask the worker to cancel; a worker that does not answer in time is poisoned."""
+        if request_id not in self.in_flight or self.state is WorkerState.STOPPED:
+            return
+        self._write(FrameType.CANCEL, request_id)
+        asyncio.get_running_loop().call_later(self._cancel_grace_s, self._check_cancelled, request_id)
+
+    def _check_cancelled(self, request_id: int) -> None:
+        if request_id in self.in_flight:
+            self.kill("cancel_timeout")
+
+    def ping(self, now: float, hang_timeout_s: float) -> None:
+        """Send a ping, or poison the worker if the last one went unanswered too long."""
+        if self.state is WorkerState.STOPPED:
+            return
+        if self._ping_sent_at is not None:
+            if now - self._ping_sent_at > hang_timeout_s:
+                self.kill("hung")
+            return
+        self._ping_sent_at = now
+        self._write(FrameType.PING, 0)
+
+    def drain(self) -> None:
+        """No new calls; the worker exits once its in-flight calls finish."""
+        if self.state in (WorkerState.READY, WorkerState.STARTING):
+            self.state = WorkerState.DRAINING
+            self._write(FrameType.SHUTDOWN, 0)
+
+    def _write(self, frame_type: FrameType, request_id: int, payload: bytes = b"") -> None:
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.write(encode(frame_type, request_id, payload))
+
+    # -- death --------------------------------------------------------------
+    def kill(self, reason: str, exit_code: int | None = None) -> None:
+        """Mark dead (idempotent): SIGKILL the process, fail what it was running."""
+        if self.state is WorkerState.STOPPED:
+            return
+        expected = reason == "shutdown" or self.state is WorkerState.DRAINING
+        self.state = WorkerState.STOPPED
+        self.death_reason = reason
+        if self.pid:
+            try:
+                os.kill(self.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        if self._transport is not None:
+            self._transport.abort()
+        crashed = errors.WorkerCrashed(
+            f"worker {self.worker_id} (pid {self.pid}) died while running this call ({reason}); it may have partly run",
+            kind=errors.ErrorKind.WORKER_HUNG if reason in ("hung", "cancel_timeout") else errors.ErrorKind.WORKER_CRASHED,
+        )
+        calls, self.in_flight = list(self.in_flight.values()), {}
+        for call in calls:
+            call.complete(self, None, crashed)
+        if not self.hello.done():
+            self.hello.set_exception(crashed)
+            self.hello.exception()  # retrieved: a boot failure is reported by the supervisor
+        log_method = log.info if expected else log.warning
+        log_method("worker_stopped", worker_id=self.worker_id, pid=self.pid, reason=reason, exit_code=exit_code, failed_in_flight=len(calls))
+        self._on_dead(self, reason)
+
+    def uptime_s(self, now: float) -> float:
+        return now - self.started_at
