@@ -45,6 +45,20 @@ def get(name: str) -> Factory:
         raise KeyError(f"unknown module kind {name!r}; known kinds: {', '.join(sorted(_factories))}") from None
 
 
+_worker_start_hooks: list[Callable[[], None]] = []
+
+
+def on_worker_start(fn: Callable[[], None]) -> Callable[[], None]:
+    """Run `fn` in every worker after fork, before it takes calls (reconnect clients, seed RNGs)."""
+    _worker_start_hooks.append(fn)
+    return fn
+
+
+def run_worker_start_hooks() -> None:
+    for hook in _worker_start_hooks:
+        hook()
+
+
 def names() -> list[str]:
     return sorted(_factories)
 

@@ -228,6 +228,9 @@ def _with_context(fn):
 async def _serve(worker: Worker, channel_sock: socket.socket, boot_started: float) -> str:
     loop = asyncio.get_running_loop()
     lms.configure(worker.config)
+    from dspy_pool import kinds
+
+    kinds.run_worker_start_hooks()
     _, channel = await loop.connect_accepted_socket(
         lambda: Channel(worker, worker.config.max_frame_bytes or 64 * 1024 * 1024), channel_sock
     )

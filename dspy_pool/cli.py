@@ -1,0 +1,110 @@
+"""`dspy-pool` command line: serve, sim-lm, probe, call."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+
+from dspy_pool import logs
+from dspy_pool.server import config as config_module
+
+DEMO_PROGRAM = {"name": "demo_qa", "signature": "question -> answer", "module": "chain_of_thought"}
+
+
+def _serve(args: argparse.Namespace) -> int:
+    try:
+        config = config_module.load(args)
+    except (ValueError, OSError) as exc:
+        print(f"dspy-pool: {exc}", file=sys.stderr)
+        return 2
+    logs.configure(config.log_format, config.log_level)
+    from dspy_pool.server.app import serve
+
+    async def run() -> None:
+        demos: list[asyncio.Future] = []
+        on_serving = (lambda app: demos.append(asyncio.ensure_future(_demo_call(config.listen)))) if args.demo else None
+        await serve(config, on_serving)
+        for demo in demos:
+            demo.cancel()
+
+    try:
+        _run(run())
+    except Exception as exc:
+        print(f"dspy-pool: failed: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _run(coro) -> None:
+    try:
+        import uvloop
+
+        uvloop.run(coro)
+    except ImportError:
+        asyncio.run(coro)
+
+
+async def _demo_call(target: str) -> None:
+    """Register a program and make one call over gRPC: the quick start's proof."""
+    import grpc
+
+    from dspy_pool.v1 import dspy_pool_pb2 as pb
+    from dspy_pool.v1 import dspy_pool_pb2_grpc as pb_grpc
+
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = pb_grpc.DSPyPoolStub(channel)
+        await stub.RegisterProgram(pb.RegisterProgramRequest(spec=pb.ProgramSpec(**DEMO_PROGRAM)), timeout=30)
+        request = pb.ExecuteRequest(program="demo_qa")
+        request.inputs.update({"question": "What is a zygote process?"})
+        response = await stub.Execute(request, timeout=30)
+        from google.protobuf import json_format
+
+        print("demo call:", json.dumps(json_format.MessageToDict(response), indent=2), flush=True)
+
+
+def _probe(args: argparse.Namespace) -> int:
+    """Exit 0 when the health service says SERVING (Docker HEALTHCHECK, k8s exec probes)."""
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    try:
+        with grpc.insecure_channel(args.target) as channel:
+            reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=args.service), timeout=args.timeout)
+    except grpc.RpcError as exc:
+        print(f"not serving: {exc.code().name}", file=sys.stderr)
+        return 1
+    serving = reply.status == health_pb2.HealthCheckResponse.SERVING
+    print(health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status))
+    return 0 if serving else 1
+
+
+def _sim_lm(argv: list[str]) -> int:
+    from dspy_pool.simlm.server import main
+
+    return main(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["sim-lm"]:
+        return _sim_lm(argv[1:])
+    parser = argparse.ArgumentParser(prog="dspy-pool", description="Serve DSPy programs over gRPC from a prewarmed worker pool.")
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve = commands.add_parser("serve", help="run the gRPC server")
+    config_module.add_flags(serve)
+    serve.add_argument("--demo", action="store_true", help="once serving, register a demo program and print one call")
+    serve.set_defaults(handler=_serve)
+    commands.add_parser("sim-lm", help="run the simulated OpenAI-compatible LM (see `dspy-pool sim-lm --help`)")
+    probe = commands.add_parser("probe", help="exit 0 if the server's health service says SERVING")
+    probe.add_argument("--target", default="127.0.0.1:50051")
+    probe.add_argument("--service", default="")
+    probe.add_argument("--timeout", type=float, default=3.0)
+    probe.set_defaults(handler=_probe)
+    args = parser.parse_args(argv)
+    return args.handler(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,167 @@
+"""Assemble and run the server: simulated LM (optional) -> pool -> gRPC.
+
+Order matters: the zygote is exec'd before any gRPC object exists, and every
+worker after that comes from the zygote, so the front never forks with gRPC
+threads alive. Shutdown is a staircase with a deadline per step: health
+NOT_SERVING, stop accepting, drain (grace), stop workers, stop the zygote.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+
+import grpc
+import structlog
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from dspy_pool.internal import worker_pb2 as wire
+from dspy_pool.pool.supervisor import PoolSettings, WorkerPool
+from dspy_pool.server.config import ServerConfig, public_view
+from dspy_pool.server.registry import ProgramRegistry
+from dspy_pool.server.service import DSPyPoolService
+from dspy_pool.server.sessions import SessionStore
+from dspy_pool.simlm.process import SimLMProcess, start_sim_lm
+from dspy_pool.v1 import dspy_pool_pb2 as pb
+from dspy_pool.v1 import dspy_pool_pb2_grpc as pb_grpc
+
+log = structlog.get_logger("dspy_pool.server")
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["DSPyPool"].full_name
+SIM_LM = "sim"
+_SESSION_SWEEP_S = 30.0
+
+
+def zygote_config(config: ServerConfig, sim: SimLMProcess | None) -> wire.ZygoteConfig:
+    lm, api_base, api_key = config.lm, config.lm_api_base, config.lm_api_key
+    if sim is not None:
+        lm, api_base, api_key = "openai/sim", sim.api_base, api_key or "sim-key"
+    return wire.ZygoteConfig(
+        lm=lm, lm_api_base=api_base, lm_api_key=api_key, lm_num_retries=config.lm_num_retries,
+        lm_cache_entries=config.lm_cache_entries, lm_timeout_s=config.lm_timeout_s, worker_concurrency=config.worker_concurrency,
+        program_modules=list(config.programs), max_frame_bytes=config.max_message_bytes * 2 + 65536,
+        lm_max_tokens=config.lm_max_tokens, lm_temperature=config.lm_temperature,
+    )
+
+
+def pool_settings(config: ServerConfig) -> PoolSettings:
+    return PoolSettings(
+        workers=config.workers, min_ready=config.workers, worker_concurrency=config.worker_concurrency,
+        max_queue=config.max_queue, boot_timeout_s=config.boot_timeout_s, crash_loop_threshold=config.crash_loop_threshold,
+        hang_timeout_s=config.hang_timeout_s, max_frame_bytes=config.max_message_bytes * 2 + 65536,
+    )
+
+
+class App:
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self.sim: SimLMProcess | None = None
+        self.pool: WorkerPool | None = None
+        self.server: grpc.aio.Server | None = None
+        self.health: health.aio.HealthServicer | None = None
+        self.port = 0
+        self._stopped = asyncio.Event()
+        self._stopping = False
+        self._background: list[asyncio.Task] = []
+
+    async def start(self) -> int:
+        """Start everything; returns the bound TCP port (0 for a Unix socket)."""
+        log.info("server_starting", config=public_view(self.config))
+        if self.config.lm == SIM_LM:
+            self.sim = await start_sim_lm("--latency", self.config.sim_latency)
+            log.info("sim_lm_started", port=self.sim.port, latency=self.config.sim_latency)
+        self.pool = WorkerPool(pool_settings(self.config), zygote_config(self.config, self.sim), self._on_health_change)
+        pool_started = asyncio.ensure_future(self.pool.start())
+        while self.pool.zygote.pid is None and not pool_started.done():
+            await asyncio.sleep(0.005)  # the zygote is exec'd before any gRPC object exists
+        self.health = health.aio.HealthServicer()
+        self.server = grpc.aio.server(options=[
+            ("grpc.max_receive_message_length", self.config.max_message_bytes * 2),
+            ("grpc.max_send_message_length", self.config.max_message_bytes * 2),
+            ("grpc.so_reuseport", 0),
+        ])
+        registry = ProgramRegistry(self.config.max_programs)
+        self.sessions = SessionStore(self.config.max_sessions, self.config.session_ttl_s, self.config.session_max_turns)
+        self.service = DSPyPoolService(self.config, self.pool, registry, self.sessions)
+        pb_grpc.add_DSPyPoolServicer_to_server(self.service, self.server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        reflection.enable_server_reflection((SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), self.server)
+        await self._set_health(False)
+        self.port = self.server.add_insecure_port(self.config.listen)
+        if self.port == 0 and not self.config.listen.startswith("unix:"):
+            raise RuntimeError(f"cannot listen on {self.config.listen}")
+        await self.server.start()
+        try:
+            await pool_started
+        except BaseException:
+            await self.stop()
+            raise
+        await self._set_health(self.pool.healthy)
+        self._background.append(asyncio.get_running_loop().create_task(self._sweep_sessions()))
+        log.info("server_serving", listen=self.config.listen, port=self.port, workers=self.config.workers)
+        return self.port
+
+    def _on_health_change(self, healthy: bool) -> None:
+        if not self._stopping:
+            asyncio.get_running_loop().create_task(self._set_health(healthy))
+
+    async def _set_health(self, serving: bool) -> None:
+        if self.health is None:
+            return
+        status = health_pb2.HealthCheckResponse.SERVING if serving else health_pb2.HealthCheckResponse.NOT_SERVING
+        for name in ("", SERVICE_NAME):
+            await self.health.set(name, status)
+
+    async def _sweep_sessions(self) -> None:
+        while True:
+            await asyncio.sleep(_SESSION_SWEEP_S)
+            self.sessions.sweep(asyncio.get_running_loop().time())
+
+    async def stop(self, grace_s: float | None = None) -> None:
+        """The shutdown staircase; idempotent."""
+        if self._stopping:
+            await self._stopped.wait()
+            return
+        self._stopping = True
+        grace = self.config.drain_grace_s if grace_s is None else grace_s
+        log.info("server_draining", grace_s=grace)
+        await self._set_health(False)
+        for task in self._background:
+            task.cancel()
+        if self.pool is not None:
+            drained = await self.pool.drain(grace)
+            if not drained:
+                log.warning("drain_incomplete", queued=self.pool.dispatcher.queue_depth, in_flight=self.pool.dispatcher.in_flight)
+        if self.server is not None:
+            await self.server.stop(1.0)
+        if self.pool is not None:
+            await self.pool.stop()
+        if self.sim is not None:
+            await self.sim.stop()
+        log.info("server_stopped")
+        self._stopped.set()
+
+    async def wait_stopped(self) -> None:
+        await self._stopped.wait()
+
+
+async def serve(config: ServerConfig, on_serving=None) -> None:
+    """Run until SIGTERM/SIGINT, then shut down gracefully. Signal handlers only set an event."""
+    app = App(config)
+    stop_requested = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop_requested.set)
+    start = asyncio.ensure_future(app.start())
+    waiter = asyncio.ensure_future(stop_requested.wait())
+    await asyncio.wait([start, waiter], return_when=asyncio.FIRST_COMPLETED)
+    if start.done() and start.exception() is None:
+        if on_serving is not None:
+            on_serving(app)
+        await waiter
+    elif not start.done():
+        start.cancel()
+    await app.stop()
+    if start.done() and not start.cancelled() and start.exception() is not None:
+        raise start.exception()

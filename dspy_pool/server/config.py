@@ -1,0 +1,130 @@
+"""The one typed configuration object, built in one place.
+
+Precedence, lowest to highest: defaults, the config file (TOML), DSPY_POOL_*
+environment variables, command-line flags. No other module reads the
+environment. The API key comes from DSPY_POOL_LM_API_KEY (or the file) only,
+never from a flag, so it never shows in `ps`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field, fields
+from typing import Any, Mapping
+
+ENV_PREFIX = "DSPY_POOL_"
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    listen: str = "127.0.0.1:50051"
+    workers: int = 2
+    worker_concurrency: int = 64
+    max_queue: int = 1000
+    default_deadline_s: float = 30.0
+    max_deadline_s: float = 600.0
+    lm: str = "sim"
+    lm_api_base: str = ""
+    lm_api_key: str = field(default="", repr=False)
+    lm_num_retries: int = 0
+    lm_cache_entries: int = 0
+    lm_timeout_s: float = 0.0
+    lm_max_tokens: int = 0
+    lm_temperature: float = 0.0
+    sim_latency: str = "fixed:20"
+    programs: tuple[str, ...] = ()
+    max_sessions: int = 10000
+    session_ttl_s: float = 3600.0
+    session_max_turns: int = 50
+    max_message_bytes: int = 4 * 1024 * 1024
+    max_input_depth: int = 32
+    max_programs: int = 1000
+    drain_grace_s: float = 10.0
+    boot_timeout_s: float = 60.0
+    crash_loop_threshold: int = 5
+    hang_timeout_s: float = 10.0
+    log_format: str = "console"
+    log_level: str = "info"
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.workers < 1:
+            problems.append("workers must be >= 1")
+        if self.worker_concurrency < 1:
+            problems.append("worker_concurrency must be >= 1")
+        if self.max_queue < 0:
+            problems.append("max_queue must be >= 0")
+        if self.default_deadline_s <= 0:
+            problems.append("default_deadline_s must be > 0")
+        if not self.lm:
+            problems.append("lm must be set (sim, dummy or a model id such as openai/gpt-4o-mini)")
+        if self.log_format not in ("console", "json"):
+            problems.append("log_format must be console or json")
+        if problems:
+            raise ValueError("invalid configuration: " + "; ".join(problems))
+
+
+_FIELDS = {f.name: f for f in fields(ServerConfig)}
+
+
+def _coerce(name: str, raw: Any) -> Any:
+    kind = type(getattr(ServerConfig(), name))
+    if kind is tuple:
+        return tuple(raw) if isinstance(raw, (list, tuple)) else tuple(p for p in str(raw).split(",") if p)
+    if kind is bool:
+        return str(raw).lower() in ("1", "true", "yes", "on")
+    try:
+        return kind(raw)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name}: cannot read {raw!r} as {kind.__name__}") from None
+
+
+def from_sources(file_values: Mapping[str, Any], environ: Mapping[str, str], flags: Mapping[str, Any]) -> ServerConfig:
+    values: dict[str, Any] = {}
+    for key, raw in file_values.items():
+        name = key.replace("-", "_")
+        if name not in _FIELDS:
+            raise ValueError(f"unknown setting {key!r} in the config file")
+        values[name] = _coerce(name, raw)
+    for name in _FIELDS:
+        env_name = ENV_PREFIX + name.upper()
+        if env_name in environ:
+            values[name] = _coerce(name, environ[env_name])
+    for name, raw in flags.items():
+        if raw is not None and name in _FIELDS:
+            values[name] = _coerce(name, raw)
+    return ServerConfig(**values)
+
+
+def add_flags(parser: argparse.ArgumentParser) -> None:
+    """Every setting except the API key as a flag; defaults stay None so precedence works."""
+    parser.add_argument("--config", help="TOML file with settings (keys as in ServerConfig)")
+    for f in fields(ServerConfig):
+        if f.name == "lm_api_key":
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        if f.name == "programs":
+            parser.add_argument(flag, action="append", help="operator module to import in the zygote (repeatable)")
+        else:
+            parser.add_argument(flag, default=None, help=f"default: {f.default!r}; env {ENV_PREFIX}{f.name.upper()}")
+
+
+def load(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> ServerConfig:
+    environ = os.environ if environ is None else environ
+    file_values: dict[str, Any] = {}
+    config_path = args.config or environ.get(ENV_PREFIX + "CONFIG")
+    if config_path:
+        with open(config_path, "rb") as handle:
+            file_values = tomllib.load(handle)
+    flags = {name: getattr(args, name, None) for name in _FIELDS}
+    return from_sources(file_values, environ, flags)
+
+
+def public_view(config: ServerConfig) -> dict[str, Any]:
+    """The configuration with secrets removed, for logs and status."""
+    view = dataclasses.asdict(config)
+    view["lm_api_key"] = "[set]" if config.lm_api_key else ""
+    return view
