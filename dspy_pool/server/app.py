@@ -19,12 +19,12 @@ from grpc_reflection.v1alpha import reflection
 from dspy_pool.internal import worker_pb2 as wire
 from dspy_pool.pool.supervisor import PoolSettings, WorkerPool
 from dspy_pool.server.config import ServerConfig, public_view
+from dspy_pool.server.handlers import add_service
 from dspy_pool.server.registry import ProgramRegistry
 from dspy_pool.server.service import DSPyPoolService
 from dspy_pool.server.sessions import SessionStore
 from dspy_pool.simlm.process import SimLMProcess, start_sim_lm
 from dspy_pool.v1 import dspy_pool_pb2 as pb
-from dspy_pool.v1 import dspy_pool_pb2_grpc as pb_grpc
 
 log = structlog.get_logger("dspy_pool.server")
 
@@ -84,7 +84,7 @@ class App:
         registry = ProgramRegistry(self.config.max_programs)
         self.sessions = SessionStore(self.config.max_sessions, self.config.session_ttl_s, self.config.session_max_turns)
         self.service = DSPyPoolService(self.config, self.pool, registry, self.sessions)
-        pb_grpc.add_DSPyPoolServicer_to_server(self.service, self.server)
+        add_service(self.service, self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection((SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), self.server)
         await self._set_health(False)

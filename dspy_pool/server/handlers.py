@@ -1,0 +1,53 @@
+"""Register the servicer with request decoding that cannot end in UNKNOWN.
+
+The generated `add_DSPyPoolServicer_to_server` lets a protobuf DecodeError
+(for example inputs nested past the parser's depth limit) escape as UNKNOWN.
+Here every method decodes through a guard, and a request that cannot be
+decoded is answered INVALID_ARGUMENT with the parser's reason.
+"""
+
+from __future__ import annotations
+
+import grpc
+from google.protobuf.message import DecodeError
+
+from dspy_pool.v1 import dspy_pool_pb2 as pb
+
+
+class Undecodable:
+    __slots__ = ("reason",)
+
+    def __init__(self, reason: str) -> None:
+        self.reason = reason
+
+
+def _decoder(message_class):
+    def decode(data: bytes):
+        try:
+            return message_class.FromString(data)
+        except DecodeError as exc:
+            return Undecodable(str(exc))
+
+    return decode
+
+
+def _guard(method):
+    async def handle(request, context):
+        if isinstance(request, Undecodable):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"request cannot be decoded: {request.reason}")
+        return await method(request, context)
+
+    return handle
+
+
+def add_service(servicer, server: grpc.aio.Server) -> None:
+    service = pb.DESCRIPTOR.services_by_name["DSPyPool"]
+    handlers = {}
+    for method in service.methods:
+        request_class = pb.__dict__[method.input_type.name]
+        handlers[method.name] = grpc.unary_unary_rpc_method_handler(
+            _guard(getattr(servicer, method.name)),
+            request_deserializer=_decoder(request_class),
+            response_serializer=lambda message: message.SerializeToString(),
+        )
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))

@@ -1,0 +1,61 @@
+"""Start a real server (sim LM, zygote, workers, gRPC on 127.0.0.1:0) for a test module."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import time
+
+import grpc
+
+from dspy_pool.server.app import App
+from dspy_pool.server.config import ServerConfig
+from dspy_pool.v1 import dspy_pool_pb2 as pb
+from dspy_pool.v1 import dspy_pool_pb2_grpc as pb_grpc
+
+CHAOS = "tests.fixtures.chaos_kinds"
+
+
+def make_config(**overrides) -> ServerConfig:
+    base = ServerConfig(listen="127.0.0.1:0", workers=2, worker_concurrency=16, max_queue=100, lm="sim",
+                        sim_latency="fixed:5", programs=(CHAOS,), drain_grace_s=2.0, default_deadline_s=20.0)
+    return dataclasses.replace(base, **overrides)
+
+
+@contextlib.asynccontextmanager
+async def running_app(**overrides):
+    app = App(make_config(**overrides))
+    try:
+        await app.start()
+        channel = grpc.aio.insecure_channel(f"127.0.0.1:{app.port}")
+        try:
+            yield app, pb_grpc.DSPyPoolStub(channel), channel
+        finally:
+            await channel.close()
+    finally:
+        await app.stop(grace_s=2.0)
+
+
+def execute_request(program: str, **inputs) -> pb.ExecuteRequest:
+    request = pb.ExecuteRequest(program=program)
+    request.inputs.update(inputs)
+    return request
+
+
+async def register(stub, name: str, signature: str, module: str = "predict", **fields) -> pb.Program:
+    return await stub.RegisterProgram(pb.RegisterProgramRequest(spec=pb.ProgramSpec(name=name, signature=signature, module=module, **fields)), timeout=30)
+
+
+async def eventually(predicate, timeout_s: float = 10.0, interval_s: float = 0.02):
+    """Await until predicate() (sync or async) is truthy; fail after timeout_s."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout_s}s")
+        await asyncio.sleep(interval_s)

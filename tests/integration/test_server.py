@@ -1,0 +1,253 @@
+"""End to end through real gRPC, a real zygote, real workers and the simulated LM (one server per module)."""
+
+import asyncio
+
+import grpc
+import pytest
+import pytest_asyncio
+from google.rpc import error_details_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from grpc_status import rpc_status
+
+from dspy_pool.v1 import dspy_pool_pb2 as pb
+
+from .harness import eventually, execute_request, register, running_app
+
+pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(60)]
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def server():
+    async with running_app(max_queue=200) as (app, stub, channel):
+        await register(stub, "qa", "question -> answer", "chain_of_thought")
+        await register(stub, "sleepy", "seconds -> slept", "sleepy")
+        yield app, stub, channel
+
+
+async def _status_code(call) -> grpc.StatusCode:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await call
+    return caught.value
+
+
+async def test_health_is_serving(server):
+    """Health reports SERVING for the server and for the DSPyPool service once workers are ready."""
+    _, _, channel = server
+    health = health_pb2_grpc.HealthStub(channel)
+    for service in ("", "dspy_pool.v1.DSPyPool"):
+        reply = await health.Check(health_pb2.HealthCheckRequest(service=service))
+        assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+async def test_reflection_lists_the_service(server):
+    """Server reflection exposes DSPyPool so grpcurl and ghz work without the .proto."""
+    _, _, channel = server
+    stub = reflection_pb2_grpc.ServerReflectionStub(channel)
+    responses = stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]))
+    async for response in responses:
+        names = [s.name for s in response.list_services_response.service]
+        assert "dspy_pool.v1.DSPyPool" in names
+        break
+
+
+async def test_execute_returns_outputs_worker_and_usage(server):
+    """A call runs on a pool worker against the LM and reports outputs, worker, timings and tokens."""
+    app, stub, _ = server
+    response = await stub.Execute(execute_request("qa", question="What is DSPy?"), timeout=20)
+    assert response.outputs["answer"].startswith("sim answer")
+    assert "reasoning" in response.outputs
+    assert response.program_version == 1 and response.served_by == "primary"
+    assert response.worker.pid in {h.pid for h in app.pool.handles()}
+    assert response.usage.total_tokens > 0
+    assert response.timings.total_ms >= response.timings.execution_ms > 0
+
+
+async def test_same_inputs_give_the_same_answer(server):
+    """The simulated LM is deterministic, so a repeated call answers the same."""
+    _, stub, _ = server
+    first = await stub.Execute(execute_request("qa", question="same?"), timeout=20)
+    second = await stub.Execute(execute_request("qa", question="same?"), timeout=20)
+    assert first.outputs == second.outputs
+
+
+async def test_reregistering_creates_versions(server):
+    """Identical content keeps its version; new content adds one and the old stays runnable."""
+    _, stub, _ = server
+    first = await register(stub, "versioned", "question -> answer")
+    again = await register(stub, "versioned", "question -> answer")
+    changed = await register(stub, "versioned", "question -> answer", instructions="Answer tersely.")
+    assert (first.version, again.version, changed.version) == (1, 1, 2)
+    assert first.created and not again.created
+    old = await stub.Execute(pb.ExecuteRequest(program="versioned", version=1, inputs=execute_request("x", question="q").inputs), timeout=20)
+    assert old.program_version == 1
+    listing = await stub.ListPrograms(pb.ListProgramsRequest(all_versions=True))
+    assert [p.version for p in listing.programs if p.spec.name == "versioned"] == [1, 2]
+
+
+async def test_delete_program_then_not_found(server):
+    """A deleted program answers NOT_FOUND."""
+    _, stub, _ = server
+    await register(stub, "doomed", "a -> b")
+    deleted = await stub.DeleteProgram(pb.DeleteProgramRequest(name="doomed"))
+    assert list(deleted.deleted_versions) == [1]
+    error = await _status_code(stub.GetProgram(pb.GetProgramRequest(name="doomed")))
+    assert error.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_unknown_program_and_version_are_not_found(server):
+    """Unknown programs and versions answer NOT_FOUND with the name in the message."""
+    _, stub, _ = server
+    error = await _status_code(stub.Execute(execute_request("nope", question="q")))
+    assert error.code() == grpc.StatusCode.NOT_FOUND and "nope" in error.details()
+    error = await _status_code(stub.Execute(pb.ExecuteRequest(program="qa", version=99)))
+    assert error.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_missing_and_unknown_inputs_are_invalid(server):
+    """Inputs are checked against the signature before anything is queued."""
+    _, stub, _ = server
+    error = await _status_code(stub.Execute(execute_request("qa")))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "question" in error.details()
+    error = await _status_code(stub.Execute(execute_request("qa", question="q", bogus=1)))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "bogus" in error.details()
+
+
+async def test_bad_signature_is_invalid_and_server_survives(server):
+    """DSPy's own parser rejects a malformed signature in a worker; the error is INVALID_ARGUMENT."""
+    _, stub, _ = server
+    error = await _status_code(register(stub, "broken", "question -> answer: list[", "predict"))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "signature" in error.details()
+    error = await _status_code(register(stub, "evil", "a: __import__('os').system('true') -> b"))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    ok = await stub.Execute(execute_request("qa", question="still up?"), timeout=20)
+    assert ok.outputs["answer"]
+
+
+async def test_unknown_module_kind_is_invalid(server):
+    """Clients can only name module kinds the operator loaded."""
+    _, stub, _ = server
+    error = await _status_code(register(stub, "x", "a -> b", "exec_python"))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "chain_of_thought" in error.details()
+
+
+async def test_error_details_carry_error_info(server):
+    """Errors carry a google.rpc.Status with an ErrorInfo naming the reason."""
+    _, stub, _ = server
+    error = await _status_code(stub.Execute(execute_request("qa")))
+    status = rpc_status.from_call(error)
+    info = error_details_pb2.ErrorInfo()
+    assert status.details[0].Unpack(info)
+    assert info.reason == "INVALID_ARGUMENT" and info.domain == "dspy-pool"
+
+
+async def test_session_history_reaches_the_program(server):
+    """Calls in a session see the earlier turns as dspy.History; GetSession lists them."""
+    _, stub, _ = server
+    await register(stub, "chat", "question, history: dspy.History -> answer", "counts_history")
+    for expected_turns in (0, 1, 2):
+        request = execute_request("chat", question="hi")
+        request.session_id = "session-1"
+        response = await stub.Execute(request, timeout=20)
+        assert response.outputs["turns"] == expected_turns
+    session = await stub.GetSession(pb.GetSessionRequest(session_id="session-1"))
+    assert len(session.turns) == 3 and session.turns[0].inputs["question"] == "hi"
+    closed = await stub.CloseSession(pb.CloseSessionRequest(session_id="session-1"))
+    assert closed.turns == 3
+    error = await _status_code(stub.GetSession(pb.GetSessionRequest(session_id="session-1")))
+    assert error.code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_bad_session_id_is_invalid(server):
+    """A session id that is too long or has odd characters is refused."""
+    _, stub, _ = server
+    request = execute_request("qa", question="q")
+    request.session_id = "x" * 500
+    error = await _status_code(stub.Execute(request))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_pool_status_lists_workers(server):
+    """GetPoolStatus shows every worker with its pid and state, and the configuration."""
+    _, stub, _ = server
+    status = await stub.GetPoolStatus(pb.GetPoolStatusRequest())
+    assert status.serving
+    assert len(status.workers) == 2 and all(w.state == "ready" and w.pid > 0 for w in status.workers)
+    assert status.config.worker_concurrency == 16 and "sleepy" in status.config.module_kinds
+
+
+async def test_many_concurrent_calls_all_succeed(server):
+    """200 concurrent calls on 2 workers all succeed and both workers serve some."""
+    _, stub, _ = server
+    responses = await asyncio.gather(*(stub.Execute(execute_request("qa", question=f"q{i}"), timeout=30) for i in range(200)))
+    assert all(r.outputs["answer"] for r in responses)
+    assert len({r.worker.pid for r in responses}) == 2
+
+
+async def test_deadline_in_worker_is_deadline_exceeded_and_cancels(server):
+    """A call past its deadline ends with DEADLINE_EXCEEDED and the worker frees its slot."""
+    app, stub, _ = server
+    error = await _status_code(stub.Execute(execute_request("sleepy", seconds=10), timeout=0.5))
+    assert error.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    await eventually(lambda: app.pool.dispatcher.in_flight == 0, timeout_s=5)
+
+
+async def test_client_cancel_reaches_the_worker(server):
+    """Cancelling the RPC cancels the running program; the worker stays alive."""
+    app, stub, _ = server
+    pids = {h.pid for h in app.pool.handles()}
+    call = stub.Execute(execute_request("sleepy", seconds=10), timeout=30)
+    await eventually(lambda: app.pool.dispatcher.in_flight == 1, timeout_s=5)
+    call.cancel()
+    await eventually(lambda: app.pool.dispatcher.in_flight == 0, timeout_s=5)
+    assert {h.pid for h in app.pool.handles()} == pids
+
+
+async def test_queue_full_is_resource_exhausted_with_retry_info(server):
+    """Past worker slots plus the queue bound, calls are refused at once with a retry hint; queued calls expire on time."""
+    app, stub, _ = server
+    slots, queue_bound, extra = 32, 200, 20
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    calls = [stub.Execute(execute_request("sleepy", seconds=1.0), timeout=1.5) for _ in range(slots + queue_bound + extra)]
+    results = await asyncio.gather(*calls, return_exceptions=True)
+    elapsed = loop.time() - started
+    codes = [r.code() if isinstance(r, grpc.aio.AioRpcError) else grpc.StatusCode.OK for r in results]
+    assert codes.count(grpc.StatusCode.RESOURCE_EXHAUSTED) >= extra - 2
+    assert codes.count(grpc.StatusCode.OK) >= slots - 2
+    assert set(codes) <= {grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.DEADLINE_EXCEEDED}
+    assert elapsed < 5.0
+    refused = next(r for r in results if isinstance(r, grpc.aio.AioRpcError) and r.code() == grpc.StatusCode.RESOURCE_EXHAUSTED)
+    retry = error_details_pb2.RetryInfo()
+    assert any(d.Unpack(retry) for d in rpc_status.from_call(refused).details)
+    await eventually(lambda: app.pool.dispatcher.in_flight == 0 and app.pool.dispatcher.queue_depth == 0, timeout_s=5)
+
+
+async def test_synchronous_program_runs_in_a_thread(server):
+    """A module with only forward() runs in a thread, so concurrent calls overlap instead of queueing."""
+    _, stub, _ = server
+    await register(stub, "blocking", "seconds -> slept", "blocking_sync")
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    await asyncio.gather(*(stub.Execute(execute_request("blocking", seconds=0.5), timeout=20) for _ in range(6)))
+    assert loop.time() - started < 2.5  # six 0.5 s sleeps in sequence would take 3 s
+
+
+async def test_deeply_nested_and_huge_inputs_are_invalid(server):
+    """Nesting past the limit and payloads over the size limit get INVALID_ARGUMENT or RESOURCE_EXHAUSTED."""
+    _, stub, _ = server
+    nested: dict = {"leaf": 1}
+    for _ in range(40):
+        nested = {"n": nested}
+    error = await _status_code(stub.Execute(execute_request("qa", question=nested)))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and ("nested" in error.details() or "decoded" in error.details())
+    error = await _status_code(stub.Execute(execute_request("qa", question="x" * (5 * 1024 * 1024))))
+    assert error.code() in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.RESOURCE_EXHAUSTED)
+
+
+async def test_worker_output_is_logged_not_mixed_with_protocol(server):
+    """A program that prints does not disturb the protocol; the call still succeeds."""
+    _, stub, _ = server
+    await register(stub, "chatty", "lines -> printed", "prints")
+    response = await stub.Execute(execute_request("chatty", lines=500), timeout=20)
+    assert response.outputs["printed"] == 500

@@ -1,0 +1,138 @@
+"""Error hierarchy -> status codes, and PoolError -> rich gRPC status."""
+
+from __future__ import annotations
+
+import grpc
+import pytest
+from google.rpc import error_details_pb2, status_pb2
+
+from dspy_pool.errors import (
+    ErrorKind,
+    InvalidArgument,
+    NotFound,
+    PoolError,
+    QueueFull,
+    Unavailable,
+    WorkerCrashed,
+    from_kind,
+    status_for,
+)
+from dspy_pool.server.status import DOMAIN, to_grpc_status
+
+
+def rich_status(error: PoolError) -> status_pb2.Status:
+    """The google.rpc.Status carried in the grpc-status-details-bin trailer."""
+    status = to_grpc_status(error)
+    [(key, value)] = status.trailing_metadata
+    assert key == "grpc-status-details-bin"
+    return status_pb2.Status.FromString(value)
+
+
+def details_of(status: status_pb2.Status, message_type):
+    out = []
+    for detail in status.details:
+        if detail.Is(message_type.DESCRIPTOR):
+            message = message_type()
+            detail.Unpack(message)
+            out.append(message)
+    return out
+
+
+@pytest.mark.parametrize("kind", list(ErrorKind))
+def test_every_kind_has_a_status_code(kind):
+    """Every ErrorKind maps to a gRPC status code other than OK."""
+    code = status_for(kind)
+    assert isinstance(code, grpc.StatusCode)
+    assert code is not grpc.StatusCode.OK
+
+
+@pytest.mark.parametrize(
+    ("error", "code"),
+    [
+        (InvalidArgument("x"), grpc.StatusCode.INVALID_ARGUMENT),
+        (NotFound("x"), grpc.StatusCode.NOT_FOUND),
+        (QueueFull("x"), grpc.StatusCode.RESOURCE_EXHAUSTED),
+        (Unavailable("x"), grpc.StatusCode.UNAVAILABLE),
+        (WorkerCrashed("x"), grpc.StatusCode.UNAVAILABLE),
+        (PoolError("x"), grpc.StatusCode.INTERNAL),
+    ],
+)
+def test_subclass_status_codes_follow_the_design_table(error, code):
+    """Each error class has the code the design's status table gives it."""
+    assert error.status_code is code
+
+
+def test_status_for_accepts_kind_strings():
+    """status_for accepts the kind's string value as the worker sends it."""
+    assert status_for("lm_timeout") is grpc.StatusCode.DEADLINE_EXCEEDED
+
+
+def test_explicit_kind_overrides_class_kind():
+    """A kind passed to the constructor replaces the class default."""
+    assert PoolError("slow", kind=ErrorKind.LM_RATE_LIMITED).status_code is grpc.StatusCode.UNAVAILABLE
+
+
+def test_error_type_defaults_to_class_name():
+    """error_type defaults to the class name, and metadata is copied."""
+    metadata = {"a": "1"}
+    error = NotFound("x", metadata=metadata)
+    metadata["a"] = "2"
+    assert error.error_type == "NotFound"
+    assert error.metadata == {"a": "1"}
+
+
+def test_from_kind_rebuilds_worker_error():
+    """from_kind rebuilds a reported error with its kind, type, message and traceback."""
+    error = from_kind("lm_rate_limited", "429 too many", error_type="RateLimitError", remote_traceback="tb")
+    assert (error.kind, error.message, error.error_type, error.remote_traceback) == (ErrorKind.LM_RATE_LIMITED, "429 too many", "RateLimitError", "tb")
+
+
+def test_from_kind_unknown_is_internal():
+    """An unknown kind string becomes INTERNAL instead of raising."""
+    error = from_kind("martian", "??")
+    assert error.kind is ErrorKind.INTERNAL
+    assert error.status_code is grpc.StatusCode.INTERNAL
+
+
+def test_grpc_status_code_and_message():
+    """The grpc.Status has the error's code and a message prefixed with its type."""
+    error = PoolError("boom", kind=ErrorKind.PROGRAM_ERROR, error_type="KeyError")
+    status = to_grpc_status(error)
+    assert status.code is grpc.StatusCode.INTERNAL
+    assert status.details == "KeyError: boom"
+
+
+def test_message_not_prefixed_twice():
+    """When the message already names the type it is not prefixed again."""
+    error = PoolError("KeyError: 'q'", error_type="KeyError")
+    assert to_grpc_status(error).details == "KeyError: 'q'"
+
+
+def test_error_info_reason_domain_and_metadata():
+    """ErrorInfo carries the kind as reason, the service domain, error_type and metadata."""
+    status = rich_status(NotFound("no program", metadata={"program": "qa"}))
+    assert status.code == grpc.StatusCode.NOT_FOUND.value[0]
+    [info] = details_of(status, error_details_pb2.ErrorInfo)
+    assert info.reason == "NOT_FOUND"
+    assert info.domain == DOMAIN
+    assert dict(info.metadata) == {"error_type": "NotFound", "program": "qa"}
+
+
+def test_retry_info_when_retry_after_given():
+    """retry_after_ms in metadata becomes a RetryInfo delay."""
+    status = rich_status(PoolError("slow down", kind=ErrorKind.LM_RATE_LIMITED, metadata={"retry_after_ms": "1500"}))
+    [retry] = details_of(status, error_details_pb2.RetryInfo)
+    assert retry.retry_delay.ToMilliseconds() == 1500
+
+
+def test_no_retry_info_without_retry_after():
+    """Without retry_after_ms there is no RetryInfo."""
+    assert details_of(rich_status(Unavailable("draining")), error_details_pb2.RetryInfo) == []
+
+
+def test_debug_info_carries_remote_traceback_tail():
+    """A remote traceback travels as DebugInfo, cut to its last 4000 characters."""
+    traceback = "x" * 5000 + "END"
+    [debug] = details_of(rich_status(PoolError("boom", remote_traceback=traceback)), error_details_pb2.DebugInfo)
+    assert len(debug.detail) == 4000
+    assert debug.detail.endswith("END")
