@@ -20,13 +20,13 @@ from typing import Any, Callable
 
 Factory = Callable[..., Any]
 
-_KIND_NAME = re.compile(r"^[a-z][a-z0-9_]{0,63}$")
+_KIND_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
 _factories: dict[str, Factory] = {}
 
 
 def register(name: str, factory: Factory | None = None):
     """Register `factory` under `name`; usable as a decorator."""
-    if not _KIND_NAME.match(name):
+    if not _KIND_NAME.fullmatch(name):
         raise ValueError(f"module kind {name!r} must match {_KIND_NAME.pattern}")
 
     def _add(fn: Factory) -> Factory:

@@ -76,6 +76,8 @@ def _coerce(name: str, raw: Any) -> Any:
         return tuple(raw) if isinstance(raw, (list, tuple)) else tuple(p for p in str(raw).split(",") if p)
     if kind is bool:
         return str(raw).lower() in ("1", "true", "yes", "on")
+    if kind is int and (isinstance(raw, bool) or (isinstance(raw, float) and not raw.is_integer())):
+        raise ValueError(f"{name}: {raw!r} is not a whole number")
     try:
         return kind(raw)
     except (TypeError, ValueError):

@@ -18,8 +18,8 @@ from google.protobuf import timestamp_pb2
 from dspy_pool.errors import InvalidArgument, NotFound, ResourceExhausted
 from dspy_pool.v1 import dspy_pool_pb2 as pb
 
-NAME_PATTERN = re.compile(r"^[A-Za-z0-9_.\-]{1,128}$")
-_FIELD_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,63}$")
+NAME_PATTERN = re.compile(r"[A-Za-z0-9_.\-]{1,128}")
+_FIELD_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 MAX_SIGNATURE_CHARS = 4096
 MAX_STATE_JSON_BYTES = 1024 * 1024
 
@@ -42,7 +42,7 @@ def content_hash(spec: pb.ProgramSpec) -> str:
 
 def check_spec(spec: pb.ProgramSpec, known_kinds: list[str]) -> None:
     """Cheap checks in the front; the worker then builds the program for real."""
-    if not NAME_PATTERN.match(spec.name):
+    if not NAME_PATTERN.fullmatch(spec.name):
         raise InvalidArgument(f"program name {spec.name!r} must match {NAME_PATTERN.pattern}")
     if not spec.signature.strip() and not (spec.input_fields and spec.output_fields):
         raise InvalidArgument("a program needs a signature (e.g. 'question -> answer') or input_fields and output_fields")
@@ -51,7 +51,7 @@ def check_spec(spec: pb.ProgramSpec, known_kinds: list[str]) -> None:
     if spec.signature and "->" not in spec.signature:
         raise InvalidArgument(f"signature {spec.signature!r} has no '->' between inputs and outputs")
     for field in (*spec.input_fields, *spec.output_fields):
-        if not _FIELD_NAME.match(field.name):
+        if not _FIELD_NAME.fullmatch(field.name):
             raise InvalidArgument(f"field name {field.name!r} must be a Python identifier")
     kind = spec.module or "predict"
     if kind not in known_kinds:

@@ -15,7 +15,7 @@ from typing import Any
 
 from dspy_pool.errors import InvalidArgument, NotFound
 
-SESSION_ID_PATTERN = re.compile(r"^[A-Za-z0-9_.:\-]{1,128}$")
+SESSION_ID_PATTERN = re.compile(r"[A-Za-z0-9_.:\-]{1,128}")
 
 
 @dataclass
@@ -39,7 +39,7 @@ class Session:
 
 
 def check_session_id(session_id: str) -> None:
-    if not SESSION_ID_PATTERN.match(session_id):
+    if not SESSION_ID_PATTERN.fullmatch(session_id):
         raise InvalidArgument(f"session_id must match {SESSION_ID_PATTERN.pattern} (1-128 characters)")
 
 

@@ -79,7 +79,6 @@ def test_invalid_values_list_every_problem():
     assert "default_deadline_s must be > 0" in message
 
 
-@pytest.mark.xfail(reason="bug: _coerce uses int(raw), so a file value workers = 2.7 silently becomes 2", strict=True)
 def test_fractional_value_for_int_field_rejected():
     """A fractional number for an int setting is rejected rather than truncated."""
     with pytest.raises(ValueError):

@@ -36,7 +36,6 @@ def test_bad_name_rejected(name):
         check_spec(spec(name=name), KINDS)
 
 
-@pytest.mark.xfail(reason="bug: NAME_PATTERN ends in '$', which also matches before a trailing newline", strict=True)
 def test_name_with_trailing_newline_rejected():
     """A name ending in a newline is rejected."""
     with pytest.raises(InvalidArgument):
