@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 
 _KEY_SHAPES = re.compile(
-    r"(\bsk-[A-Za-z0-9_\-]{6,}|(?i:authorization:\s*bearer)\s+[A-Za-z0-9._\-]{8,}|(?i:\bbearer)\s+(?=[A-Za-z0-9._\-]*\d)[A-Za-z0-9._\-]{16,}|AIza[0-9A-Za-z_\-]{20,}|(?i:api[_-]?key)[\"']?\s*[:=]\s*[\"']?[^\s\"',]{4,})"
+    r"(\bsk-[A-Za-z0-9_\-]{6,}|(?i:\bbearer)\s+(?=[A-Za-z0-9._\-]*[\d.])[A-Za-z0-9._\-]{8,}|AIza[0-9A-Za-z_\-]{20,}|(?i:api[_-]?key)[\"']?\s*[:=]\s*[\"']?[^\s\"',]{4,})"
 )
 MASK = "[redacted]"
 
