@@ -251,3 +251,37 @@ async def test_worker_output_is_logged_not_mixed_with_protocol(server):
     await register(stub, "chatty", "lines -> printed", "prints")
     response = await stub.Execute(execute_request("chatty", lines=500), timeout=20)
     assert response.outputs["printed"] == 500
+
+
+async def test_typed_fields_demos_and_saved_state(server):
+    """Typed field lists with descriptions, demos and saved state JSON all build and run."""
+    import json
+
+    import dspy
+
+    _, stub, _ = server
+    typed = await stub.RegisterProgram(pb.RegisterProgramRequest(spec=pb.ProgramSpec(
+        name="typed",
+        input_fields=[pb.FieldSpec(name="text", description="a sentence")],
+        output_fields=[pb.FieldSpec(name="words", type="int", description="how many words")],
+    )))
+    assert list(typed.input_names) == ["text"] and list(typed.output_names) == ["words"]
+    response = await stub.Execute(execute_request("typed", text="one two three"), timeout=20)
+    assert isinstance(response.outputs["words"], float)  # Struct numbers are doubles
+
+    predict = dspy.Predict("question -> answer")
+    predict.demos = [dspy.Example(question="2+2?", answer="4")]
+    state = json.dumps(predict.dump_state())
+    demo = pb.ProgramSpec(name="stateful", signature="question -> answer", state_json=state)
+    demo.demos.add().update({"question": "capital of France?", "answer": "Paris"})
+    await stub.RegisterProgram(pb.RegisterProgramRequest(spec=demo))
+    response = await stub.Execute(execute_request("stateful", question="3+3?"), timeout=20)
+    assert response.outputs["answer"]
+
+
+async def test_state_json_that_does_not_fit_is_invalid(server):
+    """Saved state that is not JSON is refused with INVALID_ARGUMENT."""
+    _, stub, _ = server
+    spec = pb.ProgramSpec(name="badstate", signature="question -> answer", state_json="{not json")
+    error = await _status_code(stub.RegisterProgram(pb.RegisterProgramRequest(spec=spec)))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "state" in error.details()
