@@ -46,6 +46,15 @@ class ServerConfig:
     boot_timeout_s: float = 60.0
     crash_loop_threshold: int = 5
     hang_timeout_s: float = 10.0
+    breaker_window: int = 100
+    breaker_minimum_calls: int = 20
+    breaker_failure_rate: float = 0.5
+    breaker_wait_s: float = 5.0
+    retry_max_attempts: int = 3
+    result_cache_entries: int = 10000
+    result_cache_ttl_s: float = 3600.0
+    default_fallback: tuple[str, ...] = ()
+    fallback_concurrency: int = 256
     log_format: str = "console"
     log_level: str = "info"
 

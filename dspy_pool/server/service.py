@@ -21,7 +21,9 @@ from dspy_pool.pool.handle import WorkerHandle
 from dspy_pool.pool.supervisor import WorkerPool
 from dspy_pool.server import config as config_module
 from dspy_pool.server.config import ServerConfig
+from dspy_pool.server.breaker import BreakerConfig
 from dspy_pool.server.registry import ProgramRegistry, ProgramVersion, check_spec
+from dspy_pool.server.resilience import ResilienceSettings, ResilientExecutor, chain_for
 from dspy_pool.server.sessions import SessionStore, Turn, check_session_id
 from dspy_pool.server.status import to_grpc_status
 from dspy_pool.v1 import dspy_pool_pb2 as pb
@@ -37,6 +39,19 @@ def _deadline(context: grpc.aio.ServicerContext, config: ServerConfig, loop: asy
     remaining = context.time_remaining()
     budget = config.default_deadline_s if remaining is None else min(remaining, config.max_deadline_s)
     return loop.time() + budget
+
+
+def resilience_settings(config: ServerConfig) -> ResilienceSettings:
+    breaker = BreakerConfig(
+        window_size=config.breaker_window, minimum_calls=config.breaker_minimum_calls,
+        failure_rate_threshold=config.breaker_failure_rate, wait_duration_s=config.breaker_wait_s,
+        max_wait_duration_s=max(config.breaker_wait_s, 60.0),
+    )
+    return ResilienceSettings(
+        breaker=breaker, max_attempts=config.retry_max_attempts, cache_entries=config.result_cache_entries,
+        cache_ttl_s=config.result_cache_ttl_s, fallback_concurrency=config.fallback_concurrency,
+        default_chain=tuple(config.default_fallback),
+    )
 
 
 class Executor:
@@ -72,6 +87,7 @@ class DSPyPoolService(pb_grpc.DSPyPoolServicer):
         self.registry = registry
         self.sessions = sessions
         self.executor = Executor(pool, sessions)
+        self.resilient = ResilientExecutor(self.executor, registry, resilience_settings(config), config.lm_api_base or config.lm)
         self.started_at = time.monotonic()
         self._register_lock = asyncio.Lock()
 
@@ -83,6 +99,12 @@ class DSPyPoolService(pb_grpc.DSPyPoolServicer):
         try:
             spec = request.spec
             check_spec(spec, self.pool.module_kinds)
+            try:
+                chain_for(spec, self.resilient.settings.default_chain)
+            except ValueError as exc:
+                raise errors.InvalidArgument(f"fallback: {exc}") from None
+            if "program" in spec.fallback.chain and spec.fallback.program == spec.name:
+                raise errors.InvalidArgument("a program cannot be its own fallback")
             async with self._register_lock:  # one version number per distinct content
                 existing = self.registry.existing(spec)
                 if existing is not None:
@@ -151,21 +173,23 @@ class DSPyPoolService(pb_grpc.DSPyPoolServicer):
         request_id = request.request_id or uuid.uuid4().hex
         try:
             program = self._check_execute(request)
-            reply, handle = await self.executor.execute(program, request, request.session_id, request_id, deadline)
+            served = await self.resilient.execute(program, request, request_id, deadline)
         except errors.PoolError as error:
             if error.kind not in (errors.ErrorKind.INVALID_ARGUMENT, errors.ErrorKind.NOT_FOUND):
                 log.warning("execute_failed", program=request.program, request_id=request_id, kind=error.kind.value, message=error.message[:300])
             await self._abort(context, error)
             return
+        reply, handle = served.reply, served.handle
         total_ms = (loop.time() - received) * 1000.0
         response = pb.ExecuteResponse(
             program=program.program.spec.name,
             program_version=program.program.version,
             request_id=request_id,
-            worker=pb.WorkerRef(id=handle.worker_id, pid=handle.pid),
+            worker=pb.WorkerRef(id=handle.worker_id, pid=handle.pid) if handle is not None else None,
             timings=pb.Timings(queue_wait_ms=max(0.0, total_ms - reply.execution_ms), execution_ms=reply.execution_ms, total_ms=total_ms),
             usage=pb.Usage(prompt_tokens=reply.prompt_tokens, completion_tokens=reply.completion_tokens, total_tokens=reply.total_tokens),
-            served_by="primary",
+            served_by=served.served_by,
+            fallback_reason=served.fallback_reason,
             session_id=request.session_id,
         )
         response.outputs.CopyFrom(reply.outputs)
@@ -217,6 +241,15 @@ class DSPyPoolService(pb_grpc.DSPyPoolServicer):
                 default_deadline_s=self.config.default_deadline_s, lm=self.config.lm, module_kinds=self.pool.module_kinds,
             ),
         )
+        status.retries = self.resilient.retries
+        status.fallbacks_served = self.resilient.fallbacks_served
+        for key, snapshot in self.resilient.breakers.snapshots().items():
+            status.breakers.add(
+                program=key.program, lm_endpoint=key.lm_endpoint, state=str(snapshot.state),
+                failure_rate=-1.0 if snapshot.failure_rate is None else snapshot.failure_rate,
+                calls_in_window=snapshot.calls_in_window, opened_total=snapshot.opened_total,
+                half_opened_total=snapshot.half_opened_total, closed_total=snapshot.closed_total,
+            )
         for handle in self.pool.handles():
             status.workers.add(
                 id=handle.worker_id, pid=handle.pid, state=handle.state.value, in_flight=len(handle.in_flight),

@@ -270,8 +270,28 @@ class PoolConfig(_message.Message):
     module_kinds: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, workers: _Optional[int] = ..., min_workers: _Optional[int] = ..., max_workers: _Optional[int] = ..., worker_concurrency: _Optional[int] = ..., max_queue: _Optional[int] = ..., default_deadline_s: _Optional[float] = ..., lm: _Optional[str] = ..., module_kinds: _Optional[_Iterable[str]] = ...) -> None: ...
 
+class BreakerStatus(_message.Message):
+    __slots__ = ("program", "lm_endpoint", "state", "failure_rate", "calls_in_window", "opened_total", "half_opened_total", "closed_total")
+    PROGRAM_FIELD_NUMBER: _ClassVar[int]
+    LM_ENDPOINT_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    FAILURE_RATE_FIELD_NUMBER: _ClassVar[int]
+    CALLS_IN_WINDOW_FIELD_NUMBER: _ClassVar[int]
+    OPENED_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    HALF_OPENED_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    CLOSED_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    program: str
+    lm_endpoint: str
+    state: str
+    failure_rate: float
+    calls_in_window: int
+    opened_total: int
+    half_opened_total: int
+    closed_total: int
+    def __init__(self, program: _Optional[str] = ..., lm_endpoint: _Optional[str] = ..., state: _Optional[str] = ..., failure_rate: _Optional[float] = ..., calls_in_window: _Optional[int] = ..., opened_total: _Optional[int] = ..., half_opened_total: _Optional[int] = ..., closed_total: _Optional[int] = ...) -> None: ...
+
 class PoolStatus(_message.Message):
-    __slots__ = ("serving", "workers", "queue_depth", "in_flight", "completed", "failed", "rejected", "worker_restarts", "sessions", "programs", "config", "uptime_s")
+    __slots__ = ("serving", "workers", "queue_depth", "in_flight", "completed", "failed", "rejected", "worker_restarts", "sessions", "programs", "config", "uptime_s", "breakers", "retries", "fallbacks_served")
     SERVING_FIELD_NUMBER: _ClassVar[int]
     WORKERS_FIELD_NUMBER: _ClassVar[int]
     QUEUE_DEPTH_FIELD_NUMBER: _ClassVar[int]
@@ -284,6 +304,9 @@ class PoolStatus(_message.Message):
     PROGRAMS_FIELD_NUMBER: _ClassVar[int]
     CONFIG_FIELD_NUMBER: _ClassVar[int]
     UPTIME_S_FIELD_NUMBER: _ClassVar[int]
+    BREAKERS_FIELD_NUMBER: _ClassVar[int]
+    RETRIES_FIELD_NUMBER: _ClassVar[int]
+    FALLBACKS_SERVED_FIELD_NUMBER: _ClassVar[int]
     serving: bool
     workers: _containers.RepeatedCompositeFieldContainer[WorkerStatus]
     queue_depth: int
@@ -296,4 +319,7 @@ class PoolStatus(_message.Message):
     programs: int
     config: PoolConfig
     uptime_s: float
-    def __init__(self, serving: _Optional[bool] = ..., workers: _Optional[_Iterable[_Union[WorkerStatus, _Mapping]]] = ..., queue_depth: _Optional[int] = ..., in_flight: _Optional[int] = ..., completed: _Optional[int] = ..., failed: _Optional[int] = ..., rejected: _Optional[int] = ..., worker_restarts: _Optional[int] = ..., sessions: _Optional[int] = ..., programs: _Optional[int] = ..., config: _Optional[_Union[PoolConfig, _Mapping]] = ..., uptime_s: _Optional[float] = ...) -> None: ...
+    breakers: _containers.RepeatedCompositeFieldContainer[BreakerStatus]
+    retries: int
+    fallbacks_served: int
+    def __init__(self, serving: _Optional[bool] = ..., workers: _Optional[_Iterable[_Union[WorkerStatus, _Mapping]]] = ..., queue_depth: _Optional[int] = ..., in_flight: _Optional[int] = ..., completed: _Optional[int] = ..., failed: _Optional[int] = ..., rejected: _Optional[int] = ..., worker_restarts: _Optional[int] = ..., sessions: _Optional[int] = ..., programs: _Optional[int] = ..., config: _Optional[_Union[PoolConfig, _Mapping]] = ..., uptime_s: _Optional[float] = ..., breakers: _Optional[_Iterable[_Union[BreakerStatus, _Mapping]]] = ..., retries: _Optional[int] = ..., fallbacks_served: _Optional[int] = ...) -> None: ...

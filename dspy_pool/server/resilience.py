@@ -1,0 +1,173 @@
+"""The one resilience path every Execute takes: breaker -> primary (with retries) -> fallback chain.
+
+    acquire breaker permit --none (open)--------------------------+
+         | permit                                                  |
+         v                                                         v
+    primary on the pool --ok--> cache result, record SUCCESS   fallback steps in order:
+         | PoolError                                             cache: last good result
+         | transient and budget left and time left? -> backoff,  static: fixed outputs
+         |    retry (one permit covers the attempts)             program: a simpler program
+         v                                                       fail: the original error
+    record FAILURE (system) or IGNORED (caller's fault) ------->  (bad input never falls back)
+
+Policies are the pure modules beside this one (breaker, retry, fallback,
+result_cache); this module only sequences them. Nothing awaits while a
+breaker is consulted, so no lock is held across the guarded call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from dataclasses import dataclass
+
+import structlog
+
+from dspy_pool import errors, structs
+from dspy_pool.internal import worker_pb2 as wire
+from dspy_pool.pool.handle import WorkerHandle
+from dspy_pool.server import fallback as fallback_policy
+from dspy_pool.server import retry as retry_policy
+from dspy_pool.server.breaker import AsyncBreakerGuard, BreakerConfig, BreakerKey, BreakerRegistry, Outcome
+from dspy_pool.server.fallback import FallbackBudget, FallbackChain, Step
+from dspy_pool.server.registry import ProgramRegistry, ProgramVersion
+from dspy_pool.server.result_cache import ResultCache, cache_key
+from dspy_pool.v1 import dspy_pool_pb2 as pb
+
+log = structlog.get_logger("dspy_pool.resilience")
+
+_NEVER_FALLBACK = {errors.ErrorKind.INVALID_ARGUMENT, errors.ErrorKind.NOT_FOUND, errors.ErrorKind.CANCELLED}
+
+
+@dataclass(frozen=True)
+class ResilienceSettings:
+    breaker: BreakerConfig = BreakerConfig()
+    max_attempts: int = 3
+    backoff_base_s: float = 0.05
+    backoff_max_s: float = 1.0
+    retry_ratio: float = 0.2
+    cache_entries: int = 10000
+    cache_ttl_s: float = 3600.0
+    fallback_concurrency: int = 256
+    default_chain: tuple[str, ...] = ()
+
+
+@dataclass
+class Served:
+    reply: wire.WorkReply
+    handle: WorkerHandle | None
+    served_by: str = "primary"
+    fallback_reason: str = ""
+
+
+def chain_for(spec: pb.ProgramSpec, default_chain: tuple[str, ...]) -> FallbackChain:
+    """The program's own chain, else the server default; raises ValueError when invalid."""
+    fb = spec.fallback
+    steps = tuple(fb.chain) or default_chain
+    static = structs.struct_to_dict(fb.static_outputs) if fb.HasField("static_outputs") else None
+    return FallbackChain(steps=steps, lm=fb.lm, lm_api_base=fb.lm_api_base, program=fb.program, static_outputs=static)
+
+
+def _outcome_for(error: errors.PoolError) -> Outcome:
+    if error.kind is errors.ErrorKind.DEADLINE_EXCEEDED and "in the queue" in error.message:
+        return Outcome.IGNORED  # waiting in our queue says nothing about the LM endpoint
+    return Outcome.FAILURE if fallback_policy.counts_as_breaker_failure(error.kind.value) else Outcome.IGNORED
+
+
+class ResilientExecutor:
+    def __init__(self, executor, registry: ProgramRegistry, settings: ResilienceSettings, lm_endpoint: str) -> None:
+        self.executor = executor
+        self.registry = registry
+        self.settings = settings
+        self.lm_endpoint = lm_endpoint
+        self.breakers = AsyncBreakerGuard(BreakerRegistry(settings.breaker))
+        self.cache = ResultCache(settings.cache_entries, settings.cache_ttl_s)
+        self.retry_budget = retry_policy.RetryBudget(ratio=settings.retry_ratio)
+        self.fallback_budget = FallbackBudget(settings.fallback_concurrency)
+        self._rng = random.Random()
+        self.retries = 0
+        self.fallbacks_served = 0
+
+    def _cache_key(self, program: ProgramVersion, request: pb.ExecuteRequest) -> bytes:
+        return cache_key(program.program.spec.name, program.program.version, request.inputs.SerializeToString(deterministic=True))
+
+    async def execute(self, program: ProgramVersion, request: pb.ExecuteRequest, request_id: str, deadline: float) -> Served:
+        key = BreakerKey(program.program.spec.name, self.lm_endpoint)
+        permit = self.breakers.acquire(key)
+        if permit is None:
+            return await self._fall_back(program, request, deadline, "breaker_open", errors.Unavailable(
+                f"circuit breaker open for {program.program.spec.name!r}; no fallback answered"))
+        try:
+            reply, handle = await self._primary_with_retries(program, request, request_id, deadline)
+        except errors.PoolError as error:
+            self.breakers.record(key, permit, _outcome_for(error))
+            if error.kind in _NEVER_FALLBACK:
+                raise
+            return await self._fall_back(program, request, deadline, fallback_policy.classify(error.kind.value).value, error)
+        except asyncio.CancelledError:
+            self.breakers.record(key, permit, Outcome.IGNORED)
+            raise
+        self.breakers.record(key, permit, Outcome.SUCCESS)
+        self.cache.put(self._cache_key(program, request), reply.outputs.SerializeToString(), time.monotonic())
+        return Served(reply, handle)
+
+    async def _primary_with_retries(self, program, request, request_id, deadline):
+        loop = asyncio.get_running_loop()
+        self.retry_budget.record_call(time.monotonic())
+        attempt = 0
+        while True:
+            try:
+                return await self.executor.execute(program, request, request.session_id, request_id, deadline)
+            except errors.PoolError as error:
+                attempt += 1
+                if attempt >= self.settings.max_attempts or not retry_policy.is_transient(error.kind.value):
+                    raise
+                delay = retry_policy.backoff_delay(attempt - 1, self.settings.backoff_base_s, self.settings.backoff_max_s, self._rng)
+                if loop.time() + delay >= deadline or not self.retry_budget.try_spend(time.monotonic()):
+                    raise
+                self.retries += 1
+                await asyncio.sleep(delay)
+
+    async def _fall_back(self, program: ProgramVersion, request: pb.ExecuteRequest, deadline: float, reason: str, error: errors.PoolError) -> Served:
+        try:
+            chain = chain_for(program.program.spec, self.settings.default_chain)
+        except ValueError:
+            raise error from None
+        steps = fallback_policy.plan(chain, reason)
+        if not steps or not self.fallback_budget.try_acquire():
+            raise error
+        try:
+            for step in steps:
+                served = await self._try_step(step, chain, program, request, deadline)
+                if served is not None:
+                    served.served_by, served.fallback_reason = step.value, reason
+                    self.fallbacks_served += 1
+                    return served
+                if step is Step.FAIL:
+                    break
+        finally:
+            self.fallback_budget.release()
+        raise error
+
+    async def _try_step(self, step: Step, chain: FallbackChain, program: ProgramVersion, request: pb.ExecuteRequest, deadline: float) -> Served | None:
+        if step is Step.CACHE:
+            cached = self.cache.get(self._cache_key(program, request), time.monotonic())
+            if cached is None:
+                return None
+            reply = wire.WorkReply()
+            reply.outputs.ParseFromString(cached)
+            return Served(reply, None)
+        if step is Step.STATIC:
+            reply = wire.WorkReply()
+            structs.dict_to_struct(dict(chain.static_outputs or {}), reply.outputs)
+            return Served(reply, None)
+        if step is Step.PROGRAM:
+            try:
+                simpler = self.registry.get(chain.program)
+                reply, handle = await self.executor.execute(simpler, request, "", request.request_id, deadline)
+            except errors.PoolError as step_error:
+                log.info("fallback_step_failed", step=step.value, program=chain.program, kind=step_error.kind.value)
+                return None
+            return Served(reply, handle)
+        return None  # "lm" needs a per-call LM override in workers: not wired yet; "fail" ends the chain
