@@ -86,7 +86,7 @@ class WorkerHello(_message.Message):
     def __init__(self, worker_id: _Optional[int] = ..., pid: _Optional[int] = ..., boot_ms: _Optional[float] = ...) -> None: ...
 
 class WorkRequest(_message.Message):
-    __slots__ = ("program_key", "spec", "inputs", "history", "has_history", "timeout_s", "request_id", "validate_only")
+    __slots__ = ("program_key", "spec", "inputs", "history", "has_history", "timeout_s", "request_id", "validate_only", "lm_model", "lm_api_base")
     PROGRAM_KEY_FIELD_NUMBER: _ClassVar[int]
     SPEC_FIELD_NUMBER: _ClassVar[int]
     INPUTS_FIELD_NUMBER: _ClassVar[int]
@@ -95,6 +95,8 @@ class WorkRequest(_message.Message):
     TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     VALIDATE_ONLY_FIELD_NUMBER: _ClassVar[int]
+    LM_MODEL_FIELD_NUMBER: _ClassVar[int]
+    LM_API_BASE_FIELD_NUMBER: _ClassVar[int]
     program_key: str
     spec: bytes
     inputs: _struct_pb2.Struct
@@ -103,7 +105,9 @@ class WorkRequest(_message.Message):
     timeout_s: float
     request_id: str
     validate_only: bool
-    def __init__(self, program_key: _Optional[str] = ..., spec: _Optional[bytes] = ..., inputs: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., history: _Optional[_Union[_struct_pb2.ListValue, _Mapping]] = ..., has_history: _Optional[bool] = ..., timeout_s: _Optional[float] = ..., request_id: _Optional[str] = ..., validate_only: _Optional[bool] = ...) -> None: ...
+    lm_model: str
+    lm_api_base: str
+    def __init__(self, program_key: _Optional[str] = ..., spec: _Optional[bytes] = ..., inputs: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., history: _Optional[_Union[_struct_pb2.ListValue, _Mapping]] = ..., has_history: _Optional[bool] = ..., timeout_s: _Optional[float] = ..., request_id: _Optional[str] = ..., validate_only: _Optional[bool] = ..., lm_model: _Optional[str] = ..., lm_api_base: _Optional[str] = ...) -> None: ...
 
 class WorkReply(_message.Message):
     __slots__ = ("outputs", "execution_ms", "prompt_tokens", "completion_tokens", "total_tokens", "input_names", "output_names", "takes_history")

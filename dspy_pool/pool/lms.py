@@ -34,6 +34,24 @@ def build_lm(config: worker_pb2.ZygoteConfig) -> dspy.LM:
     return dspy.LM(config.lm, cache=cache_enabled, num_retries=max(0, config.lm_num_retries), **options)
 
 
+class LMCache:
+    """Extra LMs a worker builds on demand (fallback models), one per (model, api_base)."""
+
+    def __init__(self, config: worker_pb2.ZygoteConfig) -> None:
+        self._config = config
+        self._lms: dict[tuple[str, str], dspy.LM] = {}
+
+    def get(self, model: str, api_base: str) -> dspy.LM:
+        key = (model, api_base)
+        lm = self._lms.get(key)
+        if lm is None:
+            config = worker_pb2.ZygoteConfig()
+            config.CopyFrom(self._config)
+            config.lm, config.lm_api_base = model, api_base
+            lm = self._lms[key] = build_lm(config)
+        return lm
+
+
 def configure(config: worker_pb2.ZygoteConfig) -> dspy.LM:
     dspy.configure_cache(
         enable_disk_cache=False,

@@ -99,6 +99,7 @@ class Worker:
         self.config = config
         self.channel: Channel | None = None
         self.programs = programs.ProgramCache(config.program_cache_entries or 256)
+        self.extra_lms = lms.LMCache(config)
         self.tasks: dict[int, asyncio.Task] = {}
         self.served = 0
         self.redactor = Redactor(config.lm_api_key)
@@ -177,7 +178,13 @@ class Worker:
                 timeout = request.timeout_s if request.timeout_s > 0 else None
                 try:
                     async with asyncio.timeout(timeout):
-                        prediction = await self._call_program(program, request)
+                        if request.lm_model:
+                            import dspy
+
+                            with dspy.context(lm=self.extra_lms.get(request.lm_model, request.lm_api_base)):
+                                prediction = await self._call_program(program, request)
+                        else:
+                            prediction = await self._call_program(program, request)
                 except TimeoutError:
                     raise PoolError("deadline passed while the program ran", kind=ErrorKind.DEADLINE_EXCEEDED) from None
                 structs.dict_to_struct(_prediction_outputs(prediction), reply.outputs)

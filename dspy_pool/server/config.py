@@ -54,6 +54,8 @@ class ServerConfig:
     result_cache_entries: int = 10000
     result_cache_ttl_s: float = 3600.0
     default_fallback: tuple[str, ...] = ()
+    fallback_lms: tuple[str, ...] = ()  # "MODEL" or "MODEL@API_BASE": the only LMs a fallback may name
+    session_max_in_flight: int = 0  # 0: no per-session limit
     fallback_concurrency: int = 256
     log_format: str = "console"
     log_level: str = "info"
@@ -70,6 +72,9 @@ class ServerConfig:
             problems.append("default_deadline_s must be > 0")
         if not self.lm:
             problems.append("lm must be set (sim, dummy or a model id such as openai/gpt-4o-mini)")
+        for entry in self.fallback_lms:
+            if not entry.split("@", 1)[0]:
+                problems.append(f"fallback_lms entry {entry!r} needs a model before '@'")
         if self.log_format not in ("console", "json"):
             problems.append("log_format must be console or json")
         if problems:

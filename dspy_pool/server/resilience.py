@@ -51,6 +51,7 @@ class ResilienceSettings:
     cache_ttl_s: float = 3600.0
     fallback_concurrency: int = 256
     default_chain: tuple[str, ...] = ()
+    fallback_lms: dict[str, str] | None = None  # model -> api_base, from the operator's config
 
 
 @dataclass
@@ -88,6 +89,17 @@ class ResilientExecutor:
         self._rng = random.Random()
         self.retries = 0
         self.fallbacks_served = 0
+
+    def check_fallback_lm(self, chain: FallbackChain) -> None:
+        """A client may only name a fallback LM the operator allow-listed, and never its endpoint."""
+        if Step.LM not in chain.steps:
+            return
+        allowed = self.settings.fallback_lms or {}
+        if chain.lm not in allowed:
+            names = ", ".join(sorted(allowed)) or "none configured (--fallback-lms)"
+            raise errors.InvalidArgument(f"fallback lm {chain.lm!r} is not allowed; allowed: {names}")
+        if chain.lm_api_base and chain.lm_api_base != allowed[chain.lm]:
+            raise errors.InvalidArgument("fallback lm_api_base is set by the operator, not by clients; leave it empty")
 
     def _cache_key(self, program: ProgramVersion, request: pb.ExecuteRequest) -> bytes:
         return cache_key(program.program.spec.name, program.program.version, request.inputs.SerializeToString(deterministic=True))
@@ -170,4 +182,12 @@ class ResilientExecutor:
                 log.info("fallback_step_failed", step=step.value, program=chain.program, kind=step_error.kind.value)
                 return None
             return Served(reply, handle)
-        return None  # "lm" needs a per-call LM override in workers: not wired yet; "fail" ends the chain
+        if step is Step.LM and chain.lm in (self.settings.fallback_lms or {}):
+            lm = (chain.lm, (self.settings.fallback_lms or {})[chain.lm])
+            try:
+                reply, handle = await self.executor.execute(program, request, "", request.request_id, deadline, lm=lm)
+            except errors.PoolError as step_error:
+                log.info("fallback_step_failed", step=step.value, lm=chain.lm, kind=step_error.kind.value)
+                return None
+            return Served(reply, handle)
+        return None  # "fail" ends the chain

@@ -51,29 +51,53 @@ def resilience_settings(config: ServerConfig) -> ResilienceSettings:
         breaker=breaker, max_attempts=config.retry_max_attempts, cache_entries=config.result_cache_entries,
         cache_ttl_s=config.result_cache_ttl_s, fallback_concurrency=config.fallback_concurrency,
         default_chain=tuple(config.default_fallback),
+        fallback_lms=parse_fallback_lms(config.fallback_lms),
     )
+
+
+def parse_fallback_lms(entries: tuple[str, ...]) -> dict[str, str]:
+    """"MODEL@API_BASE" entries -> {model: api_base}; the api_base is the operator's, never a client's."""
+    allowed = {}
+    for entry in entries:
+        model, _, api_base = entry.partition("@")
+        allowed[model] = api_base
+    return allowed
 
 
 class Executor:
     """Runs one call of a registered program on the pool (the seam for resilience)."""
 
-    def __init__(self, pool: WorkerPool, sessions: SessionStore) -> None:
+    def __init__(self, pool: WorkerPool, sessions: SessionStore, session_max_in_flight: int = 0) -> None:
         self.pool = pool
         self.sessions = sessions
+        self.session_max_in_flight = session_max_in_flight
 
-    async def execute(self, program: ProgramVersion, inputs: pb.ExecuteRequest, session_id: str, request_id: str, deadline: float) -> tuple[wire.WorkReply, WorkerHandle]:
+    async def execute(self, program: ProgramVersion, inputs: pb.ExecuteRequest, session_id: str, request_id: str, deadline: float, lm: tuple[str, str] | None = None) -> tuple[wire.WorkReply, WorkerHandle]:
         request = wire.WorkRequest(program_key=program.key, request_id=request_id)
+        if lm is not None:
+            request.lm_model, request.lm_api_base = lm
         request.inputs.CopyFrom(inputs.inputs)
         affinity = -1
         session = None
         if session_id:
             session = self.sessions.get_or_create(session_id, time.monotonic())
+            if self.session_max_in_flight and session.in_flight >= self.session_max_in_flight:
+                raise errors.ResourceExhausted(
+                    f"session {session_id!r} already has {session.in_flight} calls in flight (limit {self.session_max_in_flight})",
+                    metadata={"retry_after_ms": "200"},
+                )
             affinity = session.preferred_worker
             if program.takes_history:
                 request.has_history = True
                 request.history.extend(session.history_messages())
         job = Job(program.key, program.spec_bytes, request, deadline, affinity)
-        reply, handle = await self.pool.dispatcher.run(job)
+        if session is not None:
+            session.in_flight += 1
+        try:
+            reply, handle = await self.pool.dispatcher.run(job)
+        finally:
+            if session is not None:
+                session.in_flight -= 1
         if session is not None:
             session.preferred_worker = handle.worker_id
             session.turns.append(Turn(program.program.spec.name, structs.struct_to_dict(inputs.inputs), structs.struct_to_dict(reply.outputs)))
@@ -86,7 +110,7 @@ class DSPyPoolService(pb_grpc.DSPyPoolServicer):
         self.pool = pool
         self.registry = registry
         self.sessions = sessions
-        self.executor = Executor(pool, sessions)
+        self.executor = Executor(pool, sessions, config.session_max_in_flight)
         self.resilient = ResilientExecutor(self.executor, registry, resilience_settings(config), config.lm_api_base or config.lm)
         self.started_at = time.monotonic()
         self._register_lock = asyncio.Lock()
@@ -100,9 +124,10 @@ class DSPyPoolService(pb_grpc.DSPyPoolServicer):
             spec = request.spec
             check_spec(spec, self.pool.module_kinds)
             try:
-                chain_for(spec, self.resilient.settings.default_chain)
+                chain = chain_for(spec, self.resilient.settings.default_chain)
             except ValueError as exc:
                 raise errors.InvalidArgument(f"fallback: {exc}") from None
+            self.resilient.check_fallback_lm(chain)
             if "program" in spec.fallback.chain and spec.fallback.program == spec.name:
                 raise errors.InvalidArgument("a program cannot be its own fallback")
             async with self._register_lock:  # one version number per distinct content

@@ -32,6 +32,7 @@ class Session:
     last_used_at: float
     turns: collections.deque = field(default_factory=collections.deque)
     preferred_worker: int = -1
+    in_flight: int = 0
 
     def history_messages(self) -> list[dict[str, Any]]:
         """Turns in the shape dspy.History expects: one dict of inputs and outputs per turn."""

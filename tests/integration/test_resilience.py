@@ -9,19 +9,32 @@ from google.protobuf import struct_pb2
 
 from dspy_pool.v1 import dspy_pool_pb2 as pb
 
+from dspy_pool.simlm.process import start_sim_lm
+
 from .harness import eventually, execute_request, register, running_app
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(90)]
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
-async def server():
-    async with running_app(breaker_minimum_calls=5, breaker_window=10, breaker_wait_s=1.0, retry_max_attempts=2) as (app, stub, channel):
+async def backup_lm():
+    backup = await start_sim_lm("--latency", "fixed:5")
+    yield backup
+    await backup.stop()
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def server(backup_lm):
+    overrides = dict(breaker_minimum_calls=5, breaker_window=10, breaker_wait_s=1.0, retry_max_attempts=2,
+                     fallback_lms=(f"openai/backup@{backup_lm.api_base}",), session_max_in_flight=2)
+    async with running_app(**overrides) as (app, stub, channel):
         static = struct_pb2.Struct()
         static.update({"answer": "static fallback"})
         await register(stub, "guarded", "question -> answer",
                        fallback=pb.FallbackSpec(chain=["cache", "static"], static_outputs=static))
         await register(stub, "unguarded", "question -> answer")
+        await register(stub, "lm_guarded", "question -> answer", fallback=pb.FallbackSpec(chain=["lm"], lm="openai/backup"))
+        await register(stub, "sleepy", "seconds -> slept", "sleepy")
         yield app, stub
 
 
@@ -103,3 +116,41 @@ async def test_bad_input_never_falls_back(server):
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await stub.Execute(execute_request("guarded"), timeout=20)
     assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_lm_fallback_runs_on_the_backup_provider(server, backup_lm):
+    """When the primary LM fails, the "lm" step answers from the operator's backup LM."""
+    app, stub = server
+    before = (await backup_lm.stats())["requests"]
+    await app.sim.set_faults(error_rate=1.0)
+    try:
+        response = await stub.Execute(execute_request("lm_guarded", question="via backup"), timeout=20)
+    finally:
+        await app.sim.set_faults(error_rate=0.0)
+    assert response.served_by == "lm" and response.fallback_reason == "lm_error"
+    assert response.outputs["answer"].startswith("sim answer")
+    assert (await backup_lm.stats())["requests"] > before
+
+
+async def test_fallback_lm_must_be_allow_listed(server):
+    """Clients cannot name an LM the operator did not allow, nor choose its endpoint."""
+    _, stub = server
+    for fallback in (pb.FallbackSpec(chain=["lm"], lm="openai/elsewhere"),
+                     pb.FallbackSpec(chain=["lm"], lm="openai/backup", lm_api_base="http://10.0.0.1/v1")):
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await register(stub, "sneaky", "question -> answer", fallback=fallback)
+        assert caught.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_session_in_flight_limit(server):
+    """A session may have at most session_max_in_flight calls running; the next is RESOURCE_EXHAUSTED."""
+    _, stub = server
+
+    def call():
+        request = execute_request("sleepy", seconds=0.5)
+        request.session_id = "busy-session"
+        return stub.Execute(request, timeout=20)
+
+    results = await asyncio.gather(call(), call(), call(), return_exceptions=True)
+    refused = [r for r in results if isinstance(r, grpc.aio.AioRpcError)]
+    assert len(refused) == 1 and refused[0].code() == grpc.StatusCode.RESOURCE_EXHAUSTED
