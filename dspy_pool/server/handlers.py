@@ -40,13 +40,28 @@ def _guard(method):
     return handle
 
 
+def _guard_stream(method):
+    async def handle(request, context):
+        if isinstance(request, Undecodable):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"request cannot be decoded: {request.reason}")
+        async for message in method(request, context):
+            yield message
+
+    return handle
+
+
 def add_service(servicer, server: grpc.aio.Server) -> None:
     service = pb.DESCRIPTOR.services_by_name["DSPyPool"]
     handlers = {}
     for method in service.methods:
         request_class = pb.__dict__[method.input_type.name]
-        handlers[method.name] = grpc.unary_unary_rpc_method_handler(
-            _guard(getattr(servicer, method.name)),
+        behaviour = getattr(servicer, method.name)
+        if method.server_streaming:
+            make, behaviour = grpc.unary_stream_rpc_method_handler, _guard_stream(behaviour)
+        else:
+            make, behaviour = grpc.unary_unary_rpc_method_handler, _guard(behaviour)
+        handlers[method.name] = make(
+            behaviour,
             request_deserializer=_decoder(request_class),
             response_serializer=lambda message: message.SerializeToString(),
         )

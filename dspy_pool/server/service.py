@@ -246,7 +246,16 @@ class DSPyPoolService(pb_grpc.DSPyPoolServicer):
         return pb.CloseSessionResponse(turns=len(session.turns))
 
     # -- status -------------------------------------------------------------
+    async def WatchPoolStatus(self, request: pb.WatchPoolStatusRequest, context):
+        interval = min(60.0, max(0.1, request.interval_s or 1.0))
+        while True:
+            yield self.pool_status()
+            await asyncio.sleep(interval)
+
     async def GetPoolStatus(self, request: pb.GetPoolStatusRequest, context):
+        return self.pool_status()
+
+    def pool_status(self) -> pb.PoolStatus:
         now = time.monotonic()
         dispatcher = self.pool.dispatcher
         status = pb.PoolStatus(

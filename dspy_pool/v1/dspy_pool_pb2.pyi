@@ -230,6 +230,12 @@ class GetPoolStatusRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...
 
+class WatchPoolStatusRequest(_message.Message):
+    __slots__ = ("interval_s",)
+    INTERVAL_S_FIELD_NUMBER: _ClassVar[int]
+    interval_s: float
+    def __init__(self, interval_s: _Optional[float] = ...) -> None: ...
+
 class WorkerStatus(_message.Message):
     __slots__ = ("id", "pid", "state", "in_flight", "served", "failed", "rss_bytes", "uptime_s")
     ID_FIELD_NUMBER: _ClassVar[int]

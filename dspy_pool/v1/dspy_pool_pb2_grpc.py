@@ -74,6 +74,11 @@ class DSPyPoolStub:
                 request_serializer=dspy__pool_dot_v1_dot_dspy__pool__pb2.GetPoolStatusRequest.SerializeToString,
                 response_deserializer=dspy__pool_dot_v1_dot_dspy__pool__pb2.PoolStatus.FromString,
                 _registered_method=True)
+        self.WatchPoolStatus = channel.unary_stream(
+                '/dspy_pool.v1.DSPyPool/WatchPoolStatus',
+                request_serializer=dspy__pool_dot_v1_dot_dspy__pool__pb2.WatchPoolStatusRequest.SerializeToString,
+                response_deserializer=dspy__pool_dot_v1_dot_dspy__pool__pb2.PoolStatus.FromString,
+                _registered_method=True)
 
 
 class DSPyPoolServicer:
@@ -132,6 +137,13 @@ class DSPyPoolServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchPoolStatus(self, request, context):
+        """A snapshot now and then every interval until the client cancels.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DSPyPoolServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -173,6 +185,11 @@ def add_DSPyPoolServicer_to_server(servicer, server):
             'GetPoolStatus': grpc.unary_unary_rpc_method_handler(
                     servicer.GetPoolStatus,
                     request_deserializer=dspy__pool_dot_v1_dot_dspy__pool__pb2.GetPoolStatusRequest.FromString,
+                    response_serializer=dspy__pool_dot_v1_dot_dspy__pool__pb2.PoolStatus.SerializeToString,
+            ),
+            'WatchPoolStatus': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchPoolStatus,
+                    request_deserializer=dspy__pool_dot_v1_dot_dspy__pool__pb2.WatchPoolStatusRequest.FromString,
                     response_serializer=dspy__pool_dot_v1_dot_dspy__pool__pb2.PoolStatus.SerializeToString,
             ),
     }
@@ -391,6 +408,33 @@ class DSPyPool:
             target,
             '/dspy_pool.v1.DSPyPool/GetPoolStatus',
             dspy__pool_dot_v1_dot_dspy__pool__pb2.GetPoolStatusRequest.SerializeToString,
+            dspy__pool_dot_v1_dot_dspy__pool__pb2.PoolStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchPoolStatus(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/dspy_pool.v1.DSPyPool/WatchPoolStatus',
+            dspy__pool_dot_v1_dot_dspy__pool__pb2.WatchPoolStatusRequest.SerializeToString,
             dspy__pool_dot_v1_dot_dspy__pool__pb2.PoolStatus.FromString,
             options,
             channel_credentials,

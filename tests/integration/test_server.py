@@ -285,3 +285,17 @@ async def test_state_json_that_does_not_fit_is_invalid(server):
     spec = pb.ProgramSpec(name="badstate", signature="question -> answer", state_json="{not json")
     error = await _status_code(stub.RegisterProgram(pb.RegisterProgramRequest(spec=spec)))
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "state" in error.details()
+
+
+async def test_watch_pool_status_streams_snapshots(server):
+    """WatchPoolStatus sends a snapshot at once and then one per interval until cancelled."""
+    _, stub, _ = server
+    stream = stub.WatchPoolStatus(pb.WatchPoolStatusRequest(interval_s=0.1), timeout=10)
+    snapshots = []
+    async for snapshot in stream:
+        snapshots.append(snapshot)
+        if len(snapshots) == 3:
+            break
+    stream.cancel()
+    assert all(len(s.workers) == 2 for s in snapshots)
+    assert snapshots[2].uptime_s > snapshots[0].uptime_s
