@@ -13,6 +13,7 @@ Observed status per LM fault (sim LM, no fallback chain, retries on):
 """
 
 import asyncio
+import collections
 import time
 
 import grpc
@@ -237,10 +238,12 @@ _leaves = (st.none() | st.booleans() | st.integers(-10**6, 10**6) | st.floats(al
            | st.text(max_size=12))
 json_values = st.recursive(_leaves, lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=6), children, max_size=3),
                            max_leaves=8)
-signatures = st.lists(st.sampled_from(["a", "b", "question", "answer", "history", " ", ",", ":", "->", "[", "]",
-                                       "int", "str", "list", "dict[str, int]", "x y", "!", "é"]), max_size=9).map("".join)
+signatures = st.sampled_from(["question -> answer", "a, b -> c: int", "context: list[str], question -> answer: float",
+                              "question, history -> answer"]) | st.lists(
+    st.sampled_from(["a", "b", "question", "answer", "history", " ", ",", ":", "->", "[", "]", "int", "str", "list",
+                     "dict[str, int]", "x y", "!", "é"]), max_size=9).map("".join)
 module_kinds = st.sampled_from(["predict", "chain_of_thought", "counts_history", "prints", "", "Predict", "no_such_kind", "../os"])
-names = st.sampled_from(["prop", "prop-2", "p.q_r", "", "bad name", "x" * 200])
+names = st.sampled_from(["prop", "prop-2", "p.q_r", "prop", "", "bad name", "x" * 200])
 
 
 def _struct(values: dict) -> struct_pb2.Struct:
@@ -281,11 +284,12 @@ async def test_arbitrary_specs_and_inputs_get_documented_codes(server):
     @given(name=names, signature=signatures, module=module_kinds,
            options=st.none() | st.dictionaries(st.text(max_size=6), json_values, max_size=2),
            fill=st.booleans(), values=json_values,
-           extra=st.dictionaries(st.text(max_size=8), json_values, max_size=3))
+           extra=st.just({}) | st.dictionaries(st.text(max_size=8), json_values, max_size=3))
     def prop(**example):
         # Hypothesis runs in a thread; the gRPC calls run on the module's loop.
         asyncio.run_coroutine_threadsafe(one(**example), loop).result(timeout=40)
 
     await asyncio.to_thread(prop)
+    print(sorted(collections.Counter(seen).items()))
     assert "execute OK" in seen and "register OK" in seen  # the strategies reach the happy path too
     await _still_up(stub)
