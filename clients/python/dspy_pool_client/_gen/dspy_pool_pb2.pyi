@@ -1,0 +1,331 @@
+import datetime
+
+from google.protobuf import struct_pb2 as _struct_pb2
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class FieldSpec(_message.Message):
+    __slots__ = ("name", "type", "description")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    type: str
+    description: str
+    def __init__(self, name: _Optional[str] = ..., type: _Optional[str] = ..., description: _Optional[str] = ...) -> None: ...
+
+class FallbackSpec(_message.Message):
+    __slots__ = ("chain", "lm", "lm_api_base", "program", "static_outputs")
+    CHAIN_FIELD_NUMBER: _ClassVar[int]
+    LM_FIELD_NUMBER: _ClassVar[int]
+    LM_API_BASE_FIELD_NUMBER: _ClassVar[int]
+    PROGRAM_FIELD_NUMBER: _ClassVar[int]
+    STATIC_OUTPUTS_FIELD_NUMBER: _ClassVar[int]
+    chain: _containers.RepeatedScalarFieldContainer[str]
+    lm: str
+    lm_api_base: str
+    program: str
+    static_outputs: _struct_pb2.Struct
+    def __init__(self, chain: _Optional[_Iterable[str]] = ..., lm: _Optional[str] = ..., lm_api_base: _Optional[str] = ..., program: _Optional[str] = ..., static_outputs: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
+
+class ProgramSpec(_message.Message):
+    __slots__ = ("name", "signature", "input_fields", "output_fields", "module", "instructions", "demos", "state_json", "module_options", "fallback", "description")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    SIGNATURE_FIELD_NUMBER: _ClassVar[int]
+    INPUT_FIELDS_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_FIELDS_FIELD_NUMBER: _ClassVar[int]
+    MODULE_FIELD_NUMBER: _ClassVar[int]
+    INSTRUCTIONS_FIELD_NUMBER: _ClassVar[int]
+    DEMOS_FIELD_NUMBER: _ClassVar[int]
+    STATE_JSON_FIELD_NUMBER: _ClassVar[int]
+    MODULE_OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    FALLBACK_FIELD_NUMBER: _ClassVar[int]
+    DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    signature: str
+    input_fields: _containers.RepeatedCompositeFieldContainer[FieldSpec]
+    output_fields: _containers.RepeatedCompositeFieldContainer[FieldSpec]
+    module: str
+    instructions: str
+    demos: _containers.RepeatedCompositeFieldContainer[_struct_pb2.Struct]
+    state_json: str
+    module_options: _struct_pb2.Struct
+    fallback: FallbackSpec
+    description: str
+    def __init__(self, name: _Optional[str] = ..., signature: _Optional[str] = ..., input_fields: _Optional[_Iterable[_Union[FieldSpec, _Mapping]]] = ..., output_fields: _Optional[_Iterable[_Union[FieldSpec, _Mapping]]] = ..., module: _Optional[str] = ..., instructions: _Optional[str] = ..., demos: _Optional[_Iterable[_Union[_struct_pb2.Struct, _Mapping]]] = ..., state_json: _Optional[str] = ..., module_options: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., fallback: _Optional[_Union[FallbackSpec, _Mapping]] = ..., description: _Optional[str] = ...) -> None: ...
+
+class Program(_message.Message):
+    __slots__ = ("spec", "version", "content_hash", "created_at", "input_names", "output_names", "created")
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_HASH_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    INPUT_NAMES_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_NAMES_FIELD_NUMBER: _ClassVar[int]
+    CREATED_FIELD_NUMBER: _ClassVar[int]
+    spec: ProgramSpec
+    version: int
+    content_hash: str
+    created_at: _timestamp_pb2.Timestamp
+    input_names: _containers.RepeatedScalarFieldContainer[str]
+    output_names: _containers.RepeatedScalarFieldContainer[str]
+    created: bool
+    def __init__(self, spec: _Optional[_Union[ProgramSpec, _Mapping]] = ..., version: _Optional[int] = ..., content_hash: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., input_names: _Optional[_Iterable[str]] = ..., output_names: _Optional[_Iterable[str]] = ..., created: _Optional[bool] = ...) -> None: ...
+
+class RegisterProgramRequest(_message.Message):
+    __slots__ = ("spec",)
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    spec: ProgramSpec
+    def __init__(self, spec: _Optional[_Union[ProgramSpec, _Mapping]] = ...) -> None: ...
+
+class GetProgramRequest(_message.Message):
+    __slots__ = ("name", "version")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    version: int
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ...) -> None: ...
+
+class ListProgramsRequest(_message.Message):
+    __slots__ = ("all_versions",)
+    ALL_VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    all_versions: bool
+    def __init__(self, all_versions: _Optional[bool] = ...) -> None: ...
+
+class ListProgramsResponse(_message.Message):
+    __slots__ = ("programs",)
+    PROGRAMS_FIELD_NUMBER: _ClassVar[int]
+    programs: _containers.RepeatedCompositeFieldContainer[Program]
+    def __init__(self, programs: _Optional[_Iterable[_Union[Program, _Mapping]]] = ...) -> None: ...
+
+class DeleteProgramRequest(_message.Message):
+    __slots__ = ("name", "version")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    version: int
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ...) -> None: ...
+
+class DeleteProgramResponse(_message.Message):
+    __slots__ = ("deleted_versions",)
+    DELETED_VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    deleted_versions: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, deleted_versions: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class ExecuteRequest(_message.Message):
+    __slots__ = ("program", "version", "inputs", "session_id", "request_id")
+    PROGRAM_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    INPUTS_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    program: str
+    version: int
+    inputs: _struct_pb2.Struct
+    session_id: str
+    request_id: str
+    def __init__(self, program: _Optional[str] = ..., version: _Optional[int] = ..., inputs: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., session_id: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
+
+class WorkerRef(_message.Message):
+    __slots__ = ("id", "pid")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    PID_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    pid: int
+    def __init__(self, id: _Optional[int] = ..., pid: _Optional[int] = ...) -> None: ...
+
+class Timings(_message.Message):
+    __slots__ = ("queue_wait_ms", "execution_ms", "total_ms")
+    QUEUE_WAIT_MS_FIELD_NUMBER: _ClassVar[int]
+    EXECUTION_MS_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_MS_FIELD_NUMBER: _ClassVar[int]
+    queue_wait_ms: float
+    execution_ms: float
+    total_ms: float
+    def __init__(self, queue_wait_ms: _Optional[float] = ..., execution_ms: _Optional[float] = ..., total_ms: _Optional[float] = ...) -> None: ...
+
+class Usage(_message.Message):
+    __slots__ = ("prompt_tokens", "completion_tokens", "total_tokens")
+    PROMPT_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    COMPLETION_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_TOKENS_FIELD_NUMBER: _ClassVar[int]
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+    def __init__(self, prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., total_tokens: _Optional[int] = ...) -> None: ...
+
+class ExecuteResponse(_message.Message):
+    __slots__ = ("outputs", "program", "program_version", "request_id", "worker", "timings", "usage", "served_by", "fallback_reason", "session_id")
+    OUTPUTS_FIELD_NUMBER: _ClassVar[int]
+    PROGRAM_FIELD_NUMBER: _ClassVar[int]
+    PROGRAM_VERSION_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    WORKER_FIELD_NUMBER: _ClassVar[int]
+    TIMINGS_FIELD_NUMBER: _ClassVar[int]
+    USAGE_FIELD_NUMBER: _ClassVar[int]
+    SERVED_BY_FIELD_NUMBER: _ClassVar[int]
+    FALLBACK_REASON_FIELD_NUMBER: _ClassVar[int]
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    outputs: _struct_pb2.Struct
+    program: str
+    program_version: int
+    request_id: str
+    worker: WorkerRef
+    timings: Timings
+    usage: Usage
+    served_by: str
+    fallback_reason: str
+    session_id: str
+    def __init__(self, outputs: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., program: _Optional[str] = ..., program_version: _Optional[int] = ..., request_id: _Optional[str] = ..., worker: _Optional[_Union[WorkerRef, _Mapping]] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., served_by: _Optional[str] = ..., fallback_reason: _Optional[str] = ..., session_id: _Optional[str] = ...) -> None: ...
+
+class Turn(_message.Message):
+    __slots__ = ("inputs", "outputs", "program")
+    INPUTS_FIELD_NUMBER: _ClassVar[int]
+    OUTPUTS_FIELD_NUMBER: _ClassVar[int]
+    PROGRAM_FIELD_NUMBER: _ClassVar[int]
+    inputs: _struct_pb2.Struct
+    outputs: _struct_pb2.Struct
+    program: str
+    def __init__(self, inputs: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., outputs: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., program: _Optional[str] = ...) -> None: ...
+
+class Session(_message.Message):
+    __slots__ = ("session_id", "turns", "created_at", "last_used_at", "preferred_worker")
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    TURNS_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    LAST_USED_AT_FIELD_NUMBER: _ClassVar[int]
+    PREFERRED_WORKER_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    turns: _containers.RepeatedCompositeFieldContainer[Turn]
+    created_at: _timestamp_pb2.Timestamp
+    last_used_at: _timestamp_pb2.Timestamp
+    preferred_worker: int
+    def __init__(self, session_id: _Optional[str] = ..., turns: _Optional[_Iterable[_Union[Turn, _Mapping]]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_used_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., preferred_worker: _Optional[int] = ...) -> None: ...
+
+class GetSessionRequest(_message.Message):
+    __slots__ = ("session_id",)
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    def __init__(self, session_id: _Optional[str] = ...) -> None: ...
+
+class CloseSessionRequest(_message.Message):
+    __slots__ = ("session_id",)
+    SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    session_id: str
+    def __init__(self, session_id: _Optional[str] = ...) -> None: ...
+
+class CloseSessionResponse(_message.Message):
+    __slots__ = ("turns",)
+    TURNS_FIELD_NUMBER: _ClassVar[int]
+    turns: int
+    def __init__(self, turns: _Optional[int] = ...) -> None: ...
+
+class GetPoolStatusRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class WatchPoolStatusRequest(_message.Message):
+    __slots__ = ("interval_s",)
+    INTERVAL_S_FIELD_NUMBER: _ClassVar[int]
+    interval_s: float
+    def __init__(self, interval_s: _Optional[float] = ...) -> None: ...
+
+class WorkerStatus(_message.Message):
+    __slots__ = ("id", "pid", "state", "in_flight", "served", "failed", "rss_bytes", "uptime_s")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    PID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
+    SERVED_FIELD_NUMBER: _ClassVar[int]
+    FAILED_FIELD_NUMBER: _ClassVar[int]
+    RSS_BYTES_FIELD_NUMBER: _ClassVar[int]
+    UPTIME_S_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    pid: int
+    state: str
+    in_flight: int
+    served: int
+    failed: int
+    rss_bytes: int
+    uptime_s: float
+    def __init__(self, id: _Optional[int] = ..., pid: _Optional[int] = ..., state: _Optional[str] = ..., in_flight: _Optional[int] = ..., served: _Optional[int] = ..., failed: _Optional[int] = ..., rss_bytes: _Optional[int] = ..., uptime_s: _Optional[float] = ...) -> None: ...
+
+class PoolConfig(_message.Message):
+    __slots__ = ("workers", "min_workers", "max_workers", "worker_concurrency", "max_queue", "default_deadline_s", "lm", "module_kinds")
+    WORKERS_FIELD_NUMBER: _ClassVar[int]
+    MIN_WORKERS_FIELD_NUMBER: _ClassVar[int]
+    MAX_WORKERS_FIELD_NUMBER: _ClassVar[int]
+    WORKER_CONCURRENCY_FIELD_NUMBER: _ClassVar[int]
+    MAX_QUEUE_FIELD_NUMBER: _ClassVar[int]
+    DEFAULT_DEADLINE_S_FIELD_NUMBER: _ClassVar[int]
+    LM_FIELD_NUMBER: _ClassVar[int]
+    MODULE_KINDS_FIELD_NUMBER: _ClassVar[int]
+    workers: int
+    min_workers: int
+    max_workers: int
+    worker_concurrency: int
+    max_queue: int
+    default_deadline_s: float
+    lm: str
+    module_kinds: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, workers: _Optional[int] = ..., min_workers: _Optional[int] = ..., max_workers: _Optional[int] = ..., worker_concurrency: _Optional[int] = ..., max_queue: _Optional[int] = ..., default_deadline_s: _Optional[float] = ..., lm: _Optional[str] = ..., module_kinds: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class BreakerStatus(_message.Message):
+    __slots__ = ("program", "lm_endpoint", "state", "failure_rate", "calls_in_window", "opened_total", "half_opened_total", "closed_total")
+    PROGRAM_FIELD_NUMBER: _ClassVar[int]
+    LM_ENDPOINT_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    FAILURE_RATE_FIELD_NUMBER: _ClassVar[int]
+    CALLS_IN_WINDOW_FIELD_NUMBER: _ClassVar[int]
+    OPENED_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    HALF_OPENED_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    CLOSED_TOTAL_FIELD_NUMBER: _ClassVar[int]
+    program: str
+    lm_endpoint: str
+    state: str
+    failure_rate: float
+    calls_in_window: int
+    opened_total: int
+    half_opened_total: int
+    closed_total: int
+    def __init__(self, program: _Optional[str] = ..., lm_endpoint: _Optional[str] = ..., state: _Optional[str] = ..., failure_rate: _Optional[float] = ..., calls_in_window: _Optional[int] = ..., opened_total: _Optional[int] = ..., half_opened_total: _Optional[int] = ..., closed_total: _Optional[int] = ...) -> None: ...
+
+class PoolStatus(_message.Message):
+    __slots__ = ("serving", "workers", "queue_depth", "in_flight", "completed", "failed", "rejected", "worker_restarts", "sessions", "programs", "config", "uptime_s", "breakers", "retries", "fallbacks_served")
+    SERVING_FIELD_NUMBER: _ClassVar[int]
+    WORKERS_FIELD_NUMBER: _ClassVar[int]
+    QUEUE_DEPTH_FIELD_NUMBER: _ClassVar[int]
+    IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
+    COMPLETED_FIELD_NUMBER: _ClassVar[int]
+    FAILED_FIELD_NUMBER: _ClassVar[int]
+    REJECTED_FIELD_NUMBER: _ClassVar[int]
+    WORKER_RESTARTS_FIELD_NUMBER: _ClassVar[int]
+    SESSIONS_FIELD_NUMBER: _ClassVar[int]
+    PROGRAMS_FIELD_NUMBER: _ClassVar[int]
+    CONFIG_FIELD_NUMBER: _ClassVar[int]
+    UPTIME_S_FIELD_NUMBER: _ClassVar[int]
+    BREAKERS_FIELD_NUMBER: _ClassVar[int]
+    RETRIES_FIELD_NUMBER: _ClassVar[int]
+    FALLBACKS_SERVED_FIELD_NUMBER: _ClassVar[int]
+    serving: bool
+    workers: _containers.RepeatedCompositeFieldContainer[WorkerStatus]
+    queue_depth: int
+    in_flight: int
+    completed: int
+    failed: int
+    rejected: int
+    worker_restarts: int
+    sessions: int
+    programs: int
+    config: PoolConfig
+    uptime_s: float
+    breakers: _containers.RepeatedCompositeFieldContainer[BreakerStatus]
+    retries: int
+    fallbacks_served: int
+    def __init__(self, serving: _Optional[bool] = ..., workers: _Optional[_Iterable[_Union[WorkerStatus, _Mapping]]] = ..., queue_depth: _Optional[int] = ..., in_flight: _Optional[int] = ..., completed: _Optional[int] = ..., failed: _Optional[int] = ..., rejected: _Optional[int] = ..., worker_restarts: _Optional[int] = ..., sessions: _Optional[int] = ..., programs: _Optional[int] = ..., config: _Optional[_Union[PoolConfig, _Mapping]] = ..., uptime_s: _Optional[float] = ..., breakers: _Optional[_Iterable[_Union[BreakerStatus, _Mapping]]] = ..., retries: _Optional[int] = ..., fallbacks_served: _Optional[int] = ...) -> None: ...

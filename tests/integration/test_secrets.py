@@ -1,0 +1,42 @@
+"""API keys never reach logs, error messages, status or process arguments."""
+
+import grpc
+import psutil
+import pytest
+from structlog.testing import capture_logs
+
+from dspy_pool.server.app import App
+from dspy_pool.simlm.process import start_sim_lm
+from dspy_pool.v1 import dspy_pool_pb2 as pb
+from dspy_pool.v1 import dspy_pool_pb2_grpc as pb_grpc
+
+from .harness import execute_request, make_config
+
+pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(60)]
+
+SECRET = "sk-live-SECRETdoNotLeak12345"
+
+
+async def test_api_key_never_leaks():
+    """With a failing provider, the key appears in no log line, error, status or argv."""
+    sim = await start_sim_lm("--error-rate", "1")
+    app = App(make_config(lm="openai/sim", lm_api_base=sim.api_base, lm_api_key=SECRET, workers=1, programs=()))
+    try:
+        with capture_logs() as logs:
+            await app.start()
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+                stub = pb_grpc.DSPyPoolStub(channel)
+                await stub.RegisterProgram(pb.RegisterProgramRequest(spec=pb.ProgramSpec(name="qa", signature="question -> answer")))
+                with pytest.raises(grpc.aio.AioRpcError) as caught:
+                    await stub.Execute(execute_request("qa", question="leak?"), timeout=20)
+                status = await stub.GetPoolStatus(pb.GetPoolStatusRequest())
+            processes = [psutil.Process(app.pool.zygote.pid)] + [psutil.Process(h.pid) for h in app.pool.handles()]
+            argv = " ".join(" ".join(p.cmdline()) for p in processes)
+    finally:
+        await app.stop(grace_s=1.0)
+        await sim.stop()
+    assert caught.value.code() == grpc.StatusCode.INTERNAL
+    assert SECRET not in caught.value.details() and SECRET not in str(caught.value.trailing_metadata())
+    assert SECRET not in str(status)
+    assert SECRET not in str(logs)
+    assert SECRET not in argv
