@@ -1,0 +1,285 @@
+"""Prometheus metrics: gRPC server metrics via an interceptor, pool metrics per tick, an HTTP endpoint.
+
+    grpc.aio server ── MetricsInterceptor ──> grpc_server_started_total
+                        (wraps each handler)   grpc_server_handled_total{grpc_code}
+                                               grpc_server_handling_seconds
+    Controller tick ── PoolExporter.observe(snapshot) ──> an immutable copy
+    scrape thread   ── PoolExporter.collect() reads only that copy ──> dspy_pool_* families
+    start_metrics_server(port, registry) ──> prometheus_client's HTTP server on 127.0.0.1
+
+Names and labels of the gRPC metrics follow go-grpc-prometheus / py-grpc-prometheus
+(grpc_type is unary, server_stream, client_stream or bidi_stream), so existing
+dashboards work unchanged. Everything lives on a dedicated CollectorRegistry,
+never the process-global one, so tests and several servers in one process do
+not collide.
+
+Why the pool side is published per tick rather than read at scrape time: the
+HTTP server runs in its own thread, while the pool, dispatcher and breakers
+belong to the event loop and are not thread-safe. The exporter copies what it
+needs on the loop (in `observe`) and the scrape reads only that frozen copy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import threading
+import time
+from typing import Any, Callable, Iterable
+
+import grpc
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
+from prometheus_client.registry import Collector
+
+from dspy_pool.pool.metrics import PoolMetrics, PoolSnapshot, WaitHistogram
+
+__all__ = [
+    "HANDLING_BUCKETS_S",
+    "MetricsInterceptor",
+    "PoolExporter",
+    "start_metrics_server",
+    "stop_metrics_server",
+]
+
+# LM calls take seconds; the default Prometheus buckets stop at 10 s.
+HANDLING_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+
+_UNARY, _SERVER_STREAM, _CLIENT_STREAM, _BIDI = "unary", "server_stream", "client_stream", "bidi_stream"
+
+
+def _split_method(full_method: str) -> tuple[str, str]:
+    # "/dspy_pool.v1.DSPyPool/Execute" -> ("dspy_pool.v1.DSPyPool", "Execute")
+    service, _, method = full_method.lstrip("/").rpartition("/")
+    return service or "unknown", method or "unknown"
+
+
+def _rpc_type(handler: grpc.RpcMethodHandler) -> str:
+    if handler.request_streaming and handler.response_streaming:
+        return _BIDI
+    if handler.request_streaming:
+        return _CLIENT_STREAM
+    if handler.response_streaming:
+        return _SERVER_STREAM
+    return _UNARY
+
+
+def _code_after_exception(context: grpc.aio.ServicerContext, exc: BaseException) -> grpc.StatusCode:
+    if isinstance(exc, asyncio.CancelledError):
+        return grpc.StatusCode.CANCELLED
+    code = _context_code(context)
+    # After context.abort() the code is set on the context and AbortError is raised;
+    # any other exception reaches the client as UNKNOWN.
+    if code is not None and code is not grpc.StatusCode.OK:
+        return code
+    return grpc.StatusCode.UNKNOWN
+
+
+def _context_code(context: grpc.aio.ServicerContext) -> grpc.StatusCode | None:
+    try:
+        code = context.code()
+    except Exception:
+        return None
+    if code is None or isinstance(code, grpc.StatusCode):
+        return code
+    # Some grpc versions hand back the raw integer status.
+    for status in grpc.StatusCode:
+        if status.value[0] == code:
+            return status
+    return None
+
+
+class _MethodMetrics:
+    """Pre-bound label children for one method, so a call costs no label lookups."""
+
+    __slots__ = ("started", "handling", "_handled", "_labels", "_family")
+
+    def __init__(self, interceptor: "MetricsInterceptor", labels: tuple[str, str, str]) -> None:
+        self._labels = labels
+        self._family = interceptor.handled
+        self.started = interceptor.started.labels(*labels)
+        self.handling = interceptor.handling.labels(*labels)
+        self._handled: dict[grpc.StatusCode, Any] = {}
+
+    def finish(self, code: grpc.StatusCode, seconds: float) -> None:
+        child = self._handled.get(code)
+        if child is None:
+            child = self._handled[code] = self._family.labels(*self._labels, code.name)
+        child.inc()
+        self.handling.observe(seconds)
+
+
+class MetricsInterceptor(grpc.aio.ServerInterceptor):
+    """Counts and times every RPC by type, service, method and final status code."""
+
+    def __init__(self, registry: CollectorRegistry, clock: Callable[[], float] = time.perf_counter) -> None:
+        labels = ("grpc_type", "grpc_service", "grpc_method")
+        self.started = Counter("grpc_server_started_total", "RPCs started on the server.", labels, registry=registry)
+        self.handled = Counter("grpc_server_handled_total", "RPCs completed on the server, regardless of success or failure.",
+                               labels + ("grpc_code",), registry=registry)
+        self.handling = Histogram("grpc_server_handling_seconds", "Response latency (seconds) of RPCs handled by the server.",
+                                  labels, buckets=HANDLING_BUCKETS_S, registry=registry)
+        self._clock = clock
+        self._methods: dict[tuple[str, str, str], _MethodMetrics] = {}
+
+    async def intercept_service(self, continuation, handler_call_details):
+        handler = await continuation(handler_call_details)
+        if handler is None:
+            return None  # unknown method: grpc answers UNIMPLEMENTED itself
+        rpc_type = _rpc_type(handler)
+        service, method = _split_method(handler_call_details.method)
+        key = (rpc_type, service, method)
+        metrics = self._methods.get(key)
+        if metrics is None:
+            metrics = self._methods[key] = _MethodMetrics(self, key)
+        return self._wrap(handler, rpc_type, metrics)
+
+    def _wrap(self, handler: grpc.RpcMethodHandler, rpc_type: str, metrics: _MethodMetrics) -> grpc.RpcMethodHandler:
+        clock = self._clock
+        if rpc_type == _UNARY:
+            behavior, factory = handler.unary_unary, grpc.unary_unary_rpc_method_handler
+        elif rpc_type == _SERVER_STREAM:
+            behavior, factory = handler.unary_stream, grpc.unary_stream_rpc_method_handler
+        elif rpc_type == _CLIENT_STREAM:
+            behavior, factory = handler.stream_unary, grpc.stream_unary_rpc_method_handler
+        else:
+            behavior, factory = handler.stream_stream, grpc.stream_stream_rpc_method_handler
+
+        if inspect.isasyncgenfunction(behavior):
+            async def wrapped(request_or_iterator, context):
+                metrics.started.inc()
+                started = clock()
+                try:
+                    async for response in behavior(request_or_iterator, context):
+                        yield response
+                except BaseException as exc:
+                    metrics.finish(_code_after_exception(context, exc), clock() - started)
+                    raise
+                metrics.finish(_context_code(context) or grpc.StatusCode.OK, clock() - started)
+        else:
+            async def wrapped(request_or_iterator, context):  # type: ignore[misc]
+                metrics.started.inc()
+                started = clock()
+                try:
+                    result = behavior(request_or_iterator, context)
+                    if inspect.isawaitable(result):
+                        result = await result
+                except BaseException as exc:
+                    metrics.finish(_code_after_exception(context, exc), clock() - started)
+                    raise
+                metrics.finish(_context_code(context) or grpc.StatusCode.OK, clock() - started)
+                return result
+
+        return factory(wrapped, request_deserializer=handler.request_deserializer,
+                       response_serializer=handler.response_serializer)
+
+
+class PoolExporter(Collector):
+    """Pool metrics for Prometheus, refreshed on the event loop, read by the scrape thread.
+
+    Wire it as a controller observer: `controller.observers.append(exporter.observe)`.
+    `controller` (scale events, recycled workers) and `breakers` (anything with
+    `snapshots() -> {key: BreakerSnapshot}`, key with .program and .lm_endpoint)
+    are optional.
+    """
+
+    def __init__(self, registry: CollectorRegistry, metrics: PoolMetrics, *, controller: Any = None, breakers: Any = None) -> None:
+        self.metrics = metrics
+        self.controller = controller
+        self.breakers = breakers
+        self._lock = threading.Lock()
+        self._published: tuple[PoolSnapshot | None, WaitHistogram, dict[str, int], dict[str, int], tuple] = (
+            None, metrics.wait_histogram(), {}, {}, ())
+        registry.register(self)
+
+    def observe(self, snapshot: PoolSnapshot) -> None:
+        """Publish `snapshot` and copies of the counters; call on the event loop."""
+        controller = self.controller
+        scale_events = dict(controller.scale_events) if controller is not None else {}
+        recycled = dict(controller.recycled_by_reason) if controller is not None else {}
+        breakers: tuple = ()
+        if self.breakers is not None:
+            breakers = tuple(
+                (str(getattr(key, "program", key)), str(getattr(key, "lm_endpoint", "")), str(snap.state), snap.opened_total)
+                for key, snap in self.breakers.snapshots().items()
+            )
+        published = (snapshot, self.metrics.wait_histogram(), scale_events, recycled, breakers)
+        with self._lock:
+            self._published = published
+
+    def refresh(self, pool: Any, now: float | None = None) -> PoolSnapshot:
+        """Take a snapshot of `pool` and publish it (for use without a controller)."""
+        snapshot = self.metrics.snapshot(pool, time.monotonic() if now is None else now)
+        self.observe(snapshot)
+        return snapshot
+
+    def describe(self) -> Iterable:
+        return ()  # collected lazily: registering must not call collect() before the first tick
+
+    def collect(self) -> Iterable:
+        with self._lock:
+            snapshot, histogram, scale_events, recycled, breakers = self._published
+        yield _histogram("dspy_pool_queue_wait_seconds", "Time calls waited in the queue before reaching a worker.", histogram)
+        scales = CounterMetricFamily("dspy_pool_scale_events", "Pool resizes applied by the controller.", labels=["direction"])
+        for direction in ("up", "down"):
+            scales.add_metric([direction], scale_events.get(direction, 0))
+        yield scales
+        recycles = CounterMetricFamily("dspy_pool_recycled_workers", "Workers replaced by recycling.", labels=["reason"])
+        for reason in sorted(set(recycled) | {"max_requests", "max_rss", "max_age"}):
+            recycles.add_metric([reason], recycled.get(reason, 0))
+        yield recycles
+        breaker_state = GaugeMetricFamily("dspy_pool_breaker_state", "1 for the current state of each circuit breaker.",
+                                          labels=["program", "lm_endpoint", "state"])
+        breaker_opened = CounterMetricFamily("dspy_pool_breaker_opened", "Times each circuit breaker opened.",
+                                             labels=["program", "lm_endpoint"])
+        for program, endpoint, state, opened in breakers:
+            for candidate in ("closed", "open", "half_open"):
+                breaker_state.add_metric([program, endpoint, candidate], 1.0 if state == candidate else 0.0)
+            breaker_opened.add_metric([program, endpoint], opened)
+        yield breaker_state
+        yield breaker_opened
+        if snapshot is None:
+            return
+        workers = GaugeMetricFamily("dspy_pool_workers", "Workers by state.", labels=["state"])
+        workers.add_metric(["ready"], snapshot.workers_ready)
+        workers.add_metric(["starting"], snapshot.workers_starting)
+        workers.add_metric(["draining"], snapshot.workers_draining)
+        yield workers
+        for name, help_text, value in (
+            ("dspy_pool_target_workers", "Workers the pool is asked to hold.", snapshot.target_workers),
+            ("dspy_pool_queue_depth", "Calls waiting in the queue.", snapshot.queue_depth),
+            ("dspy_pool_in_flight", "Calls running on workers.", snapshot.in_flight),
+            ("dspy_pool_utilisation", "Calls in flight on ready workers / their concurrency.", snapshot.utilisation),
+            ("dspy_pool_queue_wait_p95_seconds", "p95 queue wait over the short window.", snapshot.queue_wait_p95_s),
+            ("dspy_pool_oldest_queued_seconds", "Age of the oldest queued call.", snapshot.oldest_queued_age_s),
+            ("dspy_pool_execution_p95_seconds", "p95 execution time over the window.", snapshot.execution_p95_s),
+            ("dspy_pool_throughput_calls_per_second", "Finished calls per second over the window.", snapshot.throughput_per_s),
+            ("dspy_pool_error_rate", "Share of finished calls that failed over the window.", snapshot.error_rate),
+            ("dspy_pool_worker_rss_bytes", "Resident memory of ready workers, summed.", snapshot.rss_total_bytes),
+            ("dspy_pool_health_score", "0..1 pool health (availability x success x wait x deadline).", snapshot.health),
+        ):
+            yield GaugeMetricFamily(name, help_text, value=value)
+        calls = CounterMetricFamily("dspy_pool_calls", "Calls through the dispatcher by outcome.", labels=["outcome"])
+        calls.add_metric(["completed"], snapshot.completed)
+        calls.add_metric(["failed"], snapshot.failed)
+        calls.add_metric(["rejected"], snapshot.rejected)
+        calls.add_metric(["expired_in_queue"], snapshot.expired_in_queue)
+        yield calls
+
+
+def _histogram(name: str, help_text: str, histogram: WaitHistogram) -> HistogramMetricFamily:
+    family = HistogramMetricFamily(name, help_text)
+    family.add_metric([], histogram.cumulative(), sum_value=histogram.sum_s)
+    return family
+
+
+def start_metrics_server(port: int, registry: CollectorRegistry, addr: str = "127.0.0.1") -> tuple[Any, int]:
+    """Serve `registry` at http://addr:port/metrics in a daemon thread; port 0 picks one. Returns (server, bound port)."""
+    server, _thread = start_http_server(port, addr=addr, registry=registry)
+    return server, server.server_address[1]
+
+
+def stop_metrics_server(server: Any) -> None:
+    """Stop serving and close the socket (blocks briefly; call via asyncio.to_thread from the loop)."""
+    server.shutdown()
+    server.server_close()
