@@ -93,6 +93,7 @@ class Dispatcher:
         self.failed = 0
         self.rejected = 0
         self.expired_in_queue = 0
+        self.metrics = None  # PoolMetrics, set by the app; fed here because every call passes here
 
     # -- workers ------------------------------------------------------------
     def add_worker(self, handle: WorkerHandle) -> None:
@@ -146,10 +147,14 @@ class Dispatcher:
         except asyncio.CancelledError:
             self._abandon(job, errors.Cancelled("the caller cancelled"))
             raise
-        except errors.PoolError:
+        except errors.PoolError as error:
             self.failed += 1
+            if self.metrics is not None:
+                self.metrics.job_finished(job, time.monotonic(), error)
             raise
         self.completed += 1
+        if self.metrics is not None:
+            self.metrics.job_finished(job, time.monotonic())
         return result
 
     def _expire(self, job: Job) -> None:
@@ -195,6 +200,8 @@ class Dispatcher:
         job.state = JobState.RUNNING
         job.handle = handle
         job.started_at = time.monotonic()
+        if self.metrics is not None:
+            self.metrics.record_queue_wait(job.started_at, job.started_at - job.enqueued_at)
         job.request_id = handle.send_request(job, request)
 
     def _requeue_front(self, job: Job) -> None:

@@ -235,7 +235,7 @@ class PoolMetrics:
             self._errors.record(now)
 
     def job_finished(self, job: Any, now: float, error: BaseException | None = None) -> None:
-        """Record a dispatcher Job's execution time (if it reached a worker) and outcome.
+        """Record a dispatcher Job's outcome and execution time, or its queue wait if it never started.
 
         The caller's faults (invalid argument, not found, cancelled) count as
         finished, not failed: they say nothing about the pool.
@@ -243,6 +243,12 @@ class PoolMetrics:
         started_at = getattr(job, "started_at", 0.0)
         if started_at:
             self.record_execution(now, now - started_at)
+        else:
+            # It never left the queue (expired there): its whole life was queue wait,
+            # the very signal the scaler must not miss.
+            enqueued_at = getattr(job, "enqueued_at", None)
+            if enqueued_at is not None:
+                self.record_queue_wait(now, now - enqueued_at)
         ok = error is None or getattr(error, "kind", None) in CALLER_FAULT_KINDS
         self.record_outcome(now, ok)
 

@@ -16,10 +16,16 @@ import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from prometheus_client import CollectorRegistry
+
 from dspy_pool.internal import worker_pb2 as wire
+from dspy_pool.pool.controller import Controller, RecycleConfig
+from dspy_pool.pool.metrics import PoolMetrics
+from dspy_pool.pool.scaler import ScalerConfig
 from dspy_pool.pool.supervisor import PoolSettings, WorkerPool
-from dspy_pool.server.config import ServerConfig, public_view
+from dspy_pool.server.config import ServerConfig, public_view, worker_bounds
 from dspy_pool.server.handlers import add_service
+from dspy_pool.server.metrics_http import MetricsInterceptor, PoolExporter, start_metrics_server, stop_metrics_server
 from dspy_pool.server.registry import ProgramRegistry
 from dspy_pool.server.service import DSPyPoolService
 from dspy_pool.server.sessions import SessionStore
@@ -45,9 +51,20 @@ def zygote_config(config: ServerConfig, sim: SimLMProcess | None) -> wire.Zygote
     )
 
 
+def scaler_config(config: ServerConfig) -> ScalerConfig:
+    _, minimum, maximum = worker_bounds(config)
+    return ScalerConfig(
+        min_workers=minimum, max_workers=maximum, worker_concurrency=config.worker_concurrency,
+        target_queue_wait_s=config.target_queue_wait_s, target_load_per_worker=config.target_load_per_worker,
+        upscale_cooldown_s=config.upscale_cooldown_s, downscale_window_s=config.downscale_window_s,
+        downscale_utilisation=config.downscale_utilisation, memory_budget_bytes=config.memory_budget_bytes,
+    )
+
+
 def pool_settings(config: ServerConfig) -> PoolSettings:
+    initial, minimum, _ = worker_bounds(config)
     return PoolSettings(
-        workers=config.workers, min_ready=config.workers, worker_concurrency=config.worker_concurrency,
+        workers=initial, min_ready=minimum, worker_concurrency=config.worker_concurrency,
         max_queue=config.max_queue, boot_timeout_s=config.boot_timeout_s, crash_loop_threshold=config.crash_loop_threshold,
         hang_timeout_s=config.hang_timeout_s, max_frame_bytes=config.max_message_bytes * 2 + 65536,
     )
@@ -64,6 +81,11 @@ class App:
         self._stopped = asyncio.Event()
         self._stopping = False
         self._background: list[asyncio.Task] = []
+        self.controller: Controller | None = None
+        self.metrics = PoolMetrics(target_queue_wait_s=config.target_queue_wait_s)
+        self.registry = CollectorRegistry()
+        self.metrics_server = None
+        self.metrics_port = 0
 
     async def start(self) -> int:
         """Start everything; returns the bound TCP port (0 for a Unix socket)."""
@@ -72,11 +94,12 @@ class App:
             self.sim = await start_sim_lm("--latency", self.config.sim_latency)
             log.info("sim_lm_started", port=self.sim.port, latency=self.config.sim_latency)
         self.pool = WorkerPool(pool_settings(self.config), zygote_config(self.config, self.sim), self._on_health_change)
+        self.pool.dispatcher.metrics = self.metrics
         pool_started = asyncio.ensure_future(self.pool.start())
         while self.pool.zygote.pid is None and not pool_started.done():
             await asyncio.sleep(0.005)  # the zygote is exec'd before any gRPC object exists
         self.health = health.aio.HealthServicer()
-        self.server = grpc.aio.server(options=[
+        self.server = grpc.aio.server(interceptors=[MetricsInterceptor(self.registry)], options=[
             ("grpc.max_receive_message_length", self.config.max_message_bytes * 2),
             ("grpc.max_send_message_length", self.config.max_message_bytes * 2),
             ("grpc.so_reuseport", 0),
@@ -99,8 +122,22 @@ class App:
             raise
         await self._set_health(self.pool.healthy)
         self._background.append(asyncio.get_running_loop().create_task(self._sweep_sessions()))
+        self._start_controller()
         log.info("server_serving", listen=self.config.listen, port=self.port, workers=self.config.workers)
         return self.port
+
+    def _start_controller(self) -> None:
+        config = self.config
+        recycle = RecycleConfig(config.recycle_max_requests, config.recycle_max_requests_jitter, config.recycle_max_rss_bytes, config.recycle_max_age_s)
+        self.controller = Controller(self.pool, self.metrics, scaler_config(config), config.controller_interval_s,
+                                     fixed_size=config.fixed_workers or None, recycle=recycle)
+        self.controller.start()
+        self.service.controller = self.controller
+        if config.metrics_port >= 0:
+            exporter = PoolExporter(self.registry, self.metrics, controller=self.controller, breakers=self.service.resilient.breakers)
+            self.controller.observers.append(exporter.observe)
+            self.metrics_server, self.metrics_port = start_metrics_server(config.metrics_port, self.registry, config.metrics_addr)
+            log.info("metrics_serving", addr=config.metrics_addr, port=self.metrics_port)
 
     def _on_health_change(self, healthy: bool) -> None:
         if not self._stopping:
@@ -127,6 +164,8 @@ class App:
         grace = self.config.drain_grace_s if grace_s is None else grace_s
         log.info("server_draining", grace_s=grace)
         await self._set_health(False)
+        if self.controller is not None:
+            await self.controller.stop()
         for task in self._background:
             task.cancel()
         if self.pool is not None:
@@ -139,6 +178,8 @@ class App:
             await self.pool.stop()
         if self.sim is not None:
             await self.sim.stop()
+        if self.metrics_server is not None:
+            await asyncio.to_thread(stop_metrics_server, self.metrics_server)
         log.info("server_stopped")
         self._stopped.set()
 

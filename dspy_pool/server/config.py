@@ -22,6 +22,9 @@ ENV_PREFIX = "DSPY_POOL_"
 class ServerConfig:
     listen: str = "127.0.0.1:50051"
     workers: int = 2
+    min_workers: int = 0  # 0: same as workers (no autoscaling unless max_workers is larger)
+    max_workers: int = 0  # 0: same as workers
+    fixed_workers: int = 0  # operator override: exactly this many, never autoscaled
     worker_concurrency: int = 64
     max_queue: int = 1000
     default_deadline_s: float = 30.0
@@ -57,6 +60,19 @@ class ServerConfig:
     fallback_lms: tuple[str, ...] = ()  # "MODEL" or "MODEL@API_BASE": the only LMs a fallback may name
     session_max_in_flight: int = 0  # 0: no per-session limit
     fallback_concurrency: int = 256
+    target_queue_wait_s: float = 0.1
+    target_load_per_worker: float = 0.7
+    upscale_cooldown_s: float = 2.0
+    downscale_window_s: float = 60.0
+    downscale_utilisation: float = 0.3
+    memory_budget_bytes: int = 0
+    controller_interval_s: float = 0.5
+    recycle_max_requests: int = 0
+    recycle_max_requests_jitter: int = 0
+    recycle_max_rss_bytes: int = 0
+    recycle_max_age_s: float = 0.0
+    metrics_port: int = -1  # -1: no Prometheus endpoint; 0: any free port
+    metrics_addr: str = "127.0.0.1"
     log_format: str = "console"
     log_level: str = "info"
 
@@ -64,6 +80,8 @@ class ServerConfig:
         problems = []
         if self.workers < 1:
             problems.append("workers must be >= 1")
+        if self.min_workers < 0 or self.max_workers < 0 or (self.max_workers and self.max_workers < self.min_workers):
+            problems.append("need 0 <= min_workers <= max_workers")
         if self.worker_concurrency < 1:
             problems.append("worker_concurrency must be >= 1")
         if self.max_queue < 0:
@@ -137,6 +155,15 @@ def load(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> 
             file_values = tomllib.load(handle)
     flags = {name: getattr(args, name, None) for name in _FIELDS}
     return from_sources(file_values, environ, flags)
+
+
+def worker_bounds(config: ServerConfig) -> tuple[int, int, int]:
+    """(initial, min, max) workers: --fixed-workers wins, then --min/--max-workers, then --workers."""
+    if config.fixed_workers:
+        return config.fixed_workers, config.fixed_workers, config.fixed_workers
+    minimum = config.min_workers or config.workers
+    maximum = max(config.max_workers or config.workers, minimum)
+    return min(max(config.workers, minimum), maximum), minimum, maximum
 
 
 def public_view(config: ServerConfig) -> dict[str, Any]:

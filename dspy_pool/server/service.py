@@ -114,6 +114,7 @@ class DSPyPoolService(pb_grpc.DSPyPoolServicer):
         self.resilient = ResilientExecutor(self.executor, registry, resilience_settings(config), config.lm_api_base or config.lm)
         self.started_at = time.monotonic()
         self._register_lock = asyncio.Lock()
+        self.controller = None  # set by the app once the autoscaling controller runs
 
     async def _abort(self, context: grpc.aio.ServicerContext, error: errors.PoolError) -> None:
         await context.abort_with_status(to_grpc_status(error))
@@ -257,6 +258,7 @@ class DSPyPoolService(pb_grpc.DSPyPoolServicer):
 
     def pool_status(self) -> pb.PoolStatus:
         now = time.monotonic()
+        _, minimum, maximum = config_module.worker_bounds(self.config)
         dispatcher = self.pool.dispatcher
         status = pb.PoolStatus(
             serving=self.pool.healthy,
@@ -270,11 +272,20 @@ class DSPyPoolService(pb_grpc.DSPyPoolServicer):
             programs=len(self.registry),
             uptime_s=now - self.started_at,
             config=pb.PoolConfig(
-                workers=self.pool.target_workers, min_workers=self.config.workers, max_workers=self.config.workers,
+                workers=self.pool.target_workers, min_workers=minimum, max_workers=maximum,
                 worker_concurrency=self.config.worker_concurrency, max_queue=self.config.max_queue,
                 default_deadline_s=self.config.default_deadline_s, lm=self.config.lm, module_kinds=self.pool.module_kinds,
             ),
         )
+        controller = self.controller
+        if controller is not None:
+            status.recycled_workers = controller.recycled
+            status.scale_events = controller.scale_ups + controller.scale_downs
+            snapshot = controller.last_snapshot
+            if snapshot is not None:
+                status.queue_wait_p95_ms = snapshot.queue_wait_p95_s * 1000.0
+                status.health_score = snapshot.health
+                status.calls_per_s = snapshot.throughput_per_s
         status.retries = self.resilient.retries
         status.fallbacks_served = self.resilient.fallbacks_served
         for key, snapshot in self.resilient.breakers.snapshots().items():
