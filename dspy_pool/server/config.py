@@ -1,7 +1,8 @@
 """The one typed configuration object, built in one place.
 
-Precedence, lowest to highest: defaults, the config file (TOML), DSPY_POOL_*
-environment variables, command-line flags. No other module reads the
+Precedence, lowest to highest: defaults, the named profile
+(dspy_pool/profiles/NAME.toml), the config file (TOML), DSPY_POOL_* environment
+variables, command-line flags. No other module reads the
 environment. The API key comes from DSPY_POOL_LM_API_KEY (or the file) only,
 never from a flag, so it never shows in `ps`.
 """
@@ -11,11 +12,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import pathlib
 import tomllib
 from dataclasses import dataclass, field, fields
 from typing import Any, Mapping
 
 ENV_PREFIX = "DSPY_POOL_"
+PROFILES_DIR = pathlib.Path(__file__).resolve().parent.parent / "profiles"
+DEFAULT_PROFILE = "balanced"
 
 
 @dataclass(frozen=True)
@@ -136,6 +140,7 @@ def from_sources(file_values: Mapping[str, Any], environ: Mapping[str, str], fla
 def add_flags(parser: argparse.ArgumentParser) -> None:
     """Every setting except the API key as a flag; defaults stay None so precedence works."""
     parser.add_argument("--config", help="TOML file with settings (keys as in ServerConfig)")
+    parser.add_argument("--profile", default=None, help=f"named settings: {', '.join(profile_names())} (default {DEFAULT_PROFILE}); env {ENV_PREFIX}PROFILE")
     for f in fields(ServerConfig):
         if f.name == "lm_api_key":
             continue
@@ -148,11 +153,12 @@ def add_flags(parser: argparse.ArgumentParser) -> None:
 
 def load(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> ServerConfig:
     environ = os.environ if environ is None else environ
-    file_values: dict[str, Any] = {}
+    profile = getattr(args, "profile", None) or environ.get(ENV_PREFIX + "PROFILE") or DEFAULT_PROFILE
+    file_values: dict[str, Any] = load_profile(profile)
     config_path = args.config or environ.get(ENV_PREFIX + "CONFIG")
     if config_path:
         with open(config_path, "rb") as handle:
-            file_values = tomllib.load(handle)
+            file_values.update(tomllib.load(handle))
     flags = {name: getattr(args, name, None) for name in _FIELDS}
     return from_sources(file_values, environ, flags)
 
@@ -164,6 +170,18 @@ def worker_bounds(config: ServerConfig) -> tuple[int, int, int]:
     minimum = config.min_workers or config.workers
     maximum = max(config.max_workers or config.workers, minimum)
     return min(max(config.workers, minimum), maximum), minimum, maximum
+
+
+def profile_names() -> list[str]:
+    return sorted(p.stem for p in PROFILES_DIR.glob("*.toml"))
+
+
+def load_profile(name: str) -> dict[str, Any]:
+    path = PROFILES_DIR / f"{name}.toml"
+    if not path.is_file():
+        raise ValueError(f"unknown profile {name!r}; known: {', '.join(profile_names())}")
+    with open(path, "rb") as handle:
+        return tomllib.load(handle)
 
 
 def public_view(config: ServerConfig) -> dict[str, Any]:

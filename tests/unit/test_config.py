@@ -132,6 +132,42 @@ def test_no_api_key_flag():
 def test_every_other_field_has_a_flag_defaulting_to_none():
     """Every setting except the API key has a flag whose default is None."""
     args = vars(parser().parse_args([]))
-    expected = {f for f in ServerConfig.__dataclass_fields__ if f != "lm_api_key"} | {"config"}
+    expected = {f for f in ServerConfig.__dataclass_fields__ if f != "lm_api_key"} | {"config", "profile"}
     assert set(args) == expected
     assert all(value is None for value in args.values())
+
+
+def test_every_shipped_profile_builds_a_valid_config():
+    """Each profile file parses and yields a valid ServerConfig."""
+    from dspy_pool.server import config as config_module
+
+    names = config_module.profile_names()
+    assert {"balanced", "high-throughput", "low-latency", "resource-constrained", "development"} <= set(names)
+    for name in names:
+        config_module.from_sources(config_module.load_profile(name), {}, {})
+
+
+def test_profile_is_overridden_by_flags():
+    """--profile low-latency sets its values; a flag still wins over the profile."""
+    import argparse
+
+    from dspy_pool.server import config as config_module
+
+    parser = argparse.ArgumentParser()
+    config_module.add_flags(parser)
+    loaded = config_module.load(parser.parse_args(["--profile", "low-latency", "--max-queue", "7"]), environ={})
+    assert loaded.worker_concurrency == 16 and loaded.max_queue == 7
+
+
+def test_unknown_profile_is_an_error():
+    """A profile name that ships no file is refused with the known names."""
+    import argparse
+
+    import pytest
+
+    from dspy_pool.server import config as config_module
+
+    parser = argparse.ArgumentParser()
+    config_module.add_flags(parser)
+    with pytest.raises(ValueError, match="balanced"):
+        config_module.load(parser.parse_args(["--profile", "turbo"]), environ={})
