@@ -256,7 +256,7 @@ class Controller:
         if due is None:
             return
         old, reason = due
-        replacement = await self.pool.spawn()
+        replacement = await self.pool.spawn(extra=True)
         if replacement is None or _state_name(replacement) != "ready":
             self.recycle_failures += 1
             self._recycle_paused_until = now + self.recycle.retry_after_s

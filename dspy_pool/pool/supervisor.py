@@ -41,6 +41,7 @@ class PoolSettings:
     cancel_grace_s: float = 5.0
     max_frame_bytes: int = 64 * 1024 * 1024
     stop_timeout_s: float = 5.0
+    warming: str = "parallel"  # "parallel", "sequential", or "staged" (min_ready first, the rest in background)
 
 
 class WorkerPool:
@@ -66,10 +67,28 @@ class WorkerPool:
     async def start(self) -> None:
         """Start the zygote and `workers` workers in parallel; return when min_ready are up."""
         await self.zygote.start(self.zygote_config, self.settings.zygote_timeout_s)
-        for _ in range(self.target_workers):
-            self._spawn_in_background()
+        await self._warm()
         self._watch_task = asyncio.get_running_loop().create_task(self._watch())
         await self.wait_ready()
+
+    async def _warm(self) -> None:
+        """Start the initial workers by the configured strategy."""
+        warming, target = self.settings.warming, self.target_workers
+        if warming == "sequential":
+            for _ in range(target):
+                if self.crash_looping:
+                    return
+                await self.spawn()
+                log.info("pool_warming", strategy=warming, ready=len(self.dispatcher.ready_workers()), target=target)
+            return
+        first = min(self.settings.min_ready, target) if warming == "staged" else target
+        for _ in range(first):
+            self._spawn_in_background()
+        if warming == "staged":
+            await self.wait_ready()
+            log.info("pool_warming", strategy=warming, ready=len(self.dispatcher.ready_workers()), target=target)
+            for _ in range(target - first):
+                self._spawn_in_background()
 
     async def wait_ready(self) -> None:
         waiter = asyncio.ensure_future(self._ready_event.wait())
@@ -97,10 +116,11 @@ class WorkerPool:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    async def spawn(self, delay_s: float = 0.0) -> WorkerHandle | None:
+    async def spawn(self, delay_s: float = 0.0, *, extra: bool = False) -> WorkerHandle | None:
+        """Start one worker; beyond the target only when `extra` (a recycle's replacement comes first)."""
         if delay_s:
             await asyncio.sleep(delay_s)
-        if self.stopping or self.crash_looping:
+        if self.stopping or self.crash_looping or (len(self._handles) >= self.target_workers and not extra):
             return None
         worker_id = next(self._ids)
         handle = WorkerHandle(

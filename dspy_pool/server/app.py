@@ -64,7 +64,7 @@ def scaler_config(config: ServerConfig) -> ScalerConfig:
 def pool_settings(config: ServerConfig) -> PoolSettings:
     initial, minimum, _ = worker_bounds(config)
     return PoolSettings(
-        workers=initial, min_ready=minimum, worker_concurrency=config.worker_concurrency,
+        workers=initial, min_ready=minimum, warming=config.warming, worker_concurrency=config.worker_concurrency,
         max_queue=config.max_queue, boot_timeout_s=config.boot_timeout_s, crash_loop_threshold=config.crash_loop_threshold,
         hang_timeout_s=config.hang_timeout_s, max_frame_bytes=config.max_message_bytes * 2 + 65536,
     )

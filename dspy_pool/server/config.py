@@ -29,6 +29,7 @@ class ServerConfig:
     min_workers: int = 0  # 0: same as workers (no autoscaling unless max_workers is larger)
     max_workers: int = 0  # 0: same as workers
     fixed_workers: int = 0  # operator override: exactly this many, never autoscaled
+    warming: str = "parallel"  # parallel, sequential, or staged (min_workers first, the rest in background)
     worker_concurrency: int = 64
     max_queue: int = 1000
     default_deadline_s: float = 30.0
@@ -97,6 +98,8 @@ class ServerConfig:
         for entry in self.fallback_lms:
             if not entry.split("@", 1)[0]:
                 problems.append(f"fallback_lms entry {entry!r} needs a model before '@'")
+        if self.warming not in ("parallel", "sequential", "staged"):
+            problems.append("warming must be parallel, sequential or staged")
         if self.log_format not in ("console", "json"):
             problems.append("log_format must be console or json")
         if problems:

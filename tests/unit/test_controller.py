@@ -46,7 +46,7 @@ class FakePool:
         self.resizes.append(target)
         self.target_workers = target
 
-    async def spawn(self):
+    async def spawn(self, delay_s=0.0, *, extra=False):
         if self.spawn_fails:
             return None
         handle = FakeHandle(worker_id=len(self.handles_) + 1, pid=200 + len(self.handles_), state="ready", in_flight={},
