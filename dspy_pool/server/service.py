@@ -123,6 +123,8 @@ class DSPyPoolService(pb_grpc.DSPyPoolServicer):
     async def RegisterProgram(self, request: pb.RegisterProgramRequest, context):
         try:
             spec = request.spec
+            if not self.pool.module_kinds:
+                raise errors.Unavailable("the server is starting: workers are not ready yet; retry shortly")
             check_spec(spec, self.pool.module_kinds)
             try:
                 chain = chain_for(spec, self.resilient.settings.default_chain)

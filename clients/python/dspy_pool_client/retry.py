@@ -57,4 +57,5 @@ class RetryPolicy:
             return rng.uniform(base, base * (1.0 + self.jitter))
         return rng.uniform(backoff * (1.0 - self.jitter), backoff)
 
+
 NO_RETRIES = RetryPolicy(max_attempts=1)

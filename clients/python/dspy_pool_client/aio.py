@@ -1,0 +1,149 @@
+"""The asyncio client (grpc.aio): the same helpers as Client, awaited.
+
+Create it inside the running event loop (grpc.aio channels bind to the loop
+that first uses them) and close it with `await client.close()` or
+`async with AsyncClient(...) as client`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Mapping, Sequence
+
+import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from . import convert
+from ._gen import dspy_pool_pb2 as pb
+from ._gen import dspy_pool_pb2_grpc as pb_grpc
+from .client import DEFAULT_CHANNEL_OPTIONS, new_session_id
+from .convert import Fallback, Field, PoolStatus, ProgramInfo, Result, SessionInfo
+from .errors import DSPyPoolError, NotFound, client_deadline_error, from_rpc_error
+from .retry import RetryPolicy
+
+
+class AsyncClient:
+    def __init__(self, target: str, *, default_timeout: float = 30.0, retries: RetryPolicy | None = None,
+                 metadata: Sequence[tuple[str, str]] = (), options: Sequence[tuple[str, Any]] = DEFAULT_CHANNEL_OPTIONS,
+                 channel: grpc.aio.Channel | None = None) -> None:
+        if default_timeout <= 0:
+            raise ValueError("default_timeout must be > 0: every call has a deadline")
+        self.target = target
+        self.default_timeout = default_timeout
+        self.retries = retries if retries is not None else RetryPolicy()
+        self._metadata = tuple(metadata)
+        self._owns_channel = channel is None
+        self._channel = channel if channel is not None else grpc.aio.insecure_channel(target, options=list(options))
+        self._stub = pb_grpc.DSPyPoolStub(self._channel)
+        self._health = health_pb2_grpc.HealthStub(self._channel)
+
+    async def _invoke(self, method, request, timeout: float | None, *, retry: bool = True):
+        loop = asyncio.get_running_loop()
+        budget = self.default_timeout if timeout is None else timeout
+        deadline = loop.time() + budget
+        attempt = 0
+        while True:
+            attempt += 1
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                raise client_deadline_error(f"deadline of {budget:.3f}s passed before attempt {attempt}")
+            try:
+                return await method(request, timeout=remaining, metadata=self._metadata)
+            except grpc.aio.AioRpcError as exc:
+                error, cause = from_rpc_error(exc), exc
+            delay = self.retries.delay_s(attempt, error) if retry else None
+            if delay is None:
+                raise error from cause
+            if loop.time() + delay >= deadline:
+                raise client_deadline_error(f"no time left for attempt {attempt + 1} within {budget:.3f}s", error) from cause
+            await asyncio.sleep(delay)
+
+    async def close(self) -> None:
+        if self._owns_channel:
+            await self._channel.close()
+
+    async def __aenter__(self) -> "AsyncClient":
+        return self
+
+    async def __aexit__(self, *exc_info) -> None:
+        await self.close()
+
+    async def register_program(self, name: str, signature: str = "", module: str = "predict", *, instructions: str = "",
+                               demos: list[Mapping[str, Any]] | None = None, fallback: Fallback | Mapping[str, Any] | None = None,
+                               input_fields: list[Field] | None = None, output_fields: list[Field] | None = None,
+                               state_json: str = "", module_options: Mapping[str, Any] | None = None, description: str = "",
+                               timeout: float | None = None) -> ProgramInfo:
+        spec = convert.program_spec(name, signature, module, instructions=instructions, demos=demos, fallback=fallback,
+                                    input_fields=input_fields, output_fields=output_fields, state_json=state_json,
+                                    module_options=module_options, description=description)
+        return ProgramInfo.from_proto(await self._invoke(self._stub.RegisterProgram, pb.RegisterProgramRequest(spec=spec), timeout))
+
+    async def get_program(self, name: str, version: int = 0, *, timeout: float | None = None) -> ProgramInfo:
+        return ProgramInfo.from_proto(await self._invoke(self._stub.GetProgram, pb.GetProgramRequest(name=name, version=version), timeout))
+
+    async def list_programs(self, all_versions: bool = False, *, timeout: float | None = None) -> list[ProgramInfo]:
+        reply = await self._invoke(self._stub.ListPrograms, pb.ListProgramsRequest(all_versions=all_versions), timeout)
+        return [ProgramInfo.from_proto(p) for p in reply.programs]
+
+    async def delete_program(self, name: str, version: int = 0, *, timeout: float | None = None) -> list[int]:
+        reply = await self._invoke(self._stub.DeleteProgram, pb.DeleteProgramRequest(name=name, version=version), timeout)
+        return list(reply.deleted_versions)
+
+    async def execute(self, program: str, inputs: Mapping[str, Any] | None = None, *, version: int = 0,
+                      session_id: str | None = None, timeout: float | None = None, request_id: str | None = None) -> Result:
+        request = convert.execute_request(program, inputs, version, session_id, request_id)
+        return Result.from_proto(await self._invoke(self._stub.Execute, request, timeout))
+
+    def session(self, session_id: str | None = None) -> "AsyncSession":
+        """`async with client.session() as s: await s.execute(...)`; closed on exit."""
+        return AsyncSession(self, session_id or new_session_id())
+
+    async def get_session(self, session_id: str, *, timeout: float | None = None) -> SessionInfo:
+        return SessionInfo.from_proto(await self._invoke(self._stub.GetSession, pb.GetSessionRequest(session_id=session_id), timeout))
+
+    async def close_session(self, session_id: str, *, timeout: float | None = None) -> int:
+        return (await self._invoke(self._stub.CloseSession, pb.CloseSessionRequest(session_id=session_id), timeout)).turns
+
+    async def pool_status(self, *, timeout: float | None = None) -> PoolStatus:
+        return PoolStatus.from_proto(await self._invoke(self._stub.GetPoolStatus, pb.GetPoolStatusRequest(), timeout))
+
+    async def health(self, service: str = "", *, timeout: float | None = None) -> str:
+        reply = await self._invoke(self._health.Check, health_pb2.HealthCheckRequest(service=service), timeout, retry=False)
+        return health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+
+    @property
+    def stub(self) -> pb_grpc.DSPyPoolStub:
+        return self._stub
+
+
+class AsyncSession:
+    def __init__(self, client: AsyncClient, session_id: str) -> None:
+        self.client = client
+        self.session_id = session_id
+        self.closed = False
+
+    async def execute(self, program: str, inputs: Mapping[str, Any] | None = None, *, version: int = 0,
+                      timeout: float | None = None, request_id: str | None = None) -> Result:
+        return await self.client.execute(program, inputs, version=version, session_id=self.session_id, timeout=timeout, request_id=request_id)
+
+    async def history(self, *, timeout: float | None = None) -> SessionInfo:
+        return await self.client.get_session(self.session_id, timeout=timeout)
+
+    async def close(self, *, timeout: float | None = None) -> int:
+        if self.closed:
+            return 0
+        self.closed = True
+        try:
+            return await self.client.close_session(self.session_id, timeout=timeout)
+        except NotFound:
+            return 0
+
+    async def __aenter__(self) -> "AsyncSession":
+        return self
+
+    async def __aexit__(self, exc_type, exc, tb) -> None:
+        try:
+            await self.close()
+        except DSPyPoolError:
+            if exc_type is None:
+                raise
