@@ -216,9 +216,10 @@ class DSPyPoolClient {
    * @param {object} [options]
    * @param {number} [options.defaultDeadlineMs=30000] deadline for calls that set none.
    * @param {number} [options.retries=0] extra attempts on UNAVAILABLE, and on
-   *   RESOURCE_EXHAUSTED when the server sent a RetryInfo; Execute is retried
-   *   only when you pass a request_id (the server deduplicates nothing, so
-   *   only retry programs that are safe to run twice).
+   *   RESOURCE_EXHAUSTED when the server sent a RetryInfo (waiting at least
+   *   the delay it suggests). Both are returned before a program runs
+   *   (draining, no worker, breaker open, queue full), so a retry does not
+   *   normally run a program twice.
    * @param {number} [options.retryBackoffMs=100] first backoff; doubles per attempt.
    * @param {grpc.ChannelCredentials} [options.credentials] default: insecure (loopback sidecar).
    * @param {object} [options.channelOptions] grpc-js channel options.
@@ -302,8 +303,7 @@ class DSPyPoolClient {
       session_id: opts.sessionId || '',
       request_id: opts.requestId || '',
     };
-    const callOpts = opts.requestId ? opts : { ...opts, retries: 0 };
-    const response = await this._call('Execute', request, callOpts);
+    const response = await this._call('Execute', request, opts);
     return { ...response, outputs: fromStruct(response.outputs) };
   }
 
@@ -364,7 +364,7 @@ class DSPyPoolClient {
   }
 
   close() {
-    this.healthStub.close();
+    // Closes the one channel both stubs share.
     this.stub.close();
   }
 }

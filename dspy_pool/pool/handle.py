@@ -194,6 +194,7 @@ class WorkerHandle(asyncio.Protocol):
         crashed = errors.WorkerCrashed(
             f"worker {self.worker_id} (pid {self.pid}) died while running this call ({reason}); it may have partly run",
             kind=errors.ErrorKind.WORKER_HUNG if reason in ("hung", "cancel_timeout") else errors.ErrorKind.WORKER_CRASHED,
+            metadata={"worker_pid": str(self.pid), "worker_id": str(self.worker_id)},
         )
         calls, self.in_flight = list(self.in_flight.values()), {}
         for call in calls:

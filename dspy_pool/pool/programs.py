@@ -30,6 +30,7 @@ class BuiltProgram:
     output_names: tuple[str, ...]
     takes_history: bool
     runs_async: bool
+    text_inputs: tuple[str, ...] = ()  # inputs typed str: other JSON values reach them as JSON text
 
 
 def _field_clause(field: pb.FieldSpec) -> str:
@@ -93,6 +94,7 @@ def build(spec: pb.ProgramSpec) -> BuiltProgram:
         output_names=tuple(signature.output_fields),
         takes_history=HISTORY_FIELD in input_names,
         runs_async=_runs_async(module),
+        text_inputs=tuple(n for n, f in signature.input_fields.items() if f.annotation is str),
     )
 
 

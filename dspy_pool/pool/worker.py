@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import json
 import os
 import signal
 import socket
@@ -155,6 +156,10 @@ class Worker:
 
     async def _call_program(self, program: programs.BuiltProgram, request: wire.WorkRequest) -> Any:
         inputs = structs.struct_to_dict(request.inputs)
+        for name in program.text_inputs:
+            value = inputs.get(name)
+            if value is not None and not isinstance(value, str):
+                inputs[name] = json.dumps(value, ensure_ascii=False)  # DSPy formats str fields as text
         if program.takes_history:
             import dspy
 

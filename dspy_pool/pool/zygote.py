@@ -16,7 +16,6 @@ socket), and its workers die with it the same way.
 from __future__ import annotations
 
 import argparse
-import ctypes
 import gc
 import importlib
 import os
@@ -27,22 +26,11 @@ import sys
 import time
 
 from dspy_pool.internal import worker_pb2 as wire
+from dspy_pool.lifeline import die_with_parent
 from dspy_pool.pool.protocol import FrameDecoder, FrameType, ProtocolError, encode
 
-PR_SET_PDEATHSIG = 1
 _RECORD_BYTES = 64 * 1024
 _FDS_PER_SPAWN = 3
-
-
-def die_with_parent(expected_parent: int) -> None:
-    """Ask the kernel for SIGKILL when our parent exits; bail out if it already has."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    except (OSError, AttributeError):
-        pass  # not Linux: EOF on the channel still ends us
-    if os.getppid() != expected_parent:
-        os._exit(0)
 
 
 def _preload(config: wire.ZygoteConfig) -> list[str]:

@@ -18,6 +18,7 @@ breaker is consulted, so no lock is held across the guarded call.
 from __future__ import annotations
 
 import asyncio
+import collections
 import random
 import time
 from dataclasses import dataclass
@@ -70,10 +71,8 @@ def chain_for(spec: pb.ProgramSpec, default_chain: tuple[str, ...]) -> FallbackC
     return FallbackChain(steps=steps, lm=fb.lm, lm_api_base=fb.lm_api_base, program=fb.program, static_outputs=static)
 
 
-def _outcome_for(error: errors.PoolError) -> Outcome:
-    if error.kind is errors.ErrorKind.DEADLINE_EXCEEDED and "in the queue" in error.message:
-        return Outcome.IGNORED  # waiting in our queue says nothing about the LM endpoint
-    return Outcome.FAILURE if fallback_policy.counts_as_breaker_failure(error.kind.value) else Outcome.IGNORED
+_CRASH_KINDS = {errors.ErrorKind.WORKER_CRASHED, errors.ErrorKind.WORKER_HUNG}
+_CRASHES_REMEMBERED = 1024
 
 
 class ResilientExecutor:
@@ -87,8 +86,23 @@ class ResilientExecutor:
         self.retry_budget = retry_policy.RetryBudget(ratio=settings.retry_ratio)
         self.fallback_budget = FallbackBudget(settings.fallback_concurrency)
         self._rng = random.Random()
+        self._crashes_counted: collections.OrderedDict[tuple, None] = collections.OrderedDict()
         self.retries = 0
         self.fallbacks_served = 0
+
+    def _outcome_for(self, program: str, error: errors.PoolError) -> Outcome:
+        if error.kind is errors.ErrorKind.DEADLINE_EXCEEDED and "in the queue" in error.message:
+            return Outcome.IGNORED  # waiting in our queue says nothing about the LM endpoint
+        if error.kind in _CRASH_KINDS:
+            # One crash fails every call its worker ran; it is one failure, not one per call.
+            crash = (program, error.metadata.get("worker_pid"))
+            if crash in self._crashes_counted:
+                return Outcome.IGNORED
+            self._crashes_counted[crash] = None
+            if len(self._crashes_counted) > _CRASHES_REMEMBERED:
+                self._crashes_counted.popitem(last=False)
+            return Outcome.FAILURE
+        return Outcome.FAILURE if fallback_policy.counts_as_breaker_failure(error.kind.value) else Outcome.IGNORED
 
     def check_fallback_lm(self, chain: FallbackChain) -> None:
         """A client may only name a fallback LM the operator allow-listed, and never its endpoint."""
@@ -113,7 +127,7 @@ class ResilientExecutor:
         try:
             reply, handle = await self._primary_with_retries(program, request, request_id, deadline)
         except errors.PoolError as error:
-            self.breakers.record(key, permit, _outcome_for(error))
+            self.breakers.record(key, permit, self._outcome_for(key.program, error))
             if error.kind in _NEVER_FALLBACK:
                 raise
             return await self._fall_back(program, request, deadline, fallback_policy.classify(error.kind.value).value, error)

@@ -36,7 +36,6 @@ TRANSIENT_KINDS: frozenset[str] = frozenset(
         ErrorKind.LM_ERROR.value,
         ErrorKind.LM_RATE_LIMITED.value,
         ErrorKind.LM_CONNECTION.value,
-        ErrorKind.WORKER_CRASHED.value,
     }
 )
 

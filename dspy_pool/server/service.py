@@ -204,7 +204,7 @@ class DSPyPoolService(pb_grpc.DSPyPoolServicer):
             served = await self.resilient.execute(program, request, request_id, deadline)
         except errors.PoolError as error:
             if error.kind not in (errors.ErrorKind.INVALID_ARGUMENT, errors.ErrorKind.NOT_FOUND):
-                log.warning("execute_failed", program=request.program, request_id=request_id, kind=error.kind.value, message=error.message[:300])
+                log.debug("execute_failed", program=request.program, request_id=request_id, kind=error.kind.value, message=error.message[:300])
             await self._abort(context, error)
             return
         reply, handle = served.reply, served.handle

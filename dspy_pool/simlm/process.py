@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import signal
 import sys
 import urllib.request
@@ -58,7 +59,7 @@ class SimLMProcess:
 async def start_sim_lm(*args: str, timeout_s: float = 30.0) -> SimLMProcess:
     """Start `python -m dspy_pool.simlm ARGS` on a free loopback port and wait until it listens."""
     process = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "dspy_pool.simlm", "--listen", "127.0.0.1:0", *args,
+        sys.executable, "-m", "dspy_pool.simlm", "--listen", "127.0.0.1:0", "--parent-pid", str(os.getpid()), *args,
         stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=None,
     )
     assert process.stdout is not None

@@ -456,6 +456,7 @@ def build_parser() -> argparse.ArgumentParser:
         parser.add_argument(f"--{name}-rate", type=float, default=0.0, help=f"fraction of requests that {name}")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-uvloop", action="store_true", help="use the stock asyncio loop")
+    parser.add_argument("--parent-pid", type=int, default=0, help="exit when this process (the server that started us) exits")
     return parser
 
 
@@ -463,6 +464,10 @@ def main(argv: list[str] | None = None) -> int:
     """Serve until SIGTERM or SIGINT; prints 'SIMLM_LISTENING <port>' once bound."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.parent_pid:
+        from dspy_pool.lifeline import die_with_parent
+
+        die_with_parent(args.parent_pid)
     try:
         host, port = parse_listen(args.listen)
         faults = FaultConfig(

@@ -24,18 +24,23 @@ class FixedRandom(random.Random):
 # -- is_transient ------------------------------------------------------------
 
 
-@pytest.mark.parametrize("kind", ["lm_error", "lm_rate_limited", "lm_connection", "worker_crashed"])
-def test_provider_and_crash_failures_are_transient(kind):
-    """LM 5xx/429/connection errors and worker crashes are worth retrying."""
+@pytest.mark.parametrize("kind", ["lm_error", "lm_rate_limited", "lm_connection"])
+def test_provider_failures_are_transient(kind):
+    """LM 5xx/429/connection errors are worth retrying."""
     assert is_transient(kind)
 
 
 @pytest.mark.parametrize(
     "kind",
-    ["invalid_argument", "not_found", "cancelled", "queue_full", "deadline_exceeded", "lm_timeout", "lm_malformed_output", "internal"],
+    ["invalid_argument", "not_found", "cancelled", "queue_full", "deadline_exceeded", "lm_timeout", "lm_malformed_output", "internal",
+     "worker_crashed", "worker_hung"],
 )
 def test_other_failures_are_not_transient(kind):
-    """Bad input, cancellation, overload and spent deadlines are never retried."""
+    """Bad input, cancellation, overload, spent deadlines and calls that died with their worker are never retried.
+
+    A call only fails with worker_crashed once it reached the worker, so it may have
+    partly run; retrying it could run it twice (and a poison call would kill worker after worker).
+    """
     assert not is_transient(kind)
 
 

@@ -1,0 +1,190 @@
+'use strict';
+// Runs the Node client against a real dspy-pool server (simulated LM, one
+// worker) on a free loopback port. Run with `node --test clients/node/test`
+// (or `npm test --prefix clients/node`). The server binary is `dspy-pool` on
+// the PATH, or DSPY_POOL_BIN.
+
+const { test, before, after } = require('node:test');
+const assert = require('node:assert/strict');
+const { spawn } = require('node:child_process');
+const net = require('node:net');
+
+const { DSPyPoolClient, toStruct, fromStruct, status } = require('..');
+
+const SERVER_BIN = process.env.DSPY_POOL_BIN || 'dspy-pool';
+const BOOT_TIMEOUT_MS = 60000;
+const STOP_TIMEOUT_MS = 8000;
+
+let server;
+let serverLog = '';
+let client;
+
+function freePort() {
+  return new Promise((resolve, reject) => {
+    const probe = net.createServer();
+    probe.unref();
+    probe.on('error', reject);
+    probe.listen(0, '127.0.0.1', () => {
+      const { port } = probe.address();
+      probe.close(() => resolve(port));
+    });
+  });
+}
+
+function exited(child) {
+  if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve();
+  return new Promise((resolve) => child.once('exit', resolve));
+}
+
+async function stopServer() {
+  if (!server) return;
+  const child = server;
+  server = undefined;
+  if (child.exitCode !== null || child.signalCode !== null) return;
+  child.kill('SIGTERM');
+  let timer;
+  const timeout = new Promise((resolve) => {
+    timer = setTimeout(() => resolve('timeout'), STOP_TIMEOUT_MS);
+  });
+  const outcome = await Promise.race([exited(child).then(() => 'exited'), timeout]);
+  clearTimeout(timer);
+  if (outcome === 'timeout') {
+    child.kill('SIGKILL');
+    await exited(child);
+  }
+  // Stray grandchildren may still hold the pipes; do not let them keep node alive.
+  child.stdout.destroy();
+  child.stderr.destroy();
+}
+
+// A crashed test run must not leave the server behind.
+process.on('exit', () => {
+  if (server && server.exitCode === null) server.kill('SIGKILL');
+});
+
+before(async () => {
+  const port = await freePort();
+  const target = `127.0.0.1:${port}`;
+  server = spawn(SERVER_BIN, ['serve', '--lm', 'sim', '--workers', '1', '--drain-grace-s', '2', '--listen', target], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  const keep = (chunk) => {
+    serverLog = (serverLog + chunk.toString()).slice(-20000);
+  };
+  server.stdout.on('data', keep);
+  server.stderr.on('data', keep);
+  const spawnFailed = new Promise((_, reject) => {
+    server.once('error', (error) => reject(new Error(`cannot start ${SERVER_BIN}: ${error.message}`)));
+    server.once('exit', (code, signal) => reject(new Error(`server exited during boot (code ${code}, signal ${signal}):\n${serverLog}`)));
+  });
+  client = new DSPyPoolClient(target, { defaultDeadlineMs: 10000 });
+  try {
+    await Promise.race([client.waitForServing({ timeoutMs: BOOT_TIMEOUT_MS }), spawnFailed]);
+  } catch (error) {
+    await stopServer();
+    throw new Error(`${error.message}\n--- server log ---\n${serverLog}`);
+  }
+  spawnFailed.catch(() => {}); // later exits are reported by the tests themselves
+}, { timeout: BOOT_TIMEOUT_MS + 10000 });
+
+after(async () => {
+  if (client) client.close();
+  await stopServer();
+}, { timeout: STOP_TIMEOUT_MS + 5000 });
+
+test('toStruct and fromStruct round-trip JSON-like values', () => {
+  const value = { s: 'x', n: 3, f: 1.5, b: false, nil: null, list: [1, 'a', [true], { k: 'v' }], nested: { deep: { x: -2 } } };
+  const struct = toStruct(value);
+  assert.deepEqual(struct.fields.s, { stringValue: 'x' });
+  assert.deepEqual(struct.fields.nil, { nullValue: 'NULL_VALUE' });
+  assert.deepEqual(fromStruct(struct), value);
+  assert.throws(() => toStruct({ bad: NaN }), TypeError);
+  assert.throws(() => toStruct([1, 2]), TypeError);
+});
+
+test('health check reports SERVING', async () => {
+  assert.equal(await client.health(), 'SERVING');
+});
+
+test('registers a program and executes it', async () => {
+  const program = await client.registerProgram({
+    name: 'node_qa',
+    signature: 'context: list[str], question -> answer, confidence: float',
+    module: 'predict',
+    demos: [{ context: ['c'], question: 'q', answer: 'a', confidence: 0.5 }],
+  });
+  assert.ok(program.version >= 1);
+  assert.deepEqual(program.input_names, ['context', 'question']);
+  assert.deepEqual(program.output_names, ['answer', 'confidence']);
+  assert.deepEqual(program.spec.demos, [{ context: ['c'], question: 'q', answer: 'a', confidence: 0.5 }]);
+
+  const again = await client.registerProgram({
+    name: 'node_qa',
+    signature: 'context: list[str], question -> answer, confidence: float',
+    module: 'predict',
+    demos: [{ context: ['c'], question: 'q', answer: 'a', confidence: 0.5 }],
+  });
+  assert.equal(again.version, program.version, 'identical content returns the existing version');
+  assert.equal(again.created, false);
+
+  const result = await client.execute('node_qa', { context: ['DSPy is a framework'], question: 'What is DSPy?' }, { requestId: 'node-req-1' });
+  assert.equal(typeof result.outputs.answer, 'string');
+  assert.ok(result.outputs.answer.length > 0);
+  assert.equal(typeof result.outputs.confidence, 'number');
+  assert.equal(result.program, 'node_qa');
+  assert.equal(result.program_version, program.version);
+  assert.equal(result.request_id, 'node-req-1');
+  assert.equal(result.served_by, 'primary');
+  assert.ok(result.worker.pid > 0);
+  assert.ok(result.timings.total_ms >= result.timings.execution_ms);
+});
+
+test('an unknown program fails with NOT_FOUND and an ErrorInfo', async () => {
+  await assert.rejects(client.execute('no_such_program', { question: 'x' }), (error) => {
+    assert.equal(error.code, status.NOT_FOUND);
+    assert.equal(error.codeName, 'NOT_FOUND');
+    assert.match(error.details, /no_such_program/);
+    assert.equal(error.errorInfo.reason, 'NOT_FOUND');
+    assert.equal(error.errorInfo.domain, 'dspy-pool');
+    return true;
+  });
+});
+
+test('missing inputs fail with INVALID_ARGUMENT', async () => {
+  await client.registerProgram({ name: 'node_echo', signature: 'question -> answer' });
+  await assert.rejects(client.execute('node_echo', {}), (error) => error.code === status.INVALID_ARGUMENT);
+});
+
+test('a session keeps its turns until closed', async () => {
+  await client.registerProgram({ name: 'node_chat', signature: 'question -> answer' });
+  const turns = await client.withSession(async (session) => {
+    await session.execute('node_chat', { question: 'first' });
+    const second = await session.execute('node_chat', { question: 'second' });
+    assert.equal(second.session_id, session.id);
+    const stored = await session.get();
+    assert.deepEqual(stored.turns.map((turn) => turn.inputs.question), ['first', 'second']);
+    return stored.turns.length;
+  }, 'node-session-1');
+  assert.equal(turns, 2);
+  await assert.rejects(client.getSession('node-session-1'), (error) => error.code === status.NOT_FOUND);
+});
+
+test('a deadline that cannot be met ends with DEADLINE_EXCEEDED', async () => {
+  await client.registerProgram({ name: 'node_echo', signature: 'question -> answer' });
+  await assert.rejects(client.execute('node_echo', { question: 'x' }, { deadlineMs: 1 }), (error) => error.code === status.DEADLINE_EXCEEDED);
+  // The server cancels the call in the worker; its slot comes back.
+  const until = Date.now() + 5000;
+  let pool = await client.getPoolStatus();
+  while (pool.in_flight > 0 && Date.now() < until) {
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    pool = await client.getPoolStatus();
+  }
+  assert.equal(pool.in_flight, 0);
+});
+
+test('pool status lists the one worker', async () => {
+  const pool = await client.getPoolStatus();
+  assert.equal(pool.serving, true);
+  assert.equal(pool.config.workers, 1);
+  assert.equal(pool.workers.length, 1);
+});
