@@ -20,6 +20,7 @@ import math
 import time
 
 import grpc
+from structlog.testing import capture_logs
 
 from dspy_pool.server.app import App
 from dspy_pool.server.config import ServerConfig
@@ -60,10 +61,11 @@ async def run_pool(label: str, args, minimum: int, maximum: int) -> dict:
     config = ServerConfig(
         listen="127.0.0.1:0", lm="sim", sim_latency=f"fixed:{args.latency_ms}", workers=minimum, min_workers=minimum,
         max_workers=maximum, worker_concurrency=args.concurrency, max_queue=10000, downscale_window_s=args.downscale_s,
-        upscale_cooldown_s=1.0, controller_interval_s=0.25, log_level="warning",
+        upscale_cooldown_s=1.0, upscale_step_max=args.step_max, controller_interval_s=0.25, log_level="warning",
     )
     app = App(config)
-    await app.start()
+    with capture_logs():  # keep stdout to the one JSON object
+        await app.start()
     sizes: list[tuple[float, int]] = []
     sampling = True
 
@@ -87,7 +89,8 @@ async def run_pool(label: str, args, minimum: int, maximum: int) -> dict:
     finally:
         sampling = False
         await sampler
-        await app.stop(grace_s=2.0)
+        with capture_logs():
+            await app.stop(grace_s=2.0)
     needed = min(maximum, math.ceil(args.high / args.concurrency))
     reached = next((t for t, n in sizes if t >= marks["high"] and n >= needed), None)
     worker_seconds = sum(n * 0.1 for _, n in sizes)
@@ -111,12 +114,13 @@ async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--low", type=int, default=5)
     parser.add_argument("--high", type=int, default=60)
-    parser.add_argument("--phase-s", type=float, default=8.0)
+    parser.add_argument("--phase-s", type=float, default=20.0)
     parser.add_argument("--latency-ms", type=int, default=500)
     parser.add_argument("--concurrency", type=int, default=8)
     parser.add_argument("--min", type=int, default=1)
     parser.add_argument("--max", type=int, default=8)
     parser.add_argument("--downscale-s", type=float, default=4.0)
+    parser.add_argument("--step-max", type=int, default=8, help="most workers added in one scale-up step")
     args = parser.parse_args()
     results = [await run_pool("autoscaled", args, args.min, args.max),
                await run_pool("fixed_min", args, args.min, args.min),

@@ -56,7 +56,7 @@ def scaler_config(config: ServerConfig) -> ScalerConfig:
     return ScalerConfig(
         min_workers=minimum, max_workers=maximum, worker_concurrency=config.worker_concurrency,
         target_queue_wait_s=config.target_queue_wait_s, target_load_per_worker=config.target_load_per_worker,
-        upscale_cooldown_s=config.upscale_cooldown_s, downscale_window_s=config.downscale_window_s,
+        upscale_cooldown_s=config.upscale_cooldown_s, upscale_step_max=config.upscale_step_max, downscale_window_s=config.downscale_window_s,
         downscale_utilisation=config.downscale_utilisation, memory_budget_bytes=config.memory_budget_bytes,
     )
 

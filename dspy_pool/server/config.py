@@ -68,6 +68,7 @@ class ServerConfig:
     target_queue_wait_s: float = 0.1
     target_load_per_worker: float = 0.7
     upscale_cooldown_s: float = 2.0
+    upscale_step_max: int = 4
     downscale_window_s: float = 60.0
     downscale_utilisation: float = 0.3
     memory_budget_bytes: int = 0
