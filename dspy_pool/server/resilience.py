@@ -125,7 +125,9 @@ class ResilientExecutor:
             return await self._fall_back(program, request, deadline, "breaker_open", errors.Unavailable(
                 f"circuit breaker open for {program.program.spec.name!r}; no fallback answered"))
         try:
-            reply, handle = await self._primary_with_retries(program, request, request_id, deadline)
+            # A half-open probe asks "is the LM back?" once; retrying it would multiply load on a sick provider.
+            attempts = 1 if permit.probe else self.settings.max_attempts
+            reply, handle = await self._primary_with_retries(program, request, request_id, deadline, attempts)
         except errors.PoolError as error:
             self.breakers.record(key, permit, self._outcome_for(key.program, error))
             if error.kind in _NEVER_FALLBACK:
@@ -138,7 +140,7 @@ class ResilientExecutor:
         self.cache.put(self._cache_key(program, request), reply.outputs.SerializeToString(), time.monotonic())
         return Served(reply, handle)
 
-    async def _primary_with_retries(self, program, request, request_id, deadline):
+    async def _primary_with_retries(self, program, request, request_id, deadline, max_attempts: int):
         loop = asyncio.get_running_loop()
         self.retry_budget.record_call(time.monotonic())
         attempt = 0
@@ -147,7 +149,7 @@ class ResilientExecutor:
                 return await self.executor.execute(program, request, request.session_id, request_id, deadline)
             except errors.PoolError as error:
                 attempt += 1
-                if attempt >= self.settings.max_attempts or not retry_policy.is_transient(error.kind.value):
+                if attempt >= max_attempts or not retry_policy.is_transient(error.kind.value):
                     raise
                 delay = retry_policy.backoff_delay(attempt - 1, self.settings.backoff_base_s, self.settings.backoff_max_s, self._rng)
                 if loop.time() + delay >= deadline or not self.retry_budget.try_spend(time.monotonic()):
