@@ -158,10 +158,11 @@ class Dispatcher:
         return result
 
     def _expire(self, job: Job) -> None:
-        where = "in the queue" if job.state is JobState.QUEUED else "while running"
-        if job.state is JobState.QUEUED:
+        queued = job.state is JobState.QUEUED
+        if queued:
             self.expired_in_queue += 1
-        self._abandon(job, errors.DeadlineExceeded(f"deadline exceeded {where}"))
+        where = "in the queue" if queued else "while running"
+        self._abandon(job, errors.DeadlineExceeded(f"deadline exceeded {where}", metadata={"phase": "queued" if queued else "running"}))
 
     def _abandon(self, job: Job, error: errors.PoolError) -> None:
         if job.state is JobState.QUEUED:

@@ -58,7 +58,8 @@ class ZygoteClient:
     def pid(self) -> int | None:
         return self._process.pid if self._process else None
 
-    async def start(self, config: wire.ZygoteConfig, timeout_s: float) -> wire.ZygoteReady:
+    async def launch(self, config: wire.ZygoteConfig) -> None:
+        """Exec the zygote and hand it its config; returns before it has imported anything."""
         loop = asyncio.get_running_loop()
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         ours.setblocking(False)
@@ -79,6 +80,10 @@ class ZygoteClient:
         self._ready = loop.create_future()
         loop.add_reader(ours.fileno(), self._on_readable)
         ours.send(encode(FrameType.ZYGOTE_CONFIG, 0, config.SerializeToString()))
+
+    async def wait_ready(self, timeout_s: float) -> wire.ZygoteReady:
+        """Wait until the zygote has imported dspy and the operator modules."""
+        assert self._ready is not None, "launch() first"
         try:
             self.ready_info = await asyncio.wait_for(asyncio.shield(self._ready), timeout_s)
         except asyncio.TimeoutError:

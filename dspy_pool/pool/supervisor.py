@@ -61,12 +61,21 @@ class WorkerPool:
         self._tasks: set[asyncio.Task] = set()
         self._watch_task: asyncio.Task | None = None
         self._on_health_change = on_health_change or (lambda healthy: None)
-        self._ready_event = asyncio.Event()
+        self._settled = asyncio.Event()  # set once the pool is healthy or crash-looping
 
     # -- start --------------------------------------------------------------
     async def start(self) -> None:
-        """Start the zygote and `workers` workers in parallel; return when min_ready are up."""
-        await self.zygote.start(self.zygote_config, self.settings.zygote_timeout_s)
+        """Start the zygote, then the workers; return when min_ready are up."""
+        await self.launch_zygote()
+        await self.start_workers()
+
+    async def launch_zygote(self) -> None:
+        """Exec the zygote; its imports go on while the caller sets up other things."""
+        await self.zygote.launch(self.zygote_config)
+
+    async def start_workers(self) -> None:
+        """Wait for the zygote, start the initial workers by the warming strategy, return when min_ready are up."""
+        await self.zygote.wait_ready(self.settings.zygote_timeout_s)
         await self._warm()
         self._watch_task = asyncio.get_running_loop().create_task(self._watch())
         await self.wait_ready()
@@ -91,12 +100,10 @@ class WorkerPool:
                 self._spawn_in_background()
 
     async def wait_ready(self) -> None:
-        waiter = asyncio.ensure_future(self._ready_event.wait())
-        while not self._ready_event.is_set():
-            if self.crash_looping:
-                waiter.cancel()
-                raise errors.Unavailable("workers crash at boot; see the log (crash_loop_detected)")
-            await asyncio.wait([waiter], timeout=0.05)
+        """Return once min_ready workers serve; raise if the pool crash-loops first."""
+        await self._settled.wait()
+        if self.crash_looping:
+            raise errors.Unavailable("workers crash at boot; see the log (crash_loop_detected)")
 
     @property
     def module_kinds(self) -> list[str]:
@@ -163,7 +170,7 @@ class WorkerPool:
                 log.error("crash_loop_detected", failures_in_a_row=self._boot_failures_in_a_row, last_reason=reason,
                           hint="workers die before they are ready; respawning stopped. Check --programs modules and the LM settings.")
         self._update_ready()
-        if self.stopping or self.crash_looping or handle.state is not WorkerState.STOPPED:
+        if self.stopping or self.crash_looping:
             return
         if len(self._handles) < self.target_workers:
             self.restarts += 1
@@ -178,8 +185,8 @@ class WorkerPool:
 
     def _update_ready(self) -> None:
         healthy = self.healthy
-        if healthy:
-            self._ready_event.set()
+        if healthy or self.crash_looping:
+            self._settled.set()
         self._on_health_change(healthy)
 
     # -- resize (the autoscaler's seam) -------------------------------------

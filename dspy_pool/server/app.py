@@ -95,9 +95,7 @@ class App:
             log.info("sim_lm_started", port=self.sim.port, latency=self.config.sim_latency)
         self.pool = WorkerPool(pool_settings(self.config), zygote_config(self.config, self.sim), self._on_health_change)
         self.pool.dispatcher.metrics = self.metrics
-        pool_started = asyncio.ensure_future(self.pool.start())
-        while self.pool.zygote.pid is None and not pool_started.done():
-            await asyncio.sleep(0.005)  # the zygote is exec'd before any gRPC object exists
+        await self.pool.launch_zygote()  # exec'd before any gRPC object exists; it imports while we set up
         self.health = health.aio.HealthServicer()
         self.server = grpc.aio.server(interceptors=[MetricsInterceptor(self.registry)], options=[
             ("grpc.max_receive_message_length", self.config.max_message_bytes * 2),
@@ -116,7 +114,7 @@ class App:
             raise RuntimeError(f"cannot listen on {self.config.listen}")
         await self.server.start()
         try:
-            await pool_started
+            await self.pool.start_workers()
         except BaseException:
             await self.stop()
             raise

@@ -91,7 +91,7 @@ class ResilientExecutor:
         self.fallbacks_served = 0
 
     def _outcome_for(self, program: str, error: errors.PoolError) -> Outcome:
-        if error.kind is errors.ErrorKind.DEADLINE_EXCEEDED and "in the queue" in error.message:
+        if error.kind is errors.ErrorKind.DEADLINE_EXCEEDED and error.metadata.get("phase") == "queued":
             return Outcome.IGNORED  # waiting in our queue says nothing about the LM endpoint
         if error.kind in _CRASH_KINDS:
             # One crash fails every call its worker ran; it is one failure, not one per call.

@@ -303,7 +303,3 @@ class DSPyPoolService(pb_grpc.DSPyPoolServicer):
                 served=handle.served, failed=handle.failed, rss_bytes=handle.rss_bytes, uptime_s=handle.uptime_s(now),
             )
         return status
-
-
-def public_config(config: ServerConfig) -> dict:
-    return config_module.public_view(config)
