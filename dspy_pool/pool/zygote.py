@@ -39,33 +39,13 @@ def _preload(config: wire.ZygoteConfig) -> list[str]:
     import dspy  # noqa: F401
 
     from dspy_pool import kinds
-    from dspy_pool.pool import lms, worker  # noqa: F401
+    from dspy_pool.pool import prewarm, worker  # noqa: F401
 
     kinds.load_builtins()
     for module_name in config.program_modules:
         importlib.import_module(module_name)
-    _warm_lazy_imports(config)
+    prewarm.warm_before_fork(config)
     return kinds.names()
-
-
-def _warm_lazy_imports(config: wire.ZygoteConfig) -> None:
-    """Build (not call) an LM and a module so DSPy's lazy imports happen before fork."""
-    import dspy
-
-    from dspy_pool.pool import lms
-
-    try:
-        lms.build_lm(config)
-        dspy.ChainOfThought("question -> answer")
-        import dspy.adapters.chat_adapter  # noqa: F401
-        import dspy.adapters.json_adapter  # noqa: F401
-        import dspy.clients.engines.lm15_engine  # noqa: F401
-    except Exception as exc:  # a bad LM config shows up again, clearly, in the worker
-        print(f"zygote: warm-up import failed: {type(exc).__name__}", file=sys.stderr)
-    try:
-        import uvloop  # noqa: F401
-    except ImportError:
-        pass
 
 
 class Zygote:
