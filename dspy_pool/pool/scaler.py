@@ -37,16 +37,23 @@ The rules, in the order they are tried, and why each exists:
    - queue wait: p95 above `target_queue_wait_s` while calls are still queued
      (a percentile over a window lags; an empty queue says capacity is already
      enough). Wanted = workers x (p95 / target).
-   The step is capped by `upscale_step_max`, and is taken only once the
-   cooldown after the previous scale-up has passed, so new workers get to
-   take load before their absence is measured again.
+   The step is capped by `upscale_step_max`. Growth the wait signal asks
+   for is taken only once the cooldown after the previous scale-up has
+   passed: the percentile lags by its window, so new workers must take load
+   before their absence is measured again. The load signal needs no
+   cooldown: it is present tense and counts starting workers, so a second
+   step only happens when demand still exceeds what is already coming.
 4. Scale down. Only after a whole stabilisation window (`downscale_window_s`
    plus any flap penalty) with an empty queue and utilisation below
    `downscale_utilisation` on every tick; any busier tick restarts the window.
-   One worker at a time, and the window restarts after each step, because
-   shrinking too far costs calls queueing while shrinking too slowly costs only
-   memory. Never a step that would push the remaining workers above the
-   scale-up target, which would only undo itself on the next tick.
+   One step at a time, and the window restarts after each step: a step
+   removes `downscale_step_fraction` of the surplus (the workers beyond what
+   the current load needs at the scale-up target, and beyond min_workers),
+   rounded up, at least one. Halving the surplus per window reaches the
+   right size in a few windows instead of one window per worker, while
+   each step still leaves room for the load to come back. Never a step that
+   would push the remaining workers above the scale-up target, which would
+   only undo itself on the next tick.
 5. Memory budget. Growth stops where the workers would exceed
    `memory_budget_bytes` (measured RSS per worker, else the configured
    estimate). It only caps growth: it never shrinks a pool that is already
@@ -107,6 +114,7 @@ class ScalerConfig:
     emergency_step_max: int = 8
     downscale_window_s: float = 60.0
     downscale_utilisation: float = 0.3
+    downscale_step_fraction: float = 0.5  # of the surplus workers, removed per window (at least one)
     memory_budget_bytes: int = 0  # 0: no budget
     worker_rss_estimate_bytes: int = 256 * 1024 * 1024  # until a worker's RSS is measured
     flap_window_s: float = 120.0
@@ -142,8 +150,9 @@ def _config_problems(config: ScalerConfig) -> list[str]:
     for name in ("target_queue_wait_s", "target_load_per_worker"):
         if getattr(config, name) <= 0:
             problems.append(f"{name} must be positive")
-    if not 0 < config.emergency_fraction <= 1:
-        problems.append("emergency_fraction must be within (0, 1]")
+    for name in ("emergency_fraction", "downscale_step_fraction"):
+        if not 0 < getattr(config, name) <= 1:
+            problems.append(f"{name} must be within (0, 1]")
     # The gap between the two thresholds is the hysteresis: with none, a
     # scale-down would lift the load straight back over the scale-up target.
     if config.downscale_utilisation >= config.target_load_per_worker:
@@ -264,15 +273,19 @@ def _propose(
         if emergency > 0:
             return capacity + emergency, Reason.EMERGENCY
     for_wait = _workers_for_wait(signals, config)
+    if _cooling_down(state, config, now):
+        # The lagging wait signal waits out the cooldown; the present-tense load signal does not.
+        if for_wait > capacity >= for_load:
+            return capacity, Reason.COOLDOWN
+        for_wait = 0
     wanted = max(for_load, for_wait)
     if wanted > capacity:
-        if _cooling_down(state, config, now):
-            return capacity, Reason.COOLDOWN
         step = min(wanted - capacity, config.upscale_step_max)
         reason = Reason.QUEUE_WAIT if for_wait >= for_load else Reason.LOAD_PER_WORKER
         return capacity + step, reason
-    if _may_remove_one(signals, config, state, low_since, now):
-        return capacity - 1, Reason.IDLE
+    removable = _removable_workers(signals, config, state, low_since, now)
+    if removable:
+        return capacity - removable, Reason.IDLE
     return capacity, Reason.STEADY
 
 
@@ -320,18 +333,20 @@ def _low_utilisation_since(
     return now if since is None else since
 
 
-def _may_remove_one(
+def _removable_workers(
     signals: _Signals, config: ScalerConfig, state: ScalerState, low_since: float | None, now: float
-) -> bool:
-    """Whether a whole (penalised) window of idle ticks allows removing one worker."""
+) -> int:
+    """How many workers a whole (penalised) window of idle ticks allows removing now; 0 for none."""
     capacity = signals.capacity
-    if low_since is None or capacity <= config.min_workers:
-        return False
-    if now - low_since < config.downscale_window_s + state.flap_penalty_s:
-        return False
-    # Removing a worker must not lift the rest over the scale-up target, or
-    # the next tick would add it straight back.
-    return _workers_for_demand(signals.demand, config) <= capacity - 1
+    if low_since is None or now - low_since < config.downscale_window_s + state.flap_penalty_s:
+        return 0
+    # Removing workers must not lift the rest over the scale-up target, or
+    # the next tick would add them straight back.
+    keep = max(config.min_workers, _workers_for_demand(signals.demand, config))
+    surplus = capacity - keep
+    if surplus <= 0:
+        return 0
+    return max(1, math.ceil(surplus * config.downscale_step_fraction - _CEIL_EPSILON))
 
 
 def _cap_by_memory(

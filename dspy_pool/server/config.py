@@ -17,6 +17,8 @@ import tomllib
 from dataclasses import dataclass, field, fields
 from typing import Any, Mapping
 
+from dspy_pool.pool.warmup import WARMUP_MODES
+
 ENV_PREFIX = "DSPY_POOL_"
 PROFILES_DIR = pathlib.Path(__file__).resolve().parent.parent / "profiles"
 DEFAULT_PROFILE = "balanced"
@@ -71,6 +73,9 @@ class ServerConfig:
     upscale_step_max: int = 4
     downscale_window_s: float = 60.0
     downscale_utilisation: float = 0.3
+    downscale_step_fraction: float = 0.5
+    warmup: str = "calls"  # before a new worker takes traffic: off, build (programs), calls (build + warmup_inputs)
+    warmup_timeout_s: float = 30.0
     memory_budget_bytes: int = 0
     controller_interval_s: float = 0.5
     recycle_max_requests: int = 0
@@ -101,6 +106,10 @@ class ServerConfig:
                 problems.append(f"fallback_lms entry {entry!r} needs a model before '@'")
         if self.warming not in ("parallel", "sequential", "staged"):
             problems.append("warming must be parallel, sequential or staged")
+        if self.warmup not in WARMUP_MODES:
+            problems.append(f"warmup must be one of {', '.join(WARMUP_MODES)}")
+        if not self.warmup_timeout_s > 0:
+            problems.append("warmup_timeout_s must be > 0")
         if self.log_format not in ("console", "json"):
             problems.append("log_format must be console or json")
         if problems:

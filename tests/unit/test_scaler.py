@@ -152,11 +152,21 @@ def test_upscale_step_is_capped():
     assert decision.desired_workers == 2 + CONFIG.upscale_step_max
 
 
-def test_no_second_scale_up_during_cooldown():
-    """A scale-up is followed by a cooldown in which the load signal does not add more."""
+def test_wait_signal_waits_out_the_cooldown():
+    """After a scale-up the lagging wait percentile adds nothing until the cooldown has passed."""
     first = decide(busy(2, in_flight=20, queued=100), CONFIG, ScalerState(), now=10.0)
-    second = decide(busy(5, in_flight=50, queued=70), CONFIG, first.state, now=11.9)
-    assert (second.desired_workers, second.reason) == (5, Reason.COOLDOWN)
+    lagging = busy(5, in_flight=20, queued=5, queue_wait_p95_s=0.5)  # the load alone fits 5 workers
+    during = decide(lagging, CONFIG, first.state, now=11.9)
+    assert (during.desired_workers, during.reason) == (5, Reason.COOLDOWN)
+    after = decide(lagging, CONFIG, first.state, now=12.0)
+    assert (after.desired_workers, after.reason) == (8, Reason.QUEUE_WAIT)
+
+
+def test_load_signal_grows_during_the_cooldown():
+    """Demand beyond the workers ready and starting adds more at once: that signal does not lag."""
+    first = decide(busy(2, in_flight=20, queued=100), CONFIG, ScalerState(), now=10.0)
+    second = decide(busy(5, in_flight=50, queued=70, queue_wait_p95_s=0.5), CONFIG, first.state, now=10.5)
+    assert (second.desired_workers, second.reason) == (8, Reason.LOAD_PER_WORKER)
 
 
 def test_scales_up_again_once_cooldown_has_passed():
@@ -264,12 +274,32 @@ def test_scales_down_only_after_a_full_window():
     pool.run(lambda now: 0, start=0.0, stop=60.0)
     assert pool.size == 5
     decision = pool.tick(60.0, 0)
-    assert (decision.desired_workers, decision.reason) == (4, Reason.IDLE)
+    assert (decision.desired_workers, decision.reason) == (3, Reason.IDLE)
 
 
-def test_scales_down_one_worker_per_window():
-    """Each window removes one worker, then the window restarts."""
-    pool = FakePool(CONFIG, ready=5)
+def test_scales_down_half_the_surplus_per_window():
+    """Each window removes half the workers the load does not need (rounded up), then restarts."""
+    pool = FakePool(CONFIG, ready=9)
+    pool.run(lambda now: 0, start=0.0, stop=300.0)
+    assert pool.changes == [
+        (60.0, 9, 5, Reason.IDLE),
+        (120.0, 5, 3, Reason.IDLE),
+        (180.0, 3, 2, Reason.IDLE),
+        (240.0, 2, 1, Reason.IDLE),
+    ]
+
+
+def test_surplus_counts_the_workers_the_load_needs():
+    """With 20 calls in flight (3 workers' worth at the target), 9 workers shed half of 6."""
+    state = ScalerState(low_utilisation_since=0.0)
+    decision = decide(busy(9, in_flight=20, utilisation=0.2), CONFIG, state, now=60.0)
+    assert (decision.desired_workers, decision.reason) == (6, Reason.IDLE)
+
+
+def test_a_small_step_fraction_removes_one_worker_per_window():
+    """downscale_step_fraction near 0 gives the most cautious policy: one worker per window."""
+    config = dataclasses.replace(CONFIG, downscale_step_fraction=0.01)
+    pool = FakePool(config, ready=5)
     pool.run(lambda now: 0, start=0.0, stop=200.0)
     assert pool.changes == [
         (60.0, 5, 4, Reason.IDLE),
@@ -425,7 +455,7 @@ def test_a_removal_that_sticks_forgives_a_penalty_step():
     """Once a removal outlives the flap window without a re-add, one penalty step is forgiven."""
     pool = FakePool(CONFIG, ready=5, state=ScalerState(flap_penalty_s=120.0))
     pool.run(lambda now: 0, start=0.0, stop=181.0)  # removal at 60 + 120 = 180
-    assert (pool.size, pool.state.flap_penalty_s) == (4, 120.0)
+    assert (pool.size, pool.state.flap_penalty_s) == (3, 120.0)
     pool.run(lambda now: 0, start=181.0, stop=301.0)
     assert pool.state.flap_penalty_s == 60.0
 
