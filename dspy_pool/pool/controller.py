@@ -1,6 +1,6 @@
 """The controller: applies the scaling policy and recycles workers, one tick at a time.
 
-    every interval_s:
+    every interval_s, and wake_settle_s after calls begin to queue (dispatcher.on_backlog -> wake()):
         PoolMetrics.snapshot(pool) ──> PoolSnapshot ──> observers (status stream, Prometheus)
                                           │
                   fixed_size? ── yes ──> resize to it once, never again
@@ -125,6 +125,7 @@ class Controller:
         *,
         fixed_size: int | None = None,
         recycle: RecycleConfig = RecycleConfig(),
+        wake_settle_s: float = 0.02,
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
     ) -> None:
@@ -138,6 +139,7 @@ class Controller:
         self.interval_s = interval_s
         self.fixed_size = fixed_size
         self.recycle = recycle
+        self.wake_settle_s = wake_settle_s
         self.state = ScalerState()
         self.last_snapshot: PoolSnapshot | None = None
         self.last_decision: Decision | None = None
@@ -154,6 +156,7 @@ class Controller:
         self._recycle_paused_until = 0.0
         self._fixed_applied = False
         self._stop = asyncio.Event()
+        self._woken = asyncio.Event()
         self._task: asyncio.Task | None = None
 
     # -- lifecycle -----------------------------------------------------------
@@ -164,19 +167,33 @@ class Controller:
             self._task = asyncio.get_running_loop().create_task(self.run(), name="pool-controller")
         return self._task
 
+    def wake(self) -> None:
+        """Tick soon instead of at the next interval: calls began to queue (the dispatcher's on_backlog)."""
+        self._woken.set()
+
     async def run(self) -> None:
-        """Tick until stop(); a failing tick is logged and the next one runs."""
+        """Tick every interval_s, or soon after wake(), until stop(); a failing tick is logged and the next one runs."""
         while not self._stop.is_set():
+            self._woken.clear()
             try:
                 await self.tick()
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # one bad tick must not stop scaling for good
                 log.exception("controller_tick_failed", error=f"{type(exc).__name__}: {exc}")
-            try:
-                await asyncio.wait_for(self._stop.wait(), self.interval_s)
-            except asyncio.TimeoutError:
-                pass
+            await self._wait_for_next_tick()
+
+    async def _wait_for_next_tick(self) -> None:
+        stop, woken = asyncio.ensure_future(self._stop.wait()), asyncio.ensure_future(self._woken.wait())
+        try:
+            await asyncio.wait((stop, woken), timeout=self.interval_s, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop.cancel()
+            woken.cancel()
+        if self._woken.is_set() and not self._stop.is_set():
+            # A load step arrives as a burst of calls over a few milliseconds;
+            # ticking on the first one would size the pool for a fraction of it.
+            await asyncio.sleep(min(self.wake_settle_s, self.interval_s))
 
     async def stop(self, timeout_s: float = 5.0) -> None:
         """Stop ticking; waits for the current tick (a recycle in progress) up to timeout_s. Idempotent."""

@@ -20,7 +20,7 @@ import asyncio
 import collections
 import enum
 import time
-from typing import Iterable
+from typing import Callable, Iterable
 
 from dspy_pool import errors
 from dspy_pool.internal import worker_pb2 as wire
@@ -94,6 +94,9 @@ class Dispatcher:
         self.rejected = 0
         self.expired_in_queue = 0
         self.metrics = None  # PoolMetrics, set by the app; fed here because every call passes here
+        # Called when a call queues behind busy workers with the queue empty
+        # before: the controller wakes now instead of at its next tick.
+        self.on_backlog: Callable[[], None] | None = None
 
     # -- workers ------------------------------------------------------------
     def add_worker(self, handle: WorkerHandle) -> None:
@@ -141,6 +144,8 @@ class Dispatcher:
         else:
             self._queue.append(job)
             self._queued += 1
+            if self._queued == 1 and self.on_backlog is not None:
+                self.on_backlog()
         job.timer = loop.call_at(job.deadline, self._expire, job)
         try:
             result = await job.future

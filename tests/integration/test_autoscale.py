@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import time
 
 import pytest
@@ -129,8 +130,34 @@ async def test_load_step_grows_the_pool_then_it_shrinks(pool):
     ups = [e for e in scaled if e["to_workers"] > e["from_workers"]]
     downs = [e for e in scaled if e["to_workers"] < e["from_workers"]]
     assert ups and ups[0]["reason"] in ("queue_wait", "load_per_worker", "emergency", "cold_start", "max_bound")
-    assert downs and all(e["reason"] == "idle" and e["from_workers"] - e["to_workers"] == 1 for e in downs)
+    # Each idle step sheds at most half the workers beyond min_workers (rounded up).
+    assert downs and all(e["reason"] == "idle" for e in downs)
+    assert all(0 < e["from_workers"] - e["to_workers"] <= math.ceil((e["from_workers"] - 1) / 2) for e in downs), downs
     assert controller.scale_ups == len(ups) and controller.scale_downs == len(downs)
+
+
+async def test_queueing_wakes_the_controller_before_its_next_tick(pool):
+    """Calls that start to queue make the controller tick at once, not at its (here 30 s) interval."""
+    await eventually(lambda: len(ready(pool)) == 1 and not pool.dispatcher.in_flight and pool.target_workers == 1,
+                     timeout_s=15)
+    config = ScalerConfig(min_workers=1, max_workers=4, worker_concurrency=CONCURRENCY, downscale_window_s=60.0)
+    metrics = PoolMetrics(target_queue_wait_s=0.05)
+    controller = Controller(pool, metrics, config, interval_s=30.0)
+    pool.dispatcher.on_backlog = controller.wake
+    try:
+        async with running(controller):
+            await eventually(lambda: controller.last_snapshot is not None, timeout_s=5)  # the first tick, before load
+            load = asyncio.ensure_future(drive(pool, metrics, clients=12, seconds=0.5, calls_each=1))
+            started = time.monotonic()
+            await eventually(lambda: pool.target_workers >= 3, timeout_s=5)
+            grew_after_s = time.monotonic() - started
+            results = await load
+    finally:
+        pool.dispatcher.on_backlog = None
+        pool.resize(1)
+    assert all(r is None for r in results), results
+    assert grew_after_s < 1.0
+    assert controller.scale_ups == 1
 
 
 async def test_recycling_by_request_count_loses_no_call(pool):
