@@ -29,6 +29,7 @@ log = structlog.get_logger("dspy_pool.pool")
 
 class WorkerState(str, enum.Enum):
     STARTING = "starting"
+    WARMING = "warming"  # booted; building programs and running warm-up calls before it takes traffic
     READY = "ready"
     DRAINING = "draining"
     STOPPED = "stopped"
@@ -166,9 +167,17 @@ class WorkerHandle(asyncio.Protocol):
         self._ping_sent_at = now
         self._write(FrameType.PING, 0)
 
+    def begin_warmup(self) -> None:
+        if self.state is WorkerState.READY:
+            self.state = WorkerState.WARMING
+
+    def end_warmup(self) -> None:
+        if self.state is WorkerState.WARMING:
+            self.state = WorkerState.READY
+
     def drain(self) -> None:
         """No new calls; the worker exits once its in-flight calls finish."""
-        if self.state in (WorkerState.READY, WorkerState.STARTING):
+        if self.state in (WorkerState.READY, WorkerState.STARTING, WorkerState.WARMING):
             self.state = WorkerState.DRAINING
             self._write(FrameType.SHUTDOWN, 0)
 

@@ -59,7 +59,7 @@ CALLER_FAULT_KINDS = frozenset({
 })
 
 # Worker states as strings, so this module does not depend on the handle's enum identity.
-_READY, _STARTING, _DRAINING = "ready", "starting", "draining"
+_READY, _STARTING, _WARMING, _DRAINING = "ready", "starting", "warming", "draining"
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,7 +93,8 @@ class PoolSnapshot:
     at: float  # monotonic time the snapshot was taken
     # workers
     workers_ready: int = 0
-    workers_starting: int = 0
+    workers_starting: int = 0  # warming ones included
+    workers_warming: int = 0
     workers_draining: int = 0
     target_workers: int = 0
     worker_concurrency: int = 1
@@ -280,7 +281,7 @@ class PoolMetrics:
             loop_now = now
         dispatcher = pool.dispatcher
         concurrency = max(1, int(getattr(dispatcher, "worker_concurrency", 1) or 1))
-        ready = starting = draining = 0
+        ready = starting = warming = draining = 0
         in_flight = in_flight_ready = 0
         rss_total = 0
         rss_measured = 0
@@ -295,8 +296,9 @@ class PoolMetrics:
                 if handle.rss_bytes > 0:
                     rss_total += handle.rss_bytes
                     rss_measured += 1
-            elif state == _STARTING:
+            elif state in (_STARTING, _WARMING):  # capacity that is coming, not yet taking calls
                 starting += 1
+                warming += state == _WARMING
             elif state == _DRAINING:
                 draining += 1
             else:
@@ -317,6 +319,7 @@ class PoolMetrics:
             at=now,
             workers_ready=ready,
             workers_starting=starting,
+            workers_warming=warming,
             workers_draining=draining,
             target_workers=target,
             worker_concurrency=concurrency,

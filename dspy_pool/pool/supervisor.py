@@ -23,6 +23,7 @@ from dspy_pool.internal import worker_pb2 as wire
 from dspy_pool.pool.dispatcher import Dispatcher
 from dspy_pool.pool.handle import WorkerHandle, WorkerState
 from dspy_pool.pool.spawner import ZygoteClient, ZygoteFailed
+from dspy_pool.pool.warmup import WarmupProgram, WarmupSettings, warm_worker
 
 log = structlog.get_logger("dspy_pool.pool")
 
@@ -42,6 +43,7 @@ class PoolSettings:
     max_frame_bytes: int = 64 * 1024 * 1024
     stop_timeout_s: float = 5.0
     warming: str = "parallel"  # "parallel", "sequential", or "staged" (min_ready first, the rest in background)
+    warmup: WarmupSettings = WarmupSettings()  # per-worker warm-up before it takes traffic
 
 
 class WorkerPool:
@@ -62,6 +64,10 @@ class WorkerPool:
         self._watch_task: asyncio.Task | None = None
         self._on_health_change = on_health_change or (lambda healthy: None)
         self._settled = asyncio.Event()  # set once the pool is healthy or crash-looping
+        # What a new worker warms up with (the registered programs); set by the app.
+        self.warmup_source: Callable[[], list[WarmupProgram]] | None = None
+        self.warmup_calls = 0
+        self.warmup_failures = 0
 
     # -- start --------------------------------------------------------------
     async def start(self) -> None:
@@ -149,10 +155,27 @@ class WorkerPool:
             return None
         self._boot_failures_in_a_row = 0
         log.info("worker_spawned", worker_id=worker_id, pid=hello.pid, boot_ms=round(hello.boot_ms, 1))
+        await self._warm_up(handle)
         if handle.state is WorkerState.READY:
             self.dispatcher.add_worker(handle)
             self._update_ready()
         return handle
+
+    async def _warm_up(self, handle: WorkerHandle) -> None:
+        """Build the registered programs (and run their warm-up calls) before the worker takes traffic."""
+        settings = self.settings.warmup
+        programs = self.warmup_source() if self.warmup_source is not None and settings.mode != "off" else []
+        if not programs or handle.state is not WorkerState.READY:
+            return
+        handle.begin_warmup()
+        report = await warm_worker(handle, programs, settings)
+        handle.end_warmup()
+        self.warmup_calls += report.calls
+        self.warmup_failures += report.failures
+        log_method = log.warning if report.failures else log.info
+        log_method("worker_warmed", worker_id=handle.worker_id, pid=handle.pid, programs=report.programs,
+                   calls=report.calls, failures=report.failures, timed_out=report.timed_out,
+                   duration_ms=round(report.duration_ms, 1), errors=report.errors or None)
 
     def _on_worker_exit(self, worker_id: int, pid: int, exit_code: int) -> None:
         handle = self._handles.get(worker_id)
@@ -193,7 +216,7 @@ class WorkerPool:
     def resize(self, target: int) -> None:
         """Grow by spawning, shrink by draining the least busy workers."""
         self.target_workers = max(0, target)
-        live = [h for h in self._handles.values() if h.state in (WorkerState.STARTING, WorkerState.READY)]
+        live = [h for h in self._handles.values() if h.state in (WorkerState.STARTING, WorkerState.WARMING, WorkerState.READY)]
         for _ in range(self.target_workers - len(live)):
             self._spawn_in_background()
         surplus = len(live) - self.target_workers
@@ -206,7 +229,7 @@ class WorkerPool:
             await asyncio.sleep(self.settings.ping_interval_s)
             now = time.monotonic()
             for handle in list(self._handles.values()):
-                if handle.state in (WorkerState.READY, WorkerState.DRAINING):
+                if handle.state in (WorkerState.WARMING, WorkerState.READY, WorkerState.DRAINING):
                     handle.ping(now, self.settings.hang_timeout_s)
 
     # -- stop ---------------------------------------------------------------

@@ -21,6 +21,7 @@ from prometheus_client import CollectorRegistry
 from dspy_pool.internal import worker_pb2 as wire
 from dspy_pool.pool.controller import Controller, RecycleConfig
 from dspy_pool.pool.metrics import PoolMetrics
+from dspy_pool.pool.warmup import WarmupSettings
 from dspy_pool.pool.scaler import ScalerConfig
 from dspy_pool.pool.supervisor import PoolSettings, WorkerPool
 from dspy_pool.server.config import ServerConfig, public_view, worker_bounds
@@ -57,7 +58,8 @@ def scaler_config(config: ServerConfig) -> ScalerConfig:
         min_workers=minimum, max_workers=maximum, worker_concurrency=config.worker_concurrency,
         target_queue_wait_s=config.target_queue_wait_s, target_load_per_worker=config.target_load_per_worker,
         upscale_cooldown_s=config.upscale_cooldown_s, upscale_step_max=config.upscale_step_max, downscale_window_s=config.downscale_window_s,
-        downscale_utilisation=config.downscale_utilisation, memory_budget_bytes=config.memory_budget_bytes,
+        downscale_utilisation=config.downscale_utilisation, downscale_step_fraction=config.downscale_step_fraction,
+        memory_budget_bytes=config.memory_budget_bytes,
     )
 
 
@@ -67,6 +69,7 @@ def pool_settings(config: ServerConfig) -> PoolSettings:
         workers=initial, min_ready=minimum, warming=config.warming, worker_concurrency=config.worker_concurrency,
         max_queue=config.max_queue, boot_timeout_s=config.boot_timeout_s, crash_loop_threshold=config.crash_loop_threshold,
         hang_timeout_s=config.hang_timeout_s, max_frame_bytes=config.max_message_bytes * 2 + 65536,
+        warmup=WarmupSettings(mode=config.warmup, timeout_s=config.warmup_timeout_s),
     )
 
 
@@ -105,6 +108,7 @@ class App:
         registry = ProgramRegistry(self.config.max_programs)
         self.sessions = SessionStore(self.config.max_sessions, self.config.session_ttl_s, self.config.session_max_turns)
         self.service = DSPyPoolService(self.config, self.pool, registry, self.sessions)
+        self.pool.warmup_source = self.service.warmup_programs
         add_service(self.service, self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection((SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), self.server)
@@ -129,6 +133,7 @@ class App:
         recycle = RecycleConfig(config.recycle_max_requests, config.recycle_max_requests_jitter, config.recycle_max_rss_bytes, config.recycle_max_age_s)
         self.controller = Controller(self.pool, self.metrics, scaler_config(config), config.controller_interval_s,
                                      fixed_size=config.fixed_workers or None, recycle=recycle)
+        self.pool.dispatcher.on_backlog = self.controller.wake
         self.controller.start()
         self.service.controller = self.controller
         if config.metrics_port >= 0:

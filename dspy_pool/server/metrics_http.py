@@ -242,7 +242,8 @@ class PoolExporter(Collector):
             return
         workers = GaugeMetricFamily("dspy_pool_workers", "Workers by state.", labels=["state"])
         workers.add_metric(["ready"], snapshot.workers_ready)
-        workers.add_metric(["starting"], snapshot.workers_starting)
+        workers.add_metric(["starting"], snapshot.workers_starting - snapshot.workers_warming)
+        workers.add_metric(["warming"], snapshot.workers_warming)
         workers.add_metric(["draining"], snapshot.workers_draining)
         yield workers
         for name, help_text, value in (

@@ -12,6 +12,7 @@ import hashlib
 import re
 import time
 from dataclasses import dataclass
+from typing import Iterable
 
 from google.protobuf import timestamp_pb2
 
@@ -22,6 +23,8 @@ NAME_PATTERN = re.compile(r"[A-Za-z0-9_.\-]{1,128}")
 _FIELD_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 MAX_SIGNATURE_CHARS = 4096
 MAX_STATE_JSON_BYTES = 1024 * 1024
+MAX_WARMUP_INPUTS = 4  # each is one program call on every worker that joins the pool
+HISTORY_INPUT = "history"  # filled from the session; never required from the caller
 
 
 @dataclass
@@ -58,6 +61,19 @@ def check_spec(spec: pb.ProgramSpec, known_kinds: list[str]) -> None:
         raise InvalidArgument(f"unknown module kind {kind!r}; known kinds: {', '.join(known_kinds)}")
     if len(spec.state_json) > MAX_STATE_JSON_BYTES:
         raise InvalidArgument(f"state_json larger than {MAX_STATE_JSON_BYTES} bytes")
+    if len(spec.warmup_inputs) > MAX_WARMUP_INPUTS:
+        raise InvalidArgument(f"at most {MAX_WARMUP_INPUTS} warmup_inputs, got {len(spec.warmup_inputs)}")
+
+
+def check_inputs(program: str, given: Iterable[str], input_names: list[str]) -> None:
+    """The inputs of one call must name exactly the program's inputs (history aside)."""
+    given, expected = set(given), set(input_names)
+    missing = expected - given
+    if missing:
+        raise InvalidArgument(f"inputs missing for {program!r}: {', '.join(sorted(missing))} (expects {', '.join(input_names)})")
+    unknown = given - expected - {HISTORY_INPUT}
+    if unknown:
+        raise InvalidArgument(f"unknown inputs for {program!r}: {', '.join(sorted(unknown))} (expects {', '.join(input_names)})")
 
 
 class ProgramRegistry:

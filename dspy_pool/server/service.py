@@ -17,12 +17,13 @@ import structlog
 from dspy_pool import errors, structs
 from dspy_pool.internal import worker_pb2 as wire
 from dspy_pool.pool.dispatcher import Job
-from dspy_pool.pool.handle import WorkerHandle
+from dspy_pool.pool.handle import WorkerHandle, WorkerState
 from dspy_pool.pool.supervisor import WorkerPool
+from dspy_pool.pool.warmup import WarmupProgram
 from dspy_pool.server import config as config_module
 from dspy_pool.server.config import ServerConfig
 from dspy_pool.server.breaker import BreakerConfig
-from dspy_pool.server.registry import ProgramRegistry, ProgramVersion, check_spec
+from dspy_pool.server.registry import ProgramRegistry, ProgramVersion, check_inputs, check_spec
 from dspy_pool.server.resilience import ResilienceSettings, ResilientExecutor, chain_for
 from dspy_pool.server.sessions import SessionStore, Turn, check_session_id
 from dspy_pool.server.status import to_grpc_status
@@ -141,11 +142,26 @@ class DSPyPoolService(pb_grpc.DSPyPoolServicer):
                     program.created = False
                     return program
                 reply = await self._validate_on_worker(spec, _deadline(context, self.config, asyncio.get_running_loop()))
+                for number, inputs in enumerate(spec.warmup_inputs):
+                    try:
+                        self._check_depth(inputs)
+                        check_inputs(spec.name, inputs.keys(), list(reply.input_names))
+                    except errors.InvalidArgument as error:
+                        raise errors.InvalidArgument(f"warmup_inputs[{number}]: {error.message}") from None
                 entry = self.registry.add(spec, list(reply.input_names), list(reply.output_names), reply.takes_history)
             log.info("program_registered", program=spec.name, version=entry.program.version, module=spec.module or "predict")
             return entry.program
         except errors.PoolError as error:
             await self._abort(context, error)
+
+    def _check_depth(self, inputs) -> None:
+        if structs.struct_depth(inputs, self.config.max_input_depth) > self.config.max_input_depth:
+            raise errors.InvalidArgument(f"inputs nested deeper than {self.config.max_input_depth} levels")
+
+    def warmup_programs(self) -> list[WarmupProgram]:
+        """The latest version of every program, for a worker to build (and warm up) before it takes traffic."""
+        return [WarmupProgram(entry.key, entry.spec_bytes, tuple(entry.program.spec.warmup_inputs))
+                for entry in self.registry.list(all_versions=False)]
 
     async def _validate_on_worker(self, spec: pb.ProgramSpec, deadline: float) -> wire.WorkReply:
         """Build the program in a worker: DSPy itself says whether the spec is valid."""
@@ -181,17 +197,9 @@ class DSPyPoolService(pb_grpc.DSPyPoolServicer):
             raise errors.InvalidArgument(f"request_id longer than {_REQUEST_ID_MAX} characters")
         if request.session_id:
             check_session_id(request.session_id)
-        if structs.struct_depth(request.inputs, self.config.max_input_depth) > self.config.max_input_depth:
-            raise errors.InvalidArgument(f"inputs nested deeper than {self.config.max_input_depth} levels")
+        self._check_depth(request.inputs)
         program = self.registry.get(request.program, request.version)
-        given = set(request.inputs.keys())
-        expected = set(program.program.input_names)
-        missing = expected - given
-        if missing:
-            raise errors.InvalidArgument(f"inputs missing for {request.program!r}: {', '.join(sorted(missing))} (expects {', '.join(program.program.input_names)})")
-        unknown = given - expected - {"history"}
-        if unknown:
-            raise errors.InvalidArgument(f"unknown inputs for {request.program!r}: {', '.join(sorted(unknown))} (expects {', '.join(program.program.input_names)})")
+        check_inputs(request.program, request.inputs.keys(), program.input_names)
         return program
 
     async def Execute(self, request: pb.ExecuteRequest, context):
@@ -288,6 +296,9 @@ class DSPyPoolService(pb_grpc.DSPyPoolServicer):
                 status.queue_wait_p95_ms = snapshot.queue_wait_p95_s * 1000.0
                 status.health_score = snapshot.health
                 status.calls_per_s = snapshot.throughput_per_s
+        status.workers_warming = sum(1 for handle in self.pool.handles() if handle.state is WorkerState.WARMING)
+        status.warmup_calls = self.pool.warmup_calls
+        status.warmup_failures = self.pool.warmup_failures
         status.retries = self.resilient.retries
         status.fallbacks_served = self.resilient.fallbacks_served
         for key, snapshot in self.resilient.breakers.snapshots().items():

@@ -35,7 +35,7 @@ class FallbackSpec(_message.Message):
     def __init__(self, chain: _Optional[_Iterable[str]] = ..., lm: _Optional[str] = ..., lm_api_base: _Optional[str] = ..., program: _Optional[str] = ..., static_outputs: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
 
 class ProgramSpec(_message.Message):
-    __slots__ = ("name", "signature", "input_fields", "output_fields", "module", "instructions", "demos", "state_json", "module_options", "fallback", "description")
+    __slots__ = ("name", "signature", "input_fields", "output_fields", "module", "instructions", "demos", "state_json", "module_options", "fallback", "description", "warmup_inputs")
     NAME_FIELD_NUMBER: _ClassVar[int]
     SIGNATURE_FIELD_NUMBER: _ClassVar[int]
     INPUT_FIELDS_FIELD_NUMBER: _ClassVar[int]
@@ -47,6 +47,7 @@ class ProgramSpec(_message.Message):
     MODULE_OPTIONS_FIELD_NUMBER: _ClassVar[int]
     FALLBACK_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
+    WARMUP_INPUTS_FIELD_NUMBER: _ClassVar[int]
     name: str
     signature: str
     input_fields: _containers.RepeatedCompositeFieldContainer[FieldSpec]
@@ -58,7 +59,8 @@ class ProgramSpec(_message.Message):
     module_options: _struct_pb2.Struct
     fallback: FallbackSpec
     description: str
-    def __init__(self, name: _Optional[str] = ..., signature: _Optional[str] = ..., input_fields: _Optional[_Iterable[_Union[FieldSpec, _Mapping]]] = ..., output_fields: _Optional[_Iterable[_Union[FieldSpec, _Mapping]]] = ..., module: _Optional[str] = ..., instructions: _Optional[str] = ..., demos: _Optional[_Iterable[_Union[_struct_pb2.Struct, _Mapping]]] = ..., state_json: _Optional[str] = ..., module_options: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., fallback: _Optional[_Union[FallbackSpec, _Mapping]] = ..., description: _Optional[str] = ...) -> None: ...
+    warmup_inputs: _containers.RepeatedCompositeFieldContainer[_struct_pb2.Struct]
+    def __init__(self, name: _Optional[str] = ..., signature: _Optional[str] = ..., input_fields: _Optional[_Iterable[_Union[FieldSpec, _Mapping]]] = ..., output_fields: _Optional[_Iterable[_Union[FieldSpec, _Mapping]]] = ..., module: _Optional[str] = ..., instructions: _Optional[str] = ..., demos: _Optional[_Iterable[_Union[_struct_pb2.Struct, _Mapping]]] = ..., state_json: _Optional[str] = ..., module_options: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., fallback: _Optional[_Union[FallbackSpec, _Mapping]] = ..., description: _Optional[str] = ..., warmup_inputs: _Optional[_Iterable[_Union[_struct_pb2.Struct, _Mapping]]] = ...) -> None: ...
 
 class Program(_message.Message):
     __slots__ = ("spec", "version", "content_hash", "created_at", "input_names", "output_names", "created")
@@ -297,7 +299,7 @@ class BreakerStatus(_message.Message):
     def __init__(self, program: _Optional[str] = ..., lm_endpoint: _Optional[str] = ..., state: _Optional[str] = ..., failure_rate: _Optional[float] = ..., calls_in_window: _Optional[int] = ..., opened_total: _Optional[int] = ..., half_opened_total: _Optional[int] = ..., closed_total: _Optional[int] = ...) -> None: ...
 
 class PoolStatus(_message.Message):
-    __slots__ = ("serving", "workers", "queue_depth", "in_flight", "completed", "failed", "rejected", "worker_restarts", "sessions", "programs", "config", "uptime_s", "breakers", "retries", "fallbacks_served", "recycled_workers", "scale_events", "queue_wait_p95_ms", "health_score", "calls_per_s")
+    __slots__ = ("serving", "workers", "queue_depth", "in_flight", "completed", "failed", "rejected", "worker_restarts", "sessions", "programs", "config", "uptime_s", "breakers", "retries", "fallbacks_served", "recycled_workers", "scale_events", "queue_wait_p95_ms", "health_score", "calls_per_s", "workers_warming", "warmup_calls", "warmup_failures")
     SERVING_FIELD_NUMBER: _ClassVar[int]
     WORKERS_FIELD_NUMBER: _ClassVar[int]
     QUEUE_DEPTH_FIELD_NUMBER: _ClassVar[int]
@@ -318,6 +320,9 @@ class PoolStatus(_message.Message):
     QUEUE_WAIT_P95_MS_FIELD_NUMBER: _ClassVar[int]
     HEALTH_SCORE_FIELD_NUMBER: _ClassVar[int]
     CALLS_PER_S_FIELD_NUMBER: _ClassVar[int]
+    WORKERS_WARMING_FIELD_NUMBER: _ClassVar[int]
+    WARMUP_CALLS_FIELD_NUMBER: _ClassVar[int]
+    WARMUP_FAILURES_FIELD_NUMBER: _ClassVar[int]
     serving: bool
     workers: _containers.RepeatedCompositeFieldContainer[WorkerStatus]
     queue_depth: int
@@ -338,4 +343,7 @@ class PoolStatus(_message.Message):
     queue_wait_p95_ms: float
     health_score: float
     calls_per_s: float
-    def __init__(self, serving: _Optional[bool] = ..., workers: _Optional[_Iterable[_Union[WorkerStatus, _Mapping]]] = ..., queue_depth: _Optional[int] = ..., in_flight: _Optional[int] = ..., completed: _Optional[int] = ..., failed: _Optional[int] = ..., rejected: _Optional[int] = ..., worker_restarts: _Optional[int] = ..., sessions: _Optional[int] = ..., programs: _Optional[int] = ..., config: _Optional[_Union[PoolConfig, _Mapping]] = ..., uptime_s: _Optional[float] = ..., breakers: _Optional[_Iterable[_Union[BreakerStatus, _Mapping]]] = ..., retries: _Optional[int] = ..., fallbacks_served: _Optional[int] = ..., recycled_workers: _Optional[int] = ..., scale_events: _Optional[int] = ..., queue_wait_p95_ms: _Optional[float] = ..., health_score: _Optional[float] = ..., calls_per_s: _Optional[float] = ...) -> None: ...
+    workers_warming: int
+    warmup_calls: int
+    warmup_failures: int
+    def __init__(self, serving: _Optional[bool] = ..., workers: _Optional[_Iterable[_Union[WorkerStatus, _Mapping]]] = ..., queue_depth: _Optional[int] = ..., in_flight: _Optional[int] = ..., completed: _Optional[int] = ..., failed: _Optional[int] = ..., rejected: _Optional[int] = ..., worker_restarts: _Optional[int] = ..., sessions: _Optional[int] = ..., programs: _Optional[int] = ..., config: _Optional[_Union[PoolConfig, _Mapping]] = ..., uptime_s: _Optional[float] = ..., breakers: _Optional[_Iterable[_Union[BreakerStatus, _Mapping]]] = ..., retries: _Optional[int] = ..., fallbacks_served: _Optional[int] = ..., recycled_workers: _Optional[int] = ..., scale_events: _Optional[int] = ..., queue_wait_p95_ms: _Optional[float] = ..., health_score: _Optional[float] = ..., calls_per_s: _Optional[float] = ..., workers_warming: _Optional[int] = ..., warmup_calls: _Optional[int] = ..., warmup_failures: _Optional[int] = ...) -> None: ...
