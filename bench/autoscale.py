@@ -20,8 +20,8 @@ import math
 import time
 
 import grpc
-from structlog.testing import capture_logs
 
+from dspy_pool import logs
 from dspy_pool.server.app import App
 from dspy_pool.server.config import ServerConfig
 from dspy_pool.v1 import dspy_pool_pb2 as pb
@@ -34,8 +34,10 @@ def percentile(sorted_values: list[float], q: float) -> float:
     return sorted_values[min(len(sorted_values) - 1, max(0, math.ceil(q * len(sorted_values)) - 1))]
 
 
-async def drive(stub, in_flight: int, seconds: float) -> tuple[list[float], int]:
+async def drive(stub, in_flight: int, seconds: float) -> tuple[list[float], list[float], int]:
+    """`in_flight` closed-loop clients for `seconds`: sorted latencies and queue waits (ms), and the error count."""
     latencies: list[float] = []
+    queue_waits: list[float] = []
     errors = 0
     stop_at = time.monotonic() + seconds
 
@@ -48,13 +50,14 @@ async def drive(stub, in_flight: int, seconds: float) -> tuple[list[float], int]
             call += 1
             started = time.monotonic()
             try:
-                await stub.Execute(request, timeout=30)
+                response = await stub.Execute(request, timeout=30)
                 latencies.append((time.monotonic() - started) * 1000)
+                queue_waits.append(response.timings.queue_wait_ms)
             except grpc.aio.AioRpcError:
                 errors += 1
 
     await asyncio.gather(*(client(n) for n in range(in_flight)))
-    return sorted(latencies), errors
+    return sorted(latencies), sorted(queue_waits), errors
 
 
 async def run_pool(label: str, args, minimum: int, maximum: int) -> dict:
@@ -64,8 +67,7 @@ async def run_pool(label: str, args, minimum: int, maximum: int) -> dict:
         upscale_cooldown_s=1.0, upscale_step_max=args.step_max, controller_interval_s=0.25, log_level="warning",
     )
     app = App(config)
-    with capture_logs():  # keep stdout to the one JSON object
-        await app.start()
+    await app.start()
     sizes: list[tuple[float, int]] = []
     sampling = True
 
@@ -83,14 +85,18 @@ async def run_pool(label: str, args, minimum: int, maximum: int) -> dict:
             marks = {}
             for name, load in (("low_1", args.low), ("high", args.high), ("low_2", args.low)):
                 marks[name] = time.monotonic()
-                latencies, errors = await drive(stub, load, args.phase_s)
-                phases[name] = {"calls": len(latencies), "errors": errors, "p50_ms": round(percentile(latencies, 0.5), 1), "p99_ms": round(percentile(latencies, 0.99), 1)}
+                latencies, queue_waits, errors = await drive(stub, load, args.phase_s)
+                phases[name] = {
+                    "calls": len(latencies), "errors": errors,
+                    "p50_ms": round(percentile(latencies, 0.5), 1), "p99_ms": round(percentile(latencies, 0.99), 1),
+                    "queue_wait_p99_ms": round(percentile(queue_waits, 0.99), 1),
+                }
             marks["end"] = time.monotonic()
     finally:
         sampling = False
         await sampler
-        with capture_logs():
-            await app.stop(grace_s=2.0)
+        scale_events = app.controller.scale_events
+        await app.stop(grace_s=2.0)
     needed = min(maximum, math.ceil(args.high / args.concurrency))
     reached = next((t for t, n in sizes if t >= marks["high"] and n >= needed), None)
     worker_seconds = sum(n * 0.1 for _, n in sizes)
@@ -101,6 +107,7 @@ async def run_pool(label: str, args, minimum: int, maximum: int) -> dict:
                                for name, nxt in (("low_1", "high"), ("high", "low_2"), ("low_2", "end"))},
         "worker_seconds": round(worker_seconds, 1),
         "peak_workers": max(n for _, n in sizes),
+        "scale_events": scale_events,
     }
 
 
@@ -122,6 +129,7 @@ async def main() -> None:
     parser.add_argument("--downscale-s", type=float, default=4.0)
     parser.add_argument("--step-max", type=int, default=8, help="most workers added in one scale-up step")
     args = parser.parse_args()
+    logs.configure("console", "warning")  # stdout carries the one JSON object; the log goes to stderr
     results = [await run_pool("autoscaled", args, args.min, args.max),
                await run_pool("fixed_min", args, args.min, args.min),
                await run_pool("fixed_max", args, args.max, args.max)]
