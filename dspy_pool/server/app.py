@@ -37,6 +37,7 @@ log = structlog.get_logger("dspy_pool.server")
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["DSPyPool"].full_name
 SIM_LM = "sim"
+WORKER_CPU_SAMPLE_S = 5.0
 _SESSION_SWEEP_S = 30.0
 
 
@@ -85,7 +86,8 @@ class App:
         self._stopping = False
         self._background: list[asyncio.Task] = []
         self.controller: Controller | None = None
-        self.metrics = PoolMetrics(target_queue_wait_s=config.target_queue_wait_s)
+        # Worker CPU is read from /proc per worker: every few seconds is plenty for a gauge.
+        self.metrics = PoolMetrics(target_queue_wait_s=config.target_queue_wait_s, cpu_interval_s=WORKER_CPU_SAMPLE_S)
         self.registry = CollectorRegistry()
         self.metrics_server = None
         self.metrics_port = 0

@@ -257,6 +257,7 @@ class PoolExporter(Collector):
             ("dspy_pool_throughput_calls_per_second", "Finished calls per second over the window.", snapshot.throughput_per_s),
             ("dspy_pool_error_rate", "Share of finished calls that failed over the window.", snapshot.error_rate),
             ("dspy_pool_worker_rss_bytes", "Resident memory of ready workers, summed.", snapshot.rss_total_bytes),
+            ("dspy_pool_worker_cpu_percent", "CPU of live workers, summed (100 = one core); sampled every few seconds.", snapshot.cpu_percent),
             ("dspy_pool_health_score", "0..1 pool health (availability x success x wait x deadline).", snapshot.health),
         ):
             yield GaugeMetricFamily(name, help_text, value=value)

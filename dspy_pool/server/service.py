@@ -296,6 +296,7 @@ class DSPyPoolService(pb_grpc.DSPyPoolServicer):
                 status.queue_wait_p95_ms = snapshot.queue_wait_p95_s * 1000.0
                 status.health_score = snapshot.health
                 status.calls_per_s = snapshot.throughput_per_s
+                status.worker_cpu_percent = snapshot.cpu_percent
         status.workers_warming = sum(1 for handle in self.pool.handles() if handle.state is WorkerState.WARMING)
         status.warmup_calls = self.pool.warmup_calls
         status.warmup_failures = self.pool.warmup_failures

@@ -299,7 +299,7 @@ class BreakerStatus(_message.Message):
     def __init__(self, program: _Optional[str] = ..., lm_endpoint: _Optional[str] = ..., state: _Optional[str] = ..., failure_rate: _Optional[float] = ..., calls_in_window: _Optional[int] = ..., opened_total: _Optional[int] = ..., half_opened_total: _Optional[int] = ..., closed_total: _Optional[int] = ...) -> None: ...
 
 class PoolStatus(_message.Message):
-    __slots__ = ("serving", "workers", "queue_depth", "in_flight", "completed", "failed", "rejected", "worker_restarts", "sessions", "programs", "config", "uptime_s", "breakers", "retries", "fallbacks_served", "recycled_workers", "scale_events", "queue_wait_p95_ms", "health_score", "calls_per_s", "workers_warming", "warmup_calls", "warmup_failures")
+    __slots__ = ("serving", "workers", "queue_depth", "in_flight", "completed", "failed", "rejected", "worker_restarts", "sessions", "programs", "config", "uptime_s", "breakers", "retries", "fallbacks_served", "recycled_workers", "scale_events", "queue_wait_p95_ms", "health_score", "calls_per_s", "workers_warming", "warmup_calls", "warmup_failures", "worker_cpu_percent")
     SERVING_FIELD_NUMBER: _ClassVar[int]
     WORKERS_FIELD_NUMBER: _ClassVar[int]
     QUEUE_DEPTH_FIELD_NUMBER: _ClassVar[int]
@@ -323,6 +323,7 @@ class PoolStatus(_message.Message):
     WORKERS_WARMING_FIELD_NUMBER: _ClassVar[int]
     WARMUP_CALLS_FIELD_NUMBER: _ClassVar[int]
     WARMUP_FAILURES_FIELD_NUMBER: _ClassVar[int]
+    WORKER_CPU_PERCENT_FIELD_NUMBER: _ClassVar[int]
     serving: bool
     workers: _containers.RepeatedCompositeFieldContainer[WorkerStatus]
     queue_depth: int
@@ -346,4 +347,5 @@ class PoolStatus(_message.Message):
     workers_warming: int
     warmup_calls: int
     warmup_failures: int
-    def __init__(self, serving: _Optional[bool] = ..., workers: _Optional[_Iterable[_Union[WorkerStatus, _Mapping]]] = ..., queue_depth: _Optional[int] = ..., in_flight: _Optional[int] = ..., completed: _Optional[int] = ..., failed: _Optional[int] = ..., rejected: _Optional[int] = ..., worker_restarts: _Optional[int] = ..., sessions: _Optional[int] = ..., programs: _Optional[int] = ..., config: _Optional[_Union[PoolConfig, _Mapping]] = ..., uptime_s: _Optional[float] = ..., breakers: _Optional[_Iterable[_Union[BreakerStatus, _Mapping]]] = ..., retries: _Optional[int] = ..., fallbacks_served: _Optional[int] = ..., recycled_workers: _Optional[int] = ..., scale_events: _Optional[int] = ..., queue_wait_p95_ms: _Optional[float] = ..., health_score: _Optional[float] = ..., calls_per_s: _Optional[float] = ..., workers_warming: _Optional[int] = ..., warmup_calls: _Optional[int] = ..., warmup_failures: _Optional[int] = ...) -> None: ...
+    worker_cpu_percent: float
+    def __init__(self, serving: _Optional[bool] = ..., workers: _Optional[_Iterable[_Union[WorkerStatus, _Mapping]]] = ..., queue_depth: _Optional[int] = ..., in_flight: _Optional[int] = ..., completed: _Optional[int] = ..., failed: _Optional[int] = ..., rejected: _Optional[int] = ..., worker_restarts: _Optional[int] = ..., sessions: _Optional[int] = ..., programs: _Optional[int] = ..., config: _Optional[_Union[PoolConfig, _Mapping]] = ..., uptime_s: _Optional[float] = ..., breakers: _Optional[_Iterable[_Union[BreakerStatus, _Mapping]]] = ..., retries: _Optional[int] = ..., fallbacks_served: _Optional[int] = ..., recycled_workers: _Optional[int] = ..., scale_events: _Optional[int] = ..., queue_wait_p95_ms: _Optional[float] = ..., health_score: _Optional[float] = ..., calls_per_s: _Optional[float] = ..., workers_warming: _Optional[int] = ..., warmup_calls: _Optional[int] = ..., warmup_failures: _Optional[int] = ..., worker_cpu_percent: _Optional[float] = ...) -> None: ...

@@ -64,8 +64,10 @@ class _FakeDispatcher(SimpleNamespace):
 
 def _fake_pool():
     worker = SimpleNamespace(worker_id=1, pid=4242, state="ready", in_flight={}, rss_bytes=1 << 20)
+    joining = SimpleNamespace(worker_id=2, pid=4243, state="warming", in_flight={}, rss_bytes=0)
     dispatcher = _FakeDispatcher(worker_concurrency=4, queue_depth=0, completed=5, failed=1, rejected=0, expired_in_queue=0)
-    return SimpleNamespace(dispatcher=dispatcher, handles=lambda: [worker], target_workers=1, crash_looping=False, stopping=False)
+    return SimpleNamespace(dispatcher=dispatcher, handles=lambda: [worker, joining], target_workers=2, crash_looping=False,
+                           stopping=False)
 
 
 def _scrape(port: int) -> dict:
@@ -93,7 +95,7 @@ async def test_metrics_endpoint_serves_grpc_and_pool_metrics():
 
     metrics = PoolMetrics()
     metrics.record_queue_wait(1.0, 0.02)
-    controller = Controller(_fake_pool(), metrics, ScalerConfig(min_workers=1, max_workers=1))
+    controller = Controller(_fake_pool(), metrics, ScalerConfig(min_workers=1, max_workers=2))
     exporter = PoolExporter(registry, metrics, controller=controller)
     controller.observers.append(exporter.observe)
     await controller.tick()
@@ -125,9 +127,12 @@ async def test_metrics_endpoint_serves_grpc_and_pool_metrics():
         assert _value(families, "grpc_server_handling_seconds", "grpc_server_handling_seconds_count", grpc_method="Ok", **unary) == 2
 
         for name in ("dspy_pool_queue_depth", "dspy_pool_workers", "dspy_pool_queue_wait_seconds", "dspy_pool_scale_events",
-                     "dspy_pool_breaker_state", "dspy_pool_recycled_workers", "dspy_pool_health_score", "dspy_pool_in_flight"):
+                     "dspy_pool_breaker_state", "dspy_pool_recycled_workers", "dspy_pool_health_score", "dspy_pool_in_flight",
+                     "dspy_pool_worker_cpu_percent"):
             assert name in families, name
         assert _value(families, "dspy_pool_workers", "dspy_pool_workers", state="ready") == 1
+        assert _value(families, "dspy_pool_workers", "dspy_pool_workers", state="warming") == 1
+        assert _value(families, "dspy_pool_workers", "dspy_pool_workers", state="starting") == 0
         assert _value(families, "dspy_pool_queue_wait_seconds", "dspy_pool_queue_wait_seconds_count") == 1
         assert _value(families, "dspy_pool_queue_wait_seconds", "dspy_pool_queue_wait_seconds_bucket", le="0.025") == 1
         assert _value(families, "dspy_pool_recycled_workers", "dspy_pool_recycled_workers_total", reason="max_requests") == 0

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+import os
 import random
+import time
 from types import SimpleNamespace
 
 import pytest
@@ -53,6 +55,28 @@ def test_workers_counted_by_state_and_utilisation_uses_ready_ones():
     assert (snap.workers_ready, snap.workers_starting, snap.workers_draining) == (2, 1, 1)
     assert snap.in_flight == 9 and snap.in_flight_ready == 6
     assert snap.utilisation == pytest.approx(6 / 8)
+
+
+def test_warming_workers_count_as_starting_capacity_not_ready():
+    """A worker warming up is capacity on its way: the scaler sees it as starting, not as taking calls."""
+    handles = [handle(1, in_flight=2), handle(2, "warming", in_flight=1), handle(3, "starting")]
+    snap = PoolMetrics().snapshot(pool(handles, concurrency=4), now=1.0)
+    assert (snap.workers_ready, snap.workers_starting, snap.workers_warming) == (1, 2, 1)
+    assert snap.in_flight_ready == 2 and snap.utilisation == pytest.approx(2 / 4)
+    assert to_scaler_metrics(snap).starting_workers == 2
+
+
+def test_worker_cpu_is_sampled_from_the_live_processes():
+    """With sampling on, a busy process reads as CPU percent (here this test's own process)."""
+    metrics = PoolMetrics(cpu_interval_s=0.5)
+    busy = [handle(1)]
+    busy[0].pid = os.getpid()
+    assert metrics.snapshot(pool(busy), now=1.0).cpu_percent == 0.0  # the first reading primes the counter
+    spin_until = time.process_time() + 0.2
+    while time.process_time() < spin_until:
+        pass
+    assert metrics.snapshot(pool(busy), now=1.2).cpu_percent == 0.0  # within the interval: not read again
+    assert metrics.snapshot(pool(busy), now=2.0).cpu_percent > 10.0
 
 
 def test_queue_wait_percentiles_over_short_window():
