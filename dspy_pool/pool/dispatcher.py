@@ -97,6 +97,7 @@ class Dispatcher:
         # Called when a call queues behind busy workers with the queue empty
         # before: the controller wakes now instead of at its next tick.
         self.on_backlog: Callable[[], None] | None = None
+        self._activity = asyncio.Event()  # set whenever a call finishes, a slot frees or a worker leaves
 
     # -- workers ------------------------------------------------------------
     def add_worker(self, handle: WorkerHandle) -> None:
@@ -105,6 +106,7 @@ class Dispatcher:
 
     def remove_worker(self, handle: WorkerHandle) -> None:
         self.workers.pop(handle.worker_id, None)
+        self._activity.set()
 
     def ready_workers(self) -> list[WorkerHandle]:
         return [h for h in self.workers.values() if h.state is WorkerState.READY]
@@ -157,10 +159,18 @@ class Dispatcher:
             if self.metrics is not None:
                 self.metrics.job_finished(job, time.monotonic(), error)
             raise
+        finally:
+            self._activity.set()
         self.completed += 1
         if self.metrics is not None:
             self.metrics.job_finished(job, time.monotonic())
         return result
+
+    async def wait_idle(self) -> None:
+        """Return once nothing is queued and no worker runs a call (abandoned ones included)."""
+        while self._queued or self.in_flight:
+            self._activity.clear()
+            await self._activity.wait()
 
     def _expire(self, job: Job) -> None:
         queued = job.state is JobState.QUEUED
@@ -217,6 +227,7 @@ class Dispatcher:
 
     def pump(self, _handle: WorkerHandle | None = None) -> None:
         """Start queued jobs while some worker has a free slot."""
+        self._activity.set()
         queue = self._queue
         while self._queued:
             job = queue[0]

@@ -64,6 +64,7 @@ class WorkerPool:
         self._watch_task: asyncio.Task | None = None
         self._on_health_change = on_health_change or (lambda healthy: None)
         self._settled = asyncio.Event()  # set once the pool is healthy or crash-looping
+        self._all_stopped = asyncio.Event()  # set when the last worker is gone (what stop() waits for)
         # What a new worker warms up with (the registered programs); set by the app.
         self.warmup_source: Callable[[], list[WarmupProgram]] | None = None
         self.warmup_calls = 0
@@ -184,6 +185,8 @@ class WorkerPool:
 
     def _on_worker_dead(self, handle: WorkerHandle, reason: str) -> None:
         self._handles.pop(handle.worker_id, None)
+        if not self._handles:
+            self._all_stopped.set()
         self.dispatcher.remove_worker(handle)
         booted = handle.ready_at is not None
         if not booted and not self.stopping:
@@ -236,10 +239,11 @@ class WorkerPool:
     async def drain(self, grace_s: float) -> bool:
         """Stop taking calls and wait up to `grace_s` for queued and running ones to finish."""
         self.dispatcher.closed = True
-        deadline = time.monotonic() + grace_s
-        while (self.dispatcher.queue_depth or self.dispatcher.in_flight) and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
-        return not (self.dispatcher.queue_depth or self.dispatcher.in_flight)
+        try:
+            await asyncio.wait_for(self.dispatcher.wait_idle(), grace_s)
+        except asyncio.TimeoutError:
+            return False
+        return True
 
     async def stop(self) -> None:
         """Workers finish (SHUTDOWN), bounded wait, then the zygote kills the rest. Idempotent."""
@@ -255,9 +259,12 @@ class WorkerPool:
         self.dispatcher.fail_queued(errors.Unavailable("the server shut down before this call could run"))
         for handle in list(self._handles.values()):
             handle.drain()
-        deadline = time.monotonic() + self.settings.stop_timeout_s
-        while self._handles and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
+        if self._handles:
+            self._all_stopped.clear()
+            try:
+                await asyncio.wait_for(self._all_stopped.wait(), self.settings.stop_timeout_s)
+            except asyncio.TimeoutError:
+                pass
         for handle in list(self._handles.values()):
             handle.kill("shutdown")
         await self.zygote.stop(self.settings.stop_timeout_s)
