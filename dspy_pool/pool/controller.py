@@ -12,8 +12,9 @@
                   pool.resize(desired)   (spawn from the zygote / drain the least busy)
                   log pool_scaled(from, to, reason)
                                           │
-        recycling: one worker at a time, due by max_requests (+ jitter), max_rss or max_age:
-                  replacement = await pool.spawn()   (ready: it takes traffic now)
+        recycling: one worker at a time, due by max_requests (+ jitter), max_rss or max_age,
+        in a background task so ticks go on while the replacement boots and warms up:
+                  replacement = await pool.spawn()   (booted and warmed up: it takes traffic now)
                   old.drain()                        (no new calls; in-flight ones finish; it exits)
                   wait until it has stopped before the next one
 
@@ -22,15 +23,17 @@ worker stops taking calls, and the old one finishes what it is running. The
 pool does not respawn a drained worker on exit while the replacement keeps
 its live count at the target.
 
-The scaler never runs while a recycle's replacement is booting: the extra
-worker would read as spare capacity and an idle step could drain the
-replacement itself. The recycle is awaited inside the tick, and the zygote
-boots a worker in milliseconds, so ticks are delayed, not lost.
+While a replacement boots (and runs warm-up calls, which may take as long as
+an LM call), the scaler still runs, but without counting the replacement as
+capacity: it is not capacity the scaler asked for, and counting it would make
+the pool look one worker larger than its target. Should a scale-down drain
+the replacement anyway, the recycle fails cleanly and is retried later.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import random
 import time
 from dataclasses import dataclass
@@ -153,6 +156,7 @@ class Controller:
         self._rng = rng or random.Random()
         self._limits: dict[int, int] = {}
         self._retiring: Any = None  # the worker a recycle drained; the next waits until it stops
+        self._recycle_task: asyncio.Task | None = None  # booting a replacement, then draining the old worker
         self._recycle_paused_until = 0.0
         self._fixed_applied = False
         self._stop = asyncio.Event()
@@ -199,13 +203,14 @@ class Controller:
         """Stop ticking; waits for the current tick (a recycle in progress) up to timeout_s. Idempotent."""
         self._stop.set()
         task, self._task = self._task, None
-        if task is None or task.done():
-            return
-        try:
-            await asyncio.wait_for(asyncio.shield(task), timeout_s)
-        except asyncio.TimeoutError:
-            task.cancel()
-            await asyncio.gather(task, return_exceptions=True)
+        for pending in (task, self._recycle_task):
+            if pending is None or pending.done():
+                continue
+            try:
+                await asyncio.wait_for(asyncio.shield(pending), timeout_s)
+            except asyncio.TimeoutError:
+                pending.cancel()
+                await asyncio.gather(pending, return_exceptions=True)
 
     # -- one tick --------------------------------------------------------------
     @property
@@ -228,8 +233,18 @@ class Controller:
             return snapshot
         self._scale(snapshot, now)
         if self.recycle.enabled:
-            await self._recycle_one(now)
+            self._start_recycle(now)
         return snapshot
+
+    @property
+    def recycling(self) -> bool:
+        """A recycle's replacement is booting or warming up."""
+        return self._recycle_task is not None and not self._recycle_task.done()
+
+    async def recycle_settled(self) -> None:
+        """Return once the recycle in progress, if any, has finished."""
+        if self._recycle_task is not None:
+            await asyncio.gather(self._recycle_task, return_exceptions=True)
 
     def _scale(self, snapshot: PoolSnapshot, now: float) -> None:
         if self.fixed_size is not None:
@@ -239,7 +254,11 @@ class Controller:
                 if self.pool.target_workers != self.fixed_size or snapshot.workers_live != self.fixed_size:
                     self._apply(snapshot.workers_live, self.fixed_size, "fixed_size")
             return
-        decision = decide(to_scaler_metrics(snapshot), self.scaler_config, self.state, now)
+        metrics = to_scaler_metrics(snapshot)
+        if self.recycling:
+            # The replacement boots beside the worker it replaces: not capacity the scaler asked for.
+            metrics = dataclasses.replace(metrics, starting_workers=max(0, metrics.starting_workers - 1))
+        decision = decide(metrics, self.scaler_config, self.state, now)
         self.state = decision.state
         self.last_decision = decision
         if decision.changed:
@@ -262,7 +281,9 @@ class Controller:
         self.pool.resize(desired)
 
     # -- recycling -------------------------------------------------------------
-    async def _recycle_one(self, now: float) -> None:
+    def _start_recycle(self, now: float) -> None:
+        if self.recycling:
+            return
         if self._retiring is not None:
             if _state_name(self._retiring) != "stopped":
                 return  # one at a time: the last one is still finishing its calls
@@ -273,6 +294,20 @@ class Controller:
         if due is None:
             return
         old, reason = due
+        self._recycle_task = asyncio.get_running_loop().create_task(self._replace(old, reason, now), name="pool-recycle")
+
+    async def _replace(self, old: Any, reason: str, now: float) -> None:
+        try:
+            await self._replace_unguarded(old, reason, now)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a failed recycle must not stop later ones
+            self.recycle_failures += 1
+            self._recycle_paused_until = now + self.recycle.retry_after_s
+            log.exception("worker_recycle_failed", worker_id=old.worker_id, reason=reason,
+                          error=f"{type(exc).__name__}: {exc}")
+
+    async def _replace_unguarded(self, old: Any, reason: str, now: float) -> None:
         replacement = await self.pool.spawn(extra=True)
         if replacement is None or _state_name(replacement) != "ready":
             self.recycle_failures += 1

@@ -63,6 +63,41 @@ class Clock:
         return self.now
 
 
+async def tick_and_recycle(controller: Controller) -> None:
+    """One tick, then the recycle it started (recycles run beside the ticks)."""
+    await controller.tick()
+    await controller.recycle_settled()
+
+
+async def test_scaler_keeps_running_while_a_replacement_boots():
+    """A slow replacement (say, warm-up calls) does not hold up scaling, and is not counted as capacity."""
+    pool = FakePool(workers=2, in_flight=4, queue_depth=4)
+    pool.handles_[0].served = 10
+    booting = asyncio.Event()
+    fast_spawn = pool.spawn
+
+    async def slow_spawn(delay_s=0.0, *, extra=False):
+        replacement = await fast_spawn(delay_s, extra=extra)
+        replacement.state = "warming"
+        await booting.wait()
+        replacement.state = "ready"
+        return replacement
+
+    pool.spawn = slow_spawn
+    config = ScalerConfig(min_workers=1, max_workers=8, worker_concurrency=4, upscale_cooldown_s=0.0)
+    controller = Controller(pool, PoolMetrics(), config, recycle=RecycleConfig(max_requests=10), clock=Clock())
+    await controller.tick()  # 12 calls on 2 workers of 4: grow to 5; worker 1 is due, its replacement boots
+    await asyncio.sleep(0)
+    assert controller.recycling and pool.resizes == [5]
+    pool.dispatcher.queue_depth = 20  # 28 calls: 10 workers' worth at 0.7 x 4 (the fake pool never spawns them)
+    await controller.tick()
+    # The booting replacement is not counted: from 2 ready workers up by the step cap of 4 (3 + 4 if counted).
+    assert pool.resizes == [5, 6] and controller.recycling
+    booting.set()
+    await controller.recycle_settled()
+    assert controller.recycled == 1 and pool.handles_[0].state == "draining"
+
+
 async def test_overload_tick_resizes_and_logs_pool_scaled():
     """A saturated pool is resized up on the first tick, with from, to and reason in the log."""
     pool = FakePool(workers=1, in_flight=4, queue_depth=8)
@@ -103,12 +138,12 @@ async def test_recycle_spawns_first_then_drains_one_at_a_time():
         handle.served = 10
     controller = Controller(pool, PoolMetrics(), ScalerConfig(min_workers=2, max_workers=2), fixed_size=2,
                             recycle=RecycleConfig(max_requests=10), clock=Clock(), rng=random.Random(1))
-    await controller.tick()
+    await tick_and_recycle(controller)
     assert [h.state for h in pool.handles_] == ["draining", "ready", "ready"]
-    await controller.tick()
+    await tick_and_recycle(controller)
     assert controller.recycled == 1  # worker 2 waits while worker 1 is still draining
     pool.handles_[0].state = "stopped"
-    await controller.tick()
+    await tick_and_recycle(controller)
     assert controller.recycled == 2 and pool.handles_[1].state == "draining"
     assert sum(h.state == "ready" for h in pool.handles_) == 2
 
@@ -122,13 +157,13 @@ async def test_failed_replacement_keeps_the_old_worker_and_backs_off():
     controller = Controller(pool, PoolMetrics(), ScalerConfig(min_workers=1, max_workers=1), fixed_size=1,
                             recycle=RecycleConfig(max_requests=5, retry_after_s=5.0), clock=clock)
     with capture_logs() as logs:
-        await controller.tick()
-        await controller.tick()
+        await tick_and_recycle(controller)
+        await tick_and_recycle(controller)
     assert pool.handles_[0].state == "ready" and controller.recycle_failures == 1
     assert [e["event"] for e in logs].count("worker_recycle_failed") == 1
     pool.spawn_fails = False
     clock.now += 5.0
-    await controller.tick()
+    await tick_and_recycle(controller)
     assert controller.recycled == 1
 
 
