@@ -45,7 +45,7 @@ class WarmupProgram:
 @dataclass(frozen=True, slots=True)
 class WarmupSettings:
     mode: str = "calls"
-    timeout_s: float = 30.0  # for the whole warm-up of one worker
+    timeout_s: float = 10.0  # for the whole warm-up of one worker
     max_programs: int = 64  # the first N programs the source lists
 
     def __post_init__(self) -> None:

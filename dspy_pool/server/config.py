@@ -75,7 +75,7 @@ class ServerConfig:
     downscale_utilisation: float = 0.3
     downscale_step_fraction: float = 0.5
     warmup: str = "calls"  # before a new worker takes traffic: off, build (programs), calls (build + warmup_inputs)
-    warmup_timeout_s: float = 30.0
+    warmup_timeout_s: float = 10.0
     memory_budget_bytes: int = 0
     controller_interval_s: float = 0.5
     recycle_max_requests: int = 0

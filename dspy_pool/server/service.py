@@ -22,7 +22,7 @@ from dspy_pool.pool.supervisor import WorkerPool
 from dspy_pool.pool.warmup import WarmupProgram
 from dspy_pool.server import config as config_module
 from dspy_pool.server.config import ServerConfig
-from dspy_pool.server.breaker import BreakerConfig
+from dspy_pool.server.breaker import BreakerConfig, BreakerState
 from dspy_pool.server.registry import ProgramRegistry, ProgramVersion, check_inputs, check_spec
 from dspy_pool.server.resilience import ResilienceSettings, ResilientExecutor, chain_for
 from dspy_pool.server.sessions import SessionStore, Turn, check_session_id
@@ -159,8 +159,15 @@ class DSPyPoolService(pb_grpc.DSPyPoolServicer):
             raise errors.InvalidArgument(f"inputs nested deeper than {self.config.max_input_depth} levels")
 
     def warmup_programs(self) -> list[WarmupProgram]:
-        """The latest version of every program, for a worker to build (and warm up) before it takes traffic."""
-        return [WarmupProgram(entry.key, entry.spec_bytes, tuple(entry.program.spec.warmup_inputs))
+        """The latest version of every program, for a worker to build (and warm up) before it takes traffic.
+
+        Programs whose breaker is not closed are built but not called: their
+        LM is failing, and a warm-up call would only hold the new worker back.
+        """
+        failing = {key.program for key, snapshot in self.resilient.breakers.snapshots().items()
+                   if snapshot.state is not BreakerState.CLOSED}
+        return [WarmupProgram(entry.key, entry.spec_bytes,
+                              () if entry.program.spec.name in failing else tuple(entry.program.spec.warmup_inputs))
                 for entry in self.registry.list(all_versions=False)]
 
     async def _validate_on_worker(self, spec: pb.ProgramSpec, deadline: float) -> wire.WorkReply:

@@ -14,7 +14,7 @@ from dspy_pool.internal import worker_pb2 as wire
 from dspy_pool.pool.dispatcher import Job
 from dspy_pool.v1 import dspy_pool_pb2 as pb
 
-from .harness import eventually, register, running_app
+from .harness import eventually, execute_request, register, running_app
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(60)]
 
@@ -23,7 +23,9 @@ WARMUP_TIMEOUT_S = 1.0
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def server():
-    async with running_app(workers=1, fixed_workers=1, warmup_timeout_s=WARMUP_TIMEOUT_S) as running:
+    # A small breaker window, so two failed calls open a program's breaker.
+    async with running_app(workers=1, fixed_workers=1, warmup_timeout_s=WARMUP_TIMEOUT_S, breaker_window=4,
+                           breaker_minimum_calls=2) as running:
         yield running
 
 
@@ -104,4 +106,23 @@ async def test_a_slow_warmup_is_cut_off_and_the_worker_still_takes_traffic(serve
         assert reply.outputs["slept"] == 0
     finally:
         await stub.DeleteProgram(pb.DeleteProgramRequest(name="slow-warmup"))
+        app.pool.resize(1)
+
+
+async def test_a_program_whose_breaker_is_open_is_built_but_not_called(server):
+    """While a program's LM fails (breaker open) a joining worker builds it but skips its warm-up calls."""
+    app, stub, _ = server
+    await register(stub, "tripped", "seconds -> slept", module="sleepy", warmup_inputs=[inputs(seconds=30)])
+    try:
+        for _ in range(2):
+            with pytest.raises(grpc.aio.AioRpcError) as raised:
+                await stub.Execute(execute_request("tripped", seconds=5), timeout=0.3)
+            assert raised.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
+        status = await stub.GetPoolStatus(pb.GetPoolStatusRequest())
+        assert any(b.program == "tripped" and b.state == "open" for b in status.breakers), status.breakers
+        handle, warmed = await grow_by_one(app)
+        assert app.service.registry.get("tripped").key in handle.loaded_programs
+        assert warmed["failures"] == 0 and warmed["timed_out"] is False, warmed  # the 30 s call was not made
+    finally:
+        await stub.DeleteProgram(pb.DeleteProgramRequest(name="tripped"))
         app.pool.resize(1)
