@@ -140,6 +140,7 @@ function fromStruct(struct) {
 function specToProto(spec) {
   const out = { ...spec };
   if (spec.demos) out.demos = spec.demos.map(toStruct);
+  if (spec.warmup_inputs) out.warmup_inputs = spec.warmup_inputs.map(toStruct);
   if (spec.module_options) out.module_options = toStruct(spec.module_options);
   if (spec.fallback && spec.fallback.static_outputs) {
     out.fallback = { ...spec.fallback, static_outputs: toStruct(spec.fallback.static_outputs) };
@@ -149,7 +150,12 @@ function specToProto(spec) {
 
 function specFromProto(spec) {
   if (!spec) return spec;
-  const out = { ...spec, demos: (spec.demos || []).map(fromStruct), module_options: fromStruct(spec.module_options) };
+  const out = {
+    ...spec,
+    demos: (spec.demos || []).map(fromStruct),
+    warmup_inputs: (spec.warmup_inputs || []).map(fromStruct),
+    module_options: fromStruct(spec.module_options),
+  };
   if (spec.fallback) out.fallback = { ...spec.fallback, static_outputs: fromStruct(spec.fallback.static_outputs) };
   return out;
 }

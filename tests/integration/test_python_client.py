@@ -61,6 +61,17 @@ async def test_async_execute_and_register_are_idempotent(server):
     assert result.outputs["answer"] and status.serving and len(status.workers) == 1
 
 
+async def test_register_with_warmup_inputs_and_bad_ones_rejected(server):
+    """Warm-up inputs travel in the spec; ones that do not fit the program are INVALID_ARGUMENT."""
+    _, target = server
+    async with AsyncClient(target, default_timeout=20) as client:
+        program = await client.register_program("warm", "question -> answer", warmup_inputs=[{"question": "warm-up"}])
+        with pytest.raises(InvalidArgument) as raised:
+            await client.register_program("warm-bad", "question -> answer", warmup_inputs=[{"query": "x"}])
+    assert [dict(inputs) for inputs in program.raw.spec.warmup_inputs] == [{"question": "warm-up"}]
+    assert "warmup_inputs[0]: inputs missing" in str(raised.value)
+
+
 async def test_integral_numbers_come_back_as_int(server):
     """Struct numbers are doubles; the client turns integral ones back into int."""
     _, target = server

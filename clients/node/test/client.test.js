@@ -112,8 +112,10 @@ test('registers a program and executes it', async () => {
     signature: 'context: list[str], question -> answer, confidence: float',
     module: 'predict',
     demos: [{ context: ['c'], question: 'q', answer: 'a', confidence: 0.5 }],
+    warmup_inputs: [{ context: ['warm'], question: 'warm-up' }],
   });
   assert.ok(program.version >= 1);
+  assert.deepEqual(program.spec.warmup_inputs, [{ context: ['warm'], question: 'warm-up' }]);
   assert.deepEqual(program.input_names, ['context', 'question']);
   assert.deepEqual(program.output_names, ['answer', 'confidence']);
   assert.deepEqual(program.spec.demos, [{ context: ['c'], question: 'q', answer: 'a', confidence: 0.5 }]);
@@ -123,6 +125,7 @@ test('registers a program and executes it', async () => {
     signature: 'context: list[str], question -> answer, confidence: float',
     module: 'predict',
     demos: [{ context: ['c'], question: 'q', answer: 'a', confidence: 0.5 }],
+    warmup_inputs: [{ context: ['warm'], question: 'warm-up' }],
   });
   assert.equal(again.version, program.version, 'identical content returns the existing version');
   assert.equal(again.created, false);

@@ -90,10 +90,11 @@ class Client:
                          demos: list[Mapping[str, Any]] | None = None, fallback: Fallback | Mapping[str, Any] | None = None,
                          input_fields: list[Field] | None = None, output_fields: list[Field] | None = None,
                          state_json: str = "", module_options: Mapping[str, Any] | None = None, description: str = "",
-                         timeout: float | None = None) -> ProgramInfo:
+                         warmup_inputs: list[Mapping[str, Any]] | None = None, timeout: float | None = None) -> ProgramInfo:
         spec = convert.program_spec(name, signature, module, instructions=instructions, demos=demos, fallback=fallback,
                                     input_fields=input_fields, output_fields=output_fields, state_json=state_json,
-                                    module_options=module_options, description=description)
+                                    module_options=module_options, description=description,
+                                    warmup_inputs=warmup_inputs)
         return ProgramInfo.from_proto(self._invoke(self._stub.RegisterProgram, pb.RegisterProgramRequest(spec=spec), timeout))
 
     def get_program(self, name: str, version: int = 0, *, timeout: float | None = None) -> ProgramInfo:

@@ -241,7 +241,8 @@ def fallback_to_proto(fallback: Fallback | Mapping[str, Any] | None) -> pb.Fallb
 def program_spec(name: str, signature: str = "", module: str = "predict", *, instructions: str = "",
                  demos: list[Mapping[str, Any]] | None = None, fallback: Fallback | Mapping[str, Any] | None = None,
                  input_fields: list[Field] | None = None, output_fields: list[Field] | None = None,
-                 state_json: str = "", module_options: Mapping[str, Any] | None = None, description: str = "") -> pb.ProgramSpec:
+                 state_json: str = "", module_options: Mapping[str, Any] | None = None, description: str = "",
+                 warmup_inputs: list[Mapping[str, Any]] | None = None) -> pb.ProgramSpec:
     spec = pb.ProgramSpec(name=name, signature=signature, module=module, instructions=instructions,
                           state_json=state_json, description=description)
     for item in input_fields or ():
@@ -250,6 +251,8 @@ def program_spec(name: str, signature: str = "", module: str = "predict", *, ins
         spec.output_fields.add(name=item.name, type=item.type, description=item.description)
     for demo in demos or ():
         to_struct(demo, spec.demos.add())
+    for inputs in warmup_inputs or ():
+        to_struct(inputs, spec.warmup_inputs.add())
     if module_options:
         to_struct(module_options, spec.module_options)
     fallback_message = fallback_to_proto(fallback)
