@@ -169,7 +169,7 @@ class WorkerPool:
         if not programs or handle.state is not WorkerState.READY:
             return
         handle.begin_warmup()
-        report = await warm_worker(handle, programs, settings)
+        report = await warm_worker(handle, programs, settings, self.settings.worker_concurrency)
         handle.end_warmup()
         self.warmup_calls += report.calls
         self.warmup_failures += report.failures

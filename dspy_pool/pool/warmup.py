@@ -84,8 +84,12 @@ class _Pending:
 _MAX_REPORTED_ERRORS = 3
 
 
-async def warm_worker(handle, programs: list[WarmupProgram], settings: WarmupSettings) -> WarmupReport:
-    """Build `programs` on the worker behind `handle`, then run their warm-up calls; never raises."""
+async def warm_worker(handle, programs: list[WarmupProgram], settings: WarmupSettings, max_concurrent: int) -> WarmupReport:
+    """Build `programs` on the worker behind `handle`, then run their warm-up calls; never raises.
+
+    At most `max_concurrent` warm-up calls run at once (the worker's
+    concurrency), as the dispatcher would allow; builds are local and quick.
+    """
     report = WarmupReport()
     started = time.monotonic()
     deadline = asyncio.get_running_loop().time() + settings.timeout_s
@@ -96,18 +100,20 @@ async def warm_worker(handle, programs: list[WarmupProgram], settings: WarmupSet
         if ok:
             handle.loaded_programs.add(program.key)
     report.programs = sum(built)
-    if settings.mode == "calls" and not report.timed_out:
-        calls = [
-            _send(handle, _call_request(program.key, inputs, deadline), deadline)
-            for program, ok in zip(programs, built) if ok
-            for inputs in program.calls
-        ]
-        report.calls = sum(await _settle(handle, calls, deadline, report))
+    if settings.mode == "calls":
+        calls = [_call_request(program.key, inputs) for program, ok in zip(programs, built) if ok for inputs in program.calls]
+        batch = max(1, max_concurrent)
+        for start in range(0, len(calls), batch):
+            if report.timed_out:
+                _fail(report, f"{len(calls) - start} warm-up calls not started: timed out")
+                break
+            sent = [_send(handle, request, deadline) for request in calls[start:start + batch]]
+            report.calls += sum(await _settle(handle, sent, deadline, report))
     report.duration_ms = (time.monotonic() - started) * 1000.0
     return report
 
 
-def _call_request(key: str, inputs: struct_pb2.Struct, deadline: float) -> wire.WorkRequest:
+def _call_request(key: str, inputs: struct_pb2.Struct) -> wire.WorkRequest:
     request = wire.WorkRequest(program_key=key, request_id="warm-up")
     request.inputs.CopyFrom(inputs)
     return request
