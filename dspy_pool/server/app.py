@@ -21,9 +21,9 @@ from prometheus_client import CollectorRegistry
 from dspy_pool.internal import worker_pb2 as wire
 from dspy_pool.pool.controller import Controller, RecycleConfig
 from dspy_pool.pool.metrics import PoolMetrics
-from dspy_pool.pool.warmup import WarmupSettings
 from dspy_pool.pool.scaler import ScalerConfig
 from dspy_pool.pool.supervisor import PoolSettings, WorkerPool
+from dspy_pool.pool.warmup import WarmupSettings
 from dspy_pool.server.config import ServerConfig, public_view, worker_bounds
 from dspy_pool.server.handlers import add_service
 from dspy_pool.server.metrics_http import MetricsInterceptor, PoolExporter, start_metrics_server, stop_metrics_server
