@@ -148,15 +148,13 @@ async def test_queueing_wakes_the_controller_before_its_next_tick(pool):
         async with running(controller):
             await eventually(lambda: controller.last_snapshot is not None, timeout_s=5)  # the first tick, before load
             load = asyncio.ensure_future(drive(pool, metrics, clients=12, seconds=0.5, calls_each=1))
-            started = time.monotonic()
+            # Well inside the 30 s interval: only the wake can have made it tick.
             await eventually(lambda: pool.target_workers >= 3, timeout_s=5)
-            grew_after_s = time.monotonic() - started
             results = await load
     finally:
         pool.dispatcher.on_backlog = None
         pool.resize(1)
     assert all(r is None for r in results), results
-    assert grew_after_s < 1.0
     assert controller.scale_ups == 1
 
 
