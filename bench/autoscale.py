@@ -21,43 +21,13 @@ import time
 
 import grpc
 
+from closed_loop import closed_loop, percentile_ms
+
 from dspy_pool import logs
 from dspy_pool.server.app import App
 from dspy_pool.server.config import ServerConfig
 from dspy_pool.v1 import dspy_pool_pb2 as pb
 from dspy_pool.v1 import dspy_pool_pb2_grpc as pb_grpc
-
-
-def percentile(sorted_values: list[float], q: float) -> float:
-    if not sorted_values:
-        return float("nan")
-    return sorted_values[min(len(sorted_values) - 1, max(0, math.ceil(q * len(sorted_values)) - 1))]
-
-
-async def drive(stub, in_flight: int, seconds: float) -> tuple[list[float], list[float], int]:
-    """`in_flight` closed-loop clients for `seconds`: sorted latencies and queue waits (ms), and the error count."""
-    latencies: list[float] = []
-    queue_waits: list[float] = []
-    errors = 0
-    stop_at = time.monotonic() + seconds
-
-    async def client(number: int) -> None:
-        nonlocal errors
-        call = 0
-        while time.monotonic() < stop_at:
-            request = pb.ExecuteRequest(program="bench")
-            request.inputs.update({"question": f"c{number} q{call}"})
-            call += 1
-            started = time.monotonic()
-            try:
-                response = await stub.Execute(request, timeout=30)
-                latencies.append((time.monotonic() - started) * 1000)
-                queue_waits.append(response.timings.queue_wait_ms)
-            except grpc.aio.AioRpcError:
-                errors += 1
-
-    await asyncio.gather(*(client(n) for n in range(in_flight)))
-    return sorted(latencies), sorted(queue_waits), errors
 
 
 async def run_pool(label: str, args, minimum: int, maximum: int) -> dict:
@@ -85,11 +55,11 @@ async def run_pool(label: str, args, minimum: int, maximum: int) -> dict:
             marks = {}
             for name, load in (("low_1", args.low), ("high", args.high), ("low_2", args.low)):
                 marks[name] = time.monotonic()
-                latencies, queue_waits, errors = await drive(stub, load, args.phase_s)
+                latencies, queue_waits, codes = await closed_loop(stub, load, args.phase_s)
                 phases[name] = {
-                    "calls": len(latencies), "errors": errors,
-                    "p50_ms": round(percentile(latencies, 0.5), 1), "p99_ms": round(percentile(latencies, 0.99), 1),
-                    "queue_wait_p99_ms": round(percentile(queue_waits, 0.99), 1),
+                    "calls": len(latencies), "errors": sum(codes.values()),
+                    "p50_ms": percentile_ms(latencies, 50), "p99_ms": percentile_ms(latencies, 99),
+                    "queue_wait_p99_ms": percentile_ms(queue_waits, 99),
                 }
             marks["end"] = time.monotonic()
     finally:

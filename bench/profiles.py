@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import collections
 import json
 import time
 
 import grpc
 import psutil
 
-from load_stats import percentile
+from closed_loop import closed_loop, percentile_ms
 
 from dspy_pool import logs
 from dspy_pool.server.app import App
@@ -44,33 +43,6 @@ def worker_memory_mb(app: App) -> dict:
     return {"rss_mb": round(rss, 1), "uss_mb": round(uss, 1)}
 
 
-async def closed_loop(stub, in_flight: int, seconds: float) -> tuple[list[float], list[float], collections.Counter]:
-    """`in_flight` clients calling back to back for `seconds`: latencies, queue waits (ms), error codes."""
-    latencies: list[float] = []
-    queue_waits: list[float] = []
-    codes: collections.Counter = collections.Counter()
-    stop_at = time.monotonic() + seconds
-
-    async def client(number: int) -> None:
-        call = 0
-        while time.monotonic() < stop_at:
-            request = pb.ExecuteRequest(program="bench")
-            request.inputs.update({"question": f"c{number} q{call}"})
-            call += 1
-            started = time.monotonic()
-            try:
-                response = await stub.Execute(request, timeout=30)
-            except grpc.aio.AioRpcError as error:
-                codes[error.code().name] += 1
-                await asyncio.sleep(0.01)  # a refused call comes back at once; do not spin on it
-                continue
-            latencies.append((time.monotonic() - started) * 1000)
-            queue_waits.append(response.timings.queue_wait_ms)
-
-    await asyncio.gather(*(client(n) for n in range(in_flight)))
-    return sorted(latencies), sorted(queue_waits), codes
-
-
 async def measure(profile: str, args) -> dict:
     flags = {"listen": "127.0.0.1:0", "lm": "sim", "sim_latency": f"fixed:{args.latency_ms}", "log_level": "warning"}
     config = from_sources(load_profile(profile), {}, flags)
@@ -85,7 +57,7 @@ async def measure(profile: str, args) -> dict:
         async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
             stub = pb_grpc.DSPyPoolStub(channel)
             await stub.RegisterProgram(pb.RegisterProgramRequest(spec=pb.ProgramSpec(name="bench", signature="question -> answer")))
-            load = asyncio.ensure_future(closed_loop(stub, args.in_flight, args.seconds))
+            load = asyncio.ensure_future(closed_loop(stub, args.in_flight, args.seconds, error_pause_s=0.01))
             while not load.done():
                 peak_workers = max(peak_workers, len(app.pool.handles()))
                 await asyncio.wait([load], timeout=0.1)
@@ -101,9 +73,9 @@ async def measure(profile: str, args) -> dict:
         "worker_concurrency": config.worker_concurrency,
         "idle_workers_memory": idle,
         "calls_per_s": round(len(latencies) / args.seconds, 1),
-        "p50_ms": round(percentile(latencies, 50), 1) if latencies else None,
-        "p99_ms": round(percentile(latencies, 99), 1) if latencies else None,
-        "queue_wait_p99_ms": round(percentile(queue_waits, 99), 1) if queue_waits else None,
+        "p50_ms": percentile_ms(latencies, 50),
+        "p99_ms": percentile_ms(latencies, 99),
+        "queue_wait_p99_ms": percentile_ms(queue_waits, 99),
         "errors": dict(codes),
         "peak_workers": peak_workers,
         "loaded_workers_memory": loaded,
