@@ -27,8 +27,12 @@ class ErrorKind(str, enum.Enum):
     LM_TIMEOUT = "lm_timeout"
     LM_CONNECTION = "lm_connection"
     LM_MALFORMED_OUTPUT = "lm_malformed_output"
+    LM_AUTH = "lm_auth"  # the provider refused the operator's key or configuration: never retried
+    LM_BAD_REQUEST = "lm_bad_request"  # the provider refused this request (context window, bad params)
     PROGRAM_ERROR = "program_error"
     PROGRAM_NOT_LOADED = "program_not_loaded"
+    PROGRAM_QUARANTINED = "program_quarantined"  # its build or warm-up kept failing; fix and re-register
+    FAILED_PRECONDITION = "failed_precondition"
     INTERNAL = "internal"
 
 
@@ -47,8 +51,12 @@ _STATUS_BY_KIND: dict[ErrorKind, grpc.StatusCode] = {
     ErrorKind.LM_TIMEOUT: grpc.StatusCode.DEADLINE_EXCEEDED,
     ErrorKind.LM_CONNECTION: grpc.StatusCode.UNAVAILABLE,
     ErrorKind.LM_MALFORMED_OUTPUT: grpc.StatusCode.INTERNAL,
+    ErrorKind.LM_AUTH: grpc.StatusCode.FAILED_PRECONDITION,
+    ErrorKind.LM_BAD_REQUEST: grpc.StatusCode.INVALID_ARGUMENT,
     ErrorKind.PROGRAM_ERROR: grpc.StatusCode.INTERNAL,
     ErrorKind.PROGRAM_NOT_LOADED: grpc.StatusCode.INTERNAL,
+    ErrorKind.PROGRAM_QUARANTINED: grpc.StatusCode.FAILED_PRECONDITION,
+    ErrorKind.FAILED_PRECONDITION: grpc.StatusCode.FAILED_PRECONDITION,
     ErrorKind.INTERNAL: grpc.StatusCode.INTERNAL,
 }
 
