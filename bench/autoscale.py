@@ -43,7 +43,7 @@ async def run_pool(label: str, args, minimum: int, maximum: int) -> dict:
 
     async def sample() -> None:
         while sampling:
-            sizes.append((time.monotonic(), len(app.pool.handles())))
+            sizes.append((time.monotonic(), len(app.pool.worker_pool.handles())))
             await asyncio.sleep(0.1)
 
     sampler = asyncio.ensure_future(sample())
@@ -65,7 +65,7 @@ async def run_pool(label: str, args, minimum: int, maximum: int) -> dict:
     finally:
         sampling = False
         await sampler
-        scale_events = app.controller.scale_events
+        scale_events = app.pool.scale_counts()[0]
         await app.stop(grace_s=2.0)
     needed = min(maximum, math.ceil(args.high / args.concurrency))
     reached = next((t for t, n in sizes if t >= marks["high"] and n >= needed), None)

@@ -79,7 +79,7 @@ async def one_run(args) -> dict:
             await load(stub, min(200, args.calls), args.in_flight)  # warm-up
             elapsed, latencies, errors = await load(stub, args.calls, args.in_flight)
         latencies.sort()
-        workers = [psutil.Process(h.pid) for h in app.pool.handles()]
+        workers = [psutil.Process(h.pid) for h in app.pool.worker_pool.handles()]
         memory = [w.memory_full_info() for w in workers]
         return {
             "time_to_serving_s": serving_s,

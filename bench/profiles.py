@@ -34,7 +34,7 @@ MB = 2**20
 
 def worker_memory_mb(app: App) -> dict:
     rss = uss = 0.0
-    for handle in app.pool.handles():
+    for handle in app.pool.worker_pool.handles():
         try:
             info = psutil.Process(handle.pid).memory_full_info()
         except (psutil.NoSuchProcess, psutil.AccessDenied):
@@ -50,16 +50,16 @@ async def measure(profile: str, args) -> dict:
     started = time.monotonic()
     await app.start()
     start_s = time.monotonic() - started
-    peak_workers = len(app.pool.handles())
+    peak_workers = len(app.pool.worker_pool.handles())
     try:
         idle = worker_memory_mb(app)
-        workers_at_start = len(app.pool.handles())
+        workers_at_start = len(app.pool.worker_pool.handles())
         async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
             stub = pb_grpc.DSPyPoolStub(channel)
             await stub.RegisterProgram(pb.RegisterProgramRequest(spec=pb.ProgramSpec(name="bench", signature="question -> answer")))
             load = asyncio.ensure_future(closed_loop(stub, args.in_flight, args.seconds, error_pause_s=0.01))
             while not load.done():
-                peak_workers = max(peak_workers, len(app.pool.handles()))
+                peak_workers = max(peak_workers, len(app.pool.worker_pool.handles()))
                 await asyncio.wait([load], timeout=0.1)
             latencies, queue_waits, codes = load.result()
         loaded = worker_memory_mb(app)

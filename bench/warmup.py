@@ -36,7 +36,7 @@ PROGRAM = "warm_cot"
 async def joining_worker(app: App) -> tuple[object, float]:
     """Add one worker; return it once it takes traffic (booted and warmed up), and the seconds that took."""
     started = time.monotonic()
-    handle = await app.pool.spawn(extra=True)  # beside the target, as a recycle's replacement joins
+    handle = await app.pool.worker_pool.spawn(extra=True)  # beside the target, as a recycle's replacement joins
     assert handle is not None and handle.state.value == "ready", "the joining worker did not come up"
     return handle, time.monotonic() - started
 
@@ -46,9 +46,9 @@ async def call_on(app: App, handle, question: str) -> float:
     entry = app.service.registry.get(PROGRAM)
     request = wire.WorkRequest(program_key=entry.key)
     request.inputs.update({"question": question})
-    job = Job(entry.key, entry.spec_bytes, request, asyncio.get_running_loop().time() + 30.0, affinity=handle.worker_id)
+    job = Job(entry.key, entry.ref.spec, request, asyncio.get_running_loop().time() + 30.0, affinity=handle.worker_id)
     started = time.perf_counter()
-    _, served_by = await app.pool.dispatcher.run(job)
+    _, served_by = await app.pool.worker_pool.dispatcher.run(job)
     assert served_by is handle, "the pinned call ran elsewhere"
     return (time.perf_counter() - started) * 1000.0
 

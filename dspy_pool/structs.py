@@ -77,3 +77,29 @@ def struct_depth(message: struct_pb2.Struct | struct_pb2.ListValue, limit: int) 
             if isinstance(item, (struct_pb2.Struct, struct_pb2.ListValue)):
                 stack.append((item, depth + 1))
     return deepest
+
+
+def check_struct(message: struct_pb2.Struct | struct_pb2.ListValue, max_depth: int, where: str) -> None:
+    """Raise ValueError naming the first Value with no kind set, or nesting past `max_depth`.
+
+    Reads the raw Value messages: converting to Python (`.items()`) is what
+    raises protobuf's bare "Value not set", with no hint of where.
+    """
+    stack: list[tuple[Any, int, str]] = [(message, 1, where)]
+    while stack:
+        node, depth, path = stack.pop()
+        if depth > max_depth:
+            raise ValueError(f"{path}: nested deeper than {max_depth} levels")
+        children = (
+            ((f"{path}.{key}", value) for key, value in node.fields.items())
+            if isinstance(node, struct_pb2.Struct)
+            else ((f"{path}[{index}]", value) for index, value in enumerate(node.values))
+        )
+        for child_path, value in children:
+            kind = value.WhichOneof("kind")
+            if kind is None:
+                raise ValueError(f"{child_path}: value has no kind set (null, number, string, bool, struct or list)")
+            if kind == "struct_value":
+                stack.append((value.struct_value, depth + 1, child_path))
+            elif kind == "list_value":
+                stack.append((value.list_value, depth + 1, child_path))

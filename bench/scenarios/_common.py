@@ -26,11 +26,11 @@ def rss_mb(pid: int) -> float | None:
 
 
 def worker_pids(app) -> list[int]:
-    return [h.pid for h in app.pool.handles() if h.pid]
+    return [h.pid for h in app.pool.worker_pool.handles() if h.pid]
 
 
 def ready_workers(app) -> list:
-    return [h for h in app.pool.handles() if getattr(h.state, "value", h.state) == "ready"]
+    return [h for h in app.pool.worker_pool.handles() if getattr(h.state, "value", h.state) == "ready"]
 
 
 def emit(report: dict) -> None:

@@ -93,7 +93,7 @@ async def main() -> None:
         merged = await running
         breakers = [{"state": str(s.state), "opened_total": s.opened_total}
                     for s in app.service.resilient.breakers.snapshots().values()] if hasattr(app, "service") else []
-        restarts = app.pool.restarts
+        restarts = app.pool.worker_pool.restarts
     finally:
         await app.stop(grace_s=1.0)
 

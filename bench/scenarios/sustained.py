@@ -68,7 +68,7 @@ async def main() -> None:
                             "workers_total": sum(workers) if workers else None, "worker_max": max(workers) if workers else None})
             await asyncio.wait({running}, timeout=args.interval)
         merged = running.result()
-        status_restarts = app.pool.restarts
+        status_restarts = app.pool.worker_pool.restarts
     finally:
         await app.stop(grace_s=1.0)
     front_growth = growth(samples, "front", args.warmup)

@@ -128,6 +128,7 @@ class Controller:
         *,
         fixed_size: int | None = None,
         recycle: RecycleConfig = RecycleConfig(),
+        observers: Iterable[Callable[[PoolSnapshot], None]] = (),
         wake_settle_s: float = 0.02,
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
@@ -151,7 +152,7 @@ class Controller:
         self.recycled = 0
         self.recycled_by_reason: dict[str, int] = {}
         self.recycle_failures = 0
-        self.observers: list[Callable[[PoolSnapshot], None]] = []
+        self.observers: tuple[Callable[[PoolSnapshot], None], ...] = tuple(observers)
         self._clock = clock
         self._rng = rng or random.Random()
         self._limits: dict[int, int] = {}

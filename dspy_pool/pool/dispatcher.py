@@ -20,7 +20,7 @@ import asyncio
 import collections
 import enum
 import time
-from typing import Callable, Iterable
+from typing import Any, Callable, Iterable
 
 from dspy_pool import errors
 from dspy_pool.internal import worker_pb2 as wire
@@ -82,7 +82,7 @@ class Job:
 
 
 class Dispatcher:
-    def __init__(self, max_queue: int, worker_concurrency: int) -> None:
+    def __init__(self, max_queue: int, worker_concurrency: int, *, metrics: Any = None, on_backlog: Callable[[], None] | None = None) -> None:
         self.max_queue = max_queue
         self.worker_concurrency = worker_concurrency
         self.workers: dict[int, WorkerHandle] = {}
@@ -93,10 +93,10 @@ class Dispatcher:
         self.failed = 0
         self.rejected = 0
         self.expired_in_queue = 0
-        self.metrics = None  # PoolMetrics, set by the app; fed here because every call passes here
+        self.metrics = metrics  # PoolMetrics; fed here because every call passes here
         # Called when a call queues behind busy workers with the queue empty
         # before: the controller wakes now instead of at its next tick.
-        self.on_backlog: Callable[[], None] | None = None
+        self.on_backlog = on_backlog
         self._activity = asyncio.Event()  # set whenever a call finishes, a slot frees or a worker leaves
 
     # -- workers ------------------------------------------------------------

@@ -14,7 +14,7 @@ import asyncio
 import itertools
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import structlog
 
@@ -47,10 +47,19 @@ class PoolSettings:
 
 
 class WorkerPool:
-    def __init__(self, settings: PoolSettings, zygote_config: wire.ZygoteConfig, on_health_change: Callable[[bool], None] | None = None) -> None:
+    def __init__(
+        self,
+        settings: PoolSettings,
+        zygote_config: wire.ZygoteConfig,
+        on_health_change: Callable[[bool], None] | None = None,
+        *,
+        warmup_source: Callable[[], list[WarmupProgram]] | None = None,
+        metrics: Any = None,
+        on_backlog: Callable[[], None] | None = None,
+    ) -> None:
         self.settings = settings
         self.zygote_config = zygote_config
-        self.dispatcher = Dispatcher(settings.max_queue, settings.worker_concurrency)
+        self.dispatcher = Dispatcher(settings.max_queue, settings.worker_concurrency, metrics=metrics, on_backlog=on_backlog)
         self.zygote = ZygoteClient(self._on_worker_exit, self._on_zygote_lost)
         self.target_workers = settings.workers
         self.crash_looping = False
@@ -65,8 +74,8 @@ class WorkerPool:
         self._on_health_change = on_health_change or (lambda healthy: None)
         self._settled = asyncio.Event()  # set once the pool is healthy or crash-looping
         self._all_stopped = asyncio.Event()  # set when the last worker is gone (what stop() waits for)
-        # What a new worker warms up with (the registered programs); set by the app.
-        self.warmup_source: Callable[[], list[WarmupProgram]] | None = None
+        # What a new worker warms up with (the registered programs).
+        self.warmup_source = warmup_source
         self.warmup_calls = 0
         self.warmup_failures = 0
 

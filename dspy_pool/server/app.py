@@ -19,16 +19,18 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry
 
 from dspy_pool.internal import worker_pb2 as wire
-from dspy_pool.pool.controller import Controller, RecycleConfig
+from dspy_pool.pool.api import Pool, ScalingSettings
+from dspy_pool.pool.controller import RecycleConfig
 from dspy_pool.pool.metrics import PoolMetrics
 from dspy_pool.pool.scaler import ScalerConfig
-from dspy_pool.pool.supervisor import PoolSettings, WorkerPool
+from dspy_pool.pool.supervisor import PoolSettings
 from dspy_pool.pool.warmup import WarmupSettings
+from dspy_pool.server.breaker import AsyncBreakerGuard, BreakerRegistry
 from dspy_pool.server.config import ServerConfig, public_view, worker_bounds
 from dspy_pool.server.handlers import add_service
 from dspy_pool.server.metrics_http import MetricsInterceptor, PoolExporter, start_metrics_server, stop_metrics_server
 from dspy_pool.server.registry import ProgramRegistry
-from dspy_pool.server.service import DSPyPoolService
+from dspy_pool.server.service import DSPyPoolService, breaker_config, warmup_programs
 from dspy_pool.server.sessions import SessionStore
 from dspy_pool.simlm.process import SimLMProcess, start_sim_lm
 from dspy_pool.v1 import dspy_pool_pb2 as pb
@@ -64,6 +66,27 @@ def scaler_config(config: ServerConfig) -> ScalerConfig:
     )
 
 
+def scaling_settings(config: ServerConfig) -> ScalingSettings:
+    recycle = RecycleConfig(config.recycle_max_requests, config.recycle_max_requests_jitter, config.recycle_max_rss_bytes, config.recycle_max_age_s)
+    return ScalingSettings(scaler_config(config), config.controller_interval_s, config.fixed_workers or None, recycle)
+
+
+def grpc_options(config: ServerConfig) -> list[tuple[str, int]]:
+    # grpc core queues calls the application has not picked up yet and, past
+    # 1,000 (3,000 hard), cancels them before our own queue bound can answer
+    # RESOURCE_EXHAUSTED with a retry hint. Let our queue govern: lift core's
+    # limits well past what max_queue plus every worker slot can hold.
+    _, _, maximum = worker_bounds(config)
+    pending = max(10_000, 4 * (config.max_queue + maximum * config.worker_concurrency))
+    return [
+        ("grpc.max_receive_message_length", config.max_message_bytes * 2),
+        ("grpc.max_send_message_length", config.max_message_bytes * 2),
+        ("grpc.so_reuseport", 0),
+        ("grpc.server.max_pending_requests", pending),
+        ("grpc.server.max_pending_requests_hard_limit", pending * 2),
+    ]
+
+
 def pool_settings(config: ServerConfig) -> PoolSettings:
     initial, minimum, _ = worker_bounds(config)
     return PoolSettings(
@@ -78,14 +101,13 @@ class App:
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
         self.sim: SimLMProcess | None = None
-        self.pool: WorkerPool | None = None
+        self.pool: Pool | None = None
         self.server: grpc.aio.Server | None = None
         self.health: health.aio.HealthServicer | None = None
         self.port = 0
         self._stopped = asyncio.Event()
         self._stopping = False
         self._background: list[asyncio.Task] = []
-        self.controller: Controller | None = None
         # Worker CPU is read from /proc per worker: every few seconds is plenty for a gauge.
         self.metrics = PoolMetrics(target_queue_wait_s=config.target_queue_wait_s, cpu_interval_s=WORKER_CPU_SAMPLE_S)
         self.registry = CollectorRegistry()
@@ -98,19 +120,19 @@ class App:
         if self.config.lm == SIM_LM:
             self.sim = await start_sim_lm("--latency", self.config.sim_latency)
             log.info("sim_lm_started", port=self.sim.port, latency=self.config.sim_latency)
-        self.pool = WorkerPool(pool_settings(self.config), zygote_config(self.config, self.sim), self._on_health_change)
-        self.pool.dispatcher.metrics = self.metrics
-        await self.pool.launch_zygote()  # exec'd before any gRPC object exists; it imports while we set up
-        self.health = health.aio.HealthServicer()
-        self.server = grpc.aio.server(interceptors=[MetricsInterceptor(self.registry)], options=[
-            ("grpc.max_receive_message_length", self.config.max_message_bytes * 2),
-            ("grpc.max_send_message_length", self.config.max_message_bytes * 2),
-            ("grpc.so_reuseport", 0),
-        ])
         registry = ProgramRegistry(self.config.max_programs)
+        breakers = AsyncBreakerGuard(BreakerRegistry(breaker_config(self.config)))
         self.sessions = SessionStore(self.config.max_sessions, self.config.session_ttl_s, self.config.session_max_turns)
-        self.service = DSPyPoolService(self.config, self.pool, registry, self.sessions)
-        self.pool.warmup_source = self.service.warmup_programs
+        exporter = PoolExporter(self.registry, self.metrics, breakers=breakers, scale_counts=lambda: pool.scale_counts())
+        pool = self.pool = Pool(
+            pool_settings(self.config), zygote_config(self.config, self.sim), scaling_settings(self.config), self.metrics,
+            warmup_source=lambda: warmup_programs(registry, breakers), on_health_change=self._on_health_change,
+            observers=(exporter.observe,) if self.config.metrics_port >= 0 else (),
+        )
+        await pool.launch()  # exec'd before any gRPC object exists; it imports while we set up
+        self.health = health.aio.HealthServicer()
+        self.server = grpc.aio.server(interceptors=[MetricsInterceptor(self.registry)], options=grpc_options(self.config))
+        self.service = DSPyPoolService(self.config, pool, registry, self.sessions, breakers)
         add_service(self.service, self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection((SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), self.server)
@@ -120,29 +142,17 @@ class App:
             raise RuntimeError(f"cannot listen on {self.config.listen}")
         await self.server.start()
         try:
-            await self.pool.start_workers()
+            await pool.start()
         except BaseException:
             await self.stop()
             raise
-        await self._set_health(self.pool.healthy)
+        await self._set_health(pool.healthy)
         self._background.append(asyncio.get_running_loop().create_task(self._sweep_sessions()))
-        self._start_controller()
+        if self.config.metrics_port >= 0:
+            self.metrics_server, self.metrics_port = start_metrics_server(self.config.metrics_port, self.registry, self.config.metrics_addr)
+            log.info("metrics_serving", addr=self.config.metrics_addr, port=self.metrics_port)
         log.info("server_serving", listen=self.config.listen, port=self.port, workers=self.config.workers)
         return self.port
-
-    def _start_controller(self) -> None:
-        config = self.config
-        recycle = RecycleConfig(config.recycle_max_requests, config.recycle_max_requests_jitter, config.recycle_max_rss_bytes, config.recycle_max_age_s)
-        self.controller = Controller(self.pool, self.metrics, scaler_config(config), config.controller_interval_s,
-                                     fixed_size=config.fixed_workers or None, recycle=recycle)
-        self.pool.dispatcher.on_backlog = self.controller.wake
-        self.controller.start()
-        self.service.controller = self.controller
-        if config.metrics_port >= 0:
-            exporter = PoolExporter(self.registry, self.metrics, controller=self.controller, breakers=self.service.resilient.breakers)
-            self.controller.observers.append(exporter.observe)
-            self.metrics_server, self.metrics_port = start_metrics_server(config.metrics_port, self.registry, config.metrics_addr)
-            log.info("metrics_serving", addr=config.metrics_addr, port=self.metrics_port)
 
     def _on_health_change(self, healthy: bool) -> None:
         if not self._stopping:
@@ -169,14 +179,13 @@ class App:
         grace = self.config.drain_grace_s if grace_s is None else grace_s
         log.info("server_draining", grace_s=grace)
         await self._set_health(False)
-        if self.controller is not None:
-            await self.controller.stop()
         for task in self._background:
             task.cancel()
         if self.pool is not None:
             drained = await self.pool.drain(grace)
             if not drained:
-                log.warning("drain_incomplete", queued=self.pool.dispatcher.queue_depth, in_flight=self.pool.dispatcher.in_flight)
+                view = self.pool.view()
+                log.warning("drain_incomplete", queued=view.queue_depth, in_flight=view.in_flight)
         if self.server is not None:
             await self.server.stop(1.0)
         if self.pool is not None:

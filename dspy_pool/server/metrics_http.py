@@ -177,15 +177,17 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
 class PoolExporter(Collector):
     """Pool metrics for Prometheus, refreshed on the event loop, read by the scrape thread.
 
-    Wire it as a controller observer: `controller.observers.append(exporter.observe)`.
-    `controller` (scale events, recycled workers) and `breakers` (anything with
-    `snapshots() -> {key: BreakerSnapshot}`, key with .program and .lm_endpoint)
-    are optional.
+    Pass `observe` to the pool as an observer of the controller's ticks.
+    `scale_counts` (a callable returning scale events by direction and
+    recycled workers by reason) and `breakers` (anything with
+    `snapshots() -> {key: BreakerSnapshot}`, key with .program and
+    .lm_endpoint) are optional.
     """
 
-    def __init__(self, registry: CollectorRegistry, metrics: PoolMetrics, *, controller: Any = None, breakers: Any = None) -> None:
+    def __init__(self, registry: CollectorRegistry, metrics: PoolMetrics, *,
+                 scale_counts: Callable[[], tuple[dict[str, int], dict[str, int]]] | None = None, breakers: Any = None) -> None:
         self.metrics = metrics
-        self.controller = controller
+        self.scale_counts = scale_counts
         self.breakers = breakers
         self._lock = threading.Lock()
         self._published: tuple[PoolSnapshot | None, WaitHistogram, dict[str, int], dict[str, int], tuple] = (
@@ -194,9 +196,7 @@ class PoolExporter(Collector):
 
     def observe(self, snapshot: PoolSnapshot) -> None:
         """Publish `snapshot` and copies of the counters; call on the event loop."""
-        controller = self.controller
-        scale_events = dict(controller.scale_events) if controller is not None else {}
-        recycled = dict(controller.recycled_by_reason) if controller is not None else {}
+        scale_events, recycled = self.scale_counts() if self.scale_counts is not None else ({}, {})
         breakers: tuple = ()
         if self.breakers is not None:
             breakers = tuple(

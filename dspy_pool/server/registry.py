@@ -17,6 +17,7 @@ from typing import Iterable
 from google.protobuf import timestamp_pb2
 
 from dspy_pool.errors import InvalidArgument, NotFound, ResourceExhausted
+from dspy_pool.pool.api import ProgramRef
 from dspy_pool.v1 import dspy_pool_pb2 as pb
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_.\-]{1,128}")
@@ -30,17 +31,30 @@ HISTORY_INPUT = "history"  # filled from the session; never required from the ca
 @dataclass
 class ProgramVersion:
     program: pb.Program
-    spec_bytes: bytes
-    key: str
+    ref: ProgramRef  # what the pool builds and runs
     takes_history: bool
 
     @property
     def input_names(self) -> list[str]:
         return list(self.program.input_names)
 
+    @property
+    def name(self) -> str:
+        return self.program.spec.name
+
+    @property
+    def key(self) -> str:
+        return self.ref.key
+
 
 def content_hash(spec: pb.ProgramSpec) -> str:
     return hashlib.sha256(spec.SerializeToString(deterministic=True)).hexdigest()
+
+
+def program_ref(spec: pb.ProgramSpec) -> ProgramRef:
+    """Keyed by content, not version: a worker's cached build is always the program its key names,
+    so validating a spec builds exactly what will run and nothing a later version could collide with."""
+    return ProgramRef(f"{spec.name}#{content_hash(spec)[:16]}", spec.SerializeToString())
 
 
 def check_spec(spec: pb.ProgramSpec, known_kinds: list[str]) -> None:
@@ -65,12 +79,14 @@ def check_spec(spec: pb.ProgramSpec, known_kinds: list[str]) -> None:
         raise InvalidArgument(f"at most {MAX_WARMUP_INPUTS} warmup_inputs, got {len(spec.warmup_inputs)}")
 
 
-def check_inputs(program: str, given: Iterable[str], input_names: list[str]) -> None:
-    """The inputs of one call must name exactly the program's inputs (history aside)."""
+def check_inputs(program: str, given: Iterable[str], input_names: list[str], takes_history: bool) -> None:
+    """The inputs of one call must name exactly the program's inputs; `history` only where the program has one."""
     given, expected = set(given), set(input_names)
     missing = expected - given
     if missing:
         raise InvalidArgument(f"inputs missing for {program!r}: {', '.join(sorted(missing))} (expects {', '.join(input_names)})")
+    if HISTORY_INPUT in given and not takes_history:
+        raise InvalidArgument(f"{program!r} has no history input; send the turns through session_id instead")
     unknown = given - expected - {HISTORY_INPUT}
     if unknown:
         raise InvalidArgument(f"unknown inputs for {program!r}: {', '.join(sorted(unknown))} (expects {', '.join(input_names)})")
@@ -103,7 +119,7 @@ class ProgramRegistry:
             spec=spec, version=version, content_hash=content_hash(spec), created_at=created,
             input_names=input_names, output_names=output_names, created=True,
         )
-        entry = ProgramVersion(program, spec.SerializeToString(), f"{spec.name}@{version}", takes_history)
+        entry = ProgramVersion(program, program_ref(spec), takes_history)
         self._versions.setdefault(spec.name, {})[version] = entry
         return entry
 

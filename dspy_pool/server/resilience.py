@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import random
 import time
 from dataclasses import dataclass
@@ -26,10 +27,12 @@ from dataclasses import dataclass
 import structlog
 
 from dspy_pool import errors, structs
-from dspy_pool.internal import worker_pb2 as wire
-from dspy_pool.pool.handle import WorkerHandle
+from google.protobuf import struct_pb2
+
+from dspy_pool.pool.api import CallResult, LMChoice
 from dspy_pool.server import fallback as fallback_policy
 from dspy_pool.server import retry as retry_policy
+from dspy_pool.server.executor import Served
 from dspy_pool.server.breaker import AsyncBreakerGuard, BreakerConfig, BreakerKey, BreakerRegistry, Outcome
 from dspy_pool.server.fallback import FallbackBudget, FallbackChain, Step
 from dspy_pool.server.registry import ProgramRegistry, ProgramVersion
@@ -55,14 +58,6 @@ class ResilienceSettings:
     fallback_lms: dict[str, str] | None = None  # model -> api_base, from the operator's config
 
 
-@dataclass
-class Served:
-    reply: wire.WorkReply
-    handle: WorkerHandle | None
-    served_by: str = "primary"
-    fallback_reason: str = ""
-
-
 def chain_for(spec: pb.ProgramSpec, default_chain: tuple[str, ...]) -> FallbackChain:
     """The program's own chain, else the server default; raises ValueError when invalid."""
     fb = spec.fallback
@@ -76,12 +71,13 @@ _CRASHES_REMEMBERED = 1024
 
 
 class ResilientExecutor:
-    def __init__(self, executor, registry: ProgramRegistry, settings: ResilienceSettings, lm_endpoint: str) -> None:
+    def __init__(self, executor, registry: ProgramRegistry, settings: ResilienceSettings, lm_endpoint: str,
+                 breakers: AsyncBreakerGuard | None = None) -> None:
         self.executor = executor
         self.registry = registry
         self.settings = settings
         self.lm_endpoint = lm_endpoint
-        self.breakers = AsyncBreakerGuard(BreakerRegistry(settings.breaker))
+        self.breakers = breakers if breakers is not None else AsyncBreakerGuard(BreakerRegistry(settings.breaker))
         self.cache = ResultCache(settings.cache_entries, settings.cache_ttl_s)
         self.retry_budget = retry_policy.RetryBudget(ratio=settings.retry_ratio)
         self.fallback_budget = FallbackBudget(settings.fallback_concurrency)
@@ -127,7 +123,7 @@ class ResilientExecutor:
         try:
             # A half-open probe asks "is the LM back?" once; retrying it would multiply load on a sick provider.
             attempts = 1 if permit.probe else self.settings.max_attempts
-            reply, handle = await self._primary_with_retries(program, request, request_id, deadline, attempts)
+            served = await self._primary_with_retries(program, request, request_id, deadline, attempts)
         except errors.PoolError as error:
             self.breakers.record(key, permit, self._outcome_for(key.program, error))
             if error.kind in _NEVER_FALLBACK:
@@ -137,8 +133,8 @@ class ResilientExecutor:
             self.breakers.record(key, permit, Outcome.IGNORED)
             raise
         self.breakers.record(key, permit, Outcome.SUCCESS)
-        self.cache.put(self._cache_key(program, request), reply.outputs.SerializeToString(), time.monotonic())
-        return Served(reply, handle)
+        self.cache.put(self._cache_key(program, request), served.result.outputs.SerializeToString(), time.monotonic())
+        return served
 
     async def _primary_with_retries(self, program, request, request_id, deadline, max_attempts: int):
         loop = asyncio.get_running_loop()
@@ -146,7 +142,7 @@ class ResilientExecutor:
         attempt = 0
         while True:
             try:
-                return await self.executor.execute(program, request, request.session_id, request_id, deadline)
+                return await self.executor.execute(program, request.inputs, request.session_id, request_id, deadline)
             except errors.PoolError as error:
                 attempt += 1
                 if attempt >= max_attempts or not retry_policy.is_transient(error.kind.value):
@@ -169,9 +165,8 @@ class ResilientExecutor:
             for step in steps:
                 served = await self._try_step(step, chain, program, request, deadline)
                 if served is not None:
-                    served.served_by, served.fallback_reason = step.value, reason
                     self.fallbacks_served += 1
-                    return served
+                    return dataclasses.replace(served, served_by=step.value, fallback_reason=reason)
                 if step is Step.FAIL:
                     break
         finally:
@@ -183,27 +178,21 @@ class ResilientExecutor:
             cached = self.cache.get(self._cache_key(program, request), time.monotonic())
             if cached is None:
                 return None
-            reply = wire.WorkReply()
-            reply.outputs.ParseFromString(cached)
-            return Served(reply, None)
+            return Served(CallResult(struct_pb2.Struct.FromString(cached)))
         if step is Step.STATIC:
-            reply = wire.WorkReply()
-            structs.dict_to_struct(dict(chain.static_outputs or {}), reply.outputs)
-            return Served(reply, None)
+            return Served(CallResult(structs.dict_to_struct(dict(chain.static_outputs or {}))))
         if step is Step.PROGRAM:
             try:
                 simpler = self.registry.get(chain.program)
-                reply, handle = await self.executor.execute(simpler, request, "", request.request_id, deadline)
+                return await self.executor.execute(simpler, request.inputs, "", request.request_id, deadline)
             except errors.PoolError as step_error:
                 log.info("fallback_step_failed", step=step.value, program=chain.program, kind=step_error.kind.value)
                 return None
-            return Served(reply, handle)
         if step is Step.LM and chain.lm in (self.settings.fallback_lms or {}):
-            lm = (chain.lm, (self.settings.fallback_lms or {})[chain.lm])
+            lm = LMChoice(chain.lm, (self.settings.fallback_lms or {})[chain.lm])
             try:
-                reply, handle = await self.executor.execute(program, request, "", request.request_id, deadline, lm=lm)
+                return await self.executor.execute(program, request.inputs, "", request.request_id, deadline, lm=lm)
             except errors.PoolError as step_error:
                 log.info("fallback_step_failed", step=step.value, lm=chain.lm, kind=step_error.kind.value)
                 return None
-            return Served(reply, handle)
         return None  # "fail" ends the chain

@@ -24,7 +24,7 @@ async def test_server_grows_under_load_shrinks_after_and_exports_metrics():
         status = await stub.GetPoolStatus(pb.GetPoolStatusRequest())
         assert status.scale_events >= 1 and status.config.max_workers == 3
         assert len({r.worker.pid for r in results}) >= 2
-        await eventually(lambda: app.pool.target_workers == 1, timeout_s=20, interval_s=0.1)
+        await eventually(lambda: app.pool.worker_pool.target_workers == 1, timeout_s=20, interval_s=0.1)
         body = await asyncio.to_thread(lambda: urllib.request.urlopen(f"http://127.0.0.1:{app.metrics_port}/metrics", timeout=5).read().decode())
     for name in ("grpc_server_started_total", "grpc_server_handled_total", "grpc_server_handling_seconds",
                  "dspy_pool_queue_depth", "dspy_pool_queue_wait_seconds", "dspy_pool_workers", "dspy_pool_scale_events_total"):

@@ -59,12 +59,12 @@ async def server():
 
 
 def _ready_pids(app) -> list[int]:
-    return [h.pid for h in app.pool.handles() if h.state.value == "ready"]
+    return [h.pid for h in app.pool.worker_pool.handles() if h.state.value == "ready"]
 
 
 def _back_at_size(app) -> bool:
     # `healthy` also waits for the dispatcher to list the new worker, a moment after its HELLO.
-    return len(_ready_pids(app)) == WORKERS and app.pool.healthy and not app.pool.crash_looping
+    return len(_ready_pids(app)) == WORKERS and app.pool.worker_pool.healthy and not app.pool.worker_pool.crash_looping
 
 
 async def _breaker(stub, program: str) -> pb.BreakerStatus | None:
@@ -79,8 +79,8 @@ async def test_call_on_a_killed_worker_is_not_run_again(server):
     """A call running on a worker that is SIGKILLed ends UNAVAILABLE (worker_crashed); it is not re-run elsewhere."""
     app, stub = server
     call = asyncio.ensure_future(stub.Execute(execute_request("sleepy-solo", seconds=1.0), timeout=DEADLINE_S))
-    await eventually(lambda: app.pool.dispatcher.in_flight == 1, timeout_s=5)
-    victim = next(h for h in app.pool.handles() if h.in_flight)
+    await eventually(lambda: app.pool.worker_pool.dispatcher.in_flight == 1, timeout_s=5)
+    victim = next(h for h in app.pool.worker_pool.handles() if h.in_flight)
     os.kill(victim.pid, signal.SIGKILL)
     try:
         error = None
@@ -97,12 +97,12 @@ async def test_call_on_a_killed_worker_is_not_run_again(server):
 async def test_poison_call_kills_only_one_worker(server):
     """A call whose program exits its worker costs one worker, not one per retry attempt."""
     app, stub = server
-    restarts = app.pool.restarts
+    restarts = app.pool.worker_pool.restarts
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await stub.Execute(execute_request("exits", code=9), timeout=DEADLINE_S)
     assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
     await eventually(lambda: _back_at_size(app), timeout_s=10)
-    assert app.pool.restarts - restarts == 1
+    assert app.pool.worker_pool.restarts - restarts == 1
 
 
 
@@ -111,7 +111,7 @@ async def test_one_worker_crash_does_not_open_the_breaker(server):
     app, stub = server
     slots = WORKERS * 64
     calls = [asyncio.ensure_future(stub.Execute(execute_request("sleepy", seconds=0.5), timeout=DEADLINE_S)) for _ in range(slots)]
-    await eventually(lambda: app.pool.dispatcher.in_flight == slots, timeout_s=10)
+    await eventually(lambda: app.pool.worker_pool.dispatcher.in_flight == slots, timeout_s=10)
     os.kill(_ready_pids(app)[0], signal.SIGKILL)
     await asyncio.gather(*calls, return_exceptions=True)
     await eventually(lambda: _back_at_size(app), timeout_s=10)
@@ -190,8 +190,8 @@ async def test_sigkill_storm_under_load(server):
     assert slowest < DEADLINE_S + 1.0  # nothing hung past its deadline
 
     await eventually(lambda: _back_at_size(app) and not set(_ready_pids(app)) & set(killed), timeout_s=10)
-    assert app.pool.target_workers == WORKERS
-    await eventually(lambda: app.pool.dispatcher.in_flight == 0 and app.pool.dispatcher.queue_depth == 0, timeout_s=5)
+    assert app.pool.worker_pool.target_workers == WORKERS
+    await eventually(lambda: app.pool.worker_pool.dispatcher.in_flight == 0 and app.pool.worker_pool.dispatcher.queue_depth == 0, timeout_s=5)
     # Worker crashes count as breaker failures, so the storm may leave the breakers open: call until they close.
     for program in STORM_PROGRAMS:
         await eventually(lambda: _closed_after_calls(stub, program), timeout_s=20, interval_s=0.05)

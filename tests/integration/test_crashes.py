@@ -33,7 +33,7 @@ async def server():
 
 
 def _ready_pids(app) -> set[int]:
-    return {h.pid for h in app.pool.handles() if h.state.value == "ready"}
+    return {h.pid for h in app.pool.worker_pool.handles() if h.state.value == "ready"}
 
 
 async def test_worker_exit_mid_request_fails_only_its_calls(server):
@@ -41,7 +41,7 @@ async def test_worker_exit_mid_request_fails_only_its_calls(server):
     app, stub = server
     before = _ready_pids(app)
     bystanders = [stub.Execute(execute_request("sleepy", seconds=0.5), timeout=20) for _ in range(4)]
-    await eventually(lambda: app.pool.dispatcher.in_flight == 4)
+    await eventually(lambda: app.pool.worker_pool.dispatcher.in_flight == 4)
     started = time.monotonic()
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await stub.Execute(execute_request("exits", code=9), timeout=20)
@@ -58,7 +58,7 @@ async def test_sigkill_during_load_loses_no_queued_call(server):
     """SIGKILL of a busy worker fails only its running calls; every queued call still runs."""
     app, stub = server
     calls = [stub.Execute(execute_request("sleepy", seconds=0.3), timeout=30) for _ in range(80)]
-    await eventually(lambda: app.pool.dispatcher.queue_depth > 0)
+    await eventually(lambda: app.pool.worker_pool.dispatcher.queue_depth > 0)
     victim = next(iter(_ready_pids(app)))
     os.kill(victim, signal.SIGKILL)
     results = await asyncio.gather(*calls, return_exceptions=True)
@@ -73,7 +73,7 @@ async def test_sigkill_during_load_loses_no_queued_call(server):
 async def test_garbage_on_the_channel_poisons_the_worker(server):
     """A worker that writes bytes that are not a frame is killed and replaced."""
     app, _ = server
-    handle = next(h for h in app.pool.handles() if h.state.value == "ready")
+    handle = next(h for h in app.pool.worker_pool.handles() if h.state.value == "ready")
     handle.data_received(b"\xff" * 64)  # exactly what the front sees when a worker corrupts its channel
     await eventually(lambda: handle.pid not in _ready_pids(app) and len(_ready_pids(app)) == 2)
     assert handle.death_reason.startswith("protocol_error")
@@ -89,7 +89,7 @@ async def test_crash_loop_at_boot_stops_respawning():
     events = [entry["event"] for entry in logs]
     assert "crash_loop_detected" in events
     assert events.count("worker_spawned") == 0
-    assert not app.pool.healthy
+    assert not app.pool.worker_pool.healthy
 
 
 async def test_no_orphans_after_kill_9_of_the_front(tmp_path):

@@ -105,7 +105,7 @@ async def test_lm_hang_is_deadline_exceeded_and_frees_the_slot(server):
         error = await _code(stub.Execute(execute_request("lmhang", question="q"), timeout=1.0))
         assert error is not None and error.code() == grpc.StatusCode.DEADLINE_EXCEEDED
         assert time.monotonic() - started < 3.0
-        await eventually(lambda: app.pool.dispatcher.in_flight == 0, timeout_s=8)
+        await eventually(lambda: app.pool.worker_pool.dispatcher.in_flight == 0, timeout_s=8)
     finally:
         await app.sim.set_faults(**FAULTS_OFF)
     await _still_up(stub)
@@ -211,7 +211,7 @@ async def test_10kb_program_name_is_a_clear_status(server, rpc):
 # -- a worker's event loop blocks ---------------------------------------------------------
 
 def _ready_pids(app) -> set[int]:
-    return {h.pid for h in app.pool.handles() if h.state.value == "ready"}
+    return {h.pid for h in app.pool.worker_pool.handles() if h.state.value == "ready"}
 
 
 async def test_blocked_worker_loop_is_detected_as_hung(server):

@@ -95,9 +95,8 @@ async def test_metrics_endpoint_serves_grpc_and_pool_metrics():
 
     metrics = PoolMetrics()
     metrics.record_queue_wait(1.0, 0.02)
-    controller = Controller(_fake_pool(), metrics, ScalerConfig(min_workers=1, max_workers=2))
-    exporter = PoolExporter(registry, metrics, controller=controller)
-    controller.observers.append(exporter.observe)
+    exporter = PoolExporter(registry, metrics, scale_counts=lambda: (controller.scale_events, controller.recycled_by_reason))
+    controller = Controller(_fake_pool(), metrics, ScalerConfig(min_workers=1, max_workers=2), observers=(exporter.observe,))
     await controller.tick()
 
     http_server, http_port = start_metrics_server(0, registry)

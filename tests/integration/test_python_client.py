@@ -133,9 +133,9 @@ async def test_missing_input_raises_invalid_argument(server):
 async def _fill_queue(app, client: AsyncClient) -> list[asyncio.Task]:
     """One sleepy call running on the only slot and one waiting in the queue of one."""
     running = asyncio.create_task(client.execute("sleepy", {"seconds": 0.6}, timeout=20))
-    await eventually(lambda: app.pool.dispatcher.in_flight == 1, timeout_s=10)
+    await eventually(lambda: app.pool.worker_pool.dispatcher.in_flight == 1, timeout_s=10)
     queued = asyncio.create_task(client.execute("sleepy", {"seconds": 0.6}, timeout=20))
-    await eventually(lambda: app.pool.dispatcher.queue_depth == 1, timeout_s=10)
+    await eventually(lambda: app.pool.worker_pool.dispatcher.queue_depth == 1, timeout_s=10)
     return [running, queued]
 
 
@@ -156,7 +156,7 @@ async def test_queue_full_is_retried_until_it_succeeds(server):
     app, target = server
     policy = RetryPolicy(max_attempts=60, initial_backoff_s=0.05, max_backoff_s=0.2)
     async with AsyncClient(target, default_timeout=20) as client:
-        rejected_before = app.pool.dispatcher.rejected
+        rejected_before = app.pool.worker_pool.dispatcher.rejected
         busy = await _fill_queue(app, client)
         sync_client = Client(target, default_timeout=15, retries=policy)
         try:
@@ -165,4 +165,4 @@ async def test_queue_full_is_retried_until_it_succeeds(server):
             sync_client.close()
         await asyncio.gather(*busy)
     assert result.outputs["answer"]
-    assert app.pool.dispatcher.rejected > rejected_before
+    assert app.pool.worker_pool.dispatcher.rejected > rejected_before

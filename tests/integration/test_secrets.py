@@ -30,7 +30,7 @@ async def test_api_key_never_leaks():
                 with pytest.raises(grpc.aio.AioRpcError) as caught:
                     await stub.Execute(execute_request("qa", question="leak?"), timeout=20)
                 status = await stub.GetPoolStatus(pb.GetPoolStatusRequest())
-            processes = [psutil.Process(app.pool.zygote.pid)] + [psutil.Process(h.pid) for h in app.pool.handles()]
+            processes = [psutil.Process(app.pool.worker_pool.zygote.pid)] + [psutil.Process(h.pid) for h in app.pool.worker_pool.handles()]
             argv = " ".join(" ".join(p.cmdline()) for p in processes)
     finally:
         await app.stop(grace_s=1.0)

@@ -58,7 +58,7 @@ async def test_execute_returns_outputs_worker_and_usage(server):
     assert response.outputs["answer"].startswith("sim answer")
     assert "reasoning" in response.outputs
     assert response.program_version == 1 and response.served_by == "primary"
-    assert response.worker.pid in {h.pid for h in app.pool.handles()}
+    assert response.worker.pid in {h.pid for h in app.pool.worker_pool.handles()}
     assert response.usage.total_tokens > 0
     assert response.timings.total_ms >= response.timings.execution_ms > 0
 
@@ -189,18 +189,18 @@ async def test_deadline_in_worker_is_deadline_exceeded_and_cancels(server):
     app, stub, _ = server
     error = await _status_code(stub.Execute(execute_request("sleepy", seconds=10), timeout=0.5))
     assert error.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-    await eventually(lambda: app.pool.dispatcher.in_flight == 0, timeout_s=5)
+    await eventually(lambda: app.pool.worker_pool.dispatcher.in_flight == 0, timeout_s=5)
 
 
 async def test_client_cancel_reaches_the_worker(server):
     """Cancelling the RPC cancels the running program; the worker stays alive."""
     app, stub, _ = server
-    pids = {h.pid for h in app.pool.handles()}
+    pids = {h.pid for h in app.pool.worker_pool.handles()}
     call = stub.Execute(execute_request("sleepy", seconds=10), timeout=30)
-    await eventually(lambda: app.pool.dispatcher.in_flight == 1, timeout_s=5)
+    await eventually(lambda: app.pool.worker_pool.dispatcher.in_flight == 1, timeout_s=5)
     call.cancel()
-    await eventually(lambda: app.pool.dispatcher.in_flight == 0, timeout_s=5)
-    assert {h.pid for h in app.pool.handles()} == pids
+    await eventually(lambda: app.pool.worker_pool.dispatcher.in_flight == 0, timeout_s=5)
+    assert {h.pid for h in app.pool.worker_pool.handles()} == pids
 
 
 async def test_queue_full_is_resource_exhausted_with_retry_info(server):
@@ -220,7 +220,7 @@ async def test_queue_full_is_resource_exhausted_with_retry_info(server):
     refused = next(r for r in results if isinstance(r, grpc.aio.AioRpcError) and r.code() == grpc.StatusCode.RESOURCE_EXHAUSTED)
     retry = error_details_pb2.RetryInfo()
     assert any(d.Unpack(retry) for d in rpc_status.from_call(refused).details)
-    await eventually(lambda: app.pool.dispatcher.in_flight == 0 and app.pool.dispatcher.queue_depth == 0, timeout_s=5)
+    await eventually(lambda: app.pool.worker_pool.dispatcher.in_flight == 0 and app.pool.worker_pool.dispatcher.queue_depth == 0, timeout_s=5)
 
 
 async def test_synchronous_program_runs_in_a_thread(server):

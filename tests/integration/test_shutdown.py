@@ -29,9 +29,9 @@ async def test_drain_finishes_in_flight_calls_and_refuses_new_ones():
     try:
         await register(stub, "sleepy", "seconds -> slept", "sleepy")
         running = [stub.Execute(execute_request("sleepy", seconds=0.8), timeout=20) for _ in range(5)]
-        await eventually(lambda: app.pool.dispatcher.in_flight == 5)
+        await eventually(lambda: app.pool.worker_pool.dispatcher.in_flight == 5)
         stopping = asyncio.ensure_future(app.stop(grace_s=5.0))
-        await eventually(lambda: app.pool.dispatcher.closed)
+        await eventually(lambda: app.pool.worker_pool.dispatcher.closed)
         reply = await health.Check(health_pb2.HealthCheckRequest())
         assert reply.status == health_pb2.HealthCheckResponse.NOT_SERVING
         with pytest.raises(grpc.aio.AioRpcError) as caught:

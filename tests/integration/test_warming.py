@@ -16,10 +16,10 @@ async def test_staged_serves_after_the_minimum_then_fills_up():
     try:
         with capture_logs() as logs:
             await app.start()
-        assert app.pool.healthy
+        assert app.pool.worker_pool.healthy
         warming = [e for e in logs if e["event"] == "pool_warming"]
         assert warming and warming[0]["ready"] >= 1 and warming[0]["target"] == 3
-        await eventually(lambda: len(app.pool.dispatcher.ready_workers()) == 3)
+        await eventually(lambda: len(app.pool.worker_pool.dispatcher.ready_workers()) == 3)
     finally:
         await app.stop(grace_s=0.5)
 

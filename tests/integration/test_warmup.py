@@ -37,10 +37,10 @@ def inputs(**values) -> struct_pb2.Struct:
 
 async def grow_by_one(app) -> tuple[object, dict]:
     """Add one worker; return its handle once it takes traffic, and its worker_warmed log entry."""
-    before = {handle.worker_id for handle in app.pool.handles()}
+    before = {handle.worker_id for handle in app.pool.worker_pool.handles()}
     with capture_logs() as logs:
-        app.pool.resize(len(before) + 1)
-        new = await eventually(lambda: [h for h in app.pool.dispatcher.ready_workers() if h.worker_id not in before])
+        app.pool.worker_pool.resize(len(before) + 1)
+        new = await eventually(lambda: [h for h in app.pool.worker_pool.dispatcher.ready_workers() if h.worker_id not in before])
     warmed = [e for e in logs if e["event"] == "worker_warmed" and e["worker_id"] == new[0].worker_id]
     return new[0], (warmed[0] if warmed else {})
 
@@ -50,8 +50,8 @@ async def call_on(app, handle, program: pb.Program, **values) -> wire.WorkReply:
     entry = app.service.registry.get(program.spec.name, program.version)
     request = wire.WorkRequest(program_key=entry.key)
     request.inputs.update(values)
-    job = Job(entry.key, entry.spec_bytes, request, asyncio.get_running_loop().time() + 10.0, affinity=handle.worker_id)
-    reply, served_by = await app.pool.dispatcher.run(job)
+    job = Job(entry.key, entry.ref.spec, request, asyncio.get_running_loop().time() + 10.0, affinity=handle.worker_id)
+    reply, served_by = await app.pool.worker_pool.dispatcher.run(job)
     assert served_by is handle
     return reply
 
@@ -72,7 +72,7 @@ async def test_a_new_worker_builds_programs_and_runs_warmup_calls_before_traffic
     status = await stub.GetPoolStatus(pb.GetPoolStatusRequest())
     assert status.warmup_calls == status_before.warmup_calls + 2
     assert status.workers_warming == 0 and all(w.state != "warming" for w in status.workers)
-    app.pool.resize(1)
+    app.pool.worker_pool.resize(1)
 
 
 @pytest.mark.parametrize(
@@ -96,17 +96,17 @@ async def test_a_slow_warmup_is_cut_off_and_the_worker_still_takes_traffic(serve
     """A warm-up call past the warm-up timeout is cancelled, logged as a failure, and the worker serves."""
     app, stub, _ = server
     slow = await register(stub, "slow-warmup", "seconds -> slept", module="sleepy", warmup_inputs=[inputs(seconds=30)])
-    failures_before = app.pool.warmup_failures
+    failures_before = app.pool.worker_pool.warmup_failures
     try:
         handle, warmed = await grow_by_one(app)
         assert warmed["timed_out"] is True and warmed["failures"] == 1 and warmed["errors"] == ["timed out"], warmed
         assert WARMUP_TIMEOUT_S * 1000 <= warmed["duration_ms"] < WARMUP_TIMEOUT_S * 1000 + 2000
-        assert app.pool.warmup_failures == failures_before + 1
+        assert app.pool.worker_pool.warmup_failures == failures_before + 1
         reply = await call_on(app, handle, slow, seconds=0)
         assert reply.outputs["slept"] == 0
     finally:
         await stub.DeleteProgram(pb.DeleteProgramRequest(name="slow-warmup"))
-        app.pool.resize(1)
+        app.pool.worker_pool.resize(1)
 
 
 async def test_a_program_whose_breaker_is_open_is_built_but_not_called(server):
@@ -125,4 +125,4 @@ async def test_a_program_whose_breaker_is_open_is_built_but_not_called(server):
         assert warmed["failures"] == 0 and warmed["timed_out"] is False, warmed  # the 30 s call was not made
     finally:
         await stub.DeleteProgram(pb.DeleteProgramRequest(name="tripped"))
-        app.pool.resize(1)
+        app.pool.worker_pool.resize(1)

@@ -125,8 +125,7 @@ async def test_observers_get_every_snapshot():
     """Each tick publishes its snapshot to the observers and as last_snapshot."""
     pool = FakePool(workers=2)
     seen = []
-    controller = Controller(pool, PoolMetrics(), ScalerConfig(min_workers=2, max_workers=2), clock=Clock())
-    controller.observers.append(seen.append)
+    controller = Controller(pool, PoolMetrics(), ScalerConfig(min_workers=2, max_workers=2), observers=(seen.append,), clock=Clock())
     await controller.tick()
     assert seen == [controller.last_snapshot] and seen[0].workers_ready == 2
 
@@ -170,9 +169,8 @@ async def test_failed_replacement_keeps_the_old_worker_and_backs_off():
 async def test_start_and_stop_run_the_loop():
     """start() ticks in the background; stop() ends it promptly and is idempotent."""
     pool = FakePool(workers=1)
-    controller = Controller(pool, PoolMetrics(), ScalerConfig(min_workers=1, max_workers=1), interval_s=0.01)
     ticked = []
-    controller.observers.append(ticked.append)
+    controller = Controller(pool, PoolMetrics(), ScalerConfig(min_workers=1, max_workers=1), interval_s=0.01, observers=(ticked.append,))
     task = controller.start()
     while len(ticked) < 3:
         await asyncio.sleep(0.01)

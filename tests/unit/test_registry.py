@@ -86,12 +86,13 @@ def test_too_large_state_json_rejected():
 
 
 def test_add_twice_makes_versions_one_and_two():
-    """Adding a name twice creates versions 1 and 2 with name@version keys."""
+    """Adding a name twice creates versions 1 and 2, keyed by content: name#hash, distinct per version."""
     registry = ProgramRegistry(max_programs=10)
     v1 = add(registry, spec())
     v2 = add(registry, spec(signature="question -> answer, confidence"))
     assert (v1.program.version, v2.program.version) == (1, 2)
-    assert (v1.key, v2.key) == ("qa@1", "qa@2")
+    assert v1.key == "qa#" + v1.program.content_hash[:16] and v2.key == "qa#" + v2.program.content_hash[:16]
+    assert v1.key != v2.key
     assert len(registry) == 2
 
 
@@ -209,5 +210,5 @@ def test_list_latest_vs_all_versions():
     add(registry, spec(name="b"))
     add(registry, spec(name="a"))
     add(registry, spec(name="a", signature="q -> a"))
-    assert [e.key for e in registry.list(all_versions=False)] == ["a@2", "b@1"]
-    assert [e.key for e in registry.list(all_versions=True)] == ["a@1", "a@2", "b@1"]
+    assert [(e.name, e.program.version) for e in registry.list(all_versions=False)] == [("a", 2), ("b", 1)]
+    assert [(e.name, e.program.version) for e in registry.list(all_versions=True)] == [("a", 1), ("a", 2), ("b", 1)]

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from dspy_pool.errors import InvalidArgument, NotFound
+from dspy_pool.errors import InvalidArgument, NotFound, ResourceExhausted
 from dspy_pool.server.sessions import SessionStore, Turn, check_session_id
 
 
-def store(max_sessions: int = 10, ttl_s: float = 60.0, max_turns: int = 3) -> SessionStore:
-    return SessionStore(max_sessions=max_sessions, ttl_s=ttl_s, max_turns=max_turns)
+def store(max_sessions: int = 10, ttl_s: float = 60.0, max_turns: int = 3, protect_s: float = 0.0) -> SessionStore:
+    return SessionStore(max_sessions=max_sessions, ttl_s=ttl_s, max_turns=max_turns, protect_s=protect_s)
 
 
 def test_created_on_first_use():
@@ -133,3 +133,45 @@ def test_history_messages_merge_inputs_and_outputs():
         {"question": "hi", "answer": "hello"},
         {"question": "2+2?", "answer": "4"},
     ]
+
+
+def test_active_sessions_are_never_evicted_new_ones_refused():
+    """At the cap, sessions used within protect_s stay; opening another is RESOURCE_EXHAUSTED with a retry hint."""
+    s = store(max_sessions=2, ttl_s=3600.0, protect_s=60.0)
+    s.get_or_create("a", now=0.0)
+    s.get_or_create("b", now=10.0)
+    with pytest.raises(ResourceExhausted) as caught:
+        s.get_or_create("flood-1", now=30.0)
+    assert int(caught.value.metadata["retry_after_ms"]) == 30_000  # a becomes evictable at 60 s
+    assert (s.get("a", now=30.0).session_id, s.get("b", now=30.0).session_id) == ("a", "b")
+    assert (s.evicted, s.refused) == (0, 1)
+
+
+def test_idle_session_past_protection_is_evicted_and_its_id_says_so():
+    """Past protect_s the LRU session goes; reopening its id yields a new session marked lost='evicted'."""
+    s = store(max_sessions=2, ttl_s=3600.0, protect_s=60.0)
+    s.get_or_create("a", now=0.0).turns.append(Turn("qa", {"q": 1}, {"a": 1}))
+    s.get_or_create("b", now=100.0)
+    s.get_or_create("c", now=100.0)  # a idle 100 s > 60 s: evicted
+    with pytest.raises(NotFound, match="evicted"):
+        s.get("a", now=100.0)
+    s.close("b")
+    reopened = s.get_or_create("a", now=101.0)
+    assert (reopened.lost, list(reopened.turns), reopened.fresh) == ("evicted", [], True)
+
+
+def test_expired_session_reopened_says_expired():
+    """A session swept after its TTL, reopened by id, reports lost='expired'."""
+    s = store(ttl_s=10.0)
+    s.get_or_create("a", now=0.0)
+    assert s.sweep(now=20.0) == 1
+    assert s.get_or_create("a", now=21.0).lost == "expired"
+    assert s.get_or_create("fresh-id", now=21.0).lost == ""
+
+
+def test_a_session_in_flight_is_not_evicted():
+    """A session with a call in flight is active however long it has been idle."""
+    s = store(max_sessions=1, ttl_s=3600.0, protect_s=1.0)
+    s.get_or_create("a", now=0.0).in_flight = 1
+    with pytest.raises(ResourceExhausted):
+        s.get_or_create("b", now=100.0)

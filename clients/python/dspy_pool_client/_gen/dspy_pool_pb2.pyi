@@ -163,7 +163,7 @@ class Usage(_message.Message):
     def __init__(self, prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., total_tokens: _Optional[int] = ...) -> None: ...
 
 class ExecuteResponse(_message.Message):
-    __slots__ = ("outputs", "program", "program_version", "request_id", "worker", "timings", "usage", "served_by", "fallback_reason", "session_id")
+    __slots__ = ("outputs", "program", "program_version", "request_id", "worker", "timings", "usage", "served_by", "fallback_reason", "session_id", "session_started", "session_lost")
     OUTPUTS_FIELD_NUMBER: _ClassVar[int]
     PROGRAM_FIELD_NUMBER: _ClassVar[int]
     PROGRAM_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -174,6 +174,8 @@ class ExecuteResponse(_message.Message):
     SERVED_BY_FIELD_NUMBER: _ClassVar[int]
     FALLBACK_REASON_FIELD_NUMBER: _ClassVar[int]
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
+    SESSION_STARTED_FIELD_NUMBER: _ClassVar[int]
+    SESSION_LOST_FIELD_NUMBER: _ClassVar[int]
     outputs: _struct_pb2.Struct
     program: str
     program_version: int
@@ -184,7 +186,9 @@ class ExecuteResponse(_message.Message):
     served_by: str
     fallback_reason: str
     session_id: str
-    def __init__(self, outputs: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., program: _Optional[str] = ..., program_version: _Optional[int] = ..., request_id: _Optional[str] = ..., worker: _Optional[_Union[WorkerRef, _Mapping]] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., served_by: _Optional[str] = ..., fallback_reason: _Optional[str] = ..., session_id: _Optional[str] = ...) -> None: ...
+    session_started: bool
+    session_lost: str
+    def __init__(self, outputs: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., program: _Optional[str] = ..., program_version: _Optional[int] = ..., request_id: _Optional[str] = ..., worker: _Optional[_Union[WorkerRef, _Mapping]] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., served_by: _Optional[str] = ..., fallback_reason: _Optional[str] = ..., session_id: _Optional[str] = ..., session_started: _Optional[bool] = ..., session_lost: _Optional[str] = ...) -> None: ...
 
 class Turn(_message.Message):
     __slots__ = ("inputs", "outputs", "program")
@@ -299,7 +303,7 @@ class BreakerStatus(_message.Message):
     def __init__(self, program: _Optional[str] = ..., lm_endpoint: _Optional[str] = ..., state: _Optional[str] = ..., failure_rate: _Optional[float] = ..., calls_in_window: _Optional[int] = ..., opened_total: _Optional[int] = ..., half_opened_total: _Optional[int] = ..., closed_total: _Optional[int] = ...) -> None: ...
 
 class PoolStatus(_message.Message):
-    __slots__ = ("serving", "workers", "queue_depth", "in_flight", "completed", "failed", "rejected", "worker_restarts", "sessions", "programs", "config", "uptime_s", "breakers", "retries", "fallbacks_served", "recycled_workers", "scale_events", "queue_wait_p95_ms", "health_score", "calls_per_s", "workers_warming", "warmup_calls", "warmup_failures", "worker_cpu_percent")
+    __slots__ = ("serving", "workers", "queue_depth", "in_flight", "completed", "failed", "rejected", "worker_restarts", "sessions", "programs", "config", "uptime_s", "breakers", "retries", "fallbacks_served", "recycled_workers", "scale_events", "queue_wait_p95_ms", "health_score", "calls_per_s", "workers_warming", "warmup_calls", "warmup_failures", "worker_cpu_percent", "quarantined_programs", "sessions_evicted", "sessions_refused")
     SERVING_FIELD_NUMBER: _ClassVar[int]
     WORKERS_FIELD_NUMBER: _ClassVar[int]
     QUEUE_DEPTH_FIELD_NUMBER: _ClassVar[int]
@@ -324,6 +328,9 @@ class PoolStatus(_message.Message):
     WARMUP_CALLS_FIELD_NUMBER: _ClassVar[int]
     WARMUP_FAILURES_FIELD_NUMBER: _ClassVar[int]
     WORKER_CPU_PERCENT_FIELD_NUMBER: _ClassVar[int]
+    QUARANTINED_PROGRAMS_FIELD_NUMBER: _ClassVar[int]
+    SESSIONS_EVICTED_FIELD_NUMBER: _ClassVar[int]
+    SESSIONS_REFUSED_FIELD_NUMBER: _ClassVar[int]
     serving: bool
     workers: _containers.RepeatedCompositeFieldContainer[WorkerStatus]
     queue_depth: int
@@ -348,4 +355,7 @@ class PoolStatus(_message.Message):
     warmup_calls: int
     warmup_failures: int
     worker_cpu_percent: float
-    def __init__(self, serving: _Optional[bool] = ..., workers: _Optional[_Iterable[_Union[WorkerStatus, _Mapping]]] = ..., queue_depth: _Optional[int] = ..., in_flight: _Optional[int] = ..., completed: _Optional[int] = ..., failed: _Optional[int] = ..., rejected: _Optional[int] = ..., worker_restarts: _Optional[int] = ..., sessions: _Optional[int] = ..., programs: _Optional[int] = ..., config: _Optional[_Union[PoolConfig, _Mapping]] = ..., uptime_s: _Optional[float] = ..., breakers: _Optional[_Iterable[_Union[BreakerStatus, _Mapping]]] = ..., retries: _Optional[int] = ..., fallbacks_served: _Optional[int] = ..., recycled_workers: _Optional[int] = ..., scale_events: _Optional[int] = ..., queue_wait_p95_ms: _Optional[float] = ..., health_score: _Optional[float] = ..., calls_per_s: _Optional[float] = ..., workers_warming: _Optional[int] = ..., warmup_calls: _Optional[int] = ..., warmup_failures: _Optional[int] = ..., worker_cpu_percent: _Optional[float] = ...) -> None: ...
+    quarantined_programs: _containers.RepeatedScalarFieldContainer[str]
+    sessions_evicted: int
+    sessions_refused: int
+    def __init__(self, serving: _Optional[bool] = ..., workers: _Optional[_Iterable[_Union[WorkerStatus, _Mapping]]] = ..., queue_depth: _Optional[int] = ..., in_flight: _Optional[int] = ..., completed: _Optional[int] = ..., failed: _Optional[int] = ..., rejected: _Optional[int] = ..., worker_restarts: _Optional[int] = ..., sessions: _Optional[int] = ..., programs: _Optional[int] = ..., config: _Optional[_Union[PoolConfig, _Mapping]] = ..., uptime_s: _Optional[float] = ..., breakers: _Optional[_Iterable[_Union[BreakerStatus, _Mapping]]] = ..., retries: _Optional[int] = ..., fallbacks_served: _Optional[int] = ..., recycled_workers: _Optional[int] = ..., scale_events: _Optional[int] = ..., queue_wait_p95_ms: _Optional[float] = ..., health_score: _Optional[float] = ..., calls_per_s: _Optional[float] = ..., workers_warming: _Optional[int] = ..., warmup_calls: _Optional[int] = ..., warmup_failures: _Optional[int] = ..., worker_cpu_percent: _Optional[float] = ..., quarantined_programs: _Optional[_Iterable[str]] = ..., sessions_evicted: _Optional[int] = ..., sessions_refused: _Optional[int] = ...) -> None: ...

@@ -1,0 +1,257 @@
+"""The pool's one narrow API: submit a call, get a result; validate a program; status.
+
+    server/ ──CallRequest──> Pool.call ──Job(WorkRequest)──> Dispatcher ──frame──> worker
+    server/ <──CallResult─── Pool.call <──WorkReply──────── WorkerHandle <─frame── worker
+
+Everything the server hands the pool and gets back is one of the small value
+classes below. Wire messages (`dspy_pool.internal`), Jobs and WorkerHandles
+never leave `pool/`; a fallback that answers without a worker (cache, static)
+builds a `CallResult` with no worker.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable
+
+from google.protobuf import struct_pb2
+
+from dspy_pool.internal import worker_pb2 as wire
+from dspy_pool.pool.controller import Controller, RecycleConfig
+from dspy_pool.pool.dispatcher import Job
+from dspy_pool.pool.handle import WorkerState
+from dspy_pool.pool.metrics import PoolMetrics, PoolSnapshot
+from dspy_pool.pool.scaler import ScalerConfig
+from dspy_pool.pool.supervisor import PoolSettings, WorkerPool
+from dspy_pool.pool.warmup import WarmupProgram
+
+__all__ = [
+    "CallRequest", "CallResult", "LMChoice", "Pool", "PoolView", "ProgramRef", "ProgramShape",
+    "ScalingSettings", "Usage", "WarmupProgram", "WorkerRef", "WorkerView",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class ProgramRef:
+    """A program as the pool knows it: a cache key and the spec a worker builds it from."""
+
+    key: str  # unique per content, so a cached build is always the program the key names
+    spec: bytes  # serialized dspy_pool.v1.ProgramSpec
+
+
+@dataclass(frozen=True, slots=True)
+class LMChoice:
+    """Run on this LM instead of the configured one (the `lm` fallback step; operator allow-listed only)."""
+
+    model: str
+    api_base: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class CallRequest:
+    program: ProgramRef
+    inputs: struct_pb2.Struct
+    deadline: float  # event-loop time by which the result must be back
+    request_id: str = ""
+    history: tuple[dict[str, Any], ...] | None = None  # the session's turns, for programs with a history input
+    affinity: int = -1  # preferred worker id (a hint)
+    lm: LMChoice | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerRef:
+    id: int
+    pid: int
+
+
+@dataclass(frozen=True, slots=True)
+class CallResult:
+    outputs: struct_pb2.Struct
+    execution_ms: float = 0.0
+    usage: Usage = Usage()
+    worker: WorkerRef | None = None  # None when no worker answered (a cache or static fallback)
+
+
+@dataclass(frozen=True, slots=True)
+class ProgramShape:
+    """What building a program on a worker told us about it."""
+
+    input_names: tuple[str, ...]
+    output_names: tuple[str, ...]
+    takes_history: bool
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerView:
+    id: int
+    pid: int
+    state: str
+    in_flight: int
+    served: int
+    failed: int
+    rss_bytes: int
+    uptime_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class PoolView:
+    """A consistent copy of the pool's counters, for status and health."""
+
+    serving: bool
+    target_workers: int
+    queue_depth: int
+    in_flight: int
+    completed: int
+    failed: int
+    rejected: int
+    restarts: int
+    warmup_calls: int
+    warmup_failures: int
+    recycled: int
+    scale_events: int
+    module_kinds: tuple[str, ...]
+    workers: tuple[WorkerView, ...]
+    quarantined: tuple[str, ...] = ()
+    snapshot: PoolSnapshot | None = None  # the controller's last tick
+
+    @property
+    def workers_warming(self) -> int:
+        return sum(1 for worker in self.workers if worker.state == WorkerState.WARMING.value)
+
+
+@dataclass(frozen=True, slots=True)
+class ScalingSettings:
+    """How the controller sizes the pool; `fixed_size` turns autoscaling off."""
+
+    scaler: ScalerConfig
+    interval_s: float = 0.5
+    fixed_size: int | None = None
+    recycle: RecycleConfig = RecycleConfig()
+
+
+def _work_request(call: CallRequest) -> wire.WorkRequest:
+    request = wire.WorkRequest(program_key=call.program.key, request_id=call.request_id)
+    request.inputs.CopyFrom(call.inputs)
+    if call.history is not None:
+        request.has_history = True
+        request.history.extend(call.history)
+    if call.lm is not None:
+        request.lm_model, request.lm_api_base = call.lm.model, call.lm.api_base
+    return request
+
+
+def _result(reply: wire.WorkReply, handle: Any) -> CallResult:
+    return CallResult(
+        outputs=reply.outputs, execution_ms=reply.execution_ms,
+        usage=Usage(reply.prompt_tokens, reply.completion_tokens, reply.total_tokens),
+        worker=WorkerRef(handle.worker_id, handle.pid),
+    )
+
+
+class Pool:
+    """Workers behind a bounded queue, sized by the controller: the only pool object the server holds."""
+
+    def __init__(
+        self,
+        settings: PoolSettings,
+        zygote_config: wire.ZygoteConfig,
+        scaling: ScalingSettings,
+        metrics: PoolMetrics,
+        *,
+        warmup_source: Callable[[], list[WarmupProgram]] | None = None,
+        on_health_change: Callable[[bool], None] | None = None,
+        observers: Iterable[Callable[[PoolSnapshot], None]] = (),
+    ) -> None:
+        self.metrics = metrics
+        self._workers = WorkerPool(
+            settings, zygote_config, on_health_change,
+            warmup_source=warmup_source, metrics=metrics, on_backlog=self._on_backlog,
+        )
+        self._controller = Controller(
+            self._workers, metrics, scaling.scaler, scaling.interval_s,
+            fixed_size=scaling.fixed_size, recycle=scaling.recycle, observers=tuple(observers),
+        )
+
+    # -- lifecycle ------------------------------------------------------------
+    async def launch(self) -> None:
+        """Exec the zygote; it imports dspy while the caller sets up the rest. Call before any gRPC object exists."""
+        await self._workers.launch_zygote()
+
+    async def start(self) -> None:
+        """Start the workers (return once the minimum serve), then the controller."""
+        await self._workers.start_workers()
+        self._controller.start()
+
+    async def drain(self, grace_s: float) -> bool:
+        """Take no new calls; wait up to `grace_s` for queued and running ones. True when all finished."""
+        await self._controller.stop()
+        return await self._workers.drain(grace_s)
+
+    async def stop(self) -> None:
+        await self._controller.stop()
+        await self._workers.stop()
+
+    def _on_backlog(self) -> None:
+        self._controller.wake()
+
+    # -- calls ----------------------------------------------------------------
+    async def call(self, call: CallRequest) -> CallResult:
+        """Run one call within its deadline; raises PoolError (errors.py says what each kind means)."""
+        job = Job(call.program.key, call.program.spec, _work_request(call), call.deadline, call.affinity)
+        reply, handle = await self._workers.dispatcher.run(job)
+        return _result(reply, handle)
+
+    async def validate(self, program: ProgramRef, deadline: float) -> ProgramShape:
+        """Build `program` on a worker and run nothing: DSPy itself says whether the spec is valid."""
+        request = wire.WorkRequest(program_key=program.key, validate_only=True)
+        reply, _ = await self._workers.dispatcher.run(Job(program.key, program.spec, request, deadline))
+        return ProgramShape(tuple(reply.input_names), tuple(reply.output_names), reply.takes_history)
+
+    @property
+    def worker_pool(self) -> WorkerPool:
+        """The supervisor behind this API, for tests and benchmarks that look inside; the server never does."""
+        return self._workers
+
+    # -- status ---------------------------------------------------------------
+    @property
+    def healthy(self) -> bool:
+        return self._workers.healthy
+
+    @property
+    def ready(self) -> bool:
+        """True once the zygote has said which module kinds exist (workers can be asked to build)."""
+        return bool(self._workers.module_kinds)
+
+    @property
+    def module_kinds(self) -> list[str]:
+        return self._workers.module_kinds
+
+    def scale_counts(self) -> tuple[dict[str, int], dict[str, int]]:
+        """(scale events by direction, recycled workers by reason), for Prometheus."""
+        return dict(self._controller.scale_events), dict(self._controller.recycled_by_reason)
+
+    def view(self) -> PoolView:
+        monotonic = time.monotonic()  # the clock handles keep their start times on
+        workers, dispatcher, controller = self._workers, self._workers.dispatcher, self._controller
+        quarantined = getattr(workers, "quarantined", ())
+        return PoolView(
+            serving=workers.healthy, target_workers=workers.target_workers, queue_depth=dispatcher.queue_depth,
+            in_flight=dispatcher.in_flight, completed=dispatcher.completed, failed=dispatcher.failed,
+            rejected=dispatcher.rejected, restarts=workers.restarts, warmup_calls=workers.warmup_calls,
+            warmup_failures=workers.warmup_failures, recycled=controller.recycled,
+            scale_events=controller.scale_ups + controller.scale_downs, module_kinds=tuple(workers.module_kinds),
+            workers=tuple(
+                WorkerView(h.worker_id, h.pid, h.state.value, len(h.in_flight), h.served, h.failed, h.rss_bytes, h.uptime_s(monotonic))
+                for h in workers.handles()
+            ),
+            quarantined=tuple(sorted(quarantined() if callable(quarantined) else quarantined)),
+            snapshot=controller.last_snapshot,
+        )

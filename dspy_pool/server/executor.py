@@ -1,0 +1,75 @@
+"""One call of a registered program on the pool, with its session: the seam the resilience path wraps.
+
+    Execute ──> ResilientExecutor ──> Executor.execute(program, inputs, session?) ──> Pool.call(CallRequest)
+                                                         |  session: history in, turn appended out
+                                                         v
+                                                     Served (CallResult + how it was served)
+
+The session's turn is appended only after the call succeeded, so a failed or
+retried call never leaves half a turn behind.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from google.protobuf import struct_pb2
+
+from dspy_pool import errors, structs
+from dspy_pool.pool.api import CallRequest, CallResult, LMChoice, Pool
+from dspy_pool.server.registry import ProgramVersion
+from dspy_pool.server.sessions import Session, SessionStore, Turn
+
+
+@dataclass(frozen=True, slots=True)
+class SessionNote:
+    """What the response tells the client about its session."""
+
+    started: bool = False  # this call opened the session
+    lost: str = ""  # why an earlier session with this id is gone ("evicted", "expired")
+
+
+@dataclass(frozen=True, slots=True)
+class Served:
+    result: CallResult
+    served_by: str = "primary"
+    fallback_reason: str = ""
+    session: SessionNote = SessionNote()
+
+
+class Executor:
+    """Runs one call of a registered program on the pool."""
+
+    def __init__(self, pool: Pool, sessions: SessionStore, session_max_in_flight: int = 0) -> None:
+        self.pool = pool
+        self.sessions = sessions
+        self.session_max_in_flight = session_max_in_flight
+
+    async def execute(self, program: ProgramVersion, inputs: struct_pb2.Struct, session_id: str, request_id: str,
+                      deadline: float, lm: LMChoice | None = None) -> Served:
+        if not session_id:
+            result = await self.pool.call(CallRequest(program.ref, inputs, deadline, request_id, lm=lm))
+            return Served(result)
+        session = self._open(session_id)
+        history = tuple(session.history_messages()) if program.takes_history else None
+        note = SessionNote(session.fresh, session.lost)
+        session.in_flight += 1
+        try:
+            result = await self.pool.call(CallRequest(program.ref, inputs, deadline, request_id, history, session.preferred_worker, lm))
+        finally:
+            session.in_flight -= 1
+        session.fresh, session.lost = False, ""
+        if result.worker is not None:
+            session.preferred_worker = result.worker.id
+        session.turns.append(Turn(program.name, structs.struct_to_dict(inputs), structs.struct_to_dict(result.outputs)))
+        return Served(result, session=note)
+
+    def _open(self, session_id: str) -> Session:
+        session = self.sessions.get_or_create(session_id, time.monotonic())
+        if self.session_max_in_flight and session.in_flight >= self.session_max_in_flight:
+            raise errors.ResourceExhausted(
+                f"session {session_id!r} already has {session.in_flight} calls in flight (limit {self.session_max_in_flight})",
+                metadata={"retry_after_ms": "200"},
+            )
+        return session
