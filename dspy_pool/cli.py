@@ -16,11 +16,13 @@ DEMO_PROGRAM = {"name": "demo_qa", "signature": "question -> answer", "module": 
 def _serve(args: argparse.Namespace) -> int:
     try:
         config = config_module.load(args)
+        from dspy_pool.server.app import serve, validate
+
+        validate(config)  # before the sim LM or the zygote exists
     except (ValueError, OSError) as exc:
         print(f"dspy-pool: {exc}", file=sys.stderr)
         return 2
-    logs.configure(config.log_format, config.log_level)
-    from dspy_pool.server.app import serve
+    logs.configure(config.log_format, config.log_level, secrets=(config.lm_api_key,))
 
     async def run() -> None:
         demos: list[asyncio.Future] = []

@@ -17,6 +17,7 @@ from typing import Any, Callable, Iterable
 
 from google.protobuf import struct_pb2
 
+from dspy_pool.errors import PoolError
 from dspy_pool.internal import worker_pb2 as wire
 from dspy_pool.pool.controller import Controller, RecycleConfig
 from dspy_pool.pool.dispatcher import Job
@@ -194,6 +195,11 @@ class Pool:
         """Take no new calls; wait up to `grace_s` for queued and running ones. True when all finished."""
         await self._controller.stop()
         return await self._workers.drain(grace_s)
+
+    def abandon(self, error: PoolError) -> int:
+        """Fail what is still queued or running with `error` (the drain grace ran out); returns how many."""
+        dispatcher = self._workers.dispatcher
+        return dispatcher.fail_queued(error) + dispatcher.fail_running(error)
 
     async def stop(self) -> None:
         await self._controller.stop()

@@ -241,6 +241,13 @@ class Dispatcher:
             self._queued -= 1
             self._start(job, handle)
 
+    def fail_running(self, error: errors.PoolError) -> int:
+        """Fail every call a worker is running with `error` and ask the worker to cancel it (shutdown past its grace)."""
+        running = [call for handle in self.workers.values() for call in handle.in_flight.values() if isinstance(call, Job)]
+        for job in running:
+            self._abandon(job, error)
+        return len(running)
+
     def fail_queued(self, error: errors.PoolError) -> int:
         """Fail every queued job (shutdown after the grace period)."""
         jobs: Iterable[Job] = [j for j in self._queue if j.state is JobState.QUEUED]

@@ -18,6 +18,7 @@ from grpc_reflection.v1alpha import reflection
 
 from prometheus_client import CollectorRegistry
 
+from dspy_pool import errors
 from dspy_pool.internal import worker_pb2 as wire
 from dspy_pool.pool.api import Pool, ScalingSettings
 from dspy_pool.pool.controller import RecycleConfig
@@ -30,7 +31,7 @@ from dspy_pool.server.config import ServerConfig, public_view, worker_bounds
 from dspy_pool.server.handlers import add_service
 from dspy_pool.server.metrics_http import MetricsInterceptor, PoolExporter, start_metrics_server, stop_metrics_server
 from dspy_pool.server.registry import ProgramRegistry
-from dspy_pool.server.service import DSPyPoolService, breaker_config, warmup_programs
+from dspy_pool.server.service import DSPyPoolService, breaker_config, resilience_settings, warmup_programs
 from dspy_pool.server.sessions import SessionStore
 from dspy_pool.simlm.process import SimLMProcess, start_sim_lm
 from dspy_pool.v1 import dspy_pool_pb2 as pb
@@ -97,8 +98,29 @@ def pool_settings(config: ServerConfig) -> PoolSettings:
     )
 
 
+def validate(config: ServerConfig) -> None:
+    """Build every settings object once, so a bad setting stops start-up before any child process exists."""
+    try:
+        pool_settings(config)
+        scaling_settings(config)
+        resilience_settings(config)
+    except ValueError as exc:
+        raise ValueError(f"invalid configuration: {exc}") from None
+
+
+_KEYLESS_LMS = (SIM_LM, "dummy")
+
+
+def warn_if_keyless(config: ServerConfig) -> None:
+    """A provider model with no key fails every call with LM_AUTH; say so at start-up, once."""
+    if config.lm not in _KEYLESS_LMS and not config.lm_api_key:
+        log.warning("lm_api_key_missing", lm=config.lm,
+                    hint="no API key configured: set DSPY_POOL_LM_API_KEY (ignore this for keyless local endpoints such as Ollama)")
+
+
 class App:
     def __init__(self, config: ServerConfig) -> None:
+        validate(config)
         self.config = config
         self.sim: SimLMProcess | None = None
         self.pool: Pool | None = None
@@ -117,6 +139,7 @@ class App:
     async def start(self) -> int:
         """Start everything; returns the bound TCP port (0 for a Unix socket)."""
         log.info("server_starting", config=public_view(self.config))
+        warn_if_keyless(self.config)
         if self.config.lm == SIM_LM:
             self.sim = await start_sim_lm("--latency", self.config.sim_latency)
             log.info("sim_lm_started", port=self.sim.port, latency=self.config.sim_latency)
@@ -186,6 +209,12 @@ class App:
             if not drained:
                 view = self.pool.view()
                 log.warning("drain_incomplete", queued=view.queue_depth, in_flight=view.in_flight)
+                # Answer them now, while the server can still write a status: once it
+                # stops, grpc would end each one CANCELLED, which says nothing useful.
+                self.pool.abandon(errors.Unavailable(
+                    "the server shut down before this call finished (drain grace ran out); it may have partly run",
+                    metadata={"may_have_run": "true"},
+                ))
         if self.server is not None:
             await self.server.stop(1.0)
         if self.pool is not None:

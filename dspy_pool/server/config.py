@@ -112,8 +112,31 @@ class ServerConfig:
             problems.append("warmup_timeout_s must be > 0")
         if self.log_format not in ("console", "json"):
             problems.append("log_format must be console or json")
+        listen_problem = check_listen(self.listen)
+        if listen_problem:
+            problems.append(listen_problem)
+        if self.result_cache_entries < 1 or not self.result_cache_ttl_s > 0:
+            problems.append("result_cache_entries must be >= 1 and result_cache_ttl_s > 0")
+        if not 0 <= self.metrics_port <= 65535 and self.metrics_port != -1:
+            problems.append(f"metrics_port must be -1 (off), 0 (any free port) or 1-65535, not {self.metrics_port}")
         if problems:
             raise ValueError("invalid configuration: " + "; ".join(problems))
+
+
+def check_listen(listen: str) -> str:
+    """A problem with a listen address, or "" when it is HOST:PORT (port 0-65535; [v6]:PORT) or unix:PATH.
+
+    grpc itself accepts "127.0.0.1" (and quietly picks port 443) or
+    "localhost:99999" (and quietly wraps the port): refuse both here.
+    """
+    if listen.startswith("unix:"):
+        return "" if listen[len("unix:"):].strip("/") else f"listen {listen!r}: unix: needs a socket path"
+    host, sep, port = listen.rpartition(":")
+    if not sep or not host or (":" in host and not (host.startswith("[") and host.endswith("]"))):
+        return f"listen {listen!r} must be HOST:PORT (e.g. 127.0.0.1:50051, [::1]:50051) or unix:PATH"
+    if not port.isdigit() or not 0 <= int(port) <= 65535:
+        return f"listen {listen!r}: port must be a number from 0 to 65535"
+    return ""
 
 
 _FIELDS = {f.name: f for f in fields(ServerConfig)}

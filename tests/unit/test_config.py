@@ -171,3 +171,35 @@ def test_unknown_profile_is_an_error():
     config_module.add_flags(parser)
     with pytest.raises(ValueError, match="balanced"):
         config_module.load(parser.parse_args(["--profile", "turbo"]), environ={})
+
+
+@pytest.mark.parametrize("listen", ["127.0.0.1", "localhost:99999", "::1:50051", "unix:", "127.0.0.1:port", ":50051"])
+def test_listen_addresses_grpc_would_silently_bend_are_refused(listen):
+    """A listen address without a port, with a port past 65535, or an unbracketed IPv6 host is a config error."""
+    with pytest.raises(ValueError, match="listen"):
+        ServerConfig(listen=listen)
+
+
+@pytest.mark.parametrize("listen", ["127.0.0.1:0", "0.0.0.0:50051", "[::1]:50051", "unix:/tmp/dspy-pool.sock", "localhost:65535"])
+def test_listen_addresses_accepted(listen):
+    """HOST:PORT, [IPv6]:PORT and unix:PATH are accepted as given."""
+    assert ServerConfig(listen=listen).listen == listen
+
+
+def test_every_setting_is_checked_before_any_child_starts():
+    """validate() builds every settings object: a bad breaker or scaler value fails there, not after the zygote runs."""
+    from dspy_pool.server.app import validate
+
+    with pytest.raises(ValueError, match="invalid configuration"):
+        validate(ServerConfig(breaker_failure_rate=1.5))
+    with pytest.raises(ValueError, match="result_cache_entries"):
+        ServerConfig(result_cache_entries=0)
+    validate(ServerConfig())
+
+
+def test_cli_refuses_a_bad_setting_without_starting_anything(capsys):
+    """`dspy-pool serve --result-cache-entries 0` exits 2 with the message, before the sim LM or zygote exist."""
+    from dspy_pool import cli
+
+    assert cli.main(["serve", "--result-cache-entries", "0"]) == 2
+    assert "result_cache_entries" in capsys.readouterr().err

@@ -1,0 +1,147 @@
+"""Status codes at the edge: unset Values, bursts past the queue, sessions at their cap, draining (one server per module)."""
+
+import asyncio
+
+import grpc
+import pytest
+import pytest_asyncio
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+
+from dspy_pool.server.app import App
+from dspy_pool.v1 import dspy_pool_pb2 as pb
+from dspy_pool.v1 import dspy_pool_pb2_grpc as pb_grpc
+
+from .harness import eventually, execute_request, make_config, register, running_app
+
+pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(90)]
+
+MAX_QUEUE = 50
+MAX_SESSIONS = 3
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def server():
+    async with running_app(max_queue=MAX_QUEUE, worker_concurrency=8, max_sessions=MAX_SESSIONS) as (app, stub, channel):
+        await register(stub, "sleepy", "seconds -> slept", "sleepy")
+        await register(stub, "qa", "question -> answer")
+        await register(stub, "chat", "question, history -> answer, turns", "counts_history")
+        yield app, stub, channel
+
+
+async def _error(call) -> grpc.aio.AioRpcError:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await call
+    return caught.value
+
+
+def _unset_value_struct(struct, key: str) -> None:
+    """Add `key` whose Value has no kind set (what a buggy client library can send)."""
+    struct.fields[key].Clear()
+    struct.fields[key].list_value.values.add()  # a list holding one unset Value
+    struct.fields[key].list_value.values[0].Clear()
+
+
+async def test_unset_value_in_execute_inputs_is_invalid_argument(server):
+    """A Value with no kind in Execute inputs is INVALID_ARGUMENT naming where, never UNKNOWN."""
+    _, stub, _ = server
+    request = execute_request("qa")
+    _unset_value_struct(request.inputs, "question")
+    error = await _error(stub.Execute(request, timeout=10))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "inputs.question[0]" in error.details() and "no kind" in error.details()
+
+
+@pytest.mark.parametrize("where", ["warmup_inputs", "demos", "module_options", "static_outputs"])
+async def test_unset_value_in_a_spec_is_invalid_argument(server, where):
+    """Unset Values in warm-up inputs, demos, module options and static fallback outputs are INVALID_ARGUMENT."""
+    _, stub, _ = server
+    spec = pb.ProgramSpec(name=f"unset_{where}", signature="question -> answer")
+    if where == "warmup_inputs":
+        _unset_value_struct(spec.warmup_inputs.add(), "question")
+    elif where == "demos":
+        _unset_value_struct(spec.demos.add(), "question")
+    elif where == "module_options":
+        _unset_value_struct(spec.module_options, "k")
+    else:
+        spec.fallback.chain.append("static")
+        _unset_value_struct(spec.fallback.static_outputs, "answer")
+    error = await _error(stub.RegisterProgram(pb.RegisterProgramRequest(spec=spec), timeout=10))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error.details()
+    assert "no kind" in error.details()
+
+
+async def test_fallback_program_must_exist(server):
+    """A fallback naming a program that is not registered is INVALID_ARGUMENT at registration."""
+    _, stub, _ = server
+    spec = pb.ProgramSpec(name="with_missing_fallback", signature="question -> answer")
+    spec.fallback.chain.append("program")
+    spec.fallback.program = "no_such_program"
+    error = await _error(stub.RegisterProgram(pb.RegisterProgramRequest(spec=spec), timeout=10))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "no_such_program" in error.details()
+
+
+async def test_history_input_refused_for_a_program_without_one(server):
+    """`history` sent to a program with no history input is INVALID_ARGUMENT; a history program takes it from its session."""
+    _, stub, _ = server
+    error = await _error(stub.Execute(execute_request("qa", question="hi", history=[]), timeout=10))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "history" in error.details()
+
+
+async def test_burst_past_the_queue_is_resource_exhausted_with_retry_info_never_cancelled(server):
+    """3,000 concurrent calls: each is OK or RESOURCE_EXHAUSTED with RetryInfo; grpc core cancels none."""
+    app, stub, _ = server
+    calls = [stub.Execute(execute_request("sleepy", seconds=0.3), timeout=60) for _ in range(3000)]
+    results = await asyncio.gather(*calls, return_exceptions=True)
+    codes = {}
+    for result in results:
+        code = grpc.StatusCode.OK if isinstance(result, pb.ExecuteResponse) else result.code()
+        codes[code] = codes.get(code, 0) + 1
+    assert set(codes) <= {grpc.StatusCode.OK, grpc.StatusCode.RESOURCE_EXHAUSTED}, codes
+    assert codes.get(grpc.StatusCode.RESOURCE_EXHAUSTED, 0) > 0 and codes.get(grpc.StatusCode.OK, 0) > 0
+    rejected = next(r for r in results if isinstance(r, grpc.aio.AioRpcError))
+    status = rpc_status.from_call(rejected)
+    retry_infos = [d for d in status.details if d.Is(error_details_pb2.RetryInfo.DESCRIPTOR)]
+    assert retry_infos, "RESOURCE_EXHAUSTED must carry RetryInfo"
+
+
+async def test_session_started_and_cap_protects_active_sessions(server):
+    """The first call of a session says so; at the cap a new session is refused, live ones keep their history."""
+    _, stub, _ = server
+    first = await stub.Execute(pb.ExecuteRequest(program="chat", session_id="cap-0", inputs=execute_request("chat", question="q").inputs), timeout=10)
+    second = await stub.Execute(pb.ExecuteRequest(program="chat", session_id="cap-0", inputs=execute_request("chat", question="q").inputs), timeout=10)
+    assert (first.session_started, second.session_started) == (True, False)
+    assert second.outputs["turns"] == 1
+    for number in range(1, MAX_SESSIONS):
+        await stub.Execute(pb.ExecuteRequest(program="chat", session_id=f"cap-{number}", inputs=execute_request("chat", question="q").inputs), timeout=10)
+    error = await _error(stub.Execute(pb.ExecuteRequest(program="chat", session_id="flood", inputs=execute_request("chat", question="q").inputs), timeout=10))
+    assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "active use" in error.details()
+    third = await stub.Execute(pb.ExecuteRequest(program="chat", session_id="cap-0", inputs=execute_request("chat", question="q").inputs), timeout=10)
+    assert third.outputs["turns"] == 2  # nobody's history was pushed out
+    status = await stub.GetPoolStatus(pb.GetPoolStatusRequest(), timeout=5)
+    assert status.sessions_refused >= 1 and status.sessions_evicted == 0
+    for number in range(MAX_SESSIONS):
+        await stub.CloseSession(pb.CloseSessionRequest(session_id=f"cap-{number}"), timeout=5)
+
+
+async def test_calls_still_running_when_the_drain_grace_ends_get_unavailable():
+    """Stopping with a short grace: calls still running and calls arriving during the drain end UNAVAILABLE, never CANCELLED."""
+    app = App(make_config(workers=1))
+    await app.start()
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{app.port}")
+    stub = pb_grpc.DSPyPoolStub(channel)
+    try:
+        await register(stub, "sleepy", "seconds -> slept", "sleepy")
+        running = [asyncio.ensure_future(stub.Execute(execute_request("sleepy", seconds=30), timeout=60)) for _ in range(3)]
+        await eventually(lambda: app.pool.view().in_flight == 3)
+        stopping = asyncio.ensure_future(app.stop(grace_s=1.0))
+        await eventually(lambda: app.pool.worker_pool.dispatcher.closed)
+        late = await _error(stub.Execute(execute_request("sleepy", seconds=0.1), timeout=10))
+        assert late.code() == grpc.StatusCode.UNAVAILABLE
+        results = await asyncio.gather(*running, return_exceptions=True)
+        assert [r.code() for r in results] == [grpc.StatusCode.UNAVAILABLE] * 3, [getattr(r, "details", lambda: r)() for r in results]
+        assert "drain grace" in results[0].details()
+        await stopping
+    finally:
+        await channel.close()
+        await app.stop()
