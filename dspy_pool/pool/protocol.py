@@ -32,7 +32,7 @@ class FrameType(enum.IntEnum):
     CANCEL = 4
     PING = 5
     PONG = 6
-    STATS = 7
+    # 7 was STATS: stats travel in PONG payloads
     HELLO = 8
     SHUTDOWN = 9
     # front <-> zygote

@@ -11,7 +11,6 @@ No clock is read here: `now` (monotonic seconds) is passed in.
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 from collections import OrderedDict
 from collections.abc import Hashable, Mapping
@@ -20,11 +19,6 @@ from typing import Any
 
 # Bumped whenever the key layout changes, so old entries in a shared cache are never misread.
 _KEY_DOMAIN = b"dspy-pool/result/v1\x00"
-
-
-def canonical_inputs(inputs: Mapping[str, Any]) -> bytes:
-    """Inputs as bytes that are equal whenever the inputs are equal, whatever the key order."""
-    return json.dumps(inputs, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
 def cache_key(program: str, version: int, inputs_bytes: bytes) -> bytes:

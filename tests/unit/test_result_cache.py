@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import pytest
 
-from dspy_pool.server.result_cache import ResultCache, cache_key, canonical_inputs
+from google.protobuf import struct_pb2
+
+from dspy_pool.server.result_cache import ResultCache, cache_key
+
+
+def canonical_inputs(values) -> bytes:
+    """Inputs as the resilience path keys them: the Struct serialized deterministically."""
+    struct = struct_pb2.Struct()
+    struct.update(values)
+    return struct.SerializeToString(deterministic=True)
 
 
 def test_get_returns_what_was_put():
@@ -86,8 +95,8 @@ def test_rejects_bad_bounds():
         ResultCache(max_entries=1, ttl_s=0.0)
 
 
-def test_canonical_inputs_ignore_key_order():
-    """Equal inputs serialize to equal bytes whatever their key order."""
+def test_deterministic_inputs_ignore_key_order():
+    """Equal inputs serialize to equal bytes whatever their key order (map keys are sorted)."""
     first = canonical_inputs({"question": "2+2?", "context": ["a", "b"], "n": {"y": 1, "x": 2}})
     second = canonical_inputs({"n": {"x": 2, "y": 1}, "context": ["a", "b"], "question": "2+2?"})
     assert first == second
