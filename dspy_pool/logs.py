@@ -40,3 +40,28 @@ def configure(log_format: str = "console", level: str = "info", secrets: tuple[s
         logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
         cache_logger_on_first_use=True,
     )
+
+
+class RateLimiter:
+    """At most `burst` log lines per key in each `interval_s`; the rest are counted, and the next line says how many.
+
+    For failures that arrive in floods (a provider outage fails every call):
+    the first few are logged at warning with their message, then one line
+    per interval carries the count of the ones left out. `now` is passed in.
+    """
+
+    def __init__(self, burst: int = 5, interval_s: float = 10.0) -> None:
+        self.burst = burst
+        self.interval_s = interval_s
+        self._windows: dict[str, tuple[float, int, int]] = {}  # key -> (window start, logged, suppressed)
+
+    def allow(self, key: str, now: float) -> tuple[bool, int]:
+        """(log this one?, how many were left out since the last line logged for `key`)."""
+        start, logged, suppressed = self._windows.get(key, (now, 0, 0))
+        if now - start >= self.interval_s:
+            start, logged = now, 0
+        if logged >= self.burst:
+            self._windows[key] = (start, logged, suppressed + 1)
+            return False, 0
+        self._windows[key] = (start, logged + 1, 0)
+        return True, suppressed
