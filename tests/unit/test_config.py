@@ -203,3 +203,17 @@ def test_cli_refuses_a_bad_setting_without_starting_anything(capsys):
 
     assert cli.main(["serve", "--result-cache-entries", "0"]) == 2
     assert "result_cache_entries" in capsys.readouterr().err
+
+
+def test_a_provider_model_without_a_key_is_warned_about_at_start_up():
+    """warn_if_keyless names DSPY_POOL_LM_API_KEY for a provider model with no key, and stays quiet for sim and keyed LMs."""
+    from structlog.testing import capture_logs
+
+    from dspy_pool.server.app import warn_if_keyless
+
+    with capture_logs() as logs:
+        warn_if_keyless(ServerConfig(lm="openai/gpt-4o-mini"))
+        warn_if_keyless(ServerConfig(lm="sim"))
+        warn_if_keyless(ServerConfig(lm="openai/gpt-4o-mini", lm_api_key="sk-x"))
+    assert [entry["event"] for entry in logs] == ["lm_api_key_missing"]
+    assert "DSPY_POOL_LM_API_KEY" in logs[0]["hint"] and logs[0]["log_level"] == "warning"
