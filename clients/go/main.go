@@ -147,7 +147,7 @@ func Describe(err error) string {
 	for _, detail := range st.Details() {
 		switch d := detail.(type) {
 		case *errdetails.ErrorInfo:
-			text += fmt.Sprintf(" [reason=%s domain=%s error_type=%s]", d.Reason, d.Domain, d.Metadata["error_type"])
+			text += fmt.Sprintf(" [reason=%s domain=%s error_type=%s may_have_run=%s]", d.Reason, d.Domain, d.Metadata["error_type"], d.Metadata["may_have_run"])
 		case *errdetails.RetryInfo:
 			// Debian's genproto uses the old Duration type (no AsDuration).
 			delay := time.Duration(d.RetryDelay.GetSeconds())*time.Second + time.Duration(d.RetryDelay.GetNanos())
@@ -157,6 +157,24 @@ func Describe(err error) string {
 		}
 	}
 	return text
+}
+
+// MayHaveRun reports whether the server says a failed call may have run (its
+// worker died or hung while running it, its deadline passed mid-run): such a
+// call must never be sent again, even when its code (UNAVAILABLE) would
+// otherwise invite a retry, since a call that killed its worker would kill
+// the next one too. This client does not retry; check it before you do.
+func MayHaveRun(err error) bool {
+	st, ok := status.FromError(err)
+	if !ok || err == nil {
+		return false
+	}
+	for _, detail := range st.Details() {
+		if info, isInfo := detail.(*errdetails.ErrorInfo); isInfo {
+			return info.Metadata["may_have_run"] == "true"
+		}
+	}
+	return false
 }
 
 func run(target string) error {

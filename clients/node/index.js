@@ -39,9 +39,15 @@
  * DEADLINE_EXCEEDED.
  *
  * Errors: a failed call rejects with the grpc-js ServiceError (`code`,
- * `details`, `metadata`) extended with `codeName` and, when the server sent
- * them, `errorInfo` ({reason, domain, metadata}), `retryDelayMs` and
- * `debugInfo` (the worker's traceback).
+ * `details`, `metadata`) extended with `codeName`, `mayHaveRun` and, when the
+ * server sent them, `errorInfo` ({reason, domain, metadata}), `retryDelayMs`
+ * and `debugInfo` (the worker's traceback). `errorInfo.metadata` carries the
+ * error `kind` and `may_have_run` / `transient` ("true" or "false").
+ *
+ * Retries (`retries: N`) never resend a call whose ErrorInfo says
+ * `may_have_run: "true"` (its worker died or hung while running it, its
+ * deadline passed mid-run): it may have run, and a call that killed its
+ * worker would kill the next one too.
  */
 
 const crypto = require('node:crypto');
@@ -209,7 +215,19 @@ function enrichError(error) {
   } catch (_) {
     // A trailer we cannot read must not hide the original error.
   }
+  const info = error.errorInfo && error.errorInfo.metadata;
+  error.mayHaveRun = Boolean(info && info.may_have_run === 'true');
   return error;
+}
+
+/**
+ * Whether a failed call may be sent again: UNAVAILABLE, or RESOURCE_EXHAUSTED
+ * with a RetryInfo (queue full), and never when the server says the call may
+ * have run.
+ */
+function isRetryable(error) {
+  if (!error || error.mayHaveRun) return false;
+  return error.code === grpc.status.UNAVAILABLE || (error.code === grpc.status.RESOURCE_EXHAUSTED && error.retryDelayMs !== undefined);
 }
 
 // ---- Client -------------------------------------------------------------
@@ -223,9 +241,9 @@ class DSPyPoolClient {
    * @param {number} [options.defaultDeadlineMs=30000] deadline for calls that set none.
    * @param {number} [options.retries=0] extra attempts on UNAVAILABLE, and on
    *   RESOURCE_EXHAUSTED when the server sent a RetryInfo (waiting at least
-   *   the delay it suggests). Both are returned before a program runs
-   *   (draining, no worker, breaker open, queue full), so a retry does not
-   *   normally run a program twice.
+   *   the delay it suggests), unless the server's ErrorInfo says
+   *   `may_have_run: "true"` (a worker died or hung running the call): those
+   *   are never resent, so a retry does not run a program twice.
    * @param {number} [options.retryBackoffMs=100] first backoff; doubles per attempt.
    * @param {grpc.ChannelCredentials} [options.credentials] default: insecure (loopback sidecar).
    * @param {object} [options.channelOptions] grpc-js channel options.
@@ -264,8 +282,7 @@ class DSPyPoolClient {
       try {
         return await this._unary(this.stub, method, request, opts);
       } catch (error) {
-        const retryable = error.code === grpc.status.UNAVAILABLE || (error.code === grpc.status.RESOURCE_EXHAUSTED && error.retryDelayMs !== undefined);
-        if (!retryable || attempt >= retries) throw error;
+        if (!isRetryable(error) || attempt >= retries) throw error;
         await sleep(Math.max(backoff, error.retryDelayMs || 0));
         backoff *= 2;
       }
@@ -382,6 +399,7 @@ module.exports = {
   toValue,
   fromValue,
   decodeStatusDetails,
+  isRetryable,
   status: grpc.status,
   grpc,
   packageDefinition,

@@ -37,7 +37,6 @@ from dspy_pool.pool.scaler import ScalerMetrics
 from dspy_pool.pool.windows import LatencySnapshot, LatencyWindow, RateWindow
 
 __all__ = [
-    "CALLER_FAULT_KINDS",
     "DEFAULT_WAIT_BUCKETS_S",
     "PoolMetrics",
     "PoolSnapshot",
@@ -50,13 +49,6 @@ __all__ = [
 DEFAULT_WAIT_BUCKETS_S: tuple[float, ...] = (
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 )
-
-# The caller's own mistakes say nothing about the pool's health.
-CALLER_FAULT_KINDS = frozenset({
-    errors.ErrorKind.INVALID_ARGUMENT,
-    errors.ErrorKind.NOT_FOUND,
-    errors.ErrorKind.CANCELLED,
-})
 
 # Worker states as strings, so this module does not depend on the handle's enum identity.
 _READY, _STARTING, _WARMING, _DRAINING = "ready", "starting", "warming", "draining"
@@ -238,8 +230,8 @@ class PoolMetrics:
     def job_finished(self, job: Any, now: float, error: BaseException | None = None) -> None:
         """Record a dispatcher Job's outcome and execution time, or its queue wait if it never started.
 
-        The caller's faults (invalid argument, not found, cancelled) count as
-        finished, not failed: they say nothing about the pool.
+        The caller's faults (the error table's `caller_fault`: invalid argument,
+        not found, cancelled, ...) count as finished, not failed: they say nothing about the pool.
         """
         started_at = getattr(job, "started_at", 0.0)
         if started_at:
@@ -250,7 +242,7 @@ class PoolMetrics:
             enqueued_at = getattr(job, "enqueued_at", None)
             if enqueued_at is not None:
                 self.record_queue_wait(now, now - enqueued_at)
-        ok = error is None or getattr(error, "kind", None) in CALLER_FAULT_KINDS
+        ok = error is None or (isinstance(error, errors.PoolError) and error.meaning.caller_fault)
         self.record_outcome(now, ok)
 
     # -- reads ----------------------------------------------------------------

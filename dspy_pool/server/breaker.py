@@ -56,6 +56,8 @@ from typing import Any, NamedTuple, Protocol
 
 import structlog
 
+from dspy_pool.errors import PoolError
+
 
 class BreakerState(enum.StrEnum):
     CLOSED = "closed"
@@ -67,6 +69,16 @@ class Outcome(enum.Enum):
     SUCCESS = "success"
     FAILURE = "failure"  # a system failure: LM error or timeout, worker crash, malformed LM output
     IGNORED = "ignored"  # the caller's bad input, cancellation: says nothing about the endpoint
+
+
+def outcome_for(error: PoolError) -> Outcome:
+    """FAILURE when the error table says the kind counts against the breaker (hard rule 8), else IGNORED.
+
+    A call that never left our queue says nothing about the LM endpoint, whatever its kind.
+    """
+    if error.meaning.breaker_failure and not error.queued_only:
+        return Outcome.FAILURE
+    return Outcome.IGNORED
 
 
 class BreakerKey(NamedTuple):

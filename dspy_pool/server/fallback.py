@@ -13,8 +13,13 @@ validated once, here. The caller walks the planned steps inside the remaining
 deadline, holding a `FallbackBudget` slot for work that needs a worker, and
 stops at the first step that answers.
 
-The caller's bad input (`invalid_argument`, `not_found`) and cancellations never
-fall back: answering them from a cache or a static value would hide their error.
+Which errors fall back, and with which reason, is the error table's `fallback`
+column (dspy_pool/errors.py): the caller's bad input and cancellations never
+fall back, since answering them from a cache or a static value would hide their error.
+
+The chain needs time of its own: `reserve_s` is the part of the deadline kept
+back from the primary, so a hanging LM is cut off while a cache, static or
+backup step can still answer inside the caller's deadline.
 """
 
 from __future__ import annotations
@@ -24,7 +29,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from dspy_pool.errors import ErrorKind
+from dspy_pool import errors
+from dspy_pool.errors import FailureReason
 
 
 class Step(enum.StrEnum):
@@ -35,84 +41,21 @@ class Step(enum.StrEnum):
     FAIL = "fail"
 
 
-class FailureReason(enum.StrEnum):
-    """Why the primary did not answer; also the `fallback_reason` a response reports."""
-
-    BREAKER_OPEN = "breaker_open"
-    TIMEOUT = "timeout"
-    LM_ERROR = "lm_error"
-    WORKER_CRASH = "worker_crash"
-    RATE_LIMITED = "rate_limited"
-    MALFORMED_OUTPUT = "malformed_output"
-    QUEUE_FULL = "queue_full"
-    UNAVAILABLE = "unavailable"
-    INTERNAL = "internal"
-    # The caller's own doing: never falls back.
-    INVALID_ARGUMENT = "invalid_argument"
-    NOT_FOUND = "not_found"
-    CANCELLED = "cancelled"
-
-
-NO_FALLBACK_REASONS: frozenset[FailureReason] = frozenset(
-    {FailureReason.INVALID_ARGUMENT, FailureReason.NOT_FOUND, FailureReason.CANCELLED}
-)
-
 _STEP_NAMES_IN_ORDER: tuple[str, ...] = tuple(step.value for step in Step)
 _STEP_NAMES: frozenset[str] = frozenset(_STEP_NAMES_IN_ORDER)
 
 # Steps that run on a worker, and so are pointless when no worker can take work.
 WORKER_STEPS: frozenset[Step] = frozenset({Step.LM, Step.PROGRAM})
 _NO_WORKER_REASONS: frozenset[FailureReason] = frozenset({FailureReason.QUEUE_FULL, FailureReason.UNAVAILABLE})
-
-_REASON_BY_KIND: dict[str, FailureReason] = {
-    ErrorKind.LM_ERROR.value: FailureReason.LM_ERROR,
-    ErrorKind.LM_CONNECTION.value: FailureReason.LM_ERROR,
-    ErrorKind.LM_RATE_LIMITED.value: FailureReason.RATE_LIMITED,
-    ErrorKind.LM_TIMEOUT.value: FailureReason.TIMEOUT,
-    ErrorKind.DEADLINE_EXCEEDED.value: FailureReason.TIMEOUT,
-    ErrorKind.LM_MALFORMED_OUTPUT.value: FailureReason.MALFORMED_OUTPUT,
-    ErrorKind.WORKER_CRASHED.value: FailureReason.WORKER_CRASH,
-    # A hung worker is killed and replaced: from the call's view its worker died.
-    ErrorKind.WORKER_HUNG.value: FailureReason.WORKER_CRASH,
-    ErrorKind.QUEUE_FULL.value: FailureReason.QUEUE_FULL,
-    ErrorKind.RESOURCE_EXHAUSTED.value: FailureReason.QUEUE_FULL,
-    ErrorKind.UNAVAILABLE.value: FailureReason.UNAVAILABLE,
-    ErrorKind.INVALID_ARGUMENT.value: FailureReason.INVALID_ARGUMENT,
-    ErrorKind.NOT_FOUND.value: FailureReason.NOT_FOUND,
-    ErrorKind.CANCELLED.value: FailureReason.CANCELLED,
-    ErrorKind.PROGRAM_ERROR.value: FailureReason.INTERNAL,
-    ErrorKind.PROGRAM_NOT_LOADED.value: FailureReason.INTERNAL,
-    ErrorKind.INTERNAL.value: FailureReason.INTERNAL,
-}
-
-# What says something about the (program, LM endpoint) health. Not the caller's
-# input, not cancellations, not our own queue or draining, not the program's own bugs.
-BREAKER_FAILURE_KINDS: frozenset[str] = frozenset(
-    {
-        ErrorKind.LM_ERROR.value,
-        ErrorKind.LM_CONNECTION.value,
-        ErrorKind.LM_RATE_LIMITED.value,
-        ErrorKind.LM_TIMEOUT.value,
-        ErrorKind.LM_MALFORMED_OUTPUT.value,
-        ErrorKind.DEADLINE_EXCEEDED.value,
-        ErrorKind.WORKER_CRASHED.value,
-        ErrorKind.WORKER_HUNG.value,
-    }
-)
+# The 'lm' step runs the same program on the same inputs: after the call killed its
+# worker, that is a retry of a call that may have run, and a poison call would kill
+# another worker (hard rule 10). A different program ('program') may still answer.
+_SAME_CALL_FORBIDDEN: frozenset[FailureReason] = frozenset({FailureReason.WORKER_CRASH})
 
 
-def classify(error_kind: str) -> FailureReason:
-    """The failure reason for an error kind the pool raised; unknown kinds are `internal`."""
-    return _REASON_BY_KIND.get(error_kind, FailureReason.INTERNAL)
-
-
-def counts_as_breaker_failure(error_kind: str) -> bool:
-    """True for system failures (LM errors, timeouts, worker crashes, malformed output).
-
-    A deadline that expired while the call still waited in the queue says nothing
-    about the endpoint: the caller should record that one as ignored.
-    """
-    return error_kind in BREAKER_FAILURE_KINDS
+def classify(error_kind: str) -> FailureReason | None:
+    """The fallback reason the error table gives a kind; None: it must not fall back (the caller's own fault)."""
+    return errors.meaning(error_kind).fallback
 
 
 @dataclass(frozen=True)
@@ -162,13 +105,45 @@ NO_FALLBACK = FallbackChain()
 
 
 def plan(chain: FallbackChain, failure_reason: str) -> list[Step]:
-    """The steps worth trying, in chain order, for this failure; [] when it must not fall back."""
+    """The steps worth trying, in chain order, for this failure."""
     reason = FailureReason(failure_reason)
-    if reason in NO_FALLBACK_REASONS:
-        return []
     if reason in _NO_WORKER_REASONS:
         return [step for step in chain.steps if step not in WORKER_STEPS]
+    if reason in _SAME_CALL_FORBIDDEN:
+        return [step for step in chain.steps if step is not Step.LM]
     return list(chain.steps)
+
+
+@dataclass(frozen=True, slots=True)
+class Reserve:
+    """The part of a deadline a chain keeps back: `fraction` of the budget, within [floor_s, cap_s]."""
+
+    fraction: float
+    floor_s: float
+    cap_s: float
+
+
+# Cache and static answer in the front in microseconds; their reserve only has to
+# cover the primary's error reaching the front and the reply leaving a busy loop.
+LOCAL_RESERVE = Reserve(fraction=0.1, floor_s=0.05, cap_s=1.0)
+# A backup LM or a simpler program makes a real LM call of its own.
+WORKER_RESERVE = Reserve(fraction=0.4, floor_s=0.5, cap_s=15.0)
+# The primary keeps at least half of any budget: the chain covers for it, it does not replace it.
+MAX_RESERVE_FRACTION = 0.5
+
+
+def reserve_s(chain: FallbackChain, budget_s: float) -> float:
+    """Seconds of `budget_s` to keep back from the primary so the chain can still answer; 0 without a chain.
+
+    The primary then runs against `deadline - reserve_s(...)`, and the worker's LM
+    request is cancelled at that earlier point instead of using up the whole deadline.
+    """
+    steps = [step for step in chain.steps if step is not Step.FAIL]
+    if not steps or not budget_s > 0:  # also false for NaN
+        return 0.0
+    policy = WORKER_RESERVE if any(step in WORKER_STEPS for step in steps) else LOCAL_RESERVE
+    wanted = min(policy.cap_s, max(policy.floor_s, policy.fraction * budget_s))
+    return min(wanted, MAX_RESERVE_FRACTION * budget_s)
 
 
 class FallbackBudget:

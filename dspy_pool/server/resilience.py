@@ -34,14 +34,13 @@ from dspy_pool.server import fallback as fallback_policy
 from dspy_pool.server import retry as retry_policy
 from dspy_pool.server.executor import Served
 from dspy_pool.server.breaker import AsyncBreakerGuard, BreakerConfig, BreakerKey, BreakerRegistry, Outcome
+from dspy_pool.server.breaker import outcome_for as breaker_outcome_for
 from dspy_pool.server.fallback import FallbackBudget, FallbackChain, Step
 from dspy_pool.server.registry import ProgramRegistry, ProgramVersion
 from dspy_pool.server.result_cache import ResultCache, cache_key
 from dspy_pool.v1 import dspy_pool_pb2 as pb
 
 log = structlog.get_logger("dspy_pool.resilience")
-
-_NEVER_FALLBACK = {errors.ErrorKind.INVALID_ARGUMENT, errors.ErrorKind.NOT_FOUND, errors.ErrorKind.CANCELLED}
 
 
 @dataclass(frozen=True)
@@ -66,7 +65,6 @@ def chain_for(spec: pb.ProgramSpec, default_chain: tuple[str, ...]) -> FallbackC
     return FallbackChain(steps=steps, lm=fb.lm, lm_api_base=fb.lm_api_base, program=fb.program, static_outputs=static)
 
 
-_CRASH_KINDS = {errors.ErrorKind.WORKER_CRASHED, errors.ErrorKind.WORKER_HUNG}
 _CRASHES_REMEMBERED = 1024
 
 
@@ -87,18 +85,25 @@ class ResilientExecutor:
         self.fallbacks_served = 0
 
     def _outcome_for(self, program: str, error: errors.PoolError) -> Outcome:
-        if error.kind is errors.ErrorKind.DEADLINE_EXCEEDED and error.metadata.get("phase") == "queued":
-            return Outcome.IGNORED  # waiting in our queue says nothing about the LM endpoint
-        if error.kind in _CRASH_KINDS:
+        outcome = breaker_outcome_for(error)  # the error table decides; this only de-duplicates deaths
+        worker_pid = error.metadata.get("worker_pid")  # set only on errors a worker's death caused
+        if outcome is Outcome.FAILURE and worker_pid:
             # One crash fails every call its worker ran; it is one failure, not one per call.
-            crash = (program, error.metadata.get("worker_pid"))
+            crash = (program, worker_pid)
             if crash in self._crashes_counted:
                 return Outcome.IGNORED
             self._crashes_counted[crash] = None
             if len(self._crashes_counted) > _CRASHES_REMEMBERED:
                 self._crashes_counted.popitem(last=False)
-            return Outcome.FAILURE
-        return Outcome.FAILURE if fallback_policy.counts_as_breaker_failure(error.kind.value) else Outcome.IGNORED
+        return outcome
+
+    def _primary_deadline(self, program: ProgramVersion, deadline: float) -> float:
+        """The deadline less the fallback chain's reserve, so a hanging LM is cut off while the chain can still answer."""
+        try:
+            chain = chain_for(program.program.spec, self.settings.default_chain)
+        except ValueError:
+            return deadline
+        return deadline - fallback_policy.reserve_s(chain, deadline - asyncio.get_running_loop().time())
 
     def check_fallback_lm(self, chain: FallbackChain) -> None:
         """A client may only name a fallback LM the operator allow-listed, and never its endpoint."""
@@ -123,12 +128,14 @@ class ResilientExecutor:
         try:
             # A half-open probe asks "is the LM back?" once; retrying it would multiply load on a sick provider.
             attempts = 1 if permit.probe else self.settings.max_attempts
-            served = await self._primary_with_retries(program, request, request_id, deadline, attempts)
+            # The worker gets the primary's deadline as its timeout and cancels the LM request there.
+            served = await self._primary_with_retries(program, request, request_id, self._primary_deadline(program, deadline), attempts)
         except errors.PoolError as error:
             self.breakers.record(key, permit, self._outcome_for(key.program, error))
-            if error.kind in _NEVER_FALLBACK:
+            reason = fallback_policy.classify(error.kind.value)
+            if reason is None:  # the caller's own fault never falls back
                 raise
-            return await self._fall_back(program, request, deadline, fallback_policy.classify(error.kind.value).value, error)
+            return await self._fall_back(program, request, deadline, reason.value, error)
         except asyncio.CancelledError:
             self.breakers.record(key, permit, Outcome.IGNORED)
             raise

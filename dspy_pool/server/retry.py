@@ -24,28 +24,18 @@ import math
 import random
 from collections import deque
 
-from dspy_pool.errors import ErrorKind
-
-# LM 429/5xx and connection errors pass; a worker crash is retried because the
-# dispatcher only reports `worker_crashed` for calls another worker can redo.
-# Timeouts are left out on purpose: they spent the time a retry would need.
-# `lm_error` also covers some non-transient provider errors (bad key); the
-# budget bounds the cost of retrying those.
-TRANSIENT_KINDS: frozenset[str] = frozenset(
-    {
-        ErrorKind.LM_ERROR.value,
-        ErrorKind.LM_RATE_LIMITED.value,
-        ErrorKind.LM_CONNECTION.value,
-    }
-)
+from dspy_pool import errors
 
 # 2**63 times any sane base is beyond any max: stop growing before floats overflow.
 _MAX_EXPONENT = 63
 
 
 def is_transient(error_kind: str) -> bool:
-    """True when the same call may succeed if simply tried again."""
-    return error_kind in TRANSIENT_KINDS
+    """True when the same call may succeed if simply tried again (the error table's `transient`).
+
+    Never true for a kind that may have run (hard rule 10): the table refuses such a row.
+    """
+    return errors.meaning(error_kind).transient
 
 
 def backoff_delay(attempt: int, base_s: float, max_s: float, rng: random.Random) -> float:

@@ -17,7 +17,7 @@ import grpc
 import structlog
 from google.protobuf import struct_pb2
 
-from dspy_pool import errors, structs
+from dspy_pool import errors, logs, structs
 from dspy_pool.pool.api import Pool, WarmupProgram
 from dspy_pool.server import config as config_module
 from dspy_pool.server.breaker import AsyncBreakerGuard, BreakerConfig, BreakerState
@@ -109,6 +109,7 @@ class DSPyPoolService(pb_grpc.DSPyPoolServicer):
         self.resilient = ResilientExecutor(self.executor, registry, resilience_settings(config), config.lm_api_base or config.lm, breakers)
         self.started_at = time.monotonic()
         self._register_lock = asyncio.Lock()
+        self._failure_log = logs.RateLimiter()
 
     async def _abort(self, context: grpc.aio.ServicerContext, error: errors.PoolError) -> None:
         await context.abort_with_status(to_grpc_status(error))
@@ -198,8 +199,7 @@ class DSPyPoolService(pb_grpc.DSPyPoolServicer):
                 program = self._check_execute(request)
                 served = await self.resilient.execute(program, request, request_id, deadline)
             except errors.PoolError as error:
-                if error.kind not in (errors.ErrorKind.INVALID_ARGUMENT, errors.ErrorKind.NOT_FOUND):
-                    log.debug("execute_failed", kind=error.kind.value, message=error.message[:300])
+                self._log_failure(error)
                 await self._abort(context, error)
                 return
         result = served.result
@@ -220,6 +220,16 @@ class DSPyPoolService(pb_grpc.DSPyPoolServicer):
         )
         response.outputs.CopyFrom(result.outputs)
         return response
+
+    def _log_failure(self, error: errors.PoolError) -> None:
+        """LM and worker failures at warning, rate limited per kind (an outage fails every call); the caller's own at debug."""
+        if errors.meaning(error.kind).caller_fault:
+            log.debug("execute_failed", kind=error.kind.value, message=error.message[:300])
+            return
+        allowed, left_out = self._failure_log.allow(error.kind.value, time.monotonic())
+        if allowed:
+            log.warning("execute_failed", kind=error.kind.value, error_type=error.error_type, message=error.message[:300],
+                        worker_id=error.metadata.get("worker_id"), left_out_since_last=left_out or None)
 
     # -- sessions -----------------------------------------------------------
     async def GetSession(self, request: pb.GetSessionRequest, context):

@@ -1,4 +1,10 @@
-"""PoolError -> a rich gRPC status (google.rpc.Status with ErrorInfo)."""
+"""PoolError -> a rich gRPC status (google.rpc.Status with ErrorInfo).
+
+ErrorInfo.reason is the kind upper-cased; its metadata carries the kind and two
+answers from the error table that clients act on: `may_have_run` ("true": the call
+may have run, so never retry it, whatever the status code) and `transient`
+("true": the same call may succeed if tried again).
+"""
 
 from __future__ import annotations
 
@@ -17,7 +23,14 @@ _MAX_TRACEBACK_CHARS = 2000
 def to_grpc_status(error: PoolError) -> grpc.Status:
     # grpc-message and the details trailer both count against the peer's 8 KiB metadata
     # limit; past it the client sees RESOURCE_EXHAUSTED instead of our status. Keep both small.
-    info = error_details_pb2.ErrorInfo(reason=error.kind.value.upper(), domain=DOMAIN, metadata={"error_type": error.error_type[:200], **error.metadata})
+    metadata = {
+        "error_type": error.error_type[:200],
+        **error.metadata,
+        "kind": error.kind.value,
+        "may_have_run": "true" if error.may_have_run else "false",
+        "transient": "true" if error.meaning.transient else "false",
+    }
+    info = error_details_pb2.ErrorInfo(reason=error.kind.value.upper(), domain=DOMAIN, metadata=metadata)
     detail = any_pb2.Any()
     detail.Pack(info)
     details = [detail]
@@ -33,6 +46,10 @@ def to_grpc_status(error: PoolError) -> grpc.Status:
         packed.Pack(retry)
         details.append(packed)
     message = error.message if not error.error_type or error.error_type in error.message else f"{error.error_type}: {error.message}"
+    hint = error.meaning.hint
+    if hint and hint not in message:
+        # Ahead of the provider's own text, which the cut below may shorten.
+        message = f"{hint}. {message}"
     if len(message) > _MAX_MESSAGE_CHARS:
         message = message[: _MAX_MESSAGE_CHARS - 14] + " ...(truncated)"
     status = status_pb2.Status(code=error.status_code.value[0], message=message, details=details)

@@ -28,6 +28,8 @@ class Outcome(enum.Enum):
     HANG = "hang"
     MALFORMED = "malformed"
     DISCONNECT = "disconnect"
+    AUTH_401 = "auth_401"
+    BAD_REQUEST_400 = "bad_request_400"
 
 
 # The order in which rates claim their slice of [0, 1); OK takes the rest.
@@ -37,6 +39,9 @@ _RATED_OUTCOMES = (
     ("hang_rate", Outcome.HANG),
     ("malformed_rate", Outcome.MALFORMED),
     ("disconnect_rate", Outcome.DISCONNECT),
+    # Appended last so a seeded run that leaves them at 0 draws as it did before they existed.
+    ("auth_error_rate", Outcome.AUTH_401),
+    ("bad_request_rate", Outcome.BAD_REQUEST_400),
 )
 _LATENCY_ARITY = {"fixed": 1, "uniform": 2, "lognormal": 2, "exp": 1}
 
@@ -91,6 +96,8 @@ class FaultConfig:
     hang_rate: float = 0.0
     malformed_rate: float = 0.0
     disconnect_rate: float = 0.0
+    auth_error_rate: float = 0.0
+    bad_request_rate: float = 0.0
     latency: str = "fixed:0"
     retry_after_s: int = 1
 
@@ -131,6 +138,27 @@ class FaultConfig:
         if not isinstance(patch, dict):
             raise ValueError(f"fault config must be a JSON object, got {type(patch).__name__}")
         return FaultConfig.from_dict({**self.to_dict(), **patch})
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """An error response in OpenAI's shape: what a provider says when it will not take the request."""
+
+    status: int
+    message: str
+    type: str
+    code: str
+
+
+# Refusals a provider gives at once, before any work: the ones our error table must
+# never retry (a 401 answers the same way every time). The code fields are the
+# provider codes DSPy reads to tell an auth failure or an over-long prompt apart.
+REFUSALS: dict[Outcome, Refusal] = {
+    Outcome.AUTH_401: Refusal(401, "simulated: incorrect API key provided", "invalid_request_error", "invalid_api_key"),
+    Outcome.BAD_REQUEST_400: Refusal(
+        400, "simulated: this model's maximum context length is exceeded", "invalid_request_error", "context_length_exceeded"
+    ),
+}
 
 
 @lru_cache(maxsize=64)

@@ -145,3 +145,13 @@ async def test_calls_still_running_when_the_drain_grace_ends_get_unavailable():
     finally:
         await channel.close()
         await app.stop()
+
+
+async def test_validation_builds_only_keys_that_will_run(server):
+    """Registering (validating) programs leaves no throwaway keys on workers: every loaded key is a registered program's."""
+    app, stub, _ = server
+    for number in range(3):
+        await register(stub, f"validated_{number}", f"question -> answer_{number}")
+    registered = {entry.key for entry in app.service.registry.list(all_versions=True)}
+    loaded = set().union(*(handle.loaded_programs for handle in app.pool.worker_pool.handles()))
+    assert loaded and loaded <= registered, loaded - registered

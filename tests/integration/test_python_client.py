@@ -18,7 +18,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2] / "clients" /
 
 try:
     from dspy_pool_client import (AsyncClient, Client, InvalidArgument, NotFound, ResourceExhausted,
-                                  RetryPolicy)
+                                  RetryPolicy, Unavailable)
     from dspy_pool_client.retry import NO_RETRIES
 except TypeError as error:  # the same proto file registered twice with different content
     raise ImportError("clients/python/dspy_pool_client/_gen is stale against proto/: run python clients/python/generate.py") from error
@@ -36,6 +36,7 @@ async def server():
             await client.register_program("qa", "question -> answer")
             await client.register_program("sleepy", "seconds -> slept", module="sleepy")
             await client.register_program("chat", "question, history: dspy.History -> answer")
+            await client.register_program("exits", "code -> never", module="exits")
         yield app, target
 
 
@@ -166,3 +167,22 @@ async def test_queue_full_is_retried_until_it_succeeds(server):
         await asyncio.gather(*busy)
     assert result.outputs["answer"]
     assert app.pool.worker_pool.dispatcher.rejected > rejected_before
+
+
+async def test_call_that_kills_its_worker_is_attempted_once(server):
+    """UNAVAILABLE is retryable, but not with may_have_run=true: a poison call kills one worker, not max_attempts of them."""
+    app, target = server
+    policy = RetryPolicy(max_attempts=4, initial_backoff_s=0.01, max_backoff_s=0.05)
+    async with AsyncClient(target, default_timeout=20, retries=policy) as client:
+        before = (await client.pool_status()).worker_restarts
+        with pytest.raises(Unavailable) as caught:
+            await client.execute("exits", {"code": 3})
+
+        async def replaced():
+            status = await client.pool_status()
+            return status if any(worker.state == "ready" for worker in status.workers) else None
+
+        after = await eventually(replaced, timeout_s=20)
+    assert caught.value.reason == "WORKER_CRASHED" and caught.value.kind == "worker_crashed"
+    assert caught.value.may_have_run and not caught.value.transient
+    assert after.worker_restarts == before + 1

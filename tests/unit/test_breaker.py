@@ -18,7 +18,9 @@ from dspy_pool.server.breaker import (
     CircuitBreaker,
     Outcome,
     Permit,
+    outcome_for,
 )
+from dspy_pool import errors
 
 FAST = 0.01  # a call duration well under the slow threshold
 SLOW = 5.0
@@ -529,3 +531,40 @@ def test_random_operations_keep_invariants(breaker_config, ops):
     for transition in breaker.take_transitions():
         if transition.to_state is BreakerState.OPEN:
             assert transition.open_until > transition.at
+
+
+# -- outcome_for: which errors count (reads the error table) -----------------------------
+
+
+@pytest.mark.parametrize(
+    "kind",
+    ["lm_error", "lm_connection", "lm_rate_limited", "lm_timeout", "lm_malformed_output", "lm_auth", "deadline_exceeded",
+     "worker_crashed", "worker_hung"],
+)
+def test_system_failures_count_for_breaker(kind):
+    """LM errors (a refused key included), timeouts, malformed output and worker crashes count against the breaker."""
+    assert outcome_for(errors.PoolError("x", kind=errors.ErrorKind(kind))) is Outcome.FAILURE
+
+
+@pytest.mark.parametrize(
+    "kind",
+    ["invalid_argument", "not_found", "cancelled", "queue_full", "unavailable", "internal", "program_error", "lm_bad_request",
+     "program_quarantined", "failed_precondition"],
+)
+def test_caller_and_front_errors_do_not_count_for_breaker(kind):
+    """The caller's bad input, cancellations, front-side overload and the program's own bugs never count (hard rule 8)."""
+    assert outcome_for(errors.PoolError("x", kind=errors.ErrorKind(kind))) is Outcome.IGNORED
+
+
+def test_deadline_spent_in_the_queue_is_ignored():
+    """A deadline that passed before the call left our queue says nothing about the LM endpoint."""
+    queued = errors.DeadlineExceeded("late", metadata={"phase": errors.PHASE_QUEUED})
+    running = errors.DeadlineExceeded("late", metadata={"phase": "running"})
+    assert (outcome_for(queued), outcome_for(running)) == (Outcome.IGNORED, Outcome.FAILURE)
+
+
+def test_outcome_for_is_the_error_tables_column():
+    """Every kind counts exactly as its row's breaker_failure says."""
+    for kind, row in errors.MEANINGS.items():
+        expected = Outcome.FAILURE if row.breaker_failure else Outcome.IGNORED
+        assert outcome_for(errors.PoolError("x", kind=kind)) is expected

@@ -1,4 +1,4 @@
-"""Error hierarchy -> status codes, and PoolError -> rich gRPC status."""
+"""The error table (one row per kind), the hierarchy's status codes, and PoolError -> rich gRPC status."""
 
 from __future__ import annotations
 
@@ -7,7 +7,11 @@ import pytest
 from google.rpc import error_details_pb2, status_pb2
 
 from dspy_pool.errors import (
+    MEANINGS,
+    PHASE_QUEUED,
+    DeadlineExceeded,
     ErrorKind,
+    KindMeaning,
     InvalidArgument,
     NotFound,
     PoolError,
@@ -15,6 +19,7 @@ from dspy_pool.errors import (
     Unavailable,
     WorkerCrashed,
     from_kind,
+    meaning,
     status_for,
 )
 from dspy_pool.server.status import DOMAIN, to_grpc_status
@@ -44,6 +49,71 @@ def test_every_kind_has_a_status_code(kind):
     code = status_for(kind)
     assert isinstance(code, grpc.StatusCode)
     assert code is not grpc.StatusCode.OK
+
+
+def test_table_has_exactly_one_row_per_kind():
+    """MEANINGS covers every ErrorKind and nothing else."""
+    assert set(MEANINGS) == set(ErrorKind)
+
+
+@pytest.mark.parametrize("kind", list(ErrorKind))
+def test_nothing_that_may_have_run_is_transient(kind):
+    """Hard rule 10: a kind that may have run is never one the server retries."""
+    assert not (MEANINGS[kind].transient and MEANINGS[kind].may_have_run)
+
+
+@pytest.mark.parametrize("kind", list(ErrorKind))
+def test_caller_faults_neither_trip_the_breaker_nor_fall_back(kind):
+    """Hard rule 8: the caller's own fault says nothing about the endpoint and is never hidden by a fallback."""
+    row = MEANINGS[kind]
+    if row.caller_fault:
+        assert not row.breaker_failure and row.fallback is None
+
+
+def test_a_row_breaking_the_rules_is_refused():
+    """KindMeaning itself refuses a transient row that may have run, and a caller fault that counts."""
+    with pytest.raises(ValueError, match="hard rule 10"):
+        KindMeaning(grpc.StatusCode.UNAVAILABLE, "x", transient=True, may_have_run=True)
+    with pytest.raises(ValueError, match="hard rule 8"):
+        KindMeaning(grpc.StatusCode.INVALID_ARGUMENT, "x", caller_fault=True, breaker_failure=True)
+
+
+@pytest.mark.parametrize(
+    ("kind", "code"),
+    [
+        (ErrorKind.LM_AUTH, grpc.StatusCode.FAILED_PRECONDITION),
+        (ErrorKind.LM_BAD_REQUEST, grpc.StatusCode.INVALID_ARGUMENT),
+        (ErrorKind.PROGRAM_QUARANTINED, grpc.StatusCode.FAILED_PRECONDITION),
+        (ErrorKind.FAILED_PRECONDITION, grpc.StatusCode.FAILED_PRECONDITION),
+    ],
+)
+def test_new_kinds_have_their_issue_codes(kind, code):
+    """A refused key is FAILED_PRECONDITION, an over-long prompt INVALID_ARGUMENT, a quarantined program FAILED_PRECONDITION."""
+    assert status_for(kind) is code
+
+
+@pytest.mark.parametrize("kind", [ErrorKind.LM_AUTH, ErrorKind.LM_BAD_REQUEST])
+def test_refusals_are_never_retried(kind):
+    """A 401 or a 400 fails the same way every time: not transient."""
+    assert not MEANINGS[kind].transient
+
+
+@pytest.mark.parametrize("kind", [ErrorKind.WORKER_CRASHED, ErrorKind.WORKER_HUNG, ErrorKind.LM_TIMEOUT, ErrorKind.DEADLINE_EXCEEDED])
+def test_calls_cut_off_while_running_may_have_run(kind):
+    """A dead or hung worker, an LM timeout and a deadline while running may have left work done."""
+    assert MEANINGS[kind].may_have_run
+
+
+def test_meaning_of_an_undeclared_kind_is_internals():
+    """A kind string nobody declared reads as INTERNAL, as from_kind rebuilds it."""
+    assert meaning("martian") is MEANINGS[ErrorKind.INTERNAL]
+    assert meaning("lm_auth") is MEANINGS[ErrorKind.LM_AUTH]
+
+
+def test_a_deadline_spent_in_the_queue_did_not_run():
+    """phase=queued turns may_have_run off for that one error; the kind's row stays as it is."""
+    assert not DeadlineExceeded("late", metadata={"phase": PHASE_QUEUED}).may_have_run
+    assert DeadlineExceeded("late", metadata={"phase": "running"}).may_have_run
 
 
 @pytest.mark.parametrize(
@@ -115,7 +185,35 @@ def test_error_info_reason_domain_and_metadata():
     [info] = details_of(status, error_details_pb2.ErrorInfo)
     assert info.reason == "NOT_FOUND"
     assert info.domain == DOMAIN
-    assert dict(info.metadata) == {"error_type": "NotFound", "program": "qa"}
+    assert dict(info.metadata) == {"error_type": "NotFound", "program": "qa", "kind": "not_found", "may_have_run": "false",
+                                   "transient": "false"}
+
+
+@pytest.mark.parametrize(
+    ("error", "may_have_run", "transient"),
+    [
+        (WorkerCrashed("died", metadata={"worker_pid": "12"}), "true", "false"),
+        (PoolError("hung", kind=ErrorKind.WORKER_HUNG), "true", "false"),
+        (DeadlineExceeded("late", metadata={"phase": "running"}), "true", "false"),
+        (DeadlineExceeded("late", metadata={"phase": PHASE_QUEUED}), "false", "false"),
+        (PoolError("429", kind=ErrorKind.LM_RATE_LIMITED), "false", "true"),
+        (QueueFull("full"), "false", "false"),
+        (Unavailable("draining"), "false", "false"),
+    ],
+)
+def test_error_info_says_may_have_run_and_transient(error, may_have_run, transient):
+    """Clients read ErrorInfo.metadata may_have_run/transient ("true"/"false") and the kind from the table."""
+    [info] = details_of(rich_status(error), error_details_pb2.ErrorInfo)
+    assert (info.metadata["may_have_run"], info.metadata["transient"]) == (may_have_run, transient)
+    assert info.metadata["kind"] == error.kind.value and info.reason == error.kind.value.upper()
+
+
+def test_lm_auth_message_names_the_key_setting():
+    """A refused key tells the operator where the key comes from (DSPY_POOL_LM_API_KEY), ahead of the provider's text."""
+    error = PoolError("[openai/x] bad key", kind=ErrorKind.LM_AUTH, error_type="LMAuthError")
+    status = to_grpc_status(error)
+    assert status.code is grpc.StatusCode.FAILED_PRECONDITION
+    assert status.details.index("DSPY_POOL_LM_API_KEY") < status.details.index("bad key")
 
 
 def test_retry_info_when_retry_after_given():

@@ -1,19 +1,21 @@
-"""Fallback planning: chain validation, plans per failure reason, classification, and the budget."""
+"""Fallback planning: chain validation, plans per failure reason, classification, the deadline reserve, and the budget."""
 
 from __future__ import annotations
 
 import pytest
 
-from dspy_pool.errors import ErrorKind
+from dspy_pool.errors import MEANINGS, ErrorKind
 from dspy_pool.server.fallback import (
+    LOCAL_RESERVE,
     NO_FALLBACK,
+    WORKER_RESERVE,
     FailureReason,
     FallbackBudget,
     FallbackChain,
     Step,
     classify,
-    counts_as_breaker_failure,
     plan,
+    reserve_s,
 )
 
 FULL = FallbackChain(
@@ -70,16 +72,15 @@ def test_static_step_requires_outputs():
 # -- plan --------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("reason", ["breaker_open", "timeout", "lm_error", "worker_crash", "rate_limited", "malformed_output", "internal"])
+@pytest.mark.parametrize("reason", ["breaker_open", "timeout", "lm_error", "rate_limited", "malformed_output", "internal"])
 def test_system_failures_try_whole_chain(reason):
     """System failures try every step in chain order."""
     assert plan(FULL, reason) == [Step.CACHE, Step.LM, Step.PROGRAM, Step.STATIC, Step.FAIL]
 
 
-@pytest.mark.parametrize("reason", ["invalid_argument", "not_found", "cancelled"])
-def test_callers_own_errors_never_fall_back(reason):
-    """Bad input, unknown names and cancellations get an empty plan."""
-    assert plan(FULL, reason) == []
+def test_worker_crash_does_not_rerun_the_same_call():
+    """After a call killed its worker, the 'lm' step (same program, same inputs) would be a retry: it is skipped."""
+    assert plan(FULL, "worker_crash") == [Step.CACHE, Step.PROGRAM, Step.STATIC, Step.FAIL]
 
 
 @pytest.mark.parametrize("reason", ["queue_full", "unavailable"])
@@ -99,7 +100,7 @@ def test_plan_rejects_unknown_reason():
         plan(FULL, "bad_luck")
 
 
-# -- classify and breaker counting ---------------------------------------------------
+# -- classify (reads the error table) -------------------------------------------------
 
 
 @pytest.mark.parametrize(
@@ -107,6 +108,7 @@ def test_plan_rejects_unknown_reason():
     [
         ("lm_error", FailureReason.LM_ERROR),
         ("lm_connection", FailureReason.LM_ERROR),
+        ("lm_auth", FailureReason.LM_ERROR),
         ("lm_rate_limited", FailureReason.RATE_LIMITED),
         ("lm_timeout", FailureReason.TIMEOUT),
         ("deadline_exceeded", FailureReason.TIMEOUT),
@@ -115,21 +117,25 @@ def test_plan_rejects_unknown_reason():
         ("worker_hung", FailureReason.WORKER_CRASH),
         ("queue_full", FailureReason.QUEUE_FULL),
         ("unavailable", FailureReason.UNAVAILABLE),
-        ("invalid_argument", FailureReason.INVALID_ARGUMENT),
-        ("not_found", FailureReason.NOT_FOUND),
-        ("cancelled", FailureReason.CANCELLED),
         ("internal", FailureReason.INTERNAL),
     ],
 )
 def test_classify_maps_error_kinds(kind, reason):
-    """Each error kind the pool raises maps to one failure reason."""
+    """Each system failure maps to the fallback reason the response reports."""
     assert classify(kind) == reason
 
 
-def test_classify_covers_every_error_kind():
-    """Every ErrorKind member classifies to a declared reason."""
-    for kind in ErrorKind:
-        assert classify(kind) in set(FailureReason)
+@pytest.mark.parametrize("kind", ["invalid_argument", "not_found", "cancelled", "lm_bad_request", "failed_precondition"])
+def test_callers_own_errors_never_fall_back(kind):
+    """Bad input, unknown names, an over-long prompt and cancellations have no fallback reason."""
+    assert classify(kind) is None
+
+
+def test_classify_is_the_error_tables_column():
+    """classify reads errors.MEANINGS, so the two can never disagree."""
+    for kind, row in MEANINGS.items():
+        assert classify(kind) == row.fallback
+        assert classify(kind.value) == row.fallback
 
 
 def test_classify_unknown_kind_is_internal():
@@ -137,19 +143,42 @@ def test_classify_unknown_kind_is_internal():
     assert classify("cosmic_ray") is FailureReason.INTERNAL
 
 
-@pytest.mark.parametrize(
-    "kind",
-    ["lm_error", "lm_connection", "lm_rate_limited", "lm_timeout", "lm_malformed_output", "deadline_exceeded", "worker_crashed", "worker_hung"],
-)
-def test_system_failures_count_for_breaker(kind):
-    """LM errors, timeouts, malformed output and worker crashes count against the breaker."""
-    assert counts_as_breaker_failure(kind)
+# -- reserve_s -------------------------------------------------------------------------
+
+STATIC_ONLY = FallbackChain(steps=("static",), static_outputs={"answer": "later"})
+CACHE_THEN_LM = FallbackChain(steps=("cache", "lm"), lm="openai/backup")
 
 
-@pytest.mark.parametrize("kind", ["invalid_argument", "not_found", "cancelled", "queue_full", "unavailable", "internal", "program_error"])
-def test_caller_and_front_errors_do_not_count_for_breaker(kind):
-    """The caller's bad input, cancellations and front-side overload never count against the breaker."""
-    assert not counts_as_breaker_failure(kind)
+def test_no_chain_reserves_nothing():
+    """Without a chain (or with only 'fail') the primary keeps the whole deadline."""
+    assert reserve_s(NO_FALLBACK, 30.0) == 0.0
+    assert reserve_s(FallbackChain(steps=("fail",)), 30.0) == 0.0
+
+
+def test_local_steps_reserve_a_small_share():
+    """Cache and static steps keep back a tenth of the budget, within the local floor and cap."""
+    assert reserve_s(STATIC_ONLY, 2.0) == pytest.approx(0.2)
+    assert reserve_s(STATIC_ONLY, 0.2) == pytest.approx(LOCAL_RESERVE.floor_s)
+    assert reserve_s(STATIC_ONLY, 300.0) == pytest.approx(LOCAL_RESERVE.cap_s)
+
+
+def test_a_worker_step_reserves_more():
+    """A chain with an 'lm' or 'program' step keeps back enough for a real LM call."""
+    assert reserve_s(CACHE_THEN_LM, 10.0) == pytest.approx(4.0)
+    assert reserve_s(CACHE_THEN_LM, 10.0) > reserve_s(STATIC_ONLY, 10.0)
+    assert reserve_s(CACHE_THEN_LM, 600.0) == pytest.approx(WORKER_RESERVE.cap_s)
+
+
+def test_primary_keeps_at_least_half():
+    """However short the budget, the reserve never exceeds half of it."""
+    assert reserve_s(CACHE_THEN_LM, 0.4) == pytest.approx(0.2)
+    assert reserve_s(STATIC_ONLY, 0.06) == pytest.approx(0.03)
+
+
+@pytest.mark.parametrize("budget", [0.0, -1.0, float("nan")])
+def test_spent_or_bad_budget_reserves_nothing(budget):
+    """A budget already spent (or not a number) reserves nothing."""
+    assert reserve_s(STATIC_ONLY, budget) == 0.0
 
 
 # -- FallbackBudget -----------------------------------------------------------------

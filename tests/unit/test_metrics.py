@@ -113,6 +113,14 @@ def test_job_finished_records_execution_and_ignores_caller_faults():
     assert metrics.error_rate(10.6) == pytest.approx(1 / 3)
 
 
+@pytest.mark.parametrize("kind", list(errors.ErrorKind))
+def test_job_outcome_follows_the_error_tables_caller_fault(kind):
+    """A failure counts against the error rate exactly when the error table says it is not the caller's fault."""
+    metrics = PoolMetrics()
+    metrics.job_finished(SimpleNamespace(started_at=10.0), 10.1, errors.PoolError("x", kind=kind))
+    assert metrics.error_rate(10.2) == (0.0 if errors.MEANINGS[kind].caller_fault else 1.0)
+
+
 def test_job_that_expired_in_the_queue_records_its_wait():
     """A job that never reached a worker waited its whole life: that is recorded as queue wait."""
     metrics = PoolMetrics()

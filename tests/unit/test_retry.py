@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from dspy_pool.errors import ErrorKind
+from dspy_pool.errors import MEANINGS, ErrorKind
 from dspy_pool.server.retry import RetryBudget, backoff_delay, is_transient
 
 
@@ -26,22 +26,30 @@ class FixedRandom(random.Random):
 
 @pytest.mark.parametrize("kind", ["lm_error", "lm_rate_limited", "lm_connection"])
 def test_provider_failures_are_transient(kind):
-    """LM 5xx/429/connection errors are worth retrying."""
+    """LM 5xx/429/connection errors are worth retrying: the provider did no work for them."""
     assert is_transient(kind)
 
 
 @pytest.mark.parametrize(
     "kind",
     ["invalid_argument", "not_found", "cancelled", "queue_full", "deadline_exceeded", "lm_timeout", "lm_malformed_output", "internal",
-     "worker_crashed", "worker_hung"],
+     "worker_crashed", "worker_hung", "lm_auth", "lm_bad_request", "program_error", "program_quarantined", "failed_precondition"],
 )
 def test_other_failures_are_not_transient(kind):
-    """Bad input, cancellation, overload, spent deadlines and calls that died with their worker are never retried.
+    """Bad input, cancellation, overload, spent deadlines, refused keys and calls that died with their worker are never retried.
 
     A call only fails with worker_crashed once it reached the worker, so it may have
     partly run; retrying it could run it twice (and a poison call would kill worker after worker).
+    A 401 fails the same way every time: retrying only sends the provider the bad key again.
     """
     assert not is_transient(kind)
+
+
+def test_is_transient_is_the_error_tables_column():
+    """is_transient reads errors.MEANINGS, and nothing it allows may have run (hard rule 10)."""
+    for kind, row in MEANINGS.items():
+        assert is_transient(kind.value) is row.transient
+        assert not (is_transient(kind) and row.may_have_run)
 
 
 def test_is_transient_accepts_error_kind_members():

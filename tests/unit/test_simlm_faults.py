@@ -26,6 +26,8 @@ def test_default_config_always_ok():
         ("hang_rate", Outcome.HANG),
         ("malformed_rate", Outcome.MALFORMED),
         ("disconnect_rate", Outcome.DISCONNECT),
+        ("auth_error_rate", Outcome.AUTH_401),
+        ("bad_request_rate", Outcome.BAD_REQUEST_400),
     ],
 )
 def test_rate_one_always_gives_its_outcome(field, outcome):

@@ -8,8 +8,9 @@ const { test, before, after } = require('node:test');
 const assert = require('node:assert/strict');
 const { spawn } = require('node:child_process');
 const net = require('node:net');
+const path = require('node:path');
 
-const { DSPyPoolClient, toStruct, fromStruct, status } = require('..');
+const { DSPyPoolClient, toStruct, fromStruct, status, isRetryable } = require('..');
 
 const SERVER_BIN = process.env.DSPY_POOL_BIN || 'dspy-pool';
 const BOOT_TIMEOUT_MS = 60000;
@@ -18,6 +19,9 @@ const STOP_TIMEOUT_MS = 8000;
 let server;
 let serverLog = '';
 let client;
+let target;
+// The server imports the test kinds (tests/fixtures/chaos_kinds.py) from the repository root.
+const REPO_ROOT = path.resolve(__dirname, '..', '..', '..');
 
 function freePort() {
   return new Promise((resolve, reject) => {
@@ -64,10 +68,9 @@ process.on('exit', () => {
 
 before(async () => {
   const port = await freePort();
-  const target = `127.0.0.1:${port}`;
-  server = spawn(SERVER_BIN, ['serve', '--lm', 'sim', '--workers', '1', '--drain-grace-s', '2', '--listen', target], {
-    stdio: ['ignore', 'pipe', 'pipe'],
-  });
+  target = `127.0.0.1:${port}`;
+  const args = ['serve', '--lm', 'sim', '--workers', '1', '--drain-grace-s', '2', '--listen', target, '--programs', 'tests.fixtures.chaos_kinds'];
+  server = spawn(SERVER_BIN, args, { cwd: REPO_ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
   const keep = (chunk) => {
     serverLog = (serverLog + chunk.toString()).slice(-20000);
   };
@@ -190,4 +193,45 @@ test('pool status lists the one worker', async () => {
   assert.equal(pool.serving, true);
   assert.equal(pool.config.workers, 1);
   assert.equal(pool.workers.length, 1);
+});
+
+test('an error that may have run is never retried', () => {
+  const crashed = { code: status.UNAVAILABLE, mayHaveRun: true };
+  const draining = { code: status.UNAVAILABLE, mayHaveRun: false };
+  const queueFull = { code: status.RESOURCE_EXHAUSTED, retryDelayMs: 100, mayHaveRun: false };
+  assert.equal(isRetryable(crashed), false);
+  assert.equal(isRetryable(draining), true);
+  assert.equal(isRetryable(queueFull), true);
+  assert.equal(isRetryable({ code: status.RESOURCE_EXHAUSTED, mayHaveRun: false }), false);
+});
+
+async function readyWorkers() {
+  const pool = await client.getPoolStatus();
+  return { pool, ready: pool.workers.filter((worker) => worker.state === 'ready').length };
+}
+
+// Last: it kills the only worker, then waits for its replacement.
+test('a call that kills its worker is attempted once, even with retries on', async () => {
+  await client.registerProgram({ name: 'node_exits', signature: 'code -> never', module: 'exits' });
+  const before = (await client.getPoolStatus()).worker_restarts;
+  const retrying = new DSPyPoolClient(target, { defaultDeadlineMs: 20000, retries: 3, retryBackoffMs: 10 });
+  try {
+    await assert.rejects(retrying.execute('node_exits', { code: 3 }), (error) => {
+      assert.equal(error.code, status.UNAVAILABLE);
+      assert.equal(error.errorInfo.reason, 'WORKER_CRASHED');
+      assert.equal(error.errorInfo.metadata.may_have_run, 'true');
+      assert.equal(error.mayHaveRun, true);
+      return true;
+    });
+  } finally {
+    retrying.close();
+  }
+  const until = Date.now() + 20000;
+  let state = await readyWorkers();
+  while (state.ready < 1 && Date.now() < until) {
+    await new Promise((resolve) => setTimeout(resolve, 50));
+    state = await readyWorkers();
+  }
+  assert.equal(state.ready, 1, 'the replacement worker came up');
+  assert.equal(state.pool.worker_restarts - before, 1, 'one worker died: the call was not sent again');
 });

@@ -14,8 +14,8 @@ from .aio import AsyncClient, AsyncSession
 from .client import Client, Session
 from .convert import (Fallback, Field, PoolStatus, ProgramInfo, Result, SessionInfo, SessionTurn, Timings, Usage,
                       WorkerInfo, from_struct, to_struct)
-from .errors import (DeadlineExceeded, DSPyPoolError, Internal, InvalidArgument, NotFound, ResourceExhausted,
-                     Unavailable, from_rpc_error)
+from .errors import (DeadlineExceeded, DSPyPoolError, FailedPrecondition, Internal, InvalidArgument, NotFound,
+                     ResourceExhausted, Unavailable, from_rpc_error)
 from .retry import NO_RETRIES, RetryPolicy
 
 __version__ = "0.1.0"
@@ -24,5 +24,6 @@ __all__ = [
     "AsyncClient", "AsyncSession", "Client", "Session", "RetryPolicy", "NO_RETRIES",
     "Result", "ProgramInfo", "SessionInfo", "SessionTurn", "PoolStatus", "WorkerInfo", "Timings", "Usage", "Field", "Fallback",
     "DSPyPoolError", "InvalidArgument", "NotFound", "ResourceExhausted", "DeadlineExceeded", "Unavailable", "Internal",
+    "FailedPrecondition",
     "from_rpc_error", "from_struct", "to_struct",
 ]

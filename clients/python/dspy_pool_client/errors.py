@@ -2,8 +2,9 @@
 
 The server sends a google.rpc.Status in the `grpc-status-details-bin` trailer
 with an ErrorInfo (reason such as "QUEUE_FULL", domain "dspy-pool", metadata
-with the original error type), for program errors a DebugInfo (the worker's
-traceback), and for RESOURCE_EXHAUSTED a RetryInfo (how long to wait).
+with the original error type, the kind, and "may_have_run"/"transient" as
+"true"/"false"), for program errors a DebugInfo (the worker's traceback), and
+for RESOURCE_EXHAUSTED a RetryInfo (how long to wait).
 """
 
 from __future__ import annotations
@@ -42,6 +43,22 @@ class DSPyPoolError(Exception):
         """The server-side (or worker-side) exception type, when the server named it."""
         return self.metadata.get("error_type", "")
 
+    @property
+    def kind(self) -> str:
+        """The server's error kind ("worker_crashed", "lm_auth", ...); "" when it sent none."""
+        return self.metadata.get("kind", "")
+
+    @property
+    def may_have_run(self) -> bool:
+        """True when the server says the call may have run (its worker died, its deadline passed mid-run):
+        never send such a call again on your own either."""
+        return self.metadata.get("may_have_run") == "true"
+
+    @property
+    def transient(self) -> bool:
+        """True when the server says the same call may succeed if tried again."""
+        return self.metadata.get("transient") == "true"
+
 
 class InvalidArgument(DSPyPoolError):
     """Malformed inputs, a bad signature, a missing field, a payload too large."""
@@ -67,6 +84,11 @@ class Internal(DSPyPoolError):
     """The program or LM failed after the server's retries and fallbacks."""
 
 
+class FailedPrecondition(DSPyPoolError):
+    """The server cannot run this until someone acts: the LM provider refused the operator's key
+    (reason LM_AUTH), or the program is quarantined."""
+
+
 _BY_CODE: dict[grpc.StatusCode, type[DSPyPoolError]] = {
     grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
     grpc.StatusCode.NOT_FOUND: NotFound,
@@ -74,6 +96,7 @@ _BY_CODE: dict[grpc.StatusCode, type[DSPyPoolError]] = {
     grpc.StatusCode.DEADLINE_EXCEEDED: DeadlineExceeded,
     grpc.StatusCode.UNAVAILABLE: Unavailable,
     grpc.StatusCode.INTERNAL: Internal,
+    grpc.StatusCode.FAILED_PRECONDITION: FailedPrecondition,
 }
 
 

@@ -1,13 +1,18 @@
 """Retry policy: exponential backoff with jitter, bounded by the call's deadline.
 
-Retried: UNAVAILABLE (no connection, draining, no healthy worker, breaker open),
-and RESOURCE_EXHAUSTED only when the server attached a google.rpc.RetryInfo
-(queue full): the server then says the call was not started and how long to
-wait. Nothing else is retried: INVALID_ARGUMENT and NOT_FOUND will not change,
-and a DEADLINE_EXCEEDED or INTERNAL call may have run.
+Retried: UNAVAILABLE (no connection, draining, no healthy worker, breaker open,
+an LM rate limit), and RESOURCE_EXHAUSTED only when the server attached a
+google.rpc.RetryInfo (queue full): the server then says the call was not started
+and how long to wait. Never retried, whatever the code: an error whose ErrorInfo
+says `may_have_run=true` (the worker died or hung while running the call, its
+deadline passed mid-run, the LM timed out): the call may have run, and a call
+that killed its worker would kill the next one too. Nothing else is retried:
+INVALID_ARGUMENT and NOT_FOUND will not change, FAILED_PRECONDITION (a refused
+LM key) waits for the operator, and a DEADLINE_EXCEEDED or INTERNAL call may have run.
 
-Caveat: an UNAVAILABLE raised because the connection broke mid-call may hide a
-call that did run; for programs with side effects use RetryPolicy(max_attempts=1).
+Caveat: an UNAVAILABLE raised by the transport itself (no ErrorInfo: the
+connection broke mid-call) cannot say whether the call ran; for programs with
+side effects use RetryPolicy(max_attempts=1).
 """
 
 from __future__ import annotations
@@ -39,6 +44,8 @@ class RetryPolicy:
             raise ValueError("backoff must be >= 0 and multiplier >= 1")
 
     def retryable(self, error: DSPyPoolError) -> bool:
+        if error.may_have_run:
+            return False  # hard rule: a call that may have run is never sent again
         if error.code == grpc.StatusCode.UNAVAILABLE:
             return self.retry_unavailable
         if error.code == grpc.StatusCode.RESOURCE_EXHAUSTED:
