@@ -1,48 +1,76 @@
 """Module kinds clients may name in a ProgramSpec: the operator's extension point.
 
-A kind is a factory `(signature, **options) -> dspy.Module`. Built-ins are
-`predict` and `chain_of_thought`. Operator code, imported once in the zygote
-through `--programs MODULE`, adds its own:
+A kind is a factory `(signature, **options) -> dspy.Module` plus the options
+it declares. Built-ins are `predict` and `chain_of_thought`, which take no
+options (LM call settings such as temperature go in the spec's `lm_options`,
+checked against the operator's allow-list). Operator code, imported once in
+the zygote through `--programs MODULE`, adds its own:
 
     from dspy_pool import kinds
+    from dspy_pool.options import Option
 
-    @kinds.register("rag")
-    def make_rag(signature, k=3):
+    @kinds.register("rag", options={"k": Option(int, default=3, min=1, max=20)})
+    def make_rag(signature, k):
         return MyRAG(signature, k=k)
 
-Clients can only name kinds; they never send code.
+Clients can only name kinds and set the options a kind declares, each typed
+and bounded; anything else in `module_options` is INVALID_ARGUMENT. They never
+send code.
 """
 
 from __future__ import annotations
 
 import re
-from typing import Any, Callable
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any, Callable, Mapping
+
+from dspy_pool.options import Option
 
 Factory = Callable[..., Any]
 
 _KIND_NAME = re.compile(r"[a-z][a-z0-9_]{0,63}")
-_factories: dict[str, Factory] = {}
+_OPTION_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
 
 
-def register(name: str, factory: Factory | None = None):
-    """Register `factory` under `name`; usable as a decorator."""
+@dataclass(frozen=True)
+class Kind:
+    name: str
+    factory: Factory
+    options: Mapping[str, Option] = field(default_factory=dict)
+
+
+_kinds: dict[str, Kind] = {}
+
+
+def register(name: str, factory: Factory | None = None, *, options: Mapping[str, Option] | None = None):
+    """Register `factory` under `name`, taking the `options` it declares; usable as a decorator."""
     if not _KIND_NAME.fullmatch(name):
         raise ValueError(f"module kind {name!r} must match {_KIND_NAME.pattern}")
+    declared = dict(options or {})
+    for option_name, option in declared.items():
+        if not _OPTION_NAME.fullmatch(option_name) or not isinstance(option, Option):
+            raise ValueError(f"module kind {name!r}: option {option_name!r} must be an identifier mapped to an Option")
 
     def _add(fn: Factory) -> Factory:
-        if name in _factories and _factories[name] is not fn:
+        existing = _kinds.get(name)
+        if existing is not None and existing.factory is not fn:
             raise ValueError(f"module kind {name!r} is already registered")
-        _factories[name] = fn
+        _kinds[name] = Kind(name, fn, MappingProxyType(declared))
         return fn
 
     return _add(factory) if factory is not None else _add
 
 
-def get(name: str) -> Factory:
+def lookup(name: str) -> Kind:
     try:
-        return _factories[name]
+        return _kinds[name]
     except KeyError:
-        raise KeyError(f"unknown module kind {name!r}; known kinds: {', '.join(sorted(_factories))}") from None
+        raise KeyError(f"unknown module kind {name!r}; known kinds: {', '.join(sorted(_kinds))}") from None
+
+
+def get(name: str) -> Factory:
+    return lookup(name).factory
 
 
 _worker_start_hooks: list[Callable[[], None]] = []
@@ -60,17 +88,19 @@ def run_worker_start_hooks() -> None:
 
 
 def names() -> list[str]:
-    return sorted(_factories)
+    return sorted(_kinds)
 
 
 def _register_builtins() -> None:
     import dspy
 
-    register("predict", lambda signature, **options: dspy.Predict(signature, **options))
-    register("chain_of_thought", lambda signature, **options: dspy.ChainOfThought(signature, **options))
+    # No options: everything dspy.Predict takes as keywords becomes an LM kwarg
+    # (api_base, api_key, headers...), which only the operator may set.
+    register("predict", lambda signature: dspy.Predict(signature))
+    register("chain_of_thought", lambda signature: dspy.ChainOfThought(signature))
 
 
 def load_builtins() -> None:
     """Import-time cost (dspy) is paid by the caller, in the zygote, never in the front."""
-    if "predict" not in _factories:
+    if "predict" not in _kinds:
         _register_builtins()

@@ -1,8 +1,10 @@
-"""Worker stdout/stderr into the structured log, tagged with the worker, rate limited.
+"""Worker stdout/stderr into the structured log, tagged with the worker, scrubbed, rate limited.
 
 User code and libraries print; those lines are useful but must never flood
 the front. Past `max_lines_per_s` lines in a second the rest are counted and
-reported once per second as `worker_output_dropped`.
+reported once per second as `worker_output_dropped`. Operator code may print
+the LM's key (a debug print of the LM's kwargs): every line is scrubbed like
+every other path out of a worker, before it is cut to length.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import time
 
 import structlog
 
+from dspy_pool.redact import Redactor, process_redactor
+
 log = structlog.get_logger("dspy_pool.worker_output")
 
 _MAX_LINE_CHARS = 2000
@@ -19,7 +23,8 @@ _MAX_BUFFER_BYTES = 64 * 1024
 
 
 class WorkerOutputLog(asyncio.Protocol):
-    def __init__(self, worker_id: int, pid: int, stream: str, max_lines_per_s: int = 50) -> None:
+    def __init__(self, worker_id: int, pid: int, stream: str, max_lines_per_s: int = 50, redactor: Redactor | None = None) -> None:
+        self.redactor = redactor or process_redactor()  # the keys the front handed to the zygote
         self.worker_id = worker_id
         self.pid = pid
         self.stream = stream
@@ -47,7 +52,8 @@ class WorkerOutputLog(asyncio.Protocol):
         if self._lines_this_second > self.max_lines_per_s:
             self._dropped += 1
             return
-        log.info("worker_output", worker_id=self.worker_id, pid=self.pid, stream=self.stream, line=line.decode(errors="replace").rstrip()[:_MAX_LINE_CHARS])
+        text = self.redactor.scrub(line.decode(errors="replace").rstrip())
+        log.info("worker_output", worker_id=self.worker_id, pid=self.pid, stream=self.stream, line=text[:_MAX_LINE_CHARS])
 
     def _flush_dropped(self) -> None:
         if self._dropped:

@@ -51,9 +51,15 @@ def warm_before_fork(config: wire.ZygoteConfig) -> None:
 
 def _build_configured_lm(config: wire.ZygoteConfig) -> None:
     # A bad LM config shows up again, clearly, in the worker; here it only costs the warm-up.
+    from dspy_pool.options import parse_lm_rules
     from dspy_pool.pool import lms
 
-    lms.build_lm(config)
+    lm = lms.build_lm(config)
+    # If the operator's LM, or an option it allow-lists, sends calls through LiteLLM,
+    # import it once here: shared by every worker, and never on a worker's loop.
+    sample = {name: option.min if option.min is not None else option.choices[0]
+              for name, option in parse_lm_rules(config.lm_call_options).items()}
+    lms.prepare_engine(lm, sample)
 
 
 def _import_lazy_modules(config: wire.ZygoteConfig) -> None:

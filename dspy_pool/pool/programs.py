@@ -1,26 +1,66 @@
-"""Build a runnable dspy.Module from a declarative ProgramSpec (runs in workers).
+"""Build a runnable dspy.Module from a declarative ProgramSpec (in workers, on a build thread).
 
-Everything here is data-driven: the signature string is parsed by DSPy's
-AST-based parser (no eval), saved state is JSON, and the module kind must be
-one the operator registered. A spec that cannot be built raises
-InvalidArgument with DSPy's own message.
+    spec --fields.declared_fields--> names and types checked (count, duplicates, vocabulary)
+         --build_signature---------> one dspy.Signature, made in one go (linear in fields)
+         --kinds.lookup------------> factory(signature, **the options the kind declares)
+         --demos, state_json-------> data only, checked before DSPy loads them
+         --lm_options--------------> the operator's allow-list -> each predictor's LM kwargs
+         --input checks------------> one pydantic TypeAdapter per typed input, used per call
+
+Everything is data-driven: the signature is parsed (never eval'd), saved
+state is JSON, the module kind is one the operator registered. Nothing in a
+spec can choose the LM, its endpoint, key or headers (DESIGN.md, hard rule 9):
+module options are declared per kind, LM call options pass the allow-list,
+and saved state may not carry an LM or LM kwargs. A spec that cannot be built
+raises InvalidArgument, naming the field or option at fault.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 from collections import OrderedDict
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Mapping
 
 import dspy
+import pydantic
 
-from dspy_pool import kinds
+from dspy_pool import fields, kinds
 from dspy_pool.errors import InvalidArgument
+from dspy_pool.options import Option, check_options
 from dspy_pool.structs import struct_to_dict
 from dspy_pool.v1 import dspy_pool_pb2 as pb
 
-HISTORY_FIELD = "history"
+HISTORY_FIELD = fields.HISTORY
+_DEMO_MARKERS = frozenset({"augmented"})  # DSPy's bootstrapped demos carry this flag
+# What dspy.Predict.dump_state writes (plus "config", DSPy's LM kwargs, held to the allow-list).
+_PREDICTOR_STATE_KEYS = frozenset({"traces", "train", "demos", "signature", "fields", "lm", "config"})
+_SHOWN_CHARS = 60
+
+
+@dataclass(frozen=True)
+class BuildRules:
+    """What the operator lets specs set: the LM call options (ServerConfig.lm_call_options)."""
+
+    lm_options: Mapping[str, Option] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class InputCheck:
+    """One caller input: str fields take any JSON value (non-text as JSON text), typed ones are validated."""
+
+    name: str
+    adapter: pydantic.TypeAdapter | None  # None: a text field
+
+    def value(self, raw: Any) -> Any:
+        if self.adapter is None:
+            return raw if raw is None or isinstance(raw, str) else json.dumps(raw, ensure_ascii=False)
+        try:
+            return self.adapter.validate_python(raw)
+        except pydantic.ValidationError as exc:
+            problem = exc.errors()[0]["msg"] if exc.errors() else str(exc)
+            raise InvalidArgument(f"input {self.name!r}: {problem} (got {_shown(raw)})") from None
 
 
 @dataclass(frozen=True)
@@ -30,32 +70,90 @@ class BuiltProgram:
     output_names: tuple[str, ...]
     takes_history: bool
     runs_async: bool
-    text_inputs: tuple[str, ...] = ()  # inputs typed str: other JSON values reach them as JSON text
+    inputs: tuple[InputCheck, ...] = ()
+    lm_options: Mapping[str, Any] = field(default_factory=dict)
+
+    def call_inputs(self, given: Mapping[str, Any]) -> dict[str, Any]:
+        """The caller's inputs, checked against the signature and converted to its types."""
+        if HISTORY_FIELD in given and not self.takes_history:
+            raise InvalidArgument(f"this program has no {HISTORY_FIELD!r} input; history comes from a session only "
+                                  f"for programs that declare it")
+        unknown = sorted(set(given) - set(self.input_names) - {HISTORY_FIELD})
+        if unknown:
+            raise InvalidArgument(f"unknown input {unknown[0]!r} (expects {', '.join(self.input_names)})")
+        missing = [check.name for check in self.inputs if check.name not in given]
+        if missing:
+            raise InvalidArgument(f"input {missing[0]!r} is missing (expects {', '.join(self.input_names)})")
+        return {check.name: check.value(given[check.name]) for check in self.inputs}
 
 
-def _field_clause(field: pb.FieldSpec) -> str:
-    return f"{field.name}: {field.type}" if field.type else field.name
+def _shown(value: Any) -> str:
+    text = json.dumps(value, ensure_ascii=False, default=str)
+    return text if len(text) <= _SHOWN_CHARS else text[:_SHOWN_CHARS] + "..."
 
 
+# -- signature ------------------------------------------------------------
 def build_signature(spec: pb.ProgramSpec) -> type[dspy.Signature]:
-    if spec.signature.strip():
-        text = spec.signature
-    elif spec.input_fields and spec.output_fields:
-        inputs = ", ".join(_field_clause(f) for f in spec.input_fields)
-        outputs = ", ".join(_field_clause(f) for f in spec.output_fields)
-        text = f"{inputs} -> {outputs}"
-    else:
-        raise InvalidArgument("a program needs a signature string or both input_fields and output_fields")
+    fields.declared_fields(spec)  # counts, names and types, before DSPy parses anything
+    text = fields.signature_text(spec)
     try:
         signature = dspy.Signature(text, spec.instructions or None)
     except Exception as exc:  # DSPy raises ValueError, SyntaxError, TypeError...
-        raise InvalidArgument(f"bad signature {text!r}: {exc}") from exc
-    for field in (*spec.input_fields, *spec.output_fields):
-        if field.name not in signature.fields:
-            raise InvalidArgument(f"field {field.name!r} is not in the signature {text!r}")
-        if field.description:
-            signature = signature.with_updated_fields(field.name, desc=field.description)
-    return signature
+        raise InvalidArgument(f"bad signature {text[:200]!r}: {exc}") from exc
+    descriptions = {}
+    for listed in (*spec.input_fields, *spec.output_fields):
+        if listed.name not in signature.fields:
+            raise InvalidArgument(f"field {listed.name!r} is not in the signature {text[:200]!r}")
+        if listed.description:
+            descriptions[listed.name] = listed.description
+    return _with_descriptions(signature, descriptions) if descriptions else signature
+
+
+def _with_descriptions(signature: type[dspy.Signature], descriptions: Mapping[str, str]) -> type[dspy.Signature]:
+    """Every description in one new class: with_updated_fields per field deep-copies all fields each time,
+    which took minutes (then a RecursionError) at 250 described fields."""
+    described = {}
+    for name, info in signature.fields.items():
+        if name in descriptions:
+            info = copy.copy(info)
+            info.json_schema_extra = {**(info.json_schema_extra or {}), "desc": descriptions[name]}
+        described[name] = (info.annotation, info)
+    return dspy.Signature(described, signature.instructions)
+
+
+def _input_checks(signature: type[dspy.Signature]) -> tuple[InputCheck, ...]:
+    checks = []
+    for name, info in signature.input_fields.items():
+        if name == HISTORY_FIELD:
+            continue
+        if info.annotation is str:
+            checks.append(InputCheck(name, None))
+            continue
+        try:
+            checks.append(InputCheck(name, pydantic.TypeAdapter(info.annotation)))
+        except Exception as exc:  # a type pydantic cannot validate cannot be checked: refuse it
+            raise InvalidArgument(f"field {name!r}: type {info.annotation!r} cannot be checked: {exc}") from None
+    return tuple(checks)
+
+
+# -- demos and saved state ---------------------------------------------------
+def _demo_fields(signature: type[dspy.Signature], module: Any) -> frozenset[str]:
+    names = set(signature.fields) | _DEMO_MARKERS
+    for predictor in module.predictors():
+        names.update(predictor.signature.fields)
+    return frozenset(names)
+
+
+def _check_demos(demos: Any, allowed: frozenset[str], where: str) -> None:
+    """Demos are data for the signature's fields, nothing else."""
+    if not isinstance(demos, list):
+        raise InvalidArgument(f"{where}: demos must be a list")
+    for number, demo in enumerate(demos):
+        if not isinstance(demo, dict):
+            raise InvalidArgument(f"{where}: demo {number} must be an object of field values")
+        unknown = sorted(set(demo) - allowed)
+        if unknown:
+            raise InvalidArgument(f"{where}: demo {number} has {unknown[0]!r}, which is not a field of the signature")
 
 
 def _apply_demos(module: Any, demos: list[dict[str, Any]]) -> None:
@@ -64,29 +162,85 @@ def _apply_demos(module: Any, demos: list[dict[str, Any]]) -> None:
         predictor.demos = list(examples)
 
 
+def check_saved_state(state: Any, module: Any, rules: BuildRules) -> None:
+    """Refuse saved state that would set an LM or LM kwargs, before dspy's load_state reads it."""
+    if not isinstance(state, dict):
+        raise InvalidArgument("saved state must be a JSON object")
+    if isinstance(module, dspy.Predict):  # a bare Predict saves its own keys at the top level
+        _check_predictor_state("saved state", state, module, rules)
+        return
+    parameters = dict(module.named_parameters())
+    for name, entry in state.items():
+        parameter = parameters.get(name)
+        if parameter is None:
+            raise InvalidArgument(f"saved state has {name!r}, which the program does not (it has: {', '.join(parameters) or 'nothing'})")
+        if not isinstance(parameter, dspy.Predict):
+            raise InvalidArgument(f"saved state for {name!r} ({type(parameter).__name__}) cannot be loaded: only dspy.Predict state is accepted")
+        _check_predictor_state(f"saved state {name!r}", entry, parameter, rules)
+
+
+def _check_predictor_state(where: str, state: Any, predictor: Any, rules: BuildRules) -> None:
+    if not isinstance(state, dict):
+        raise InvalidArgument(f"{where} must be a JSON object")
+    unknown = sorted(set(state) - _PREDICTOR_STATE_KEYS)
+    if unknown:
+        raise InvalidArgument(f"{where} has {unknown[0]!r}; a predictor's state holds only {', '.join(sorted(_PREDICTOR_STATE_KEYS))}")
+    if state.get("lm") is not None:
+        raise InvalidArgument(f"{where} names an LM; the LM is the server's (save state with predictor.lm = None)")
+    if "config" in state:
+        if not isinstance(state["config"], dict):
+            raise InvalidArgument(f"{where}: config must be an object")
+        state["config"] = check_options(state["config"], rules.lm_options, f"{where}: LM option")
+    for key in ("traces", "train"):
+        if not isinstance(state.get(key, []), list):
+            raise InvalidArgument(f"{where}: {key} must be a list")
+    _check_demos(state.get("demos", []), frozenset(predictor.signature.fields) | _DEMO_MARKERS, where)
+
+
+def _load_state(module: Any, state_json: str, rules: BuildRules) -> None:
+    try:
+        state = json.loads(state_json)
+    except ValueError as exc:
+        raise InvalidArgument(f"saved state is not JSON: {exc}") from None
+    check_saved_state(state, module, rules)
+    try:
+        module.load_state(state)
+    except Exception as exc:
+        raise InvalidArgument(f"saved state does not fit the program: {type(exc).__name__}: {exc}") from exc
+
+
+# -- the program --------------------------------------------------------------
 def _runs_async(module: Any) -> bool:
     """Modules without their own aforward are synchronous: they run in a thread."""
     return callable(getattr(module, "aforward", None))
 
 
-def build(spec: pb.ProgramSpec) -> BuiltProgram:
-    signature = build_signature(spec)
+def _make_module(spec: pb.ProgramSpec, signature: type[dspy.Signature]) -> Any:
     try:
-        factory = kinds.get(spec.module or "predict")
+        kind = kinds.lookup(spec.module or "predict")
     except KeyError as exc:
         raise InvalidArgument(str(exc.args[0])) from None
-    options = struct_to_dict(spec.module_options) if spec.HasField("module_options") else {}
+    given = struct_to_dict(spec.module_options) if spec.HasField("module_options") else {}
+    options = check_options(given, kind.options, f"module kind {kind.name!r}: module option")
     try:
-        module = factory(signature, **options)
+        return kind.factory(signature, **options)
     except Exception as exc:
-        raise InvalidArgument(f"module kind {spec.module!r} rejected the spec: {type(exc).__name__}: {exc}") from exc
+        raise InvalidArgument(f"module kind {kind.name!r} rejected the spec: {type(exc).__name__}: {exc}") from exc
+
+
+def build(spec: pb.ProgramSpec, rules: BuildRules = BuildRules()) -> BuiltProgram:
+    signature = build_signature(spec)
+    module = _make_module(spec, signature)
+    given = struct_to_dict(spec.lm_options) if spec.HasField("lm_options") else {}
+    lm_options = check_options(given, rules.lm_options, "LM option")
     if spec.demos:
-        _apply_demos(module, [struct_to_dict(d) for d in spec.demos])
+        demos = [struct_to_dict(d) for d in spec.demos]
+        _check_demos(demos, _demo_fields(signature, module), "demos")
+        _apply_demos(module, demos)
     if spec.state_json:
-        try:
-            module.load_state(json.loads(spec.state_json))
-        except Exception as exc:
-            raise InvalidArgument(f"saved state does not fit the program: {type(exc).__name__}: {exc}") from exc
+        _load_state(module, spec.state_json, rules)
+    for predictor in module.predictors():  # after load_state, so the spec's own options win
+        predictor.config = {**predictor.config, **lm_options}
     input_names = tuple(signature.input_fields)
     return BuiltProgram(
         module=module,
@@ -94,7 +248,8 @@ def build(spec: pb.ProgramSpec) -> BuiltProgram:
         output_names=tuple(signature.output_fields),
         takes_history=HISTORY_FIELD in input_names,
         runs_async=_runs_async(module),
-        text_inputs=tuple(n for n, f in signature.input_fields.items() if f.annotation is str),
+        inputs=_input_checks(signature),
+        lm_options=lm_options,
     )
 
 

@@ -16,6 +16,7 @@ from typing import Iterable
 
 from google.protobuf import timestamp_pb2
 
+from dspy_pool import fields as spec_fields
 from dspy_pool.errors import InvalidArgument, NotFound, ResourceExhausted
 from dspy_pool.pool.api import ProgramRef
 from dspy_pool.v1 import dspy_pool_pb2 as pb
@@ -70,6 +71,7 @@ def check_spec(spec: pb.ProgramSpec, known_kinds: list[str]) -> None:
     for field in (*spec.input_fields, *spec.output_fields):
         if not _FIELD_NAME.fullmatch(field.name):
             raise InvalidArgument(f"field name {field.name!r} must be a Python identifier")
+    spec_fields.declared_fields(spec)  # at most 256, no duplicates, inputs and outputs, known types only
     kind = spec.module or "predict"
     if kind not in known_kinds:
         raise InvalidArgument(f"unknown module kind {kind!r}; known kinds: {', '.join(known_kinds)}")

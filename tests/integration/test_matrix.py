@@ -121,17 +121,17 @@ async def test_empty_request_is_invalid(server):
     assert "program" in error.details()
 
 
-@pytest.mark.parametrize("inputs", [
-    dict(n="abc", items=["a"]),          # str where int: DSPy warns and passes it through
-    dict(n=1.5, items=["a"]),            # float where int
-    dict(n=1, items="abc"),              # str where list[str]
-    dict(n=1, items={"x": 1}),           # struct where list[str]
+@pytest.mark.parametrize("inputs, field", [
+    (dict(n="abc", items=["a"]), "n"),   # str where int
+    (dict(n=1.5, items=["a"]), "n"),     # float where int
+    (dict(n=1, items="abc"), "items"),   # str where list[str]
+    (dict(n=1, items={"x": 1}), "items"),  # struct where list[str]
 ], ids=["str-for-int", "float-for-int", "str-for-list", "struct-for-list"])
-async def test_wrong_typed_inputs_are_coerced(server, inputs):
-    """DSPy does not validate input types: mismatches for typed fields are formatted as-is (OK)."""
+async def test_wrong_typed_inputs_are_invalid(server, inputs, field):
+    """The worker checks inputs against the signature's types: a mismatch is INVALID_ARGUMENT naming the field."""
     _, stub, _ = server
-    response = await stub.Execute(execute_request("typed", **inputs), timeout=20)
-    assert response.outputs["answer"]
+    error = await _code(stub.Execute(execute_request("typed", **inputs), timeout=20))
+    assert error is not None and error.code() == grpc.StatusCode.INVALID_ARGUMENT and f"'{field}'" in error.details()
 
 
 @pytest.mark.parametrize("value", [{"a": {"b": None}}, 3.5, None, ["a", "b"]], ids=["struct", "number", "null", "list-of-str"])
