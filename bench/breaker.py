@@ -37,7 +37,7 @@ from google.protobuf import struct_pb2
 
 from dspy_pool import logs
 from dspy_pool.server.app import App
-from dspy_pool.server.config import ServerConfig
+from dspy_pool.server.config import build as server_config
 from dspy_pool.v1 import dspy_pool_pb2 as pb
 from dspy_pool.v1 import dspy_pool_pb2_grpc as pb_grpc
 
@@ -195,7 +195,7 @@ async def main() -> None:
     parser.add_argument("--sim-latency", default="fixed:20")
     args = parser.parse_args()
     logs.configure("console", "error")  # stdout carries the one JSON object; errors go to stderr
-    config = ServerConfig(listen="127.0.0.1:0", workers=2, worker_concurrency=64, lm="sim", sim_latency=args.sim_latency,
+    config = server_config(listen="127.0.0.1:0", workers=2, worker_concurrency=64, lm="sim", sim_latency=args.sim_latency,
                           breaker_window=20, breaker_minimum_calls=10, breaker_wait_s=args.wait_s,
                           retry_max_attempts=MAX_ATTEMPTS, log_level="error")
     app = App(config)

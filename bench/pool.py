@@ -26,7 +26,7 @@ import psutil
 from structlog.testing import capture_logs
 
 from dspy_pool.server.app import App
-from dspy_pool.server.config import ServerConfig
+from dspy_pool.server.config import build as server_config
 from dspy_pool.v1 import dspy_pool_pb2 as pb
 from dspy_pool.v1 import dspy_pool_pb2_grpc as pb_grpc
 
@@ -64,7 +64,7 @@ async def load(stub, calls: int, in_flight: int) -> tuple[float, list[float], in
 
 
 async def one_run(args) -> dict:
-    config = ServerConfig(listen="127.0.0.1:0", workers=args.workers, worker_concurrency=args.concurrency, lm=args.lm,
+    config = server_config(listen="127.0.0.1:0", workers=args.workers, worker_concurrency=args.concurrency, lm=args.lm,
                           sim_latency=args.sim_latency, max_queue=max(1000, args.in_flight), log_level="warning")
     app = App(config)
     with capture_logs() as logs:

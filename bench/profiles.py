@@ -45,7 +45,7 @@ def worker_memory_mb(app: App) -> dict:
 
 async def measure(profile: str, args) -> dict:
     flags = {"listen": "127.0.0.1:0", "lm": "sim", "sim_latency": f"fixed:{args.latency_ms}", "log_level": "warning"}
-    config = from_sources(load_profile(profile), {}, flags)
+    config = from_sources(load_profile(profile), {}, {}, flags)
     app = App(config)
     started = time.monotonic()
     await app.start()
@@ -69,8 +69,8 @@ async def measure(profile: str, args) -> dict:
         "profile": profile,
         "start_to_serving_s": round(start_s, 2),
         "workers_at_start": workers_at_start,
-        "max_workers": config.max_workers,
-        "worker_concurrency": config.worker_concurrency,
+        "max_workers": config.pool.max_workers,
+        "worker_concurrency": config.pool.worker_concurrency,
         "idle_workers_memory": idle,
         "calls_per_s": round(len(latencies) / args.seconds, 1),
         "p50_ms": percentile_ms(latencies, 50),

@@ -26,7 +26,7 @@ from dspy_pool import logs
 from dspy_pool.internal import worker_pb2 as wire
 from dspy_pool.pool.dispatcher import Job
 from dspy_pool.server.app import App
-from dspy_pool.server.config import ServerConfig
+from dspy_pool.server.config import build as server_config
 from dspy_pool.v1 import dspy_pool_pb2 as pb
 from dspy_pool.v1 import dspy_pool_pb2_grpc as pb_grpc
 
@@ -54,7 +54,7 @@ async def call_on(app: App, handle, question: str) -> float:
 
 
 async def measure(mode: str, args) -> dict:
-    config = ServerConfig(listen="127.0.0.1:0", lm="sim", sim_latency=f"fixed:{args.latency_ms}", workers=1,
+    config = server_config(listen="127.0.0.1:0", lm="sim", sim_latency=f"fixed:{args.latency_ms}", workers=1,
                           fixed_workers=1, warmup=mode, log_level="warning")
     app = App(config)
     await app.start()

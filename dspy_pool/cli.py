@@ -22,11 +22,11 @@ def _serve(args: argparse.Namespace) -> int:
     except (ValueError, OSError) as exc:
         print(f"dspy-pool: {exc}", file=sys.stderr)
         return 2
-    logs.configure(config.log_format, config.log_level, secrets=(config.lm_api_key,))
+    logs.configure(config.observe.log_format, config.observe.log_level, secrets=(config.lm.api_key,))
 
     async def run() -> None:
         demos: list[asyncio.Future] = []
-        on_serving = (lambda app: demos.append(asyncio.ensure_future(_demo_call(config.listen)))) if args.demo else None
+        on_serving = (lambda app: demos.append(asyncio.ensure_future(_demo_call(config.server.listen)))) if args.demo else None
         await serve(config, on_serving)
         for demo in demos:
             demo.cancel()
@@ -88,6 +88,13 @@ def _sim_lm(argv: list[str]) -> int:
     return main(argv)
 
 
+def _profile_in(argv: list[str]) -> str | None:
+    """The --profile on the command line, so `serve --profile X --help` shows X's defaults."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--profile")
+    return pre.parse_known_args(argv)[0].profile
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["sim-lm"]:
@@ -95,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="dspy-pool", description="Serve DSPy programs over gRPC from a prewarmed worker pool.")
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="run the gRPC server")
-    config_module.add_flags(serve)
+    config_module.add_flags(serve, profile=_profile_in(argv))
     serve.add_argument("--demo", action="store_true", help="once serving, register a demo program and print one call")
     serve.set_defaults(handler=_serve)
     commands.add_parser("sim-lm", help="run the simulated OpenAI-compatible LM (see `dspy-pool sim-lm --help`)")

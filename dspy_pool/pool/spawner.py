@@ -18,6 +18,7 @@ from typing import Callable
 
 import structlog
 
+from dspy_pool import redact
 from dspy_pool.internal import worker_pb2 as wire
 from dspy_pool.pool.protocol import FrameDecoder, FrameType, ProtocolError, encode
 
@@ -61,6 +62,9 @@ class ZygoteClient:
     async def launch(self, config: wire.ZygoteConfig) -> None:
         """Exec the zygote and hand it its config; returns before it has imported anything."""
         loop = asyncio.get_running_loop()
+        # Operator code prints; the zygote's output and its workers' is scrubbed of the key it gets here.
+        redact.remember(config.lm_api_key)
+        self._redactor = redact.process_redactor()
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         ours.setblocking(False)
         self._control = ours
@@ -96,7 +100,8 @@ class ZygoteClient:
         if stream is None:
             return
         while line := await stream.readline():
-            log.info("zygote_output", stream=name, line=line.decode(errors="replace").rstrip()[:2000])
+            text = self._redactor.scrub(line.decode(errors="replace").rstrip())
+            log.info("zygote_output", stream=name, line=text[:2000])
 
     def spawn(self, worker_id: int) -> asyncio.Future[SpawnedWorker]:
         """Ask for one worker; the future resolves once the zygote has forked it."""
@@ -112,6 +117,9 @@ class ZygoteClient:
             for fd in (stdout_read, stderr_read):
                 os.close(fd)
             front_end.close()
+            # The zygote is gone even if its EOF has not been read yet: say so now, so the
+            # pool relaunches it rather than counting this as a worker that failed to boot.
+            self._lost(f"cannot reach the zygote: {exc}")
             raise ZygoteFailed(f"cannot reach the zygote: {exc}") from exc
         finally:
             worker_end.close()

@@ -1,12 +1,17 @@
 """A worker: the child's main loop, forked from the zygote.
 
     front --REQUEST--> Channel.data_received -> Worker.start_request -> task
-                                                     |  build (cached) program
+                                                     |  build program (cached; on the build thread)
+                                                     |  check inputs against the signature's types
                                                      |  await module.acall(...)   (sync modules: a thread)
     front <--REPLY/ERROR------------------------------+
 
 One asyncio loop serves up to `worker_concurrency` requests at once: LM calls
 are I/O-bound, so concurrency comes from the loop, not from more processes.
+Nothing slow runs on the loop: programs are built on one build thread (an
+operator's factory may load an index; a wide signature costs milliseconds),
+so the loop keeps answering pings and other calls meanwhile, and concurrent
+requests for a program being built wait for that one build.
 The worker never writes protocol bytes to stdout/stderr (those are pipes the
 front logs); it talks only on its dedicated socket. It exits when the channel
 reaches EOF (the front is gone) and, via PR_SET_PDEATHSIG, when the zygote dies.
@@ -16,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import json
 import os
 import signal
 import socket
@@ -28,8 +32,9 @@ from typing import Any
 import structlog
 
 from dspy_pool import structs
-from dspy_pool.errors import ErrorKind, InvalidArgument, PoolError
+from dspy_pool.errors import ErrorKind, PoolError
 from dspy_pool.internal import worker_pb2 as wire
+from dspy_pool.options import parse_lm_rules
 from dspy_pool.pool import failures, lms, programs
 from dspy_pool.pool.protocol import Frame, FrameDecoder, FrameType, ProtocolError, encode
 from dspy_pool.redact import Redactor
@@ -100,7 +105,11 @@ class Worker:
         self.config = config
         self.channel: Channel | None = None
         self.programs = programs.ProgramCache(config.program_cache_entries or 256)
+        self.rules = programs.BuildRules(lm_options=parse_lm_rules(config.lm_call_options))
+        self.builds: dict[str, asyncio.Future[programs.BuiltProgram]] = {}  # program key -> build in progress
+        self.lm: Any = None  # the configured LM, set once the loop runs
         self.extra_lms = lms.LMCache(config)
+        self._extra_lms_ready: set[tuple[str, str, str]] = set()
         self.tasks: dict[int, asyncio.Task] = {}
         self.served = 0
         self.redactor = Redactor(config.lm_api_key)
@@ -109,6 +118,8 @@ class Worker:
         self.threads = concurrent.futures.ThreadPoolExecutor(
             max_workers=max(1, config.worker_concurrency), thread_name_prefix="program"
         )
+        # One thread: builds run one at a time (operator factories need not be thread-safe).
+        self.builder = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="build")
 
     # -- frames ---------------------------------------------------------
     def on_frame(self, frame: Frame) -> None:
@@ -143,28 +154,57 @@ class Worker:
         self.tasks[request_id] = task
 
     # -- execution ------------------------------------------------------
-    def _resolve_program(self, request: wire.WorkRequest) -> programs.BuiltProgram:
-        program = self.programs.get(request.program_key)
+    async def _resolve_program(self, request: wire.WorkRequest) -> programs.BuiltProgram:
+        key = request.program_key
+        program = self.programs.get(key)
         if program is not None:
             return program
-        if not request.spec:
-            raise PoolError(f"program {request.program_key} is not loaded here", kind=ErrorKind.PROGRAM_NOT_LOADED)
-        spec = pb.ProgramSpec.FromString(request.spec)
-        program = programs.build(spec)
-        self.programs.put(request.program_key, program)
+        build = self.builds.get(key)  # the spec came with an earlier request, still building
+        if build is None:
+            if not request.spec:
+                raise PoolError(f"program {key} is not loaded here", kind=ErrorKind.PROGRAM_NOT_LOADED)
+            build = self.builds[key] = asyncio.ensure_future(self._build(key, request.spec))
+            build.add_done_callback(_consume_exception)
+        return await asyncio.shield(build)  # a cancelled caller leaves the build to finish for the others
+
+    async def _build(self, key: str, spec: bytes) -> programs.BuiltProgram:
+        try:
+            program = await asyncio.get_running_loop().run_in_executor(self.builder, self._build_on_thread, spec)
+        finally:
+            self.builds.pop(key, None)
+        self.programs.put(key, program)
+        return program
+
+    def _build_on_thread(self, spec: bytes) -> programs.BuiltProgram:
+        program = programs.build(pb.ProgramSpec.FromString(spec), self.rules)
+        lms.prepare_engine(self.lm, program.lm_options)  # a LiteLLM import, if ever needed, happens here
         return program
 
     async def _call_program(self, program: programs.BuiltProgram, request: wire.WorkRequest) -> Any:
-        inputs = structs.struct_to_dict(request.inputs)
-        for name in program.text_inputs:
-            value = inputs.get(name)
-            if value is not None and not isinstance(value, str):
-                inputs[name] = json.dumps(value, ensure_ascii=False)  # DSPy formats str fields as text
+        inputs = program.call_inputs(structs.struct_to_dict(request.inputs))
         if program.takes_history:
             import dspy
 
             turns = structs.list_to_python(request.history) if request.has_history else []
             inputs[programs.HISTORY_FIELD] = dspy.History(messages=turns)
+        if request.lm_model:
+            import dspy
+
+            lm = await self._extra_lm(request, program)
+            with dspy.context(lm=lm):
+                return await self._run_module(program, inputs)
+        return await self._run_module(program, inputs)
+
+    async def _extra_lm(self, request: wire.WorkRequest, program: programs.BuiltProgram) -> Any:
+        """A fallback LM the operator allow-listed; readied off the loop the first time it runs a program."""
+        lm = self.extra_lms.get(request.lm_model, request.lm_api_base)
+        ready = (request.lm_model, request.lm_api_base, request.program_key)
+        if ready not in self._extra_lms_ready:
+            await asyncio.to_thread(lms.prepare_engine, lm, program.lm_options)
+            self._extra_lms_ready.add(ready)
+        return lm
+
+    async def _run_module(self, program: programs.BuiltProgram, inputs: dict[str, Any]) -> Any:
         if program.runs_async:
             return await program.module.acall(**inputs)
         loop = asyncio.get_running_loop()
@@ -175,25 +215,19 @@ class Worker:
         started = time.perf_counter()
         try:
             request = wire.WorkRequest.FromString(payload)
-            program = self._resolve_program(request)
-            reply = wire.WorkReply(
-                input_names=program.input_names, output_names=program.output_names, takes_history=program.takes_history
-            )
-            if not request.validate_only:
-                timeout = request.timeout_s if request.timeout_s > 0 else None
-                try:
-                    async with asyncio.timeout(timeout):
-                        if request.lm_model:
-                            import dspy
-
-                            with dspy.context(lm=self.extra_lms.get(request.lm_model, request.lm_api_base)):
-                                prediction = await self._call_program(program, request)
-                        else:
-                            prediction = await self._call_program(program, request)
-                except TimeoutError:
-                    raise PoolError("deadline passed while the program ran", kind=ErrorKind.DEADLINE_EXCEEDED) from None
-                structs.dict_to_struct(_prediction_outputs(prediction), reply.outputs)
-                reply.prompt_tokens, reply.completion_tokens, reply.total_tokens = _usage_totals(prediction)
+            timeout = request.timeout_s if request.timeout_s > 0 else None
+            try:
+                async with asyncio.timeout(timeout):
+                    program = await self._resolve_program(request)
+                    reply = wire.WorkReply(
+                        input_names=program.input_names, output_names=program.output_names, takes_history=program.takes_history
+                    )
+                    if not request.validate_only:
+                        prediction = await self._call_program(program, request)
+                        structs.dict_to_struct(_prediction_outputs(prediction), reply.outputs)
+                        reply.prompt_tokens, reply.completion_tokens, reply.total_tokens = _usage_totals(prediction)
+            except TimeoutError:
+                raise PoolError("deadline passed while the program was built or ran", kind=ErrorKind.DEADLINE_EXCEEDED) from None
             reply.execution_ms = (time.perf_counter() - started) * 1000.0
             self.served += 1
             self.send(FrameType.REPLY, request_id, reply.SerializeToString())
@@ -229,6 +263,12 @@ class Worker:
             self.stopped.set()
 
 
+def _consume_exception(build: asyncio.Future) -> None:
+    """A build whose every caller was cancelled still fails quietly (its error reached whoever waited)."""
+    if not build.cancelled():
+        build.exception()
+
+
 def _with_context(fn):
     """Run `fn` in a thread with the caller's contextvars (DSPy's settings overrides live there)."""
     import contextvars
@@ -239,7 +279,7 @@ def _with_context(fn):
 
 async def _serve(worker: Worker, channel_sock: socket.socket, boot_started: float) -> str:
     loop = asyncio.get_running_loop()
-    lms.configure(worker.config)
+    worker.lm = lms.configure(worker.config)
     from dspy_pool import kinds
 
     kinds.run_worker_start_hooks()
@@ -253,6 +293,7 @@ async def _serve(worker: Worker, channel_sock: socket.socket, boot_started: floa
     for task in list(worker.tasks.values()):
         task.cancel()
     worker.threads.shutdown(wait=False, cancel_futures=True)
+    worker.builder.shutdown(wait=False, cancel_futures=True)
     return getattr(worker, "stop_reason", "stopped")
 
 
@@ -267,8 +308,13 @@ def _new_event_loop() -> asyncio.AbstractEventLoop:
 
 def run(worker_id: int, channel_fd: int, config: wire.ZygoteConfig, boot_started: float) -> int:
     """Entry point in the forked child; returns the exit code (the caller must os._exit)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the front's to handle
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    # Ctrl-C or SIGTERM sent to the whole process group (`timeout`, `kill -- -PGID`,
+    # systemd) is the front's to handle: it drains us (SHUTDOWN), and we die with it
+    # anyway (PR_SET_PDEATHSIG, EOF). Dying here would fail every call in flight.
+    # SIGTERM gets a no-op handler rather than SIG_IGN, which processes that user code
+    # execs would inherit (and then ignore their own SIGTERM).
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, lambda signum, frame: None)
     for stream in (sys.stdout, sys.stderr):
         stream.reconfigure(line_buffering=True)
     channel_sock = socket.socket(fileno=channel_fd)

@@ -45,31 +45,32 @@ _SESSION_SWEEP_S = 30.0
 
 
 def zygote_config(config: ServerConfig, sim: SimLMProcess | None) -> wire.ZygoteConfig:
-    lm, api_base, api_key = config.lm, config.lm_api_base, config.lm_api_key
+    lm, api_base, api_key = config.lm.model, config.lm.api_base, config.lm.api_key
     if sim is not None:
         lm, api_base, api_key = "openai/sim", sim.api_base, api_key or "sim-key"
     return wire.ZygoteConfig(
-        lm=lm, lm_api_base=api_base, lm_api_key=api_key, lm_num_retries=config.lm_num_retries,
-        lm_cache_entries=config.lm_cache_entries, lm_timeout_s=config.lm_timeout_s, worker_concurrency=config.worker_concurrency,
-        program_modules=list(config.programs), max_frame_bytes=config.max_message_bytes * 2 + 65536,
-        lm_max_tokens=config.lm_max_tokens, lm_temperature=config.lm_temperature,
+        lm=lm, lm_api_base=api_base, lm_api_key=api_key, lm_num_retries=config.lm.num_retries,
+        lm_cache_entries=config.lm.cache_entries, lm_timeout_s=config.lm.timeout_s, worker_concurrency=config.pool.worker_concurrency,
+        program_modules=list(config.pool.programs), max_frame_bytes=config.server.max_message_bytes * 2 + 65536,
+        lm_max_tokens=config.lm.max_tokens, lm_temperature=config.lm.temperature,
+        lm_call_options=list(config.lm.call_options),
     )
 
 
 def scaler_config(config: ServerConfig) -> ScalerConfig:
     _, minimum, maximum = worker_bounds(config)
     return ScalerConfig(
-        min_workers=minimum, max_workers=maximum, worker_concurrency=config.worker_concurrency,
-        target_queue_wait_s=config.target_queue_wait_s, target_load_per_worker=config.target_load_per_worker,
-        upscale_cooldown_s=config.upscale_cooldown_s, upscale_step_max=config.upscale_step_max, downscale_window_s=config.downscale_window_s,
-        downscale_utilisation=config.downscale_utilisation, downscale_step_fraction=config.downscale_step_fraction,
-        memory_budget_bytes=config.memory_budget_bytes,
+        min_workers=minimum, max_workers=maximum, worker_concurrency=config.pool.worker_concurrency,
+        target_queue_wait_s=config.scaling.target_queue_wait_s, target_load_per_worker=config.scaling.target_load_per_worker,
+        upscale_cooldown_s=config.scaling.upscale_cooldown_s, upscale_step_max=config.scaling.upscale_step_max, downscale_window_s=config.scaling.downscale_window_s,
+        downscale_utilisation=config.scaling.downscale_utilisation, downscale_step_fraction=config.scaling.downscale_step_fraction,
+        memory_budget_bytes=config.scaling.memory_budget_bytes,
     )
 
 
 def scaling_settings(config: ServerConfig) -> ScalingSettings:
-    recycle = RecycleConfig(config.recycle_max_requests, config.recycle_max_requests_jitter, config.recycle_max_rss_bytes, config.recycle_max_age_s)
-    return ScalingSettings(scaler_config(config), config.controller_interval_s, config.fixed_workers or None, recycle)
+    recycle = RecycleConfig(config.scaling.recycle_max_requests, config.scaling.recycle_max_requests_jitter, config.scaling.recycle_max_rss_bytes, config.scaling.recycle_max_age_s)
+    return ScalingSettings(scaler_config(config), config.scaling.controller_interval_s, config.pool.fixed_workers or None, recycle)
 
 
 def grpc_options(config: ServerConfig) -> list[tuple[str, int]]:
@@ -78,10 +79,10 @@ def grpc_options(config: ServerConfig) -> list[tuple[str, int]]:
     # RESOURCE_EXHAUSTED with a retry hint. Let our queue govern: lift core's
     # limits well past what max_queue plus every worker slot can hold.
     _, _, maximum = worker_bounds(config)
-    pending = max(10_000, 4 * (config.max_queue + maximum * config.worker_concurrency))
+    pending = max(10_000, 4 * (config.pool.max_queue + maximum * config.pool.worker_concurrency))
     return [
-        ("grpc.max_receive_message_length", config.max_message_bytes * 2),
-        ("grpc.max_send_message_length", config.max_message_bytes * 2),
+        ("grpc.max_receive_message_length", config.server.max_message_bytes * 2),
+        ("grpc.max_send_message_length", config.server.max_message_bytes * 2),
         ("grpc.so_reuseport", 0),
         ("grpc.server.max_pending_requests", pending),
         ("grpc.server.max_pending_requests_hard_limit", pending * 2),
@@ -91,10 +92,10 @@ def grpc_options(config: ServerConfig) -> list[tuple[str, int]]:
 def pool_settings(config: ServerConfig) -> PoolSettings:
     initial, minimum, _ = worker_bounds(config)
     return PoolSettings(
-        workers=initial, min_ready=minimum, warming=config.warming, worker_concurrency=config.worker_concurrency,
-        max_queue=config.max_queue, boot_timeout_s=config.boot_timeout_s, crash_loop_threshold=config.crash_loop_threshold,
-        hang_timeout_s=config.hang_timeout_s, max_frame_bytes=config.max_message_bytes * 2 + 65536,
-        warmup=WarmupSettings(mode=config.warmup, timeout_s=config.warmup_timeout_s),
+        workers=initial, min_ready=minimum, warming=config.pool.warming, worker_concurrency=config.pool.worker_concurrency,
+        max_queue=config.pool.max_queue, boot_timeout_s=config.pool.boot_timeout_s, crash_loop_threshold=config.pool.crash_loop_threshold,
+        hang_timeout_s=config.pool.hang_timeout_s, max_frame_bytes=config.server.max_message_bytes * 2 + 65536,
+        warmup=WarmupSettings(mode=config.pool.warmup, timeout_s=config.pool.warmup_timeout_s),
     )
 
 
@@ -113,8 +114,8 @@ _KEYLESS_LMS = (SIM_LM, "dummy")
 
 def warn_if_keyless(config: ServerConfig) -> None:
     """A provider model with no key fails every call with LM_AUTH; say so at start-up, once."""
-    if config.lm not in _KEYLESS_LMS and not config.lm_api_key:
-        log.warning("lm_api_key_missing", lm=config.lm,
+    if config.lm.model not in _KEYLESS_LMS and not config.lm.api_key:
+        log.warning("lm_api_key_missing", lm=config.lm.model,
                     hint="no API key configured: set DSPY_POOL_LM_API_KEY (ignore this for keyless local endpoints such as Ollama)")
 
 
@@ -131,7 +132,7 @@ class App:
         self._stopping = False
         self._background: list[asyncio.Task] = []
         # Worker CPU is read from /proc per worker: every few seconds is plenty for a gauge.
-        self.metrics = PoolMetrics(target_queue_wait_s=config.target_queue_wait_s, cpu_interval_s=WORKER_CPU_SAMPLE_S)
+        self.metrics = PoolMetrics(target_queue_wait_s=config.scaling.target_queue_wait_s, cpu_interval_s=WORKER_CPU_SAMPLE_S)
         self.registry = CollectorRegistry()
         self.metrics_server = None
         self.metrics_port = 0
@@ -140,17 +141,18 @@ class App:
         """Start everything; returns the bound TCP port (0 for a Unix socket)."""
         log.info("server_starting", config=public_view(self.config))
         warn_if_keyless(self.config)
-        if self.config.lm == SIM_LM:
-            self.sim = await start_sim_lm("--latency", self.config.sim_latency)
-            log.info("sim_lm_started", port=self.sim.port, latency=self.config.sim_latency)
-        registry = ProgramRegistry(self.config.max_programs)
+        if self.config.lm.model == SIM_LM:
+            self.sim = await start_sim_lm("--latency", self.config.lm.sim_latency, on_change=self._on_sim_change)
+            log.info("sim_lm_started", port=self.sim.port, latency=self.config.lm.sim_latency)
+        registry = ProgramRegistry(self.config.server.max_programs)
         breakers = AsyncBreakerGuard(BreakerRegistry(breaker_config(self.config)))
-        self.sessions = SessionStore(self.config.max_sessions, self.config.session_ttl_s, self.config.session_max_turns)
+        sessions = self.config.sessions
+        self.sessions = SessionStore(sessions.max_sessions, sessions.ttl_s, sessions.max_turns, sessions.protect_s)
         exporter = PoolExporter(self.registry, self.metrics, breakers=breakers, scale_counts=lambda: pool.scale_counts())
         pool = self.pool = Pool(
             pool_settings(self.config), zygote_config(self.config, self.sim), scaling_settings(self.config), self.metrics,
             warmup_source=lambda: warmup_programs(registry, breakers), on_health_change=self._on_health_change,
-            observers=(exporter.observe,) if self.config.metrics_port >= 0 else (),
+            observers=(exporter.observe,) if self.config.observe.metrics_port >= 0 else (),
         )
         await pool.launch()  # exec'd before any gRPC object exists; it imports while we set up
         self.health = health.aio.HealthServicer()
@@ -160,9 +162,9 @@ class App:
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection((SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), self.server)
         await self._set_health(False)
-        self.port = self.server.add_insecure_port(self.config.listen)
-        if self.port == 0 and not self.config.listen.startswith("unix:"):
-            raise RuntimeError(f"cannot listen on {self.config.listen}")
+        self.port = self.server.add_insecure_port(self.config.server.listen)
+        if self.port == 0 and not self.config.server.listen.startswith("unix:"):
+            raise RuntimeError(f"cannot listen on {self.config.server.listen}")
         await self.server.start()
         try:
             await pool.start()
@@ -171,15 +173,22 @@ class App:
             raise
         await self._set_health(pool.healthy)
         self._background.append(asyncio.get_running_loop().create_task(self._sweep_sessions()))
-        if self.config.metrics_port >= 0:
-            self.metrics_server, self.metrics_port = start_metrics_server(self.config.metrics_port, self.registry, self.config.metrics_addr)
-            log.info("metrics_serving", addr=self.config.metrics_addr, port=self.metrics_port)
-        log.info("server_serving", listen=self.config.listen, port=self.port, workers=self.config.workers)
+        if self.config.observe.metrics_port >= 0:
+            self.metrics_server, self.metrics_port = start_metrics_server(self.config.observe.metrics_port, self.registry, self.config.observe.metrics_addr)
+            log.info("metrics_serving", addr=self.config.observe.metrics_addr, port=self.metrics_port)
+        initial, minimum, maximum = worker_bounds(self.config)
+        log.info("server_serving", listen=self.config.server.listen, port=self.port, workers=initial,
+                 pool_size=f"{minimum}" if minimum == maximum else f"{minimum}..{maximum} (autoscaling)")
         return self.port
 
     def _on_health_change(self, healthy: bool) -> None:
         if not self._stopping:
-            asyncio.get_running_loop().create_task(self._set_health(healthy))
+            # The sim LM is supervised like a worker: while it is down every call would fail.
+            sim_up = self.sim is None or self.sim.up
+            asyncio.get_running_loop().create_task(self._set_health(healthy and sim_up))
+
+    def _on_sim_change(self, up: bool) -> None:
+        self._on_health_change(self.pool is not None and self.pool.healthy)
 
     async def _set_health(self, serving: bool) -> None:
         if self.health is None:
@@ -199,7 +208,9 @@ class App:
             await self._stopped.wait()
             return
         self._stopping = True
-        grace = self.config.drain_grace_s if grace_s is None else grace_s
+        if self.sim is not None:
+            self.sim.stop_supervising()  # nothing is restarted once shutdown begins
+        grace = self.config.server.drain_grace_s if grace_s is None else grace_s
         log.info("server_draining", grace_s=grace)
         await self._set_health(False)
         for task in self._background:

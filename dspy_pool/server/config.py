@@ -1,10 +1,21 @@
-"""The one typed configuration object, built in one place.
+"""The one typed configuration: sections of settings, each declared once, validated once.
 
-Precedence, lowest to highest: defaults, the named profile
-(dspy_pool/profiles/NAME.toml), the config file (TOML), DSPY_POOL_* environment
-variables, command-line flags. No other module reads the
-environment. The API key comes from DSPY_POOL_LM_API_KEY (or the file) only,
-never from a flag, so it never shows in `ps`.
+Sources, lowest to highest: built-in defaults, the named profile
+(dspy_pool/profiles/NAME.toml), the config file (TOML: flat keys or
+[section] tables), DSPY_POOL_* environment variables, command-line flags. No
+other module reads the environment. The API key comes from
+DSPY_POOL_LM_API_KEY (or the file) only, never from a flag, so it never shows
+in `ps`.
+
+Every setting is declared once with `setting(...)`: its default, meaning,
+unit, choices and bounds. Validation, `--help` and the README's configuration
+table (`python scripts/gen_config_docs.py`) all read those declarations, so
+they cannot drift apart; a unit test fails when the README's table is stale.
+
+The pool's size: `--workers N` alone means exactly N workers. A profile's
+autoscaling bounds apply only when the workers count also comes from the
+profile (or when --min-workers/--max-workers are given): the effective
+bounds are logged at start-up and shown in GetPoolStatus.
 """
 
 from __future__ import annotations
@@ -15,112 +26,211 @@ import os
 import pathlib
 import tomllib
 from dataclasses import dataclass, field, fields
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
+from dspy_pool.options import DEFAULT_LM_CALL_OPTIONS, parse_lm_rule
 from dspy_pool.pool.warmup import WARMUP_MODES
 
 ENV_PREFIX = "DSPY_POOL_"
 PROFILES_DIR = pathlib.Path(__file__).resolve().parent.parent / "profiles"
 DEFAULT_PROFILE = "balanced"
+_POOL_BOUNDS = ("min_workers", "max_workers")
+
+
+def setting(default: Any, meaning: str, *, unit: str = "", choices: tuple[str, ...] = (), minimum: float | None = None,
+            maximum: float | None = None, flat: str = "", secret: bool = False, repeatable: bool = False) -> Any:
+    """Declare one setting: the one place its default, meaning, unit, choices and bounds are written."""
+    metadata = {"meaning": meaning, "unit": unit, "choices": choices, "minimum": minimum, "maximum": maximum,
+                "flat": flat, "secret": secret, "repeatable": repeatable}
+    return field(default=default, metadata=metadata, repr=not secret)
+
+
+def _check_section(section: Any) -> list[str]:
+    problems = []
+    for item in fields(section):
+        value, meta = getattr(section, item.name), item.metadata
+        name = meta["flat"] or item.name
+        if meta["choices"] and value not in meta["choices"]:
+            problems.append(f"{name} must be one of {', '.join(meta['choices'])}, not {value!r}")
+        if meta["minimum"] is not None and value < meta["minimum"]:
+            problems.append(f"{name} must be >= {meta['minimum']}, not {value!r}")
+        if meta["maximum"] is not None and value > meta["maximum"]:
+            problems.append(f"{name} must be <= {meta['maximum']}, not {value!r}")
+    return problems
+
+
+class _Section:
+    def __post_init__(self) -> None:
+        problems = _check_section(self) + self.problems()
+        if problems:
+            raise ValueError("; ".join(problems))
+
+    def problems(self) -> list[str]:
+        return []
+
+
+@dataclass(frozen=True)
+class ServerSection(_Section):
+    listen: str = setting("127.0.0.1:50051", "gRPC address: HOST:PORT ([v6]:PORT) or unix:PATH; loopback unless asked")
+    max_message_bytes: int = setting(4 * 1024 * 1024, "largest accepted request", unit="bytes", minimum=1024)
+    max_input_depth: int = setting(32, "deepest nesting of inputs and spec values", minimum=1, maximum=100)
+    max_programs: int = setting(1000, "program versions the registry holds", minimum=1)
+    default_deadline_s: float = setting(30.0, "deadline for calls that set none", unit="s", minimum=0.001)
+    max_deadline_s: float = setting(600.0, "longest deadline a call may ask for", unit="s", minimum=0.001)
+    drain_grace_s: float = setting(10.0, "time to finish calls on SIGTERM/SIGINT before they end UNAVAILABLE", unit="s", minimum=0)
+
+    def problems(self) -> list[str]:
+        listen = check_listen(self.listen)
+        return [listen] if listen else []
+
+
+@dataclass(frozen=True)
+class PoolSection(_Section):
+    workers: int = setting(2, "worker processes at start (alone: exactly this many; see min/max_workers)", minimum=1)
+    min_workers: int = setting(0, "autoscaling lower bound (0: = workers)", minimum=0)
+    max_workers: int = setting(0, "autoscaling upper bound (0: = workers)", minimum=0)
+    fixed_workers: int = setting(0, "exactly this many workers, never autoscaled (0: off)", minimum=0)
+    worker_concurrency: int = setting(64, "calls one worker runs at once", minimum=1)
+    max_queue: int = setting(1000, "calls waiting for a slot; beyond it RESOURCE_EXHAUSTED", minimum=0)
+    warming: str = setting("parallel", "how the first workers start: all at once, one by one, or min first", choices=("parallel", "sequential", "staged"))
+    warmup: str = setting("calls", "before a joining worker takes traffic: nothing, build programs, or build and run warmup_inputs", choices=WARMUP_MODES)
+    warmup_timeout_s: float = setting(10.0, "bound on one worker's warm-up", unit="s", minimum=0.001)
+    boot_timeout_s: float = setting(60.0, "a worker not ready by then counts as a boot failure", unit="s", minimum=0.1)
+    crash_loop_threshold: int = setting(5, "boot failures in a row before respawning stops (NOT_SERVING)", minimum=1)
+    hang_timeout_s: float = setting(10.0, "a worker silent to pings this long is killed", unit="s", minimum=0.1)
+    programs: tuple[str, ...] = setting((), "operator module imported in the zygote (kinds, metrics, tools)", repeatable=True)
+
+    def problems(self) -> list[str]:
+        if self.max_workers and self.max_workers < self.min_workers:
+            return ["need min_workers <= max_workers"]
+        return []
+
+
+@dataclass(frozen=True)
+class LMSection(_Section):
+    model: str = setting("sim", "sim (simulated HTTP LM), dummy (in-worker, no HTTP) or a dspy.LM model id", flat="lm")
+    api_base: str = setting("", "provider endpoint", flat="lm_api_base")
+    api_key: str = setting("", "provider key (DSPY_POOL_LM_API_KEY or the config file only)", flat="lm_api_key", secret=True)
+    num_retries: int = setting(0, "DSPy's own retries of transient provider errors", flat="lm_num_retries", minimum=0, maximum=10)
+    cache_entries: int = setting(0, "in-memory response cache per worker (0: off)", flat="lm_cache_entries", minimum=0)
+    timeout_s: float = setting(0.0, "per-request LM timeout (0: derived from each call's deadline)", unit="s", flat="lm_timeout_s", minimum=0)
+    max_tokens: int = setting(0, "max_tokens sent with every request (0: provider default)", flat="lm_max_tokens", minimum=0)
+    temperature: float = setting(0.0, "temperature sent with every request (0: provider default)", flat="lm_temperature", minimum=0, maximum=2)
+    sim_latency: str = setting("fixed:20", "simulated LM latency: fixed:MS, uniform:LO:HI, lognormal:MEDIAN:SIGMA, exp:MEAN")
+    fallback_lms: tuple[str, ...] = setting((), "LMs a fallback may name, MODEL or MODEL@API_BASE; clients name only the model", repeatable=True)
+    call_options: tuple[str, ...] = setting(DEFAULT_LM_CALL_OPTIONS, "what a spec's lm_options may set: NAME=MIN:MAX or NAME=A|B|C "
+                                            "(never the endpoint, model, key or headers)", flat="lm_call_options", repeatable=True)
+
+    def problems(self) -> list[str]:
+        problems = [] if self.model else ["lm must be set (sim, dummy or a model id such as openai/gpt-4o-mini)"]
+        problems += [f"fallback_lms entry {entry!r} needs a model before '@'" for entry in self.fallback_lms if not entry.split("@", 1)[0]]
+        for entry in self.call_options:
+            try:
+                parse_lm_rule(entry)
+            except ValueError as exc:
+                problems.append(str(exc))
+        return problems
+
+
+@dataclass(frozen=True)
+class SessionSection(_Section):
+    max_sessions: int = setting(10000, "sessions held at once", minimum=1)
+    ttl_s: float = setting(3600.0, "a session idle this long expires", unit="s", flat="session_ttl_s", minimum=1)
+    max_turns: int = setting(50, "turns of history kept per session", flat="session_max_turns", minimum=1)
+    max_in_flight: int = setting(0, "calls one session may have running (0: no limit)", flat="session_max_in_flight", minimum=0)
+    protect_s: float = setting(60.0, "at the cap, sessions used this recently are never evicted (new ones are refused)", unit="s",
+                               flat="session_protect_s", minimum=0)
+
+
+@dataclass(frozen=True)
+class ResilienceSection(_Section):
+    breaker_window: int = setting(100, "circuit breaker per (program, LM endpoint): last N calls", minimum=1)
+    breaker_minimum_calls: int = setting(20, "calls in the window before the breaker may trip", minimum=1)
+    breaker_failure_rate: float = setting(0.5, "failure rate that trips the breaker", minimum=0.01, maximum=1.0)
+    breaker_wait_s: float = setting(5.0, "open time before a probe (doubles per consecutive trip, capped)", unit="s", minimum=0.01)
+    retry_max_attempts: int = setting(3, "attempts for transient failures that cannot have run, under a budget of ~20% of calls", minimum=1, maximum=10)
+    result_cache_entries: int = setting(10000, "last good results kept for the cache fallback", minimum=1)
+    result_cache_ttl_s: float = setting(3600.0, "age past which a cached result is not served", unit="s", minimum=0.001)
+    default_fallback: tuple[str, ...] = setting((), "fallback chain for programs that set none, e.g. cache,static")
+    fallback_concurrency: int = setting(256, "fallbacks doing work at once", minimum=0)
+
+
+@dataclass(frozen=True)
+class ScalingSection(_Section):
+    target_queue_wait_s: float = setting(0.1, "queue-wait p95 the autoscaler aims under", unit="s", minimum=0.001)
+    target_load_per_worker: float = setting(0.7, "busy slots per worker slot the autoscaler aims at", minimum=0.05, maximum=1.0)
+    upscale_cooldown_s: float = setting(2.0, "wait between queue-driven scale-ups", unit="s", minimum=0)
+    upscale_step_max: int = setting(4, "workers added per scale-up at most", minimum=1)
+    downscale_window_s: float = setting(60.0, "idle time before shrinking", unit="s", minimum=0)
+    downscale_utilisation: float = setting(0.3, "utilisation under which the pool may shrink", minimum=0, maximum=1)
+    downscale_step_fraction: float = setting(0.5, "share of the surplus shed per step", minimum=0.01, maximum=1)
+    memory_budget_bytes: int = setting(0, "caps growth by measured worker RSS (0: none)", unit="bytes", minimum=0)
+    controller_interval_s: float = setting(0.5, "autoscaler tick", unit="s", minimum=0.01)
+    recycle_max_requests: int = setting(0, "replace a worker after this many calls (0: never)", minimum=0)
+    recycle_max_requests_jitter: int = setting(0, "random extra calls per worker, so they do not all go at once", minimum=0)
+    recycle_max_rss_bytes: int = setting(0, "replace a worker past this RSS (0: never)", unit="bytes", minimum=0)
+    recycle_max_age_s: float = setting(0.0, "replace a worker after this age (0: never)", unit="s", minimum=0)
+
+
+@dataclass(frozen=True)
+class ObserveSection(_Section):
+    metrics_port: int = setting(-1, "Prometheus endpoint port (-1: off, 0: any free port)", minimum=-1, maximum=65535)
+    metrics_addr: str = setting("127.0.0.1", "Prometheus endpoint address")
+    log_format: str = setting("console", "log lines as text or JSON", choices=("console", "json"))
+    log_level: str = setting("info", "lowest level logged", choices=("debug", "info", "warning", "error"))
+
+
+SECTIONS: dict[str, type] = {
+    "server": ServerSection, "pool": PoolSection, "lm": LMSection, "sessions": SessionSection,
+    "resilience": ResilienceSection, "scaling": ScalingSection, "observe": ObserveSection,
+}
 
 
 @dataclass(frozen=True)
 class ServerConfig:
-    listen: str = "127.0.0.1:50051"
-    workers: int = 2
-    min_workers: int = 0  # 0: same as workers (no autoscaling unless max_workers is larger)
-    max_workers: int = 0  # 0: same as workers
-    fixed_workers: int = 0  # operator override: exactly this many, never autoscaled
-    warming: str = "parallel"  # parallel, sequential, or staged (min_workers first, the rest in background)
-    worker_concurrency: int = 64
-    max_queue: int = 1000
-    default_deadline_s: float = 30.0
-    max_deadline_s: float = 600.0
-    lm: str = "sim"
-    lm_api_base: str = ""
-    lm_api_key: str = field(default="", repr=False)
-    lm_num_retries: int = 0
-    lm_cache_entries: int = 0
-    lm_timeout_s: float = 0.0
-    lm_max_tokens: int = 0
-    lm_temperature: float = 0.0
-    sim_latency: str = "fixed:20"
-    programs: tuple[str, ...] = ()
-    max_sessions: int = 10000
-    session_ttl_s: float = 3600.0
-    session_max_turns: int = 50
-    max_message_bytes: int = 4 * 1024 * 1024
-    max_input_depth: int = 32
-    max_programs: int = 1000
-    drain_grace_s: float = 10.0
-    boot_timeout_s: float = 60.0
-    crash_loop_threshold: int = 5
-    hang_timeout_s: float = 10.0
-    breaker_window: int = 100
-    breaker_minimum_calls: int = 20
-    breaker_failure_rate: float = 0.5
-    breaker_wait_s: float = 5.0
-    retry_max_attempts: int = 3
-    result_cache_entries: int = 10000
-    result_cache_ttl_s: float = 3600.0
-    default_fallback: tuple[str, ...] = ()
-    fallback_lms: tuple[str, ...] = ()  # "MODEL" or "MODEL@API_BASE": the only LMs a fallback may name
-    session_max_in_flight: int = 0  # 0: no per-session limit
-    fallback_concurrency: int = 256
-    target_queue_wait_s: float = 0.1
-    target_load_per_worker: float = 0.7
-    upscale_cooldown_s: float = 2.0
-    upscale_step_max: int = 4
-    downscale_window_s: float = 60.0
-    downscale_utilisation: float = 0.3
-    downscale_step_fraction: float = 0.5
-    warmup: str = "calls"  # before a new worker takes traffic: off, build (programs), calls (build + warmup_inputs)
-    warmup_timeout_s: float = 10.0
-    memory_budget_bytes: int = 0
-    controller_interval_s: float = 0.5
-    recycle_max_requests: int = 0
-    recycle_max_requests_jitter: int = 0
-    recycle_max_rss_bytes: int = 0
-    recycle_max_age_s: float = 0.0
-    metrics_port: int = -1  # -1: no Prometheus endpoint; 0: any free port
-    metrics_addr: str = "127.0.0.1"
-    log_format: str = "console"
-    log_level: str = "info"
+    server: ServerSection = field(default_factory=ServerSection)
+    pool: PoolSection = field(default_factory=PoolSection)
+    lm: LMSection = field(default_factory=LMSection)
+    sessions: SessionSection = field(default_factory=SessionSection)
+    resilience: ResilienceSection = field(default_factory=ResilienceSection)
+    scaling: ScalingSection = field(default_factory=ScalingSection)
+    observe: ObserveSection = field(default_factory=ObserveSection)
 
-    def __post_init__(self) -> None:
-        problems = []
-        if self.workers < 1:
-            problems.append("workers must be >= 1")
-        if self.min_workers < 0 or self.max_workers < 0 or (self.max_workers and self.max_workers < self.min_workers):
-            problems.append("need 0 <= min_workers <= max_workers")
-        if self.worker_concurrency < 1:
-            problems.append("worker_concurrency must be >= 1")
-        if self.max_queue < 0:
-            problems.append("max_queue must be >= 0")
-        if self.default_deadline_s <= 0:
-            problems.append("default_deadline_s must be > 0")
-        if not self.lm:
-            problems.append("lm must be set (sim, dummy or a model id such as openai/gpt-4o-mini)")
-        for entry in self.fallback_lms:
-            if not entry.split("@", 1)[0]:
-                problems.append(f"fallback_lms entry {entry!r} needs a model before '@'")
-        if self.warming not in ("parallel", "sequential", "staged"):
-            problems.append("warming must be parallel, sequential or staged")
-        if self.warmup not in WARMUP_MODES:
-            problems.append(f"warmup must be one of {', '.join(WARMUP_MODES)}")
-        if not self.warmup_timeout_s > 0:
-            problems.append("warmup_timeout_s must be > 0")
-        if self.log_format not in ("console", "json"):
-            problems.append("log_format must be console or json")
-        listen_problem = check_listen(self.listen)
-        if listen_problem:
-            problems.append(listen_problem)
-        if self.result_cache_entries < 1 or not self.result_cache_ttl_s > 0:
-            problems.append("result_cache_entries must be >= 1 and result_cache_ttl_s > 0")
-        if not 0 <= self.metrics_port <= 65535 and self.metrics_port != -1:
-            problems.append(f"metrics_port must be -1 (off), 0 (any free port) or 1-65535, not {self.metrics_port}")
-        if problems:
-            raise ValueError("invalid configuration: " + "; ".join(problems))
+
+@dataclass(frozen=True)
+class Setting:
+    """One declared setting, as flags, env, docs and the flat view see it."""
+
+    section: str
+    attribute: str
+    name: str  # flat name: the flag (--name-with-dashes), the env var (DSPY_POOL_NAME) and the TOML key
+    kind: type
+    default: Any
+    meaning: str
+    unit: str
+    choices: tuple[str, ...]
+    secret: bool
+    repeatable: bool
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+    @property
+    def env(self) -> str:
+        return ENV_PREFIX + self.name.upper()
+
+
+def settings() -> Iterator[Setting]:
+    for section_name, section in SECTIONS.items():
+        hints = {f.name: f for f in fields(section)}
+        for item in fields(section):
+            meta = hints[item.name].metadata
+            yield Setting(section_name, item.name, meta["flat"] or item.name, type(item.default), item.default, meta["meaning"],
+                          meta["unit"], tuple(meta["choices"]), meta["secret"], meta["repeatable"])
+
+
+_BY_NAME: dict[str, Setting] = {s.name: s for s in settings()}
 
 
 def check_listen(listen: str) -> str:
@@ -139,11 +249,8 @@ def check_listen(listen: str) -> str:
     return ""
 
 
-_FIELDS = {f.name: f for f in fields(ServerConfig)}
-
-
 def _coerce(name: str, raw: Any) -> Any:
-    kind = type(getattr(ServerConfig(), name))
+    kind = _BY_NAME[name].kind
     if kind is tuple:
         return tuple(raw) if isinstance(raw, (list, tuple)) else tuple(p for p in str(raw).split(",") if p)
     if kind is bool:
@@ -156,56 +263,126 @@ def _coerce(name: str, raw: Any) -> Any:
         raise ValueError(f"{name}: cannot read {raw!r} as {kind.__name__}") from None
 
 
-def from_sources(file_values: Mapping[str, Any], environ: Mapping[str, str], flags: Mapping[str, Any]) -> ServerConfig:
+def build(**values: Any) -> ServerConfig:
+    """A config from flat settings (`workers=4, lm="dummy"`); every problem found is reported at once."""
+    unknown = sorted(set(values) - set(_BY_NAME))
+    if unknown:
+        raise ValueError(f"unknown setting(s): {', '.join(unknown)}")
+    per_section: dict[str, dict[str, Any]] = {name: {} for name in SECTIONS}
+    for name, value in values.items():
+        spec = _BY_NAME[name]
+        per_section[spec.section][spec.attribute] = value
+    built, problems = {}, []
+    for name, section in SECTIONS.items():
+        try:
+            built[name] = section(**per_section[name])
+        except ValueError as exc:
+            problems.append(str(exc))
+    if problems:
+        raise ValueError("invalid configuration: " + "; ".join(problems))
+    return ServerConfig(**built)
+
+
+def flat(config: ServerConfig) -> dict[str, Any]:
+    """Every setting by its flat name."""
+    return {s.name: getattr(getattr(config, s.section), s.attribute) for s in settings()}
+
+
+def replace(config: ServerConfig, **values: Any) -> ServerConfig:
+    """A copy with some settings changed, by flat name."""
+    return build(**{**flat(config), **values})
+
+
+def _file_values(raw: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """TOML keys: flat (`workers = 2`) or in [section] tables (`[pool] workers = 2`)."""
     values: dict[str, Any] = {}
-    for key, raw in file_values.items():
+    for key, value in raw.items():
         name = key.replace("-", "_")
-        if name not in _FIELDS:
-            raise ValueError(f"unknown setting {key!r} in the config file")
-        values[name] = _coerce(name, raw)
-    for name in _FIELDS:
-        env_name = ENV_PREFIX + name.upper()
-        if env_name in environ:
-            values[name] = _coerce(name, environ[env_name])
-    for name, raw in flags.items():
-        if raw is not None and name in _FIELDS:
-            values[name] = _coerce(name, raw)
-    return ServerConfig(**values)
-
-
-def add_flags(parser: argparse.ArgumentParser) -> None:
-    """Every setting except the API key as a flag; defaults stay None so precedence works."""
-    parser.add_argument("--config", help="TOML file with settings (keys as in ServerConfig)")
-    parser.add_argument("--profile", default=None, help=f"named settings: {', '.join(profile_names())} (default {DEFAULT_PROFILE}); env {ENV_PREFIX}PROFILE")
-    for f in fields(ServerConfig):
-        if f.name == "lm_api_key":
-            continue
-        flag = "--" + f.name.replace("_", "-")
-        if f.name == "programs":
-            parser.add_argument(flag, action="append", help="operator module to import in the zygote (repeatable)")
+        if name in SECTIONS and isinstance(value, dict):
+            for inner_key, inner in value.items():
+                spec = next((s for s in _BY_NAME.values() if s.section == name and inner_key.replace("-", "_") in (s.attribute, s.name)), None)
+                if spec is None:
+                    raise ValueError(f"unknown setting {inner_key!r} in [{name}] of {where}")
+                values[spec.name] = _coerce(spec.name, inner)
+        elif name in _BY_NAME:
+            values[name] = _coerce(name, value)
         else:
-            parser.add_argument(flag, default=None, help=f"default: {f.default!r}; env {ENV_PREFIX}{f.name.upper()}")
+            raise ValueError(f"unknown setting {key!r} in {where}")
+    return values
+
+
+def from_sources(profile_values: Mapping[str, Any], file_values: Mapping[str, Any], environ: Mapping[str, str],
+                 flags: Mapping[str, Any]) -> ServerConfig:
+    profile = _file_values(profile_values, "the profile")
+    chosen = _file_values(file_values, "the config file")
+    for name, spec in _BY_NAME.items():
+        if spec.env in environ:
+            chosen[name] = _coerce(name, environ[spec.env])
+    for name, raw in flags.items():
+        if raw is not None and name in _BY_NAME and not _BY_NAME[name].secret:
+            chosen[name] = _coerce(name, raw)
+    if "workers" in chosen and not any(bound in chosen for bound in _POOL_BOUNDS):
+        # An explicit worker count means that many: a profile's autoscaling bounds must not quietly widen it.
+        profile = {name: value for name, value in profile.items() if name not in _POOL_BOUNDS}
+    return build(**{**profile, **chosen})
+
+
+def add_flags(parser: argparse.ArgumentParser, profile: str | None = None, environ: Mapping[str, str] | None = None) -> None:
+    """Every setting except the API key as a flag; help shows meaning, unit, choices and the effective default
+    (under `profile`, else $DSPY_POOL_PROFILE, else the default profile)."""
+    environ = os.environ if environ is None else environ
+    profile = profile or environ.get(ENV_PREFIX + "PROFILE") or DEFAULT_PROFILE
+    profile_values = _file_values(load_profile(profile), "the profile") if profile in profile_names() else {}
+    parser.add_argument("--config", help="TOML file with settings (flat keys or [section] tables)")
+    parser.add_argument("--profile", default=None, help=f"named settings: {', '.join(profile_names())} (default {DEFAULT_PROFILE}); env {ENV_PREFIX}PROFILE")
+    for spec in settings():
+        if spec.secret:
+            continue
+        help_text = describe(spec, profile, profile_values)
+        if spec.repeatable:
+            parser.add_argument(spec.flag, dest=spec.name, action="append", default=None, help=help_text)
+        else:
+            parser.add_argument(spec.flag, dest=spec.name, default=None, help=help_text)
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, tuple):
+        return ",".join(value) if value else "(none)"
+    return repr(value) if isinstance(value, str) else str(value)
+
+
+def describe(spec: Setting, profile: str, profile_values: Mapping[str, Any]) -> str:
+    parts = [spec.meaning + (f" [{spec.unit}]" if spec.unit else "")]
+    if spec.choices:
+        parts.append("choices: " + ", ".join(spec.choices))
+    if spec.name in profile_values and profile_values[spec.name] != spec.default:
+        parts.append(f"default: {_shown(profile_values[spec.name])} (profile {profile}; built in {_shown(spec.default)})")
+    else:
+        parts.append(f"default: {_shown(spec.default)}")
+    parts.append(f"env {spec.env}")
+    return "; ".join(parts).replace("%", "%%")
 
 
 def load(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> ServerConfig:
     environ = os.environ if environ is None else environ
     profile = getattr(args, "profile", None) or environ.get(ENV_PREFIX + "PROFILE") or DEFAULT_PROFILE
-    file_values: dict[str, Any] = load_profile(profile)
-    config_path = args.config or environ.get(ENV_PREFIX + "CONFIG")
+    file_values: dict[str, Any] = {}
+    config_path = getattr(args, "config", None) or environ.get(ENV_PREFIX + "CONFIG")
     if config_path:
         with open(config_path, "rb") as handle:
-            file_values.update(tomllib.load(handle))
-    flags = {name: getattr(args, name, None) for name in _FIELDS}
-    return from_sources(file_values, environ, flags)
+            file_values = tomllib.load(handle)
+    flags = {name: getattr(args, name, None) for name in _BY_NAME}
+    return from_sources(load_profile(profile), file_values, environ, flags)
 
 
 def worker_bounds(config: ServerConfig) -> tuple[int, int, int]:
     """(initial, min, max) workers: --fixed-workers wins, then --min/--max-workers, then --workers."""
-    if config.fixed_workers:
-        return config.fixed_workers, config.fixed_workers, config.fixed_workers
-    minimum = config.min_workers or config.workers
-    maximum = max(config.max_workers or config.workers, minimum)
-    return min(max(config.workers, minimum), maximum), minimum, maximum
+    pool = config.pool
+    if pool.fixed_workers:
+        return pool.fixed_workers, pool.fixed_workers, pool.fixed_workers
+    minimum = pool.min_workers or pool.workers
+    maximum = max(pool.max_workers or pool.workers, minimum)
+    return min(max(pool.workers, minimum), maximum), minimum, maximum
 
 
 def profile_names() -> list[str]:
@@ -222,6 +399,31 @@ def load_profile(name: str) -> dict[str, Any]:
 
 def public_view(config: ServerConfig) -> dict[str, Any]:
     """The configuration with secrets removed, for logs and status."""
-    view = dataclasses.asdict(config)
-    view["lm_api_key"] = "[set]" if config.lm_api_key else ""
+    view = {}
+    for name, section in SECTIONS.items():
+        values = dataclasses.asdict(getattr(config, name))
+        for spec in settings():
+            if spec.section == name and spec.secret:
+                values[spec.attribute] = "[set]" if values[spec.attribute] else ""
+        view[name] = values
     return view
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def markdown_table() -> str:
+    """The README's configuration table, generated from the declarations."""
+    balanced = _file_values(load_profile(DEFAULT_PROFILE), "the profile")
+    rows = ["| flag | env | file `[section] key` | default | meaning |", "| --- | --- | --- | --- | --- |"]
+    for spec in settings():
+        flag = "(env or file only)" if spec.secret else f"`{spec.flag}`"
+        default = _shown(spec.default)
+        if spec.name in balanced and balanced[spec.name] != spec.default:
+            default += f" ({_shown(balanced[spec.name])} in profile `balanced`)"
+        meaning = spec.meaning + (f" [{spec.unit}]" if spec.unit else "")
+        if spec.choices:
+            meaning += " (" + " \\| ".join(f"`{choice}`" for choice in spec.choices) + ")"
+        rows.append(f"| {flag} | `{spec.env}` | `[{spec.section}] {spec.attribute}` | {_cell(default)} | {meaning if spec.choices else _cell(meaning)} |")
+    return "\n".join(rows) + "\n"

@@ -37,24 +37,24 @@ _REQUEST_ID_MAX = 128
 
 def _deadline(context: grpc.aio.ServicerContext, config: ServerConfig, loop: asyncio.AbstractEventLoop) -> float:
     remaining = context.time_remaining()
-    budget = config.default_deadline_s if remaining is None else min(remaining, config.max_deadline_s)
+    budget = config.server.default_deadline_s if remaining is None else min(remaining, config.server.max_deadline_s)
     return loop.time() + budget
 
 
 def breaker_config(config: ServerConfig) -> BreakerConfig:
     return BreakerConfig(
-        window_size=config.breaker_window, minimum_calls=config.breaker_minimum_calls,
-        failure_rate_threshold=config.breaker_failure_rate, wait_duration_s=config.breaker_wait_s,
-        max_wait_duration_s=max(config.breaker_wait_s, 60.0),
+        window_size=config.resilience.breaker_window, minimum_calls=config.resilience.breaker_minimum_calls,
+        failure_rate_threshold=config.resilience.breaker_failure_rate, wait_duration_s=config.resilience.breaker_wait_s,
+        max_wait_duration_s=max(config.resilience.breaker_wait_s, 60.0),
     )
 
 
 def resilience_settings(config: ServerConfig) -> ResilienceSettings:
     return ResilienceSettings(
-        breaker=breaker_config(config), max_attempts=config.retry_max_attempts, cache_entries=config.result_cache_entries,
-        cache_ttl_s=config.result_cache_ttl_s, fallback_concurrency=config.fallback_concurrency,
-        default_chain=tuple(config.default_fallback),
-        fallback_lms=parse_fallback_lms(config.fallback_lms),
+        breaker=breaker_config(config), max_attempts=config.resilience.retry_max_attempts, cache_entries=config.resilience.result_cache_entries,
+        cache_ttl_s=config.resilience.result_cache_ttl_s, fallback_concurrency=config.resilience.fallback_concurrency,
+        default_chain=tuple(config.resilience.default_fallback),
+        fallback_lms=parse_fallback_lms(config.lm.fallback_lms),
     )
 
 
@@ -105,8 +105,8 @@ class DSPyPoolService(pb_grpc.DSPyPoolServicer):
         self.pool = pool
         self.registry = registry
         self.sessions = sessions
-        self.executor = Executor(pool, sessions, config.session_max_in_flight)
-        self.resilient = ResilientExecutor(self.executor, registry, resilience_settings(config), config.lm_api_base or config.lm, breakers)
+        self.executor = Executor(pool, sessions, config.sessions.max_in_flight)
+        self.resilient = ResilientExecutor(self.executor, registry, resilience_settings(config), config.lm.api_base or config.lm.model, breakers)
         self.started_at = time.monotonic()
         self._register_lock = asyncio.Lock()
         self._failure_log = logs.RateLimiter()
@@ -142,7 +142,7 @@ class DSPyPoolService(pb_grpc.DSPyPoolServicer):
         """Everything the front can check before a worker builds the spec."""
         if not self.pool.ready:
             raise errors.Unavailable("the server is starting: workers are not ready yet; retry shortly")
-        check_spec_values(spec, self.config.max_input_depth)
+        check_spec_values(spec, self.config.server.max_input_depth)
         check_spec(spec, self.pool.module_kinds)
         try:
             chain = chain_for(spec, self.resilient.settings.default_chain)
@@ -178,13 +178,13 @@ class DSPyPoolService(pb_grpc.DSPyPoolServicer):
     def _check_execute(self, request: pb.ExecuteRequest) -> ProgramVersion:
         if not request.program:
             raise errors.InvalidArgument("program is required")
-        if request.ByteSize() > self.config.max_message_bytes:
-            raise errors.InvalidArgument(f"request is {request.ByteSize()} bytes; the limit is {self.config.max_message_bytes}")
+        if request.ByteSize() > self.config.server.max_message_bytes:
+            raise errors.InvalidArgument(f"request is {request.ByteSize()} bytes; the limit is {self.config.server.max_message_bytes}")
         if len(request.request_id) > _REQUEST_ID_MAX:
             raise errors.InvalidArgument(f"request_id longer than {_REQUEST_ID_MAX} characters")
         if request.session_id:
             check_session_id(request.session_id)
-        _check_struct(request.inputs, self.config.max_input_depth, "inputs")
+        _check_struct(request.inputs, self.config.server.max_input_depth, "inputs")
         program = self.registry.get(request.program, request.version)
         check_inputs(request.program, request.inputs.keys(), program.input_names, program.takes_history)
         return program
@@ -275,8 +275,8 @@ class DSPyPoolService(pb_grpc.DSPyPoolServicer):
             programs=len(self.registry), uptime_s=time.monotonic() - self.started_at,
             config=pb.PoolConfig(
                 workers=view.target_workers, min_workers=minimum, max_workers=maximum,
-                worker_concurrency=self.config.worker_concurrency, max_queue=self.config.max_queue,
-                default_deadline_s=self.config.default_deadline_s, lm=self.config.lm, module_kinds=view.module_kinds,
+                worker_concurrency=self.config.pool.worker_concurrency, max_queue=self.config.pool.max_queue,
+                default_deadline_s=self.config.server.default_deadline_s, lm=self.config.lm.model, module_kinds=view.module_kinds,
             ),
             recycled_workers=view.recycled, scale_events=view.scale_events, workers_warming=view.workers_warming,
             warmup_calls=view.warmup_calls, warmup_failures=view.warmup_failures,

@@ -28,7 +28,7 @@ from typing import Any
 import structlog
 
 from dspy_pool.simlm.answer import complete, count_tokens, message_text, stream_pieces
-from dspy_pool.simlm.faults import FaultConfig, Outcome, decide, sample_latency_s
+from dspy_pool.simlm.faults import REFUSALS, FaultConfig, Outcome, decide, sample_latency_s
 
 log = structlog.get_logger(__name__)
 
@@ -387,6 +387,11 @@ class SimLMServer:
             retry = (("Retry-After", str(config.retry_after_s)),)
             writer.write(response_bytes(429, body, keep_alive=keep_alive, extra_headers=retry))
             return keep_alive
+        refusal = REFUSALS.get(outcome)
+        if refusal is not None:
+            body = error_body(refusal.message, refusal.type, refusal.code)
+            writer.write(response_bytes(refusal.status, body, keep_alive=keep_alive))
+            return keep_alive
         writer.write(self._completion(payload, outcome, keep_alive))
         return keep_alive
 
@@ -461,7 +466,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Serve until SIGTERM or SIGINT; prints 'SIMLM_LISTENING <port>' once bound."""
+    """Serve until SIGTERM or SIGINT (SUPERVISED_STOP_SIGNAL when run with --parent-pid); prints 'SIMLM_LISTENING <port>' once bound."""
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.parent_pid:
@@ -480,7 +485,7 @@ def main(argv: list[str] | None = None) -> int:
     structlog.configure(logger_factory=structlog.PrintLoggerFactory(sys.stderr))
     _raise_fd_limit()
     server = SimLMServer(faults, host=host, port=port, seed=args.seed)
-    _run(_serve_until_signal(server), use_uvloop=not args.no_uvloop)
+    _run(_serve_until_signal(server, supervised=bool(args.parent_pid)), use_uvloop=not args.no_uvloop)
     return 0
 
 
@@ -496,11 +501,20 @@ def _raise_fd_limit() -> None:
         pass
 
 
-async def _serve_until_signal(server: SimLMServer) -> None:
+# Run by a supervisor (--parent-pid: the server's `--lm sim`), SIGTERM or Ctrl-C sent to
+# the whole process group (`timeout`, `kill -- -PGID`, systemd) is the supervisor's to
+# handle: it drains, its workers still calling us, and then stops us with this signal.
+# We die with it anyway (PR_SET_PDEATHSIG).
+SUPERVISED_STOP_SIGNAL = signal.SIGUSR1
+
+
+async def _serve_until_signal(server: SimLMServer, supervised: bool = False) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, (lambda: None) if supervised else stop.set)
+    if supervised:
+        loop.add_signal_handler(SUPERVISED_STOP_SIGNAL, stop.set)
     port = await server.start()
     print(f"SIMLM_LISTENING {port}", flush=True)
     await stop.wait()

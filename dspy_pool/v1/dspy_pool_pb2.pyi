@@ -35,7 +35,7 @@ class FallbackSpec(_message.Message):
     def __init__(self, chain: _Optional[_Iterable[str]] = ..., lm: _Optional[str] = ..., lm_api_base: _Optional[str] = ..., program: _Optional[str] = ..., static_outputs: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
 
 class ProgramSpec(_message.Message):
-    __slots__ = ("name", "signature", "input_fields", "output_fields", "module", "instructions", "demos", "state_json", "module_options", "fallback", "description", "warmup_inputs")
+    __slots__ = ("name", "signature", "input_fields", "output_fields", "module", "instructions", "demos", "state_json", "module_options", "fallback", "description", "warmup_inputs", "lm_options")
     NAME_FIELD_NUMBER: _ClassVar[int]
     SIGNATURE_FIELD_NUMBER: _ClassVar[int]
     INPUT_FIELDS_FIELD_NUMBER: _ClassVar[int]
@@ -48,6 +48,7 @@ class ProgramSpec(_message.Message):
     FALLBACK_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     WARMUP_INPUTS_FIELD_NUMBER: _ClassVar[int]
+    LM_OPTIONS_FIELD_NUMBER: _ClassVar[int]
     name: str
     signature: str
     input_fields: _containers.RepeatedCompositeFieldContainer[FieldSpec]
@@ -60,7 +61,8 @@ class ProgramSpec(_message.Message):
     fallback: FallbackSpec
     description: str
     warmup_inputs: _containers.RepeatedCompositeFieldContainer[_struct_pb2.Struct]
-    def __init__(self, name: _Optional[str] = ..., signature: _Optional[str] = ..., input_fields: _Optional[_Iterable[_Union[FieldSpec, _Mapping]]] = ..., output_fields: _Optional[_Iterable[_Union[FieldSpec, _Mapping]]] = ..., module: _Optional[str] = ..., instructions: _Optional[str] = ..., demos: _Optional[_Iterable[_Union[_struct_pb2.Struct, _Mapping]]] = ..., state_json: _Optional[str] = ..., module_options: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., fallback: _Optional[_Union[FallbackSpec, _Mapping]] = ..., description: _Optional[str] = ..., warmup_inputs: _Optional[_Iterable[_Union[_struct_pb2.Struct, _Mapping]]] = ...) -> None: ...
+    lm_options: _struct_pb2.Struct
+    def __init__(self, name: _Optional[str] = ..., signature: _Optional[str] = ..., input_fields: _Optional[_Iterable[_Union[FieldSpec, _Mapping]]] = ..., output_fields: _Optional[_Iterable[_Union[FieldSpec, _Mapping]]] = ..., module: _Optional[str] = ..., instructions: _Optional[str] = ..., demos: _Optional[_Iterable[_Union[_struct_pb2.Struct, _Mapping]]] = ..., state_json: _Optional[str] = ..., module_options: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., fallback: _Optional[_Union[FallbackSpec, _Mapping]] = ..., description: _Optional[str] = ..., warmup_inputs: _Optional[_Iterable[_Union[_struct_pb2.Struct, _Mapping]]] = ..., lm_options: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
 
 class Program(_message.Message):
     __slots__ = ("spec", "version", "content_hash", "created_at", "input_names", "output_names", "created")

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import time
 
 import grpc
 
 from dspy_pool.server.app import App
-from dspy_pool.server.config import ServerConfig
+from dspy_pool.server.config import ServerConfig, build
 from dspy_pool.v1 import dspy_pool_pb2 as pb
 from dspy_pool.v1 import dspy_pool_pb2_grpc as pb_grpc
 
@@ -18,9 +17,10 @@ CHAOS = "tests.fixtures.chaos_kinds"
 
 
 def make_config(**overrides) -> ServerConfig:
-    base = ServerConfig(listen="127.0.0.1:0", workers=2, worker_concurrency=16, max_queue=100, lm="sim",
-                        sim_latency="fixed:5", programs=(CHAOS,), drain_grace_s=2.0, default_deadline_s=20.0)
-    return dataclasses.replace(base, **overrides)
+    """A test server's config; overrides by flat setting name (the flag's name), e.g. max_queue=5."""
+    defaults = dict(listen="127.0.0.1:0", workers=2, worker_concurrency=16, max_queue=100, lm="sim",
+                    sim_latency="fixed:5", programs=(CHAOS,), drain_grace_s=2.0, default_deadline_s=20.0)
+    return build(**{**defaults, **overrides})
 
 
 @contextlib.asynccontextmanager

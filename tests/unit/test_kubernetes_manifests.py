@@ -59,7 +59,7 @@ def test_pod_has_the_app_and_the_sidecar(pod):
 def test_sidecar_listens_on_the_default_loopback_address(sidecar):
     """DSPY_POOL_LISTEN is the server's default listen address (loopback, shared pod network)."""
     listen = _env(sidecar)["DSPY_POOL_LISTEN"]["value"]
-    assert listen == ServerConfig().listen
+    assert listen == ServerConfig().server.listen
     assert _host(listen) == "127.0.0.1"
 
 
@@ -74,7 +74,7 @@ def test_probes_check_the_health_service_on_the_listen_port(sidecar, probe_name)
     """Each probe hits the gRPC health service on the port and host the server listens on."""
     probe = sidecar[probe_name]
     listen = _env(sidecar)["DSPY_POOL_LISTEN"]["value"]
-    default_port = _port(ServerConfig().listen)
+    default_port = _port(ServerConfig().server.listen)
     if "grpc" in probe:
         # Native gRPC probes go to the pod IP: a loopback listener would never answer.
         assert probe["grpc"]["port"] == default_port
@@ -97,12 +97,12 @@ def test_api_key_comes_from_a_secret(sidecar):
 
 def test_grace_period_covers_the_drain(pod, sidecar):
     """terminationGracePeriodSeconds exceeds preStop plus the drain grace, with room to stop workers."""
-    drain = float(_flag(sidecar, "--drain-grace-s")) if "--drain-grace-s" in sidecar["args"] else ServerConfig().drain_grace_s
-    assert drain >= ServerConfig().drain_grace_s
+    drain = float(_flag(sidecar, "--drain-grace-s")) if "--drain-grace-s" in sidecar["args"] else ServerConfig().server.drain_grace_s
+    assert drain >= ServerConfig().server.drain_grace_s
     pre_stop = sidecar.get("lifecycle", {}).get("preStop", {}).get("exec", {}).get("command", [])
     pre_stop_s = float(pre_stop[1]) if pre_stop[:1] == ["sleep"] else 0.0
     assert pod["terminationGracePeriodSeconds"] > pre_stop_s + drain
-    assert pod["terminationGracePeriodSeconds"] > ServerConfig().drain_grace_s
+    assert pod["terminationGracePeriodSeconds"] > ServerConfig().server.drain_grace_s
 
 
 def test_metrics_port_is_annotated_for_prometheus(deployment, sidecar):
