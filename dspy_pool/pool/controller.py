@@ -219,7 +219,9 @@ class Controller:
         return {"up": self.scale_ups, "down": self.scale_downs}
 
     def _pool_busy(self) -> bool:
-        return bool(getattr(self.pool, "stopping", False) or getattr(self.pool, "crash_looping", False))
+        # Shutting down, crash-looping, or relaunching its zygote: no worker can be added, and
+        # a decision taken on a pool with no workers would only be undone once it is back.
+        return any(getattr(self.pool, flag, False) for flag in ("stopping", "shutting_down", "crash_looping", "zygote_down"))
 
     async def tick(self) -> PoolSnapshot:
         now = self._clock()

@@ -97,6 +97,9 @@ class Dispatcher:
         # Called when a call queues behind busy workers with the queue empty
         # before: the controller wakes now instead of at its next tick.
         self.on_backlog = on_backlog
+        # Set by the pool: the error a call fails with at once because it cannot run
+        # (no worker can exist while the zygote is down, a quarantined program), or None.
+        self.refuse: Callable[[str], errors.PoolError | None] | None = None
         self._activity = asyncio.Event()  # set whenever a call finishes, a slot frees or a worker leaves
 
     # -- workers ------------------------------------------------------------
@@ -130,6 +133,9 @@ class Dispatcher:
         """Queue or start `job` and wait for its result within its deadline."""
         if self.closed:
             raise errors.Unavailable("the server is draining and takes no new calls")
+        refusal = self.refuse(job.program_key) if self.refuse is not None else None
+        if refusal is not None:
+            raise refusal
         job._dispatcher = self
         loop = asyncio.get_running_loop()
         if job.deadline <= loop.time():
@@ -194,14 +200,15 @@ class Dispatcher:
 
     def _pick(self, affinity: int) -> WorkerHandle | None:
         limit = self.worker_concurrency
+        # An unresponsive worker (a missed ping: stopped, or its loop blocked) gets nothing new.
         preferred = self.workers.get(affinity)
-        if preferred is not None and preferred.state is WorkerState.READY and len(preferred.in_flight) < limit:
+        if preferred is not None and preferred.state is WorkerState.READY and preferred.responsive and len(preferred.in_flight) < limit:
             return preferred
         best: WorkerHandle | None = None
         best_load = limit
         for handle in self.workers.values():
             load = len(handle.in_flight)
-            if load < best_load and handle.state is WorkerState.READY:
+            if load < best_load and handle.state is WorkerState.READY and handle.responsive:
                 best, best_load = handle, load
         return best
 
@@ -248,11 +255,14 @@ class Dispatcher:
             self._abandon(job, error)
         return len(running)
 
-    def fail_queued(self, error: errors.PoolError) -> int:
-        """Fail every queued job (shutdown after the grace period)."""
-        jobs: Iterable[Job] = [j for j in self._queue if j.state is JobState.QUEUED]
-        self._queue.clear()
-        self._queued = 0
+    def fail_queued(self, error: errors.PoolError, program_key: str | None = None) -> int:
+        """Fail every queued job, or only those of `program_key` (shutdown, no worker can exist, a quarantine)."""
+        jobs: Iterable[Job] = [j for j in self._queue if j.state is JobState.QUEUED and program_key in (None, j.program_key)]
+        if program_key is None:
+            self._queue.clear()
+            self._queued = 0
+        else:
+            self._queued -= len(jobs)  # type: ignore[arg-type]  # their tombstones are skipped when popped
         for job in jobs:
             job._finish(error=error)
         return len(jobs)  # type: ignore[arg-type]

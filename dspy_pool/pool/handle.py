@@ -5,6 +5,10 @@ contract (a malformed frame, a reply for an unknown id, a cancel that is not
 acknowledged in time, a ping that is not answered) poisons the worker: it is
 killed and replaced, its channel never reused. Death is noticed from either
 side: EOF on the channel, or the zygote's EXITED report.
+
+A ping left unanswered for one ping interval marks the worker unresponsive
+(SIGSTOP, a loop blocked by user code): the dispatcher routes no new call to
+it until a pong comes back. Past hang_timeout it is killed as hung.
 """
 
 from __future__ import annotations
@@ -62,6 +66,8 @@ class WorkerHandle(asyncio.Protocol):
         self.started_at = time.monotonic()
         self.ready_at: float | None = None
         self.death_reason = ""
+        self.responsive = True  # False from a missed ping to the next pong: no new calls meanwhile
+        self.drained = False  # asked to finish and exit: its exit is expected, never a restart
         self.hello: asyncio.Future[wire.WorkerHello] = asyncio.get_running_loop().create_future()
         self._decoder = FrameDecoder(max_frame_bytes)
         self._cancel_grace_s = cancel_grace_s
@@ -110,6 +116,11 @@ class WorkerHandle(asyncio.Protocol):
                 self.rss_bytes = wire.WorkerStats.FromString(frame.payload).rss_bytes
             except Exception:
                 self.kill("protocol_error: bad stats frame")
+                return
+            if not self.responsive:
+                self.responsive = True
+                log.info("worker_responsive", worker_id=self.worker_id, pid=self.pid)
+                self._on_slot_free(self)  # it takes calls again: start what queued meanwhile
         elif frame.type is FrameType.HELLO and self.state is WorkerState.STARTING:
             self.state = WorkerState.READY
             self.ready_at = time.monotonic()
@@ -157,12 +168,19 @@ class WorkerHandle(asyncio.Protocol):
             self.kill("cancel_timeout")
 
     def ping(self, now: float, hang_timeout_s: float) -> None:
-        """Send a ping, or poison the worker if the last one went unanswered too long."""
+        """Send a ping; the last one still unanswered marks the worker unresponsive, and poisons it past hang_timeout_s.
+
+        Called once per ping interval, so an outstanding ping is at least one interval old.
+        """
         if self.state is WorkerState.STOPPED:
             return
         if self._ping_sent_at is not None:
             if now - self._ping_sent_at > hang_timeout_s:
                 self.kill("hung")
+            elif self.responsive:
+                self.responsive = False
+                log.warning("worker_unresponsive", worker_id=self.worker_id, pid=self.pid,
+                            ping_age_s=round(now - self._ping_sent_at, 2), in_flight=len(self.in_flight))
             return
         self._ping_sent_at = now
         self._write(FrameType.PING, 0)
@@ -179,6 +197,7 @@ class WorkerHandle(asyncio.Protocol):
         """No new calls; the worker exits once its in-flight calls finish."""
         if self.state in (WorkerState.READY, WorkerState.STARTING, WorkerState.WARMING):
             self.state = WorkerState.DRAINING
+            self.drained = True
             self._write(FrameType.SHUTDOWN, 0)
 
     def _write(self, frame_type: FrameType, request_id: int, payload: bytes = b"") -> None:

@@ -53,23 +53,28 @@ class Zygote:
         self.control = control
         self.config = config
         self.workers: dict[int, int] = {}  # pid -> worker_id
+        self.front_gone = False
         self.wakeup_read, self.wakeup_write = os.pipe()
         os.set_blocking(self.wakeup_read, False)
         os.set_blocking(self.wakeup_write, False)
 
     def send(self, frame_type: FrameType, message) -> None:
-        self.control.send(encode(frame_type, 0, message.SerializeToString()))
+        try:
+            self.control.send(encode(frame_type, 0, message.SerializeToString()))
+        except OSError:
+            # The front closed the channel (it is stopping us, or it is gone): nothing
+            # to report to any more, and the next read sees EOF and ends the loop.
+            self.front_gone = True
 
     def serve(self) -> None:
         signal.set_wakeup_fd(self.wakeup_write)
         signal.signal(signal.SIGCHLD, lambda *_: None)  # the wakeup fd does the work
-        signal.signal(signal.SIGTERM, lambda *_: None)
         while True:
             readable, _, _ = select.select([self.control, self.wakeup_read], [], [])
             if self.wakeup_read in readable:
                 self._drain_wakeups()
                 self._reap()
-            if self.control in readable and not self._on_control():
+            if self.front_gone or (self.control in readable and not self._on_control()):
                 break
         self._kill_workers()
 
@@ -164,6 +169,10 @@ class Zygote:
                 pass
 
 
+def _ignore_signal(signum, frame) -> None:
+    pass
+
+
 def _read_config(control: socket.socket) -> wire.ZygoteConfig:
     data = control.recv(_RECORD_BYTES)
     frames = FrameDecoder().feed(data)
@@ -178,7 +187,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--parent-pid", type=int, required=True)
     args = parser.parse_args(argv)
     die_with_parent(args.parent_pid)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the front's to handle
+    # SIGTERM or Ctrl-C sent to the whole process group (`timeout`, `kill -- -PGID`,
+    # systemd) is the front's to handle: it drains, then stops us (EOF on the control
+    # socket). Dying here would kill every worker mid-call. Set before the imports,
+    # which take seconds. A handler, not SIG_IGN, for SIGTERM: forked workers set
+    # their own, and processes they exec get the default back.
+    signal.signal(signal.SIGTERM, _ignore_signal)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     control = socket.socket(fileno=args.control_fd)
     config = _read_config(control)
     started = time.monotonic()
