@@ -12,7 +12,7 @@ builds a `CallResult` with no worker.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
 from google.protobuf import struct_pb2
@@ -25,11 +25,12 @@ from dspy_pool.pool.handle import WorkerState
 from dspy_pool.pool.metrics import PoolMetrics, PoolSnapshot
 from dspy_pool.pool.scaler import ScalerConfig
 from dspy_pool.pool.supervisor import PoolSettings, WorkerPool
-from dspy_pool.pool.warmup import WarmupProgram
+from dspy_pool.pool.warmup import WARMUP_MODES, WarmupProgram, WarmupSettings
 
 __all__ = [
-    "CallRequest", "CallResult", "LMChoice", "Pool", "PoolView", "ProgramRef", "ProgramShape",
-    "ScalingSettings", "Usage", "WarmupProgram", "WorkerRef", "WorkerView",
+    "WARMUP_MODES", "CallRequest", "CallResult", "LMChoice", "Pool", "PoolSettings", "PoolView", "ProgramRef", "ProgramShape",
+    "RecycleConfig", "ScalerConfig", "ScalingSettings", "Usage", "WarmupProgram", "WarmupSettings", "WorkerRef",
+    "WorkerSettings", "WorkerView",
 ]
 
 
@@ -129,6 +130,36 @@ class PoolView:
 
 
 @dataclass(frozen=True, slots=True)
+class WorkerSettings:
+    """What every worker is started with: the operator's LM (endpoint, model, key) and its bounds.
+
+    Travels to the zygote over its private control socket only, never argv or the environment.
+    """
+
+    lm: str
+    lm_api_base: str = ""
+    lm_api_key: str = field(default="", repr=False)
+    lm_num_retries: int = 0
+    lm_cache_entries: int = 0
+    lm_timeout_s: float = 0.0
+    lm_max_tokens: int = 0
+    lm_temperature: float = 0.0
+    lm_call_options: tuple[str, ...] = ()
+    worker_concurrency: int = 64
+    program_modules: tuple[str, ...] = ()
+    max_frame_bytes: int = 64 * 1024 * 1024
+
+    def to_wire(self) -> wire.ZygoteConfig:
+        return wire.ZygoteConfig(
+            lm=self.lm, lm_api_base=self.lm_api_base, lm_api_key=self.lm_api_key, lm_num_retries=self.lm_num_retries,
+            lm_cache_entries=self.lm_cache_entries, lm_timeout_s=self.lm_timeout_s, lm_max_tokens=self.lm_max_tokens,
+            lm_temperature=self.lm_temperature, lm_call_options=list(self.lm_call_options),
+            worker_concurrency=self.worker_concurrency, program_modules=list(self.program_modules),
+            max_frame_bytes=self.max_frame_bytes,
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class ScalingSettings:
     """How the controller sizes the pool; `fixed_size` turns autoscaling off."""
 
@@ -163,7 +194,7 @@ class Pool:
     def __init__(
         self,
         settings: PoolSettings,
-        zygote_config: wire.ZygoteConfig,
+        workers: WorkerSettings,
         scaling: ScalingSettings,
         metrics: PoolMetrics,
         *,
@@ -173,7 +204,7 @@ class Pool:
     ) -> None:
         self.metrics = metrics
         self._workers = WorkerPool(
-            settings, zygote_config, on_health_change,
+            settings, workers.to_wire(), on_health_change,
             warmup_source=warmup_source, metrics=metrics, on_backlog=self._on_backlog,
         )
         self._controller = Controller(

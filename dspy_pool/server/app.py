@@ -19,13 +19,8 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry
 
 from dspy_pool import errors
-from dspy_pool.internal import worker_pb2 as wire
-from dspy_pool.pool.api import Pool, ScalingSettings
-from dspy_pool.pool.controller import RecycleConfig
+from dspy_pool.pool.api import Pool, PoolSettings, RecycleConfig, ScalerConfig, ScalingSettings, WarmupSettings, WorkerSettings
 from dspy_pool.pool.metrics import PoolMetrics
-from dspy_pool.pool.scaler import ScalerConfig
-from dspy_pool.pool.supervisor import PoolSettings
-from dspy_pool.pool.warmup import WarmupSettings
 from dspy_pool.server.breaker import AsyncBreakerGuard, BreakerRegistry
 from dspy_pool.server.config import ServerConfig, public_view, worker_bounds
 from dspy_pool.server.handlers import add_service
@@ -44,16 +39,16 @@ WORKER_CPU_SAMPLE_S = 5.0
 _SESSION_SWEEP_S = 30.0
 
 
-def zygote_config(config: ServerConfig, sim: SimLMProcess | None) -> wire.ZygoteConfig:
+def worker_settings(config: ServerConfig, sim: SimLMProcess | None) -> WorkerSettings:
     lm, api_base, api_key = config.lm.model, config.lm.api_base, config.lm.api_key
     if sim is not None:
         lm, api_base, api_key = "openai/sim", sim.api_base, api_key or "sim-key"
-    return wire.ZygoteConfig(
+    return WorkerSettings(
         lm=lm, lm_api_base=api_base, lm_api_key=api_key, lm_num_retries=config.lm.num_retries,
-        lm_cache_entries=config.lm.cache_entries, lm_timeout_s=config.lm.timeout_s, worker_concurrency=config.pool.worker_concurrency,
-        program_modules=list(config.pool.programs), max_frame_bytes=config.server.max_message_bytes * 2 + 65536,
-        lm_max_tokens=config.lm.max_tokens, lm_temperature=config.lm.temperature,
-        lm_call_options=list(config.lm.call_options),
+        lm_cache_entries=config.lm.cache_entries, lm_timeout_s=config.lm.timeout_s, lm_max_tokens=config.lm.max_tokens,
+        lm_temperature=config.lm.temperature, lm_call_options=config.lm.call_options,
+        worker_concurrency=config.pool.worker_concurrency, program_modules=config.pool.programs,
+        max_frame_bytes=config.server.max_message_bytes * 2 + 65536,
     )
 
 
@@ -150,7 +145,7 @@ class App:
         self.sessions = SessionStore(sessions.max_sessions, sessions.ttl_s, sessions.max_turns, sessions.protect_s)
         exporter = PoolExporter(self.registry, self.metrics, breakers=breakers, scale_counts=lambda: pool.scale_counts())
         pool = self.pool = Pool(
-            pool_settings(self.config), zygote_config(self.config, self.sim), scaling_settings(self.config), self.metrics,
+            pool_settings(self.config), worker_settings(self.config, self.sim), scaling_settings(self.config), self.metrics,
             warmup_source=lambda: warmup_programs(registry, breakers), on_health_change=self._on_health_change,
             observers=(exporter.observe,) if self.config.observe.metrics_port >= 0 else (),
         )

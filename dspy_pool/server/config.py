@@ -29,7 +29,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Iterator, Mapping
 
 from dspy_pool.options import DEFAULT_LM_CALL_OPTIONS, parse_lm_rule
-from dspy_pool.pool.warmup import WARMUP_MODES
+from dspy_pool.pool.api import WARMUP_MODES
 
 ENV_PREFIX = "DSPY_POOL_"
 PROFILES_DIR = pathlib.Path(__file__).resolve().parent.parent / "profiles"
