@@ -91,6 +91,7 @@ def pool_settings(config: ServerConfig) -> PoolSettings:
         max_queue=config.pool.max_queue, boot_timeout_s=config.pool.boot_timeout_s, crash_loop_threshold=config.pool.crash_loop_threshold,
         hang_timeout_s=config.pool.hang_timeout_s, max_frame_bytes=config.server.max_message_bytes * 2 + 65536,
         warmup=WarmupSettings(mode=config.pool.warmup, timeout_s=config.pool.warmup_timeout_s),
+        quarantine_after=config.pool.quarantine_after,
     )
 
 
@@ -152,7 +153,7 @@ class App:
         await pool.launch()  # exec'd before any gRPC object exists; it imports while we set up
         self.health = health.aio.HealthServicer()
         self.server = grpc.aio.server(interceptors=[MetricsInterceptor(self.registry)], options=grpc_options(self.config))
-        self.service = DSPyPoolService(self.config, pool, registry, self.sessions, breakers)
+        self.service = DSPyPoolService(self.config, pool, registry, self.sessions, breakers, lm_up=self._sim_up)
         add_service(self.service, self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection((SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), self.server)
@@ -179,8 +180,10 @@ class App:
     def _on_health_change(self, healthy: bool) -> None:
         if not self._stopping:
             # The sim LM is supervised like a worker: while it is down every call would fail.
-            sim_up = self.sim is None or self.sim.up
-            asyncio.get_running_loop().create_task(self._set_health(healthy and sim_up))
+            asyncio.get_running_loop().create_task(self._set_health(healthy and self._sim_up()))
+
+    def _sim_up(self) -> bool:
+        return self.sim is None or self.sim.up
 
     def _on_sim_change(self, up: bool) -> None:
         self._on_health_change(self.pool is not None and self.pool.healthy)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from typing import Callable
 
 import grpc
 import structlog
@@ -35,10 +36,18 @@ log = structlog.get_logger("dspy_pool.server")
 _REQUEST_ID_MAX = 128
 
 
+# Finish a little before the client's own deadline, so the call ends with our status (and the
+# breaker counts it) rather than being cancelled by grpc at the same instant.
+_DEADLINE_MARGIN_S = 0.05
+_DEADLINE_MARGIN_SHARE = 0.05
+
+
 def _deadline(context: grpc.aio.ServicerContext, config: ServerConfig, loop: asyncio.AbstractEventLoop) -> float:
     remaining = context.time_remaining()
-    budget = config.server.default_deadline_s if remaining is None else min(remaining, config.server.max_deadline_s)
-    return loop.time() + budget
+    if remaining is None:
+        return loop.time() + config.server.default_deadline_s
+    budget = min(remaining, config.server.max_deadline_s)
+    return loop.time() + budget - min(_DEADLINE_MARGIN_S, budget * _DEADLINE_MARGIN_SHARE)
 
 
 def breaker_config(config: ServerConfig) -> BreakerConfig:
@@ -100,8 +109,9 @@ def check_spec_values(spec: pb.ProgramSpec, max_depth: int) -> None:
 
 class DSPyPoolService(pb_grpc.DSPyPoolServicer):
     def __init__(self, config: ServerConfig, pool: Pool, registry: ProgramRegistry, sessions: SessionStore,
-                 breakers: AsyncBreakerGuard) -> None:
+                 breakers: AsyncBreakerGuard, lm_up: Callable[[], bool] = lambda: True) -> None:
         self.config = config
+        self.lm_up = lm_up  # False while a supervised local LM (the sim) is down and being restarted
         self.pool = pool
         self.registry = registry
         self.sessions = sessions
@@ -270,7 +280,7 @@ class DSPyPoolService(pb_grpc.DSPyPoolServicer):
         view = self.pool.view()
         _, minimum, maximum = config_module.worker_bounds(self.config)
         status = pb.PoolStatus(
-            serving=view.serving, queue_depth=view.queue_depth, in_flight=view.in_flight, completed=view.completed,
+            serving=view.serving and self.lm_up(), queue_depth=view.queue_depth, in_flight=view.in_flight, completed=view.completed,
             failed=view.failed, rejected=view.rejected, worker_restarts=view.restarts, sessions=len(self.sessions),
             programs=len(self.registry), uptime_s=time.monotonic() - self.started_at,
             config=pb.PoolConfig(
