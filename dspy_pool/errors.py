@@ -236,10 +236,6 @@ class WorkerCrashed(PoolError):
     kind = ErrorKind.WORKER_CRASHED
 
 
-def status_for(kind: ErrorKind | str) -> grpc.StatusCode:
-    return MEANINGS[ErrorKind(kind)].status
-
-
 def from_kind(kind: str, message: str, error_type: str = "", remote_traceback: str = "") -> PoolError:
     """Rebuild an error a worker reported; unknown kinds become INTERNAL."""
     try:

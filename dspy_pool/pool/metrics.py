@@ -27,7 +27,6 @@ what the loop published without locks.
 from __future__ import annotations
 
 import bisect
-import dataclasses
 import math
 from dataclasses import dataclass
 from typing import Any, Iterable
@@ -124,9 +123,6 @@ class PoolSnapshot:
     def workers_live(self) -> int:
         """Ready plus starting: the count the scaler reasons about."""
         return self.workers_ready + self.workers_starting
-
-    def as_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 def health_score(

@@ -20,7 +20,6 @@ from dspy_pool.errors import (
     WorkerCrashed,
     from_kind,
     meaning,
-    status_for,
 )
 from dspy_pool.server.status import DOMAIN, to_grpc_status
 
@@ -46,7 +45,7 @@ def details_of(status: status_pb2.Status, message_type):
 @pytest.mark.parametrize("kind", list(ErrorKind))
 def test_every_kind_has_a_status_code(kind):
     """Every ErrorKind maps to a gRPC status code other than OK."""
-    code = status_for(kind)
+    code = meaning(kind).status
     assert isinstance(code, grpc.StatusCode)
     assert code is not grpc.StatusCode.OK
 
@@ -89,7 +88,7 @@ def test_a_row_breaking_the_rules_is_refused():
 )
 def test_new_kinds_have_their_issue_codes(kind, code):
     """A refused key is FAILED_PRECONDITION, an over-long prompt INVALID_ARGUMENT, a quarantined program FAILED_PRECONDITION."""
-    assert status_for(kind) is code
+    assert meaning(kind).status is code
 
 
 @pytest.mark.parametrize("kind", [ErrorKind.LM_AUTH, ErrorKind.LM_BAD_REQUEST])
@@ -132,9 +131,10 @@ def test_subclass_status_codes_follow_the_design_table(error, code):
     assert error.status_code is code
 
 
-def test_status_for_accepts_kind_strings():
-    """status_for accepts the kind's string value as the worker sends it."""
-    assert status_for("lm_timeout") is grpc.StatusCode.DEADLINE_EXCEEDED
+def test_meaning_accepts_kind_strings():
+    """meaning() accepts the kind's string value as the worker sends it; an unknown kind reads as internal."""
+    assert meaning("lm_timeout").status is grpc.StatusCode.DEADLINE_EXCEEDED
+    assert meaning("no_such_kind") is meaning(ErrorKind.INTERNAL)
 
 
 def test_explicit_kind_overrides_class_kind():
