@@ -1,4 +1,4 @@
-"""Worker stdout/stderr into the structured log, tagged with the worker, scrubbed, rate limited.
+"""Worker stdout/stderr into the structured log, tagged with the worker (and the call: calltag), scrubbed, rate limited.
 
 User code and libraries print; those lines are useful but must never flood
 the front. Past `max_lines_per_s` lines in a second the rest are counted and
@@ -14,6 +14,7 @@ import time
 
 import structlog
 
+from dspy_pool.pool import calltag
 from dspy_pool.redact import Redactor, process_redactor
 
 log = structlog.get_logger("dspy_pool.worker_output")
@@ -52,8 +53,9 @@ class WorkerOutputLog(asyncio.Protocol):
         if self._lines_this_second > self.max_lines_per_s:
             self._dropped += 1
             return
-        text = self.redactor.scrub(line.decode(errors="replace").rstrip())
-        log.info("worker_output", worker_id=self.worker_id, pid=self.pid, stream=self.stream, line=text[:_MAX_LINE_CHARS])
+        call, text = calltag.split(line.decode(errors="replace").rstrip())
+        text = self.redactor.scrub(text)
+        log.info("worker_output", worker_id=self.worker_id, pid=self.pid, stream=self.stream, line=text[:_MAX_LINE_CHARS], **call)
 
     def _flush_dropped(self) -> None:
         if self._dropped:

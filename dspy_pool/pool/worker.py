@@ -35,7 +35,7 @@ from dspy_pool import structs
 from dspy_pool.errors import ErrorKind, PoolError
 from dspy_pool.internal import worker_pb2 as wire
 from dspy_pool.options import parse_lm_rules
-from dspy_pool.pool import failures, lms, programs
+from dspy_pool.pool import calltag, failures, lms, programs
 from dspy_pool.pool.protocol import Frame, FrameDecoder, FrameType, ProtocolError, encode
 from dspy_pool.redact import Redactor
 from dspy_pool.v1 import dspy_pool_pb2 as pb
@@ -215,6 +215,7 @@ class Worker:
         started = time.perf_counter()
         try:
             request = wire.WorkRequest.FromString(payload)
+            calltag.begin(request.request_id, request.program_key)  # this task's output lines name the call
             timeout = request.timeout_s if request.timeout_s > 0 else None
             try:
                 async with asyncio.timeout(timeout):
@@ -317,6 +318,7 @@ def run(worker_id: int, channel_fd: int, config: wire.ZygoteConfig, boot_started
     signal.signal(signal.SIGTERM, lambda signum, frame: None)
     for stream in (sys.stdout, sys.stderr):
         stream.reconfigure(line_buffering=True)
+    sys.stdout, sys.stderr = calltag.TaggingStream(sys.stdout), calltag.TaggingStream(sys.stderr)
     channel_sock = socket.socket(fileno=channel_fd)
     channel_sock.setblocking(False)
     worker = Worker(worker_id, config)

@@ -7,6 +7,7 @@ import pytest
 import pytest_asyncio
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
+from structlog.testing import capture_logs
 
 from dspy_pool.server.app import App
 from dspy_pool.v1 import dspy_pool_pb2 as pb
@@ -155,3 +156,18 @@ async def test_validation_builds_only_keys_that_will_run(server):
     registered = {entry.key for entry in app.service.registry.list(all_versions=True)}
     loaded = set().union(*(handle.loaded_programs for handle in app.pool.worker_pool.handles()))
     assert loaded and loaded <= registered, loaded - registered
+
+
+async def test_worker_output_of_a_call_names_the_call_and_the_worker(server):
+    """Lines a program prints reach the front's log with its request_id, program and worker."""
+    app, stub, _ = server
+    program = await register(stub, "chatty", "lines -> printed", "prints")
+    key = app.service.registry.get("chatty").key
+    with capture_logs() as logs:
+        request = execute_request("chatty", lines=2)
+        request.request_id = "trace-me-1"
+        response = await stub.Execute(request, timeout=10)
+        await eventually(lambda: len([e for e in logs if e["event"] == "worker_output" and "chatty line" in e["line"]]) == 2)
+    lines = [e for e in logs if e["event"] == "worker_output" and "chatty line" in e["line"]]
+    assert {(e["request_id"], e["program"], e["worker_id"]) for e in lines} == {("trace-me-1", key, response.worker.id)}
+    assert lines[0]["line"] == "chatty line 0" and program.version == 1
