@@ -224,7 +224,7 @@ class Pool:
 
     async def drain(self, grace_s: float) -> bool:
         """Take no new calls; wait up to `grace_s` for queued and running ones. True when all finished."""
-        self._workers.shutting_down = True  # before anything awaits: no worker may be respawned from here on
+        self._workers.begin_shutdown()  # before anything awaits: no call taken, no worker respawned from here on
         await self._controller.stop()
         return await self._workers.drain(grace_s)
 

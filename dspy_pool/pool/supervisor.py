@@ -389,10 +389,14 @@ class WorkerPool:
                     handle.ping(now, self.settings.hang_timeout_s)
 
     # -- stop ---------------------------------------------------------------
-    async def drain(self, grace_s: float) -> bool:
-        """Stop taking calls and wait up to `grace_s` for queued and running ones to finish; nothing is respawned from here on."""
+    def begin_shutdown(self) -> None:
+        """From now on no call is taken and nothing is spawned or relaunched (the first step of stopping)."""
         self.shutting_down = True
         self.dispatcher.closed = True
+
+    async def drain(self, grace_s: float) -> bool:
+        """Stop taking calls and wait up to `grace_s` for queued and running ones to finish; nothing is respawned from here on."""
+        self.begin_shutdown()
         try:
             await asyncio.wait_for(self.dispatcher.wait_idle(), grace_s)
         except asyncio.TimeoutError:
