@@ -146,6 +146,19 @@ class SessionSection(_Section):
 
 
 @dataclass(frozen=True)
+class StateSection(_Section):
+    url: str = setting("sqlite", "where state lives: sqlite (a file in state_dir), sqlite:///PATH, redis://HOST:PORT/DB "
+                                 "(replicas share it) or memory (gone at exit)", flat="state")
+    dir: str = setting("./.dspy-pool", "folder of the embedded store (--state sqlite)", flat="state_dir")
+    programs_file: str = setting("", "YAML, TOML or JSON file of program specs registered before SERVING (idempotent)")
+
+    def problems(self) -> list[str]:
+        if self.url in ("sqlite", "memory") or self.url.startswith(("sqlite:///", "redis://", "rediss://", "unix://")):
+            return []
+        return [f"state {self.url!r} must be sqlite, sqlite:///PATH, redis://HOST:PORT/DB or memory"]
+
+
+@dataclass(frozen=True)
 class ResilienceSection(_Section):
     breaker_window: int = setting(100, "circuit breaker per (program, LM endpoint): last N calls", minimum=1)
     breaker_minimum_calls: int = setting(20, "calls in the window before the breaker may trip", minimum=1)
@@ -184,7 +197,7 @@ class ObserveSection(_Section):
 
 
 SECTIONS: dict[str, type] = {
-    "server": ServerSection, "pool": PoolSection, "lm": LMSection, "sessions": SessionSection,
+    "server": ServerSection, "pool": PoolSection, "lm": LMSection, "state": StateSection, "sessions": SessionSection,
     "resilience": ResilienceSection, "scaling": ScalingSection, "observe": ObserveSection,
 }
 
@@ -194,6 +207,7 @@ class ServerConfig:
     server: ServerSection = field(default_factory=ServerSection)
     pool: PoolSection = field(default_factory=PoolSection)
     lm: LMSection = field(default_factory=LMSection)
+    state: StateSection = field(default_factory=StateSection)
     sessions: SessionSection = field(default_factory=SessionSection)
     resilience: ResilienceSection = field(default_factory=ResilienceSection)
     scaling: ScalingSection = field(default_factory=ScalingSection)

@@ -1,0 +1,49 @@
+"""The one state store: programs, sessions, the result cache's lower levels (and next: datasets, jobs).
+
+    registry / sessions / cache ──> StateStore (base.py)  ──> memory.MemoryStore     this process only
+                                                          ──> sqlite.SQLiteStore     one file, WAL, a thread
+                                                          ──> redis_store.RedisStore  replicas share it
+
+`open_store(url, state_dir)` picks the backend from --state and opens it
+(schema created or migrated; StateError if it cannot be opened safely).
+"""
+
+from __future__ import annotations
+
+import os
+
+from dspy_pool.state.base import (
+    SCHEMA_VERSION, AddedProgram, AppendResult, NewProgram, ProgramRecord, SessionLimits, SessionRecord, StateError,
+    StateStore, StateUnavailable, TurnRecord,
+)
+
+__all__ = [
+    "SCHEMA_VERSION", "AddedProgram", "AppendResult", "NewProgram", "ProgramRecord", "SessionLimits", "SessionRecord",
+    "StateError", "StateStore", "StateUnavailable", "TurnRecord", "make_store", "open_store",
+]
+
+SQLITE_FILE = "state.db"
+
+
+def make_store(url: str, state_dir: str) -> StateStore:
+    """The backend for a --state value: memory, sqlite (a file in state_dir), sqlite:///PATH, redis://..."""
+    if url == "memory":
+        from dspy_pool.state.memory import MemoryStore
+
+        return MemoryStore()
+    if url == "sqlite" or url.startswith("sqlite:///"):
+        from dspy_pool.state.sqlite import SQLiteStore
+
+        path = os.path.join(state_dir, SQLITE_FILE) if url == "sqlite" else url[len("sqlite:///") - 1:]
+        return SQLiteStore(path)
+    if url.startswith(("redis://", "rediss://", "unix://")):
+        from dspy_pool.state.redis_store import RedisStore
+
+        return RedisStore(url)
+    raise StateError(f"state {url!r}: expected memory, sqlite, sqlite:///PATH or redis://HOST:PORT/DB")
+
+
+async def open_store(url: str, state_dir: str) -> StateStore:
+    store = make_store(url, state_dir)
+    await store.open()
+    return store

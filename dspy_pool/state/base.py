@@ -1,0 +1,179 @@
+"""The one state store's interface and the records it holds.
+
+Everything durable goes through a `StateStore`: the program registry (every
+version), sessions (their turns), the result cache's lower levels, and next
+the optimization issue's datasets, jobs and feedback. Nothing else in
+dspy-pool talks to a database. Three backends implement it:
+
+    memory   this process only (tests, throwaway runs); says so at start-up
+    sqlite   the embedded default: one file in --state-dir, WAL, every call on a thread
+    redis    several replicas sharing one state (redis-py's asyncio client)
+
+Rules every backend keeps:
+- Every method is a coroutine and never blocks the event loop.
+- A method that changes state returns only after the change is committed
+  (an RPC answers OK only then: DESIGN.md hard rule 11).
+- Failures to reach the store raise `StateUnavailable` (the RPC answers
+  UNAVAILABLE); a store that cannot be opened safely (a schema written by a
+  newer version, a corrupt file, a wrong URL) raises `StateError` naming where,
+  and nothing is ever reset or overwritten to get past it.
+- Times are wall-clock seconds (time.time()): they must mean the same thing
+  after a restart and on another replica.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+
+SCHEMA_VERSION = 1  # bump with a migration in every backend that keeps a schema
+
+
+class StateError(Exception):
+    """The store cannot be opened or used safely; the message names the path or URL and what is wrong."""
+
+
+class StateUnavailable(StateError):
+    """The store cannot be reached right now (Redis down); reads of what is already known still work."""
+
+
+@dataclass(frozen=True, slots=True)
+class ProgramRecord:
+    """One registered program version, as stored."""
+
+    name: str
+    version: int
+    spec: bytes  # serialized dspy_pool.v1.ProgramSpec
+    content_hash: str  # sha256 of the spec, deterministic serialization
+    input_names: tuple[str, ...]
+    output_names: tuple[str, ...]
+    takes_history: bool
+    created_at: float  # wall-clock seconds
+
+
+@dataclass(frozen=True, slots=True)
+class NewProgram:
+    """A version to add: the store assigns its number."""
+
+    name: str
+    spec: bytes
+    content_hash: str
+    input_names: tuple[str, ...]
+    output_names: tuple[str, ...]
+    takes_history: bool
+    created_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class AddedProgram:
+    record: ProgramRecord
+    created: bool  # False: the latest version of this name already had this content, and is returned as is
+
+
+@dataclass(frozen=True, slots=True)
+class TurnRecord:
+    program: str
+    inputs_json: str  # JSON object
+    outputs_json: str  # JSON object
+
+
+@dataclass(frozen=True, slots=True)
+class SessionRecord:
+    session_id: str
+    created_at: float
+    last_used_at: float
+    turns: tuple[TurnRecord, ...] = field(default_factory=tuple)
+
+
+@dataclass(frozen=True, slots=True)
+class SessionLimits:
+    """What bounds sessions, the same on every replica and across restarts."""
+
+    ttl_s: float
+    max_turns: int
+    max_sessions: int
+    protect_s: float  # at the cap, sessions used this recently are never evicted
+
+
+@dataclass(frozen=True, slots=True)
+class AppendResult:
+    session: SessionRecord  # after the append (turns trimmed to max_turns)
+    started: bool  # this append created the session
+    evicted: tuple[str, ...] = ()  # sessions pushed out (idle past protect_s) to make room
+
+
+class StateStore(abc.ABC):
+    """The async interface every backend implements. `open()` before use, `close()` after."""
+
+    #: what the store is, for logs and errors ("sqlite:///var/lib/dspy-pool/state.db"); never a password
+    description: str = ""
+    #: False for the memory backend: state ends with the process
+    durable: bool = True
+
+    @abc.abstractmethod
+    async def open(self) -> None:
+        """Connect, create or migrate the schema; StateError if it was written by a newer version or is unreadable."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Release connections; idempotent."""
+
+    # -- programs -------------------------------------------------------------
+    @abc.abstractmethod
+    async def add_program(self, program: NewProgram, max_programs: int) -> AddedProgram:
+        """Add the next version of `program.name`, atomically across replicas.
+
+        If the latest version of the name has the same content hash, return it
+        with created=False instead. Version numbers are never reused, even after
+        a delete. Past `max_programs` versions in all, raise ResourceExhausted
+        (dspy_pool.errors).
+        """
+
+    @abc.abstractmethod
+    async def delete_programs(self, name: str, version: int = 0) -> list[int]:
+        """Delete one version, or every version when `version` is 0; the versions deleted ([] if none)."""
+
+    @abc.abstractmethod
+    async def list_programs(self) -> list[ProgramRecord]:
+        """Every stored version, by name then version."""
+
+    @abc.abstractmethod
+    async def program_revision(self) -> int:
+        """A counter every add and delete increases: a replica reloads the list when it moves."""
+
+    # -- sessions -------------------------------------------------------------
+    @abc.abstractmethod
+    async def get_session(self, session_id: str, now: float, limits: SessionLimits) -> SessionRecord | None:
+        """The live session, or None (never used, closed, or expired: an expired one is deleted here)."""
+
+    @abc.abstractmethod
+    async def append_turn(self, session_id: str, turn: TurnRecord, now: float, limits: SessionLimits) -> AppendResult:
+        """Append one turn atomically (two replicas appending at once both keep theirs), keep the last
+        `max_turns`, touch `last_used_at`. Creating a session at `max_sessions` first removes expired
+        ones, then the least recently used one idle at least `protect_s`; if none can go, raise
+        ResourceExhausted (dspy_pool.errors) with a retry hint."""
+
+    @abc.abstractmethod
+    async def delete_session(self, session_id: str) -> SessionRecord | None:
+        """Remove a session; what it held, or None if there was none."""
+
+    @abc.abstractmethod
+    async def expire_sessions(self, now: float, limits: SessionLimits) -> list[str]:
+        """Delete sessions idle longer than the TTL; their ids."""
+
+    @abc.abstractmethod
+    async def count_sessions(self) -> int:
+        """Live sessions stored (expired ones not yet swept may count)."""
+
+    # -- result cache (the levels below the front's memory) ----------------------
+    @abc.abstractmethod
+    async def cache_get(self, key: bytes, now: float) -> bytes | None:
+        """A cached value not past its expiry, counting the hit; None on a miss."""
+
+    @abc.abstractmethod
+    async def cache_put(self, key: bytes, value: bytes, expires_at: float) -> None:
+        """Store or replace a value."""
+
+    @abc.abstractmethod
+    async def cache_top(self, limit: int, max_bytes: int, now: float) -> list[tuple[bytes, bytes, float]]:
+        """The most-hit live entries (key, value, expires_at), at most `limit` and `max_bytes` in all: for warming."""
