@@ -147,6 +147,12 @@ class StateStore(abc.ABC):
         """The live session, or None (never used, closed, or expired: an expired one is deleted here)."""
 
     @abc.abstractmethod
+    async def open_session(self, session_id: str, now: float, limits: SessionLimits) -> AppendResult:
+        """The live session (touched), or a new empty one (started=True) created under the same cap policy
+        as `append_turn`: called before a session's call runs, so a call that would exceed the cap is
+        refused before it spends anything on the LM. The turns returned are the history the call sees."""
+
+    @abc.abstractmethod
     async def append_turn(self, session_id: str, turn: TurnRecord, now: float, limits: SessionLimits) -> AppendResult:
         """Append one turn atomically (two replicas appending at once both keep theirs), keep the last
         `max_turns`, touch `last_used_at`. Creating a session at `max_sessions` first removes expired
