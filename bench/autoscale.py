@@ -31,7 +31,7 @@ from dspy_pool.v1 import dspy_pool_pb2_grpc as pb_grpc
 
 
 async def run_pool(label: str, args, minimum: int, maximum: int) -> dict:
-    config = server_config(
+    config = server_config(state="memory",
         listen="127.0.0.1:0", lm="sim", sim_latency=f"fixed:{args.latency_ms}", workers=minimum, min_workers=minimum,
         max_workers=maximum, worker_concurrency=args.concurrency, max_queue=10000, downscale_window_s=args.downscale_s,
         upscale_cooldown_s=1.0, upscale_step_max=args.step_max, controller_interval_s=0.25, log_level="warning",

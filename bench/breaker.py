@@ -195,7 +195,7 @@ async def main() -> None:
     parser.add_argument("--sim-latency", default="fixed:20")
     args = parser.parse_args()
     logs.configure("console", "error")  # stdout carries the one JSON object; errors go to stderr
-    config = server_config(listen="127.0.0.1:0", workers=2, worker_concurrency=64, lm="sim", sim_latency=args.sim_latency,
+    config = server_config(state="memory", listen="127.0.0.1:0", workers=2, worker_concurrency=64, lm="sim", sim_latency=args.sim_latency,
                           breaker_window=20, breaker_minimum_calls=10, breaker_wait_s=args.wait_s,
                           retry_max_attempts=MAX_ATTEMPTS, log_level="error")
     app = App(config)

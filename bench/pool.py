@@ -64,7 +64,7 @@ async def load(stub, calls: int, in_flight: int) -> tuple[float, list[float], in
 
 
 async def one_run(args) -> dict:
-    config = server_config(listen="127.0.0.1:0", workers=args.workers, worker_concurrency=args.concurrency, lm=args.lm,
+    config = server_config(state="memory", listen="127.0.0.1:0", workers=args.workers, worker_concurrency=args.concurrency, lm=args.lm,
                           sim_latency=args.sim_latency, max_queue=max(1000, args.in_flight), log_level="warning")
     app = App(config)
     with capture_logs() as logs:

@@ -45,7 +45,7 @@ def worker_memory_mb(app: App) -> dict:
 
 async def measure(profile: str, args) -> dict:
     flags = {"listen": "127.0.0.1:0", "lm": "sim", "sim_latency": f"fixed:{args.latency_ms}", "log_level": "warning"}
-    config = from_sources(load_profile(profile), {}, {}, flags)
+    config = from_sources(load_profile(profile), {}, {}, {**flags, "state": "memory"})
     app = App(config)
     started = time.monotonic()
     await app.start()

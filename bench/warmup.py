@@ -54,7 +54,7 @@ async def call_on(app: App, handle, question: str) -> float:
 
 
 async def measure(mode: str, args) -> dict:
-    config = server_config(listen="127.0.0.1:0", lm="sim", sim_latency=f"fixed:{args.latency_ms}", workers=1,
+    config = server_config(state="memory", listen="127.0.0.1:0", lm="sim", sim_latency=f"fixed:{args.latency_ms}", workers=1,
                           fixed_workers=1, warmup=mode, log_level="warning")
     app = App(config)
     await app.start()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import time
 
 import grpc
 import structlog
@@ -29,6 +30,7 @@ from dspy_pool.server.registry import ProgramRegistry
 from dspy_pool.server.service import DSPyPoolService, breaker_config, resilience_settings, warmup_programs
 from dspy_pool.server.sessions import SessionStore
 from dspy_pool.simlm.process import SimLMProcess, start_sim_lm
+from dspy_pool.state import SessionLimits, StateStore, open_store
 from dspy_pool.v1 import dspy_pool_pb2 as pb
 
 log = structlog.get_logger("dspy_pool.server")
@@ -37,6 +39,7 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["DSPyPool"].full_name
 SIM_LM = "sim"
 WORKER_CPU_SAMPLE_S = 5.0
 _SESSION_SWEEP_S = 30.0
+_PROGRAM_POLL_S = 0.25  # a program registered on one replica is served by the others within this
 
 
 def worker_settings(config: ServerConfig, sim: SimLMProcess | None) -> WorkerSettings:
@@ -121,6 +124,7 @@ class App:
         self.config = config
         self.sim: SimLMProcess | None = None
         self.pool: Pool | None = None
+        self.store: StateStore | None = None
         self.server: grpc.aio.Server | None = None
         self.health: health.aio.HealthServicer | None = None
         self.port = 0
@@ -137,13 +141,19 @@ class App:
         """Start everything; returns the bound TCP port (0 for a Unix socket)."""
         log.info("server_starting", config=public_view(self.config))
         warn_if_keyless(self.config)
+        # The store first: one that cannot be opened safely stops start-up before any child process exists.
+        self.store = await open_store(self.config.state.url, self.config.state.dir)
+        log.info("state_opened", store=self.store.description, durable=self.store.durable)
+        if not self.store.durable:
+            log.warning("state_in_memory", hint="programs and sessions end with this process; use --state sqlite (the default) or redis://")
         if self.config.lm.model == SIM_LM:
             self.sim = await start_sim_lm("--latency", self.config.lm.sim_latency, on_change=self._on_sim_change)
             log.info("sim_lm_started", port=self.sim.port, latency=self.config.lm.sim_latency)
-        registry = ProgramRegistry(self.config.server.max_programs)
+        registry = ProgramRegistry(self.store, self.config.server.max_programs)
+        await registry.load()  # so a restarted pod's new workers warm every program it knew
         breakers = AsyncBreakerGuard(BreakerRegistry(breaker_config(self.config)))
         sessions = self.config.sessions
-        self.sessions = SessionStore(sessions.max_sessions, sessions.ttl_s, sessions.max_turns, sessions.protect_s)
+        self.sessions = SessionStore(self.store, SessionLimits(sessions.ttl_s, sessions.max_turns, sessions.max_sessions, sessions.protect_s))
         exporter = PoolExporter(self.registry, self.metrics, breakers=breakers, scale_counts=lambda: pool.scale_counts())
         pool = self.pool = Pool(
             pool_settings(self.config), worker_settings(self.config, self.sim), scaling_settings(self.config), self.metrics,
@@ -168,7 +178,10 @@ class App:
             await self.stop()
             raise
         await self._set_health(pool.healthy)
-        self._background.append(asyncio.get_running_loop().create_task(self._sweep_sessions()))
+        loop = asyncio.get_running_loop()
+        self._background.append(loop.create_task(self._sweep_sessions()))
+        if self.store.durable:  # another replica (or process) may change the programs: versioned reads
+            self._background.append(loop.create_task(registry.watch(_PROGRAM_POLL_S)))
         if self.config.observe.metrics_port >= 0:
             self.metrics_server, self.metrics_port = start_metrics_server(self.config.observe.metrics_port, self.registry, self.config.observe.metrics_addr)
             log.info("metrics_serving", addr=self.config.observe.metrics_addr, port=self.metrics_port)
@@ -198,7 +211,10 @@ class App:
     async def _sweep_sessions(self) -> None:
         while True:
             await asyncio.sleep(_SESSION_SWEEP_S)
-            self.sessions.sweep(asyncio.get_running_loop().time())
+            try:
+                await self.sessions.sweep(time.time())
+            except errors.Unavailable:
+                pass  # the store is down: the registry's watch logs it; expiry also happens on read
 
     async def stop(self, grace_s: float | None = None) -> None:
         """The shutdown staircase; idempotent."""
@@ -232,6 +248,8 @@ class App:
             await self.sim.stop()
         if self.metrics_server is not None:
             await asyncio.to_thread(stop_metrics_server, self.metrics_server)
+        if self.store is not None:
+            await self.store.close()  # last: calls finishing during the drain commit their session turns
         log.info("server_stopped")
         self._stopped.set()
 

@@ -6,7 +6,8 @@
                                                      Served (CallResult + how it was served)
 
 The session's turn is appended only after the call succeeded, so a failed or
-retried call never leaves half a turn behind.
+retried call never leaves half a turn behind; it is committed to the state
+store before Execute answers.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from google.protobuf import struct_pb2
 from dspy_pool import errors, structs
 from dspy_pool.pool.api import CallRequest, CallResult, LMChoice, Pool
 from dspy_pool.server.registry import ProgramVersion
-from dspy_pool.server.sessions import Session, SessionStore, Turn
+from dspy_pool.server.sessions import SessionStore, turn_record
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,25 +52,21 @@ class Executor:
         if not session_id:
             result = await self.pool.call(CallRequest(program.ref, inputs, deadline, request_id, lm=lm))
             return Served(result)
-        session = self._open(session_id)
-        history = tuple(session.history_messages()) if program.takes_history else None
-        note = SessionNote(session.fresh, session.lost)
-        session.in_flight += 1
-        try:
-            result = await self.pool.call(CallRequest(program.ref, inputs, deadline, request_id, history, session.preferred_worker, lm))
-        finally:
-            session.in_flight -= 1
-        session.fresh, session.lost = False, ""
-        if result.worker is not None:
-            session.preferred_worker = result.worker.id
-        session.turns.append(Turn(program.name, structs.struct_to_dict(inputs), structs.struct_to_dict(result.outputs)))
-        return Served(result, session=note)
-
-    def _open(self, session_id: str) -> Session:
-        session = self.sessions.get_or_create(session_id, time.monotonic())
-        if self.session_max_in_flight and session.in_flight >= self.session_max_in_flight:
+        session = await self.sessions.open(session_id, time.time())
+        local = session.local
+        if self.session_max_in_flight and local.in_flight >= self.session_max_in_flight:
             raise errors.ResourceExhausted(
-                f"session {session_id!r} already has {session.in_flight} calls in flight (limit {self.session_max_in_flight})",
+                f"session {session_id!r} already has {local.in_flight} calls in flight (limit {self.session_max_in_flight})",
                 metadata={"retry_after_ms": "200"},
             )
-        return session
+        history = tuple(session.history_messages()) if program.takes_history else None
+        local.in_flight += 1
+        try:
+            result = await self.pool.call(CallRequest(program.ref, inputs, deadline, request_id, history, local.preferred_worker, lm))
+        finally:
+            local.in_flight -= 1
+        if result.worker is not None:
+            local.preferred_worker = result.worker.id
+        turn = turn_record(program.name, structs.struct_to_dict(inputs), structs.struct_to_dict(result.outputs))
+        await self.sessions.record_turn(session_id, turn, time.time())
+        return Served(result, session=SessionNote(session.started, session.lost))

@@ -8,18 +8,25 @@ the one it replaces.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import re
 import time
 from dataclasses import dataclass
 from typing import Iterable
 
+import structlog
+
 from google.protobuf import timestamp_pb2
 
 from dspy_pool import fields as spec_fields
-from dspy_pool.errors import InvalidArgument, NotFound, ResourceExhausted
+from dspy_pool.errors import InvalidArgument, NotFound, Unavailable
 from dspy_pool.pool.api import ProgramRef
+from dspy_pool.state import NewProgram, ProgramRecord, StateStore, StateUnavailable
 from dspy_pool.v1 import dspy_pool_pb2 as pb
+
+log = structlog.get_logger("dspy_pool.registry")
 
 NAME_PATTERN = re.compile(r"[A-Za-z0-9_.\-]{1,128}")
 _FIELD_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,63}")
@@ -95,35 +102,70 @@ def check_inputs(program: str, given: Iterable[str], input_names: list[str], tak
 
 
 class ProgramRegistry:
-    def __init__(self, max_programs: int) -> None:
+    """Program versions: the state store holds them; this keeps a snapshot for the hot path.
+
+    A write (add, delete) goes to the store first and is committed before the
+    RPC answers; then the snapshot takes it. Reads (get, list) use the snapshot
+    only. Replicas on one shared store see each other's writes by versioned
+    reads: `watch()` polls the store's program revision every `poll_s` and
+    reloads the snapshot when it moved, and a call that names a program the
+    snapshot lacks refreshes once before it says NOT_FOUND. While the store is
+    unreachable the snapshot keeps serving and writes fail UNAVAILABLE.
+    """
+
+    def __init__(self, store: StateStore, max_programs: int) -> None:
+        self.store = store
         self.max_programs = max_programs
         self._versions: dict[str, dict[int, ProgramVersion]] = {}
-        self._next_version: dict[str, int] = {}
+        self._revision: int | None = None
+        self._store_down = False
 
     def __len__(self) -> int:
         return sum(len(v) for v in self._versions.values())
 
+    # -- the snapshot ---------------------------------------------------------
+    async def load(self) -> None:
+        """Replace the snapshot with what the store holds now."""
+        async with _store_errors():
+            revision = await self.store.program_revision()
+            records = await self.store.list_programs()
+        versions: dict[str, dict[int, ProgramVersion]] = {}
+        for record in records:
+            versions.setdefault(record.name, {})[record.version] = _version(record, created=False)
+        self._versions, self._revision = versions, revision
+
+    async def refresh(self) -> bool:
+        """Reload if another replica (or process) changed the programs; True when it did."""
+        async with _store_errors():
+            revision = await self.store.program_revision()
+        if revision == self._revision:
+            return False
+        await self.load()
+        return True
+
+    async def watch(self, poll_s: float) -> None:
+        """Keep the snapshot current until cancelled; an unreachable store is logged once, then retried."""
+        while True:
+            await asyncio.sleep(poll_s)
+            try:
+                await self.refresh()
+            except Unavailable as error:
+                if not self._store_down:
+                    log.warning("state_store_unreachable", store=self.store.description, message=error.message,
+                                hint="serving the programs already known; writes fail UNAVAILABLE until it is back")
+                self._store_down = True
+                continue
+            if self._store_down:
+                log.info("state_store_back", store=self.store.description)
+                self._store_down = False
+
+    # -- reads ------------------------------------------------------------------
     def existing(self, spec: pb.ProgramSpec) -> ProgramVersion | None:
         versions = self._versions.get(spec.name)
         if not versions:
             return None
         latest = versions[max(versions)]
         return latest if latest.program.content_hash == content_hash(spec) else None
-
-    def add(self, spec: pb.ProgramSpec, input_names: list[str], output_names: list[str], takes_history: bool) -> ProgramVersion:
-        if len(self) >= self.max_programs:
-            raise ResourceExhausted(f"at most {self.max_programs} program versions; delete some first")
-        version = self._next_version.get(spec.name, 1)
-        self._next_version[spec.name] = version + 1
-        created = timestamp_pb2.Timestamp()
-        created.FromNanoseconds(time.time_ns())
-        program = pb.Program(
-            spec=spec, version=version, content_hash=content_hash(spec), created_at=created,
-            input_names=input_names, output_names=output_names, created=True,
-        )
-        entry = ProgramVersion(program, program_ref(spec), takes_history)
-        self._versions.setdefault(spec.name, {})[version] = entry
-        return entry
 
     def get(self, name: str, version: int = 0) -> ProgramVersion:
         versions = self._versions.get(name)
@@ -136,6 +178,19 @@ class ProgramRegistry:
         except KeyError:
             raise NotFound(f"program {name!r} has no version {version}; versions: {sorted(versions)}") from None
 
+    async def find(self, name: str, version: int = 0) -> ProgramVersion:
+        """get(), refreshing the snapshot once first if it does not know the program (another replica may)."""
+        try:
+            return self.get(name, version)
+        except NotFound:
+            try:
+                changed = await self.refresh()
+            except Unavailable:
+                changed = False
+            if not changed:
+                raise
+            return self.get(name, version)
+
     def list(self, all_versions: bool) -> list[ProgramVersion]:
         out = []
         for name in sorted(self._versions):
@@ -143,17 +198,46 @@ class ProgramRegistry:
             out.extend(versions[v] for v in sorted(versions)) if all_versions else out.append(versions[max(versions)])
         return out
 
-    def delete(self, name: str, version: int = 0) -> list[int]:
-        versions = self._versions.get(name)
+    # -- writes -----------------------------------------------------------------
+    async def add(self, spec: pb.ProgramSpec, input_names: list[str], output_names: list[str], takes_history: bool) -> ProgramVersion:
+        """Store a new version (or find the latest with this content); committed when this returns."""
+        new = NewProgram(spec.name, spec.SerializeToString(deterministic=True), content_hash(spec), tuple(input_names),
+                         tuple(output_names), takes_history, time.time())
+        async with _store_errors():
+            added = await self.store.add_program(new, self.max_programs)
+        entry = _version(added.record, created=added.created)
+        self._versions.setdefault(spec.name, {})[entry.program.version] = entry
+        return entry
+
+    async def delete(self, name: str, version: int = 0) -> list[int]:
+        async with _store_errors():
+            deleted = await self.store.delete_programs(name, version)
+        if not deleted:
+            raise NotFound(f"no program named {name!r}" if version == 0 else f"program {name!r} has no version {version}")
+        versions = self._versions.get(name, {})
+        for number in deleted:
+            versions.pop(number, None)
         if not versions:
-            raise NotFound(f"no program named {name!r}")
-        if version == 0:
-            deleted = sorted(versions)
-            del self._versions[name]
-            return deleted
-        if version not in versions:
-            raise NotFound(f"program {name!r} has no version {version}")
-        del versions[version]
-        if not versions:
-            del self._versions[name]
-        return [version]
+            self._versions.pop(name, None)
+        return deleted
+
+
+def _version(record: ProgramRecord, created: bool) -> ProgramVersion:
+    spec = pb.ProgramSpec.FromString(record.spec)
+    created_at = timestamp_pb2.Timestamp()
+    created_at.FromNanoseconds(int(record.created_at * 1e9))
+    program = pb.Program(
+        spec=spec, version=record.version, content_hash=record.content_hash, created_at=created_at,
+        input_names=record.input_names, output_names=record.output_names, created=created,
+    )
+    return ProgramVersion(program, program_ref(spec), record.takes_history)
+
+
+@contextlib.asynccontextmanager
+async def _store_errors():
+    """The store unreachable is UNAVAILABLE for the caller, with what to expect."""
+    try:
+        yield
+    except StateUnavailable as exc:
+        raise Unavailable(f"the state store is unreachable ({exc}); programs already known keep serving, "
+                          "changes are refused until it is back") from None

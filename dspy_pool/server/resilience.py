@@ -190,7 +190,7 @@ class ResilientExecutor:
             return Served(CallResult(structs.dict_to_struct(dict(chain.static_outputs or {}))))
         if step is Step.PROGRAM:
             try:
-                simpler = self.registry.get(chain.program)
+                simpler = await self.registry.find(chain.program)
                 return await self.executor.execute(simpler, request.inputs, "", request.request_id, deadline)
             except errors.PoolError as step_error:
                 log.info("fallback_step_failed", step=step.value, program=chain.program, kind=step_error.kind.value)

@@ -10,6 +10,7 @@ is reached only through `dspy_pool.pool.api`.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 import uuid
 from typing import Callable
@@ -142,7 +143,7 @@ class DSPyPoolService(pb_grpc.DSPyPoolServicer):
                         check_inputs(spec.name, inputs.keys(), list(shape.input_names), shape.takes_history)
                     except errors.InvalidArgument as error:
                         raise errors.InvalidArgument(f"warmup_inputs[{number}]: {error.message}") from None
-                entry = self.registry.add(spec, list(shape.input_names), list(shape.output_names), shape.takes_history)
+                entry = await self.registry.add(spec, list(shape.input_names), list(shape.output_names), shape.takes_history)
             log.info("program_registered", program=spec.name, version=entry.program.version, key=entry.key, module=spec.module or "predict")
             return entry.program
         except errors.PoolError as error:
@@ -178,14 +179,14 @@ class DSPyPoolService(pb_grpc.DSPyPoolServicer):
 
     async def DeleteProgram(self, request: pb.DeleteProgramRequest, context):
         try:
-            deleted = self.registry.delete(request.name, request.version)
+            deleted = await self.registry.delete(request.name, request.version)
             log.info("program_deleted", program=request.name, versions=deleted)
             return pb.DeleteProgramResponse(deleted_versions=deleted)
         except errors.PoolError as error:
             await self._abort(context, error)
 
     # -- execute ------------------------------------------------------------
-    def _check_execute(self, request: pb.ExecuteRequest) -> ProgramVersion:
+    async def _check_execute(self, request: pb.ExecuteRequest) -> ProgramVersion:
         if not request.program:
             raise errors.InvalidArgument("program is required")
         if request.ByteSize() > self.config.server.max_message_bytes:
@@ -195,7 +196,7 @@ class DSPyPoolService(pb_grpc.DSPyPoolServicer):
         if request.session_id:
             check_session_id(request.session_id)
         _check_struct(request.inputs, self.config.server.max_input_depth, "inputs")
-        program = self.registry.get(request.program, request.version)
+        program = await self.registry.find(request.program, request.version)
         check_inputs(request.program, request.inputs.keys(), program.input_names, program.takes_history)
         return program
 
@@ -206,7 +207,7 @@ class DSPyPoolService(pb_grpc.DSPyPoolServicer):
         request_id = request.request_id or uuid.uuid4().hex
         with structlog.contextvars.bound_contextvars(request_id=request_id, program=request.program):
             try:
-                program = self._check_execute(request)
+                program = await self._check_execute(request)
                 served = await self.resilient.execute(program, request, request_id, deadline)
             except errors.PoolError as error:
                 self._log_failure(error)
@@ -231,6 +232,12 @@ class DSPyPoolService(pb_grpc.DSPyPoolServicer):
         response.outputs.CopyFrom(result.outputs)
         return response
 
+    async def _session_count(self) -> int:
+        try:
+            return await self.sessions.count()
+        except errors.Unavailable:
+            return -1  # the store is unreachable: status still answers
+
     def _log_failure(self, error: errors.PoolError) -> None:
         """LM and worker failures at warning, rate limited per kind (an outage fails every call); the caller's own at debug."""
         if errors.meaning(error.kind).caller_fault:
@@ -244,23 +251,22 @@ class DSPyPoolService(pb_grpc.DSPyPoolServicer):
     # -- sessions -----------------------------------------------------------
     async def GetSession(self, request: pb.GetSessionRequest, context):
         try:
-            session = self.sessions.get(request.session_id, time.monotonic())
+            session = await self.sessions.get(request.session_id, time.time())
         except errors.PoolError as error:
             await self._abort(context, error)
             return
-        message = pb.Session(session_id=session.session_id, preferred_worker=session.preferred_worker)
+        message = pb.Session(session_id=session.session_id, preferred_worker=self.sessions.local(session.session_id).preferred_worker)
         for turn in session.turns:
             entry = message.turns.add(program=turn.program)
-            structs.dict_to_struct(turn.inputs, entry.inputs)
-            structs.dict_to_struct(turn.outputs, entry.outputs)
-        wall_offset = time.time() - time.monotonic()
-        message.created_at.FromNanoseconds(int((session.created_at + wall_offset) * 1e9))
-        message.last_used_at.FromNanoseconds(int((session.last_used_at + wall_offset) * 1e9))
+            structs.dict_to_struct(json.loads(turn.inputs_json), entry.inputs)
+            structs.dict_to_struct(json.loads(turn.outputs_json), entry.outputs)
+        message.created_at.FromNanoseconds(int(session.created_at * 1e9))
+        message.last_used_at.FromNanoseconds(int(session.last_used_at * 1e9))
         return message
 
     async def CloseSession(self, request: pb.CloseSessionRequest, context):
         try:
-            session = self.sessions.close(request.session_id)
+            session = await self.sessions.close(request.session_id)
         except errors.PoolError as error:
             await self._abort(context, error)
             return
@@ -270,18 +276,18 @@ class DSPyPoolService(pb_grpc.DSPyPoolServicer):
     async def WatchPoolStatus(self, request: pb.WatchPoolStatusRequest, context):
         interval = min(60.0, max(0.1, request.interval_s or 1.0))
         while True:
-            yield self.pool_status()
+            yield await self.pool_status()
             await asyncio.sleep(interval)
 
     async def GetPoolStatus(self, request: pb.GetPoolStatusRequest, context):
-        return self.pool_status()
+        return await self.pool_status()
 
-    def pool_status(self) -> pb.PoolStatus:
+    async def pool_status(self) -> pb.PoolStatus:
         view = self.pool.view()
         _, minimum, maximum = config_module.worker_bounds(self.config)
         status = pb.PoolStatus(
             serving=view.serving and self.lm_up(), queue_depth=view.queue_depth, in_flight=view.in_flight, completed=view.completed,
-            failed=view.failed, rejected=view.rejected, worker_restarts=view.restarts, sessions=len(self.sessions),
+            failed=view.failed, rejected=view.rejected, worker_restarts=view.restarts, sessions=await self._session_count(),
             programs=len(self.registry), uptime_s=time.monotonic() - self.started_at,
             config=pb.PoolConfig(
                 workers=view.target_workers, min_workers=minimum, max_workers=maximum,

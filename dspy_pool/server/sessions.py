@@ -1,56 +1,40 @@
-"""Sessions: conversation history kept in the front, so a worker crash loses nothing.
+"""Sessions: conversation history in the state store, so neither a worker crash nor a restart loses it.
 
-A session is created on first use by Execute, keeps its last `max_turns`
-turns, expires after `ttl_s` idle, and remembers the worker that served it
-last (affinity is a hint for the dispatcher, never a requirement).
+A session is created on the first Execute that names it, keeps its last
+`max_turns` turns, and expires after `ttl_s` idle: the store keeps all of
+that (durable, and shared by replicas with Redis), so a turn may land on any
+replica and the limits hold across restarts. Per call:
+
+    open(session_id)  ──> store.open_session: the history the call sees (created here, under the cap)
+    ... the call runs ...
+    record_turn(...)  ──> store.append_turn: committed before Execute answers
 
 When the store is full, expired sessions go first, then the least recently
 used one, but only if it has been idle for at least `protect_s`: a session in
 active use is never pushed out, so one client opening thousands of ids cannot
 evict everyone's history; once only active sessions are left, opening another
 is RESOURCE_EXHAUSTED (with a retry hint) until some go idle or are closed.
-A session that vanished (evicted or expired) leaves a bounded tombstone, so
-the call that reopens it can tell the client its history was lost and why.
+
+This front keeps only what is local to it: the calls it runs per session (a
+per-session limit), the worker that served a session last (an affinity hint,
+never a requirement), and a bounded memory of ids it saw vanish (evicted or
+expired), so the call that reopens one can tell the client its history is
+gone and why.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
+import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
-from dspy_pool.errors import InvalidArgument, NotFound, ResourceExhausted
+from dspy_pool.errors import InvalidArgument, NotFound, ResourceExhausted, Unavailable
+from dspy_pool.state import SessionLimits, SessionRecord, StateStore, StateUnavailable, TurnRecord
 
 SESSION_ID_PATTERN = re.compile(r"[A-Za-z0-9_.:\-]{1,128}")
-
-
-@dataclass
-class Turn:
-    program: str
-    inputs: dict[str, Any]
-    outputs: dict[str, Any]
-
-
-@dataclass
-class Session:
-    session_id: str
-    created_at: float
-    last_used_at: float
-    turns: collections.deque = field(default_factory=collections.deque)
-    preferred_worker: int = -1
-    in_flight: int = 0
-    lost: str = ""  # set on a new session whose id held an earlier one: "evicted" or "expired"
-    fresh: bool = True  # no call has used it yet: the first response says the session started
-
-    def history_messages(self) -> list[dict[str, Any]]:
-        """Turns in the shape dspy.History expects: one dict of inputs and outputs per turn."""
-        return [{**turn.inputs, **turn.outputs} for turn in self.turns]
-
-
-def check_session_id(session_id: str) -> None:
-    if not SESSION_ID_PATTERN.fullmatch(session_id):
-        raise InvalidArgument(f"session_id must match {SESSION_ID_PATTERN.pattern} (1-128 characters)")
 
 
 class LostReason:
@@ -58,85 +42,125 @@ class LostReason:
     EXPIRED = "expired"
 
 
+@dataclass
+class LocalSession:
+    """What this front alone knows of a session."""
+
+    in_flight: int = 0
+    preferred_worker: int = -1
+
+
+@dataclass(frozen=True, slots=True)
+class OpenedSession:
+    session_id: str
+    record: SessionRecord
+    started: bool  # this call opened the session
+    lost: str  # why an earlier session with this id is gone ("evicted", "expired"), or ""
+    local: LocalSession
+
+    def history_messages(self) -> list[dict[str, Any]]:
+        """Turns in the shape dspy.History expects: one dict of inputs and outputs per turn."""
+        return [{**json.loads(turn.inputs_json), **json.loads(turn.outputs_json)} for turn in self.record.turns]
+
+
+def check_session_id(session_id: str) -> None:
+    if not SESSION_ID_PATTERN.fullmatch(session_id):
+        raise InvalidArgument(f"session_id must match {SESSION_ID_PATTERN.pattern} (1-128 characters)")
+
+
+def turn_record(program: str, inputs: dict[str, Any], outputs: dict[str, Any]) -> TurnRecord:
+    return TurnRecord(program, json.dumps(inputs, ensure_ascii=False), json.dumps(outputs, ensure_ascii=False))
+
+
+@contextlib.asynccontextmanager
+async def _store_errors():
+    try:
+        yield
+    except StateUnavailable as exc:
+        raise Unavailable(f"the state store is unreachable ({exc}); session calls are refused until it is back") from None
+
+
 class SessionStore:
-    def __init__(self, max_sessions: int, ttl_s: float, max_turns: int, protect_s: float = 60.0) -> None:
-        self.max_sessions = max_sessions
-        self.ttl_s = ttl_s
-        self.max_turns = max_turns
-        self.protect_s = protect_s
-        self._sessions: collections.OrderedDict[str, Session] = collections.OrderedDict()
-        # id -> why it vanished; bounded like the store itself, oldest forgotten first.
+    def __init__(self, store: StateStore, limits: SessionLimits) -> None:
+        self.store = store
+        self.limits = limits
+        self._local: collections.OrderedDict[str, LocalSession] = collections.OrderedDict()
         self._lost: collections.OrderedDict[str, str] = collections.OrderedDict()
         self.evicted = 0
         self.refused = 0
 
-    def _forget(self, session_id: str, reason: str) -> None:
-        self._sessions.pop(session_id, None)
-        self._lost[session_id] = reason
-        self._lost.move_to_end(session_id)
-        while len(self._lost) > self.max_sessions:
+    @property
+    def max_turns(self) -> int:
+        return self.limits.max_turns
+
+    def local(self, session_id: str) -> LocalSession:
+        """This front's view of a session (bounded: the least recently used idle ones are forgotten)."""
+        local = self._local.get(session_id)
+        if local is None:
+            local = self._local[session_id] = LocalSession()
+            while len(self._local) > self.limits.max_sessions:
+                oldest_id, oldest = next(iter(self._local.items()))
+                if oldest.in_flight:
+                    break
+                del self._local[oldest_id]
+        self._local.move_to_end(session_id)
+        return local
+
+    def _forget(self, session_ids: tuple[str, ...] | list[str], reason: str) -> None:
+        for session_id in session_ids:
+            self._local.pop(session_id, None)
+            self._lost[session_id] = reason
+            self._lost.move_to_end(session_id)
+        while len(self._lost) > self.limits.max_sessions:
             self._lost.popitem(last=False)
 
     def lost_reason(self, session_id: str) -> str:
-        """Why a session id that is not live now went away ("evicted", "expired"), or "" if never seen."""
         return self._lost.get(session_id, "")
 
-    def __len__(self) -> int:
-        return len(self._sessions)
-
-    def _expired(self, session: Session, now: float) -> bool:
-        return now - session.last_used_at > self.ttl_s
-
-    def get(self, session_id: str, now: float) -> Session:
-        session = self._sessions.get(session_id)
-        if session is not None and self._expired(session, now):
-            self._forget(session_id, LostReason.EXPIRED)
-            session = None
-        if session is None:
-            lost = self.lost_reason(session_id)
-            raise NotFound(f"no session {session_id!r}" + (f": it was {lost}" if lost else " (closed or never used)"))
-        return session
-
-    def get_or_create(self, session_id: str, now: float) -> Session:
-        """The live session, or a new empty one; `Session.lost` says why an earlier one with this id is gone."""
+    async def open(self, session_id: str, now: float) -> OpenedSession:
+        """The session a call runs in: its history, created if new (RESOURCE_EXHAUSTED when the cap allows none)."""
         check_session_id(session_id)
-        session = self._sessions.get(session_id)
-        if session is not None and not self._expired(session, now):
-            session.last_used_at = now
-            self._sessions.move_to_end(session_id)
-            return session
-        if session is not None:
-            self._forget(session_id, LostReason.EXPIRED)
-        self._make_room(now)
-        lost = self._lost.pop(session_id, "")
-        session = Session(session_id, created_at=now, last_used_at=now, turns=collections.deque(maxlen=self.max_turns), lost=lost)
-        self._sessions[session_id] = session
-        return session
+        try:
+            async with _store_errors():
+                opened = await self.store.open_session(session_id, now, self.limits)
+        except ResourceExhausted:
+            self.refused += 1
+            raise
+        self.evicted += len(opened.evicted)
+        self._forget(opened.evicted, LostReason.EVICTED)
+        lost = self._lost.pop(session_id, "") if opened.started else ""
+        return OpenedSession(session_id, opened.session, opened.started, lost, self.local(session_id))
 
-    def _make_room(self, now: float) -> None:
-        while len(self._sessions) >= self.max_sessions:
-            oldest_id, oldest = next(iter(self._sessions.items()))  # LRU order: expired ones come first
-            if self._expired(oldest, now):
-                self._forget(oldest_id, LostReason.EXPIRED)
-            elif now - oldest.last_used_at >= self.protect_s and not oldest.in_flight:
-                self._forget(oldest_id, LostReason.EVICTED)
-                self.evicted += 1
-            else:
-                self.refused += 1
-                raise ResourceExhausted(
-                    f"all {self.max_sessions} sessions are in active use; close finished sessions or retry later",
-                    metadata={"retry_after_ms": str(int(max(1.0, self.protect_s - (now - oldest.last_used_at)) * 1000))},
-                )
+    async def record_turn(self, session_id: str, turn: TurnRecord, now: float) -> None:
+        """Append the call's turn; committed when this returns."""
+        async with _store_errors():
+            appended = await self.store.append_turn(session_id, turn, now, self.limits)
+        self.evicted += len(appended.evicted)
+        self._forget(appended.evicted, LostReason.EVICTED)
 
-    def close(self, session_id: str) -> Session:
-        session = self._sessions.pop(session_id, None)
-        if session is None:
+    async def get(self, session_id: str, now: float) -> SessionRecord:
+        async with _store_errors():
+            record = await self.store.get_session(session_id, now, self.limits)
+        if record is None:
+            lost = self.lost_reason(session_id)
+            raise NotFound(f"no session {session_id!r}" + (f": it was {lost}" if lost else " (closed, expired, or never used)"))
+        return record
+
+    async def close(self, session_id: str) -> SessionRecord:
+        async with _store_errors():
+            record = await self.store.delete_session(session_id)
+        if record is None:
             raise NotFound(f"no session {session_id!r}")
+        self._local.pop(session_id, None)
         self._lost.pop(session_id, None)
-        return session
+        return record
 
-    def sweep(self, now: float) -> int:
-        expired = [sid for sid, s in self._sessions.items() if self._expired(s, now)]
-        for sid in expired:
-            self._forget(sid, LostReason.EXPIRED)
+    async def sweep(self, now: float) -> int:
+        async with _store_errors():
+            expired = await self.store.expire_sessions(now, self.limits)
+        self._forget(expired, LostReason.EXPIRED)
         return len(expired)
+
+    async def count(self) -> int:
+        async with _store_errors():
+            return await self.store.count_sessions()

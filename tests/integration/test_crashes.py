@@ -95,7 +95,7 @@ async def test_crash_loop_at_boot_stops_respawning():
 async def test_no_orphans_after_kill_9_of_the_front(tmp_path):
     """After SIGKILL of the front, the zygote and every worker are gone within 2 seconds."""
     front = subprocess.Popen(
-        [sys.executable, "-m", "dspy_pool.cli", "serve", "--lm", "dummy", "--workers", "3", "--listen", "127.0.0.1:0"],
+        [sys.executable, "-m", "dspy_pool.cli", "serve", "--state", "memory", "--lm", "dummy", "--workers", "3", "--listen", "127.0.0.1:0"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     try:

@@ -48,7 +48,7 @@ async def test_drain_finishes_in_flight_calls_and_refuses_new_ones():
 async def test_sigterm_exits_cleanly_without_orphans():
     """SIGTERM to `dspy-pool serve` exits 0 and takes the zygote and workers with it."""
     front = subprocess.Popen(
-        [sys.executable, "-m", "dspy_pool.cli", "serve", "--lm", "dummy", "--workers", "2", "--listen", "127.0.0.1:0", "--drain-grace-s", "1"],
+        [sys.executable, "-m", "dspy_pool.cli", "serve", "--state", "memory", "--lm", "dummy", "--workers", "2", "--listen", "127.0.0.1:0", "--drain-grace-s", "1"],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
     )
 

@@ -294,7 +294,7 @@ class _JsonLog:
 async def test_sigterm_to_the_process_group_drains_like_sigterm_to_the_front():
     """`kill -TERM -PGID`: in-flight calls succeed, nothing is respawned, the front exits 0 and no child survives it."""
     front = subprocess.Popen(
-        [sys.executable, "-m", "dspy_pool.cli", "serve", "--lm", "sim", "--sim-latency", "fixed:2000", "--workers", "2",
+        [sys.executable, "-m", "dspy_pool.cli", "serve", "--state", "memory", "--lm", "sim", "--sim-latency", "fixed:2000", "--workers", "2",
          "--listen", "127.0.0.1:0", "--drain-grace-s", "20", "--log-format", "json"],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
     )

@@ -6,6 +6,7 @@ import pytest
 
 from dspy_pool.errors import InvalidArgument, NotFound, ResourceExhausted
 from dspy_pool.server.registry import MAX_STATE_JSON_BYTES, ProgramRegistry, check_spec, content_hash
+from dspy_pool.state.memory import MemoryStore
 from dspy_pool.v1 import dspy_pool_pb2 as pb
 
 KINDS = ["predict", "chain_of_thought"]
@@ -15,8 +16,13 @@ def spec(name: str = "qa", signature: str = "question -> answer", **kw) -> pb.Pr
     return pb.ProgramSpec(name=name, signature=signature, **kw)
 
 
-def add(registry: ProgramRegistry, s: pb.ProgramSpec):
-    return registry.add(s, ["question"], ["answer"], takes_history=False)
+async def add(registry: ProgramRegistry, s: pb.ProgramSpec):
+    return await registry.add(s, ["question"], ["answer"], takes_history=False)
+
+
+def make_registry(max_programs: int = 10, store=None) -> ProgramRegistry:
+    """A registry on a MemoryStore (open() is a no-op for it)."""
+    return ProgramRegistry(store if store is not None else MemoryStore(), max_programs=max_programs)
 
 
 def test_valid_spec_passes():
@@ -85,52 +91,52 @@ def test_too_large_state_json_rejected():
         check_spec(spec(state_json="x" * (MAX_STATE_JSON_BYTES + 1)), KINDS)
 
 
-def test_add_twice_makes_versions_one_and_two():
+async def test_add_twice_makes_versions_one_and_two():
     """Adding a name twice creates versions 1 and 2, keyed by content: name#hash, distinct per version."""
-    registry = ProgramRegistry(max_programs=10)
-    v1 = add(registry, spec())
-    v2 = add(registry, spec(signature="question -> answer, confidence"))
+    registry = make_registry(10)
+    v1 = await add(registry, spec())
+    v2 = await add(registry, spec(signature="question -> answer, confidence"))
     assert (v1.program.version, v2.program.version) == (1, 2)
     assert v1.key == "qa#" + v1.program.content_hash[:16] and v2.key == "qa#" + v2.program.content_hash[:16]
     assert v1.key != v2.key
     assert len(registry) == 2
 
 
-def test_added_program_carries_metadata():
+async def test_added_program_carries_metadata():
     """The stored Program has the content hash, field names and a creation time."""
     s = spec()
-    entry = add(ProgramRegistry(max_programs=10), s)
+    entry = await add(make_registry(10), s)
     assert entry.program.content_hash == content_hash(s)
     assert entry.input_names == ["question"]
     assert list(entry.program.output_names) == ["answer"]
     assert entry.program.created_at.seconds > 0
 
 
-def test_existing_finds_identical_latest():
+async def test_existing_finds_identical_latest():
     """existing() returns the latest version when its content is identical."""
-    registry = ProgramRegistry(max_programs=10)
-    entry = add(registry, spec())
+    registry = make_registry(10)
+    entry = await add(registry, spec())
     assert registry.existing(spec()) is entry
 
 
-def test_existing_ignores_older_identical_version():
+async def test_existing_ignores_older_identical_version():
     """existing() is None when only an older version has identical content."""
-    registry = ProgramRegistry(max_programs=10)
-    add(registry, spec())
-    add(registry, spec(signature="question -> answer, confidence"))
+    registry = make_registry(10)
+    await add(registry, spec())
+    await add(registry, spec(signature="question -> answer, confidence"))
     assert registry.existing(spec()) is None
 
 
 def test_existing_unknown_name_is_none():
     """existing() is None for a name never registered."""
-    assert ProgramRegistry(max_programs=10).existing(spec()) is None
+    assert make_registry(10).existing(spec()) is None
 
 
-def test_get_zero_is_latest():
+async def test_get_zero_is_latest():
     """get(name, 0) returns the latest version; get(name, n) that version."""
-    registry = ProgramRegistry(max_programs=10)
-    v1 = add(registry, spec())
-    v2 = add(registry, spec(signature="q -> a"))
+    registry = make_registry(10)
+    v1 = await add(registry, spec())
+    v2 = await add(registry, spec(signature="q -> a"))
     assert registry.get("qa", 0) is v2
     assert registry.get("qa", 1) is v1
 
@@ -138,77 +144,138 @@ def test_get_zero_is_latest():
 def test_get_unknown_name_not_found():
     """get() of an unknown name raises NotFound."""
     with pytest.raises(NotFound, match="no program named 'nope'"):
-        ProgramRegistry(max_programs=10).get("nope")
+        make_registry(10).get("nope")
 
 
-def test_get_unknown_version_lists_versions():
+async def test_get_unknown_version_lists_versions():
     """get() of a missing version raises NotFound listing the versions there are."""
-    registry = ProgramRegistry(max_programs=10)
-    add(registry, spec())
+    registry = make_registry(10)
+    await add(registry, spec())
     with pytest.raises(NotFound, match=r"versions: \[1\]"):
         registry.get("qa", 7)
 
 
-def test_delete_one_version():
+async def test_delete_one_version():
     """Deleting one version keeps the others and latest falls back."""
-    registry = ProgramRegistry(max_programs=10)
-    v1 = add(registry, spec())
-    add(registry, spec(signature="q -> a"))
-    assert registry.delete("qa", 2) == [2]
+    registry = make_registry(10)
+    v1 = await add(registry, spec())
+    await add(registry, spec(signature="q -> a"))
+    assert await registry.delete("qa", 2) == [2]
     assert registry.get("qa") is v1
     assert len(registry) == 1
 
 
-def test_delete_last_version_removes_name():
+async def test_delete_last_version_removes_name():
     """Deleting the only version removes the name."""
-    registry = ProgramRegistry(max_programs=10)
-    add(registry, spec())
-    registry.delete("qa", 1)
+    registry = make_registry(10)
+    await add(registry, spec())
+    await registry.delete("qa", 1)
     with pytest.raises(NotFound):
         registry.get("qa")
 
 
-def test_delete_all_versions():
+async def test_delete_all_versions():
     """delete(name) removes every version and returns their numbers."""
-    registry = ProgramRegistry(max_programs=10)
-    add(registry, spec())
-    add(registry, spec(signature="q -> a"))
-    assert registry.delete("qa") == [1, 2]
+    registry = make_registry(10)
+    await add(registry, spec())
+    await add(registry, spec(signature="q -> a"))
+    assert await registry.delete("qa") == [1, 2]
     assert len(registry) == 0
 
 
-def test_delete_unknown_not_found():
+async def test_delete_unknown_not_found():
     """Deleting an unknown name or version raises NotFound."""
-    registry = ProgramRegistry(max_programs=10)
+    registry = make_registry(10)
     with pytest.raises(NotFound):
-        registry.delete("qa")
-    add(registry, spec())
+        await registry.delete("qa")
+    await add(registry, spec())
     with pytest.raises(NotFound):
-        registry.delete("qa", 5)
+        await registry.delete("qa", 5)
 
 
-def test_versions_not_reused_after_delete():
+async def test_versions_not_reused_after_delete():
     """After deleting every version, a new registration gets the next number, not 1."""
-    registry = ProgramRegistry(max_programs=10)
-    add(registry, spec())
-    registry.delete("qa")
-    assert add(registry, spec()).program.version == 2
+    registry = make_registry(10)
+    await add(registry, spec())
+    await registry.delete("qa")
+    assert (await add(registry, spec())).program.version == 2
 
 
-def test_max_programs_counts_versions():
+async def test_max_programs_counts_versions():
     """Adding past max_programs versions raises ResourceExhausted."""
-    registry = ProgramRegistry(max_programs=2)
-    add(registry, spec())
-    add(registry, spec(signature="q -> a"))
-    with pytest.raises(ResourceExhausted, match="at most 2"):
-        add(registry, spec(name="other"))
+    registry = make_registry(2)
+    await add(registry, spec())
+    await add(registry, spec(signature="q -> a"))
+    with pytest.raises(ResourceExhausted, match="maximum of 2"):
+        await add(registry, spec(name="other"))
 
 
-def test_list_latest_vs_all_versions():
+async def test_list_latest_vs_all_versions():
     """list(False) gives the latest per name; list(True) every version, sorted by name then version."""
-    registry = ProgramRegistry(max_programs=10)
-    add(registry, spec(name="b"))
-    add(registry, spec(name="a"))
-    add(registry, spec(name="a", signature="q -> a"))
+    registry = make_registry(10)
+    await add(registry, spec(name="b"))
+    await add(registry, spec(name="a"))
+    await add(registry, spec(name="a", signature="q -> a"))
     assert [(e.name, e.program.version) for e in registry.list(all_versions=False)] == [("a", 2), ("b", 1)]
     assert [(e.name, e.program.version) for e in registry.list(all_versions=True)] == [("a", 1), ("a", 2), ("b", 1)]
+
+
+class _DownStore(MemoryStore):
+    """A store whose writes and revision reads fail as an unreachable Redis would."""
+
+    down = False
+
+    async def _check(self):
+        from dspy_pool.state import StateUnavailable
+
+        if self.down:
+            raise StateUnavailable("redis://127.0.0.1:1/0 refused the connection")
+
+    async def add_program(self, program, max_programs):
+        await self._check()
+        return await super().add_program(program, max_programs)
+
+    async def program_revision(self):
+        await self._check()
+        return await super().program_revision()
+
+
+async def test_a_new_registry_on_the_same_store_loads_every_version():
+    """A restart (a new registry on the same store) comes back with every version, latest and older."""
+    store = MemoryStore()
+    first = make_registry(store=store)
+    await add(first, spec())
+    await add(first, spec(signature="q -> a"))
+    restarted = make_registry(store=store)
+    await restarted.load()
+    assert [(e.name, e.program.version) for e in restarted.list(all_versions=True)] == [("qa", 1), ("qa", 2)]
+    assert restarted.get("qa").key == first.get("qa").key and restarted.existing(spec(signature="q -> a")) is not None
+
+
+async def test_a_replica_sees_another_replicas_program_after_refresh_and_find_refreshes_itself():
+    """Two registries on one store: B's refresh (or find on a name it lacks) picks up A's add and delete."""
+    store = MemoryStore()
+    replica_a, replica_b = make_registry(store=store), make_registry(store=store)
+    await replica_b.load()
+    await add(replica_a, spec(name="shared"))
+    found = await replica_b.find("shared")
+    assert found.program.version == 1
+    await replica_a.delete("shared")
+    assert await replica_b.refresh() is True
+    with pytest.raises(NotFound):
+        await replica_b.find("shared")
+
+
+async def test_with_the_store_down_reads_serve_and_writes_are_unavailable():
+    """An unreachable store: the snapshot still answers get/list; add is UNAVAILABLE saying what still works."""
+    from dspy_pool.errors import Unavailable
+
+    store = _DownStore()
+    registry = make_registry(store=store)
+    await add(registry, spec())
+    store.down = True
+    assert registry.get("qa").program.version == 1
+    with pytest.raises(Unavailable, match="already known keep serving"):
+        await add(registry, spec(name="new"))
+    with pytest.raises(NotFound):
+        await registry.find("missing")  # a refresh that cannot reach the store is not an error of its own

@@ -69,7 +69,7 @@ process.on('exit', () => {
 before(async () => {
   const port = await freePort();
   target = `127.0.0.1:${port}`;
-  const args = ['serve', '--lm', 'sim', '--workers', '1', '--drain-grace-s', '2', '--listen', target, '--programs', 'tests.fixtures.chaos_kinds'];
+  const args = ['serve', '--state', 'memory', '--lm', 'sim', '--workers', '1', '--drain-grace-s', '2', '--listen', target, '--programs', 'tests.fixtures.chaos_kinds'];
   server = spawn(SERVER_BIN, args, { cwd: REPO_ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
   const keep = (chunk) => {
     serverLog = (serverLog + chunk.toString()).slice(-20000);
