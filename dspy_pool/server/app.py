@@ -23,10 +23,12 @@ from dspy_pool import errors
 from dspy_pool.pool.api import Pool, PoolSettings, RecycleConfig, ScalerConfig, ScalingSettings, WarmupSettings, WorkerSettings
 from dspy_pool.pool.metrics import PoolMetrics
 from dspy_pool.server.breaker import AsyncBreakerGuard, BreakerRegistry
+from dspy_pool.server.cache import TieredCache
 from dspy_pool.server.config import ServerConfig, public_view, worker_bounds
 from dspy_pool.server.handlers import add_service
 from dspy_pool.server.metrics_http import MetricsInterceptor, PoolExporter, start_metrics_server, stop_metrics_server
 from dspy_pool.server.registry import ProgramRegistry
+from dspy_pool.server.result_cache import ResultCache
 from dspy_pool.server.service import DSPyPoolService, breaker_config, resilience_settings, warmup_programs
 from dspy_pool.server.sessions import SessionStore
 from dspy_pool.simlm.process import SimLMProcess, start_sim_lm
@@ -125,6 +127,7 @@ class App:
         self.sim: SimLMProcess | None = None
         self.pool: Pool | None = None
         self.store: StateStore | None = None
+        self.cache: TieredCache | None = None
         self.server: grpc.aio.Server | None = None
         self.health: health.aio.HealthServicer | None = None
         self.port = 0
@@ -163,7 +166,10 @@ class App:
         await pool.launch()  # exec'd before any gRPC object exists; it imports while we set up
         self.health = health.aio.HealthServicer()
         self.server = grpc.aio.server(interceptors=[MetricsInterceptor(self.registry)], options=grpc_options(self.config))
-        self.service = DSPyPoolService(self.config, pool, registry, self.sessions, breakers, lm_up=self._sim_up)
+        resilience = self.config.resilience
+        self.cache = TieredCache(ResultCache(resilience.result_cache_entries, resilience.result_cache_max_bytes), self.store)
+        await self.cache.warm(time.time(), resilience.result_cache_warm_entries)
+        self.service = DSPyPoolService(self.config, pool, registry, self.sessions, breakers, self.cache, lm_up=self._sim_up)
         add_service(self.service, self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection((SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), self.server)
@@ -248,6 +254,8 @@ class App:
             await self.sim.stop()
         if self.metrics_server is not None:
             await asyncio.to_thread(stop_metrics_server, self.metrics_server)
+        if self.cache is not None:
+            await self.cache.flush()
         if self.store is not None:
             await self.store.close()  # last: calls finishing during the drain commit their session turns
         log.info("server_stopped")

@@ -165,8 +165,10 @@ class ResilienceSection(_Section):
     breaker_failure_rate: float = setting(0.5, "failure rate that trips the breaker", minimum=0.01, maximum=1.0)
     breaker_wait_s: float = setting(5.0, "open time before a probe (doubles per consecutive trip, capped)", unit="s", minimum=0.01)
     retry_max_attempts: int = setting(3, "attempts for transient failures that cannot have run, under a budget of ~20% of calls", minimum=1, maximum=10)
-    result_cache_entries: int = setting(10000, "last good results kept for the cache fallback", minimum=1)
-    result_cache_ttl_s: float = setting(3600.0, "age past which a cached result is not served", unit="s", minimum=0.001)
+    result_cache_entries: int = setting(10000, "results the memory level holds at most (programs whose cache policy keeps them)", minimum=1)
+    result_cache_ttl_s: float = setting(3600.0, "how long a cached result stays usable (a spec's cache.ttl_s overrides it)", unit="s", minimum=0.001)
+    result_cache_max_bytes: int = setting(64 * 1024 * 1024, "the memory level's bound on cached results", unit="bytes", minimum=1024)
+    result_cache_warm_entries: int = setting(1000, "most-hit entries loaded from the store into memory at start-up", minimum=0)
     default_fallback: tuple[str, ...] = setting((), "fallback chain for programs that set none, e.g. cache,static")
     fallback_concurrency: int = setting(256, "fallbacks doing work at once", minimum=0)
 

@@ -37,6 +37,7 @@ class Served:
     served_by: str = "primary"
     fallback_reason: str = ""
     session: SessionNote = SessionNote()
+    cache_level: str = ""  # which cache level answered ("memory", "store"), when one did
 
 
 class Executor:

@@ -1,17 +1,19 @@
-"""The one resilience path every Execute takes: breaker -> primary (with retries) -> fallback chain.
+"""The one resilience path every Execute takes: cache (serve) -> breaker -> primary (with retries) -> fallback chain.
 
+    the program serves from the cache and an identical call was answered? --> that answer (served_by "cache")
+         | no
     acquire breaker permit --none (open)--------------------------+
          | permit                                                  |
          v                                                         v
-    primary on the pool --ok--> cache result, record SUCCESS   fallback steps in order:
-         | PoolError                                             cache: last good result
+    primary on the pool --ok--> cache the result (if the program's  fallback steps in order:
+         | PoolError             policy keeps results), SUCCESS     cache: last good result (memory, then store)
          | transient and budget left and time left? -> backoff,  static: fixed outputs
          |    retry (one permit covers the attempts)             program: a simpler program
          v                                                       fail: the original error
     record FAILURE (system) or IGNORED (caller's fault) ------->  (bad input never falls back)
 
 Policies are the pure modules beside this one (breaker, retry, fallback,
-result_cache); this module only sequences them. Nothing awaits while a
+cache policy); this module only sequences them. Nothing awaits while a
 breaker is consulted, so no lock is held across the guarded call.
 """
 
@@ -37,6 +39,7 @@ from dspy_pool.server.breaker import AsyncBreakerGuard, BreakerConfig, BreakerKe
 from dspy_pool.server.breaker import outcome_for as breaker_outcome_for
 from dspy_pool.server.fallback import FallbackBudget, FallbackChain, Step
 from dspy_pool.server.registry import ProgramRegistry, ProgramVersion
+from dspy_pool.server.cache import Mode, Policy, TieredCache, policy_for
 from dspy_pool.server.result_cache import ResultCache, cache_key
 from dspy_pool.v1 import dspy_pool_pb2 as pb
 
@@ -52,6 +55,7 @@ class ResilienceSettings:
     retry_ratio: float = 0.2
     cache_entries: int = 10000
     cache_ttl_s: float = 3600.0
+    cache_max_bytes: int = 64 * 1024 * 1024
     fallback_concurrency: int = 256
     default_chain: tuple[str, ...] = ()
     fallback_lms: dict[str, str] | None = None  # model -> api_base, from the operator's config
@@ -70,13 +74,14 @@ _CRASHES_REMEMBERED = 1024
 
 class ResilientExecutor:
     def __init__(self, executor, registry: ProgramRegistry, settings: ResilienceSettings, lm_endpoint: str,
-                 breakers: AsyncBreakerGuard | None = None) -> None:
+                 breakers: AsyncBreakerGuard | None = None, cache: TieredCache | None = None) -> None:
         self.executor = executor
         self.registry = registry
         self.settings = settings
         self.lm_endpoint = lm_endpoint
         self.breakers = breakers if breakers is not None else AsyncBreakerGuard(BreakerRegistry(settings.breaker))
-        self.cache = ResultCache(settings.cache_entries, settings.cache_ttl_s)
+        self.cache = cache if cache is not None else TieredCache(ResultCache(settings.cache_entries, settings.cache_max_bytes), None)
+        self._policies: dict[str, Policy] = {}
         self.retry_budget = retry_policy.RetryBudget(ratio=settings.retry_ratio)
         self.fallback_budget = FallbackBudget(settings.fallback_concurrency)
         self._rng = random.Random()
@@ -119,7 +124,30 @@ class ResilientExecutor:
     def _cache_key(self, program: ProgramVersion, request: pb.ExecuteRequest) -> bytes:
         return cache_key(program.program.spec.name, program.program.version, request.inputs.SerializeToString(deterministic=True))
 
+    def cache_policy(self, program: ProgramVersion) -> Policy:
+        """The program's cache policy (validated at registration), worked out once per version."""
+        policy = self._policies.get(program.key)
+        if policy is None:
+            spec = program.program.spec
+            has_cache_step = Step.CACHE.value in (tuple(spec.fallback.chain) or self.settings.default_chain)
+            policy = self._policies[program.key] = policy_for(spec, self.settings.cache_ttl_s, has_cache_step)
+        return policy
+
+    async def _served_from_cache(self, program: ProgramVersion, request: pb.ExecuteRequest) -> Served | None:
+        """An identical earlier call's result, for programs that serve from the cache (never within a session)."""
+        if request.session_id or program.takes_history:
+            return None
+        hit = await self.cache.get(self._cache_key(program, request), time.time())
+        if hit is None:
+            return None
+        return Served(CallResult(struct_pb2.Struct.FromString(hit.value)), served_by="cache", cache_level=hit.level)
+
     async def execute(self, program: ProgramVersion, request: pb.ExecuteRequest, request_id: str, deadline: float) -> Served:
+        policy = self.cache_policy(program)
+        if policy.mode is Mode.SERVE:
+            cached = await self._served_from_cache(program, request)
+            if cached is not None:
+                return cached
         key = BreakerKey(program.program.spec.name, self.lm_endpoint)
         permit = self.breakers.acquire(key)
         if permit is None:
@@ -140,7 +168,8 @@ class ResilientExecutor:
             self.breakers.record(key, permit, Outcome.IGNORED)
             raise
         self.breakers.record(key, permit, Outcome.SUCCESS)
-        self.cache.put(self._cache_key(program, request), served.result.outputs.SerializeToString(), time.monotonic())
+        if policy.writes:  # only programs whose policy reads the cache pay for serializing and hashing outputs
+            self.cache.put(self._cache_key(program, request), served.result.outputs.SerializeToString(), time.time(), policy.ttl_s)
         return served
 
     async def _primary_with_retries(self, program, request, request_id, deadline, max_attempts: int):
@@ -182,10 +211,10 @@ class ResilientExecutor:
 
     async def _try_step(self, step: Step, chain: FallbackChain, program: ProgramVersion, request: pb.ExecuteRequest, deadline: float) -> Served | None:
         if step is Step.CACHE:
-            cached = self.cache.get(self._cache_key(program, request), time.monotonic())
-            if cached is None:
+            hit = await self.cache.get(self._cache_key(program, request), time.time())
+            if hit is None:
                 return None
-            return Served(CallResult(struct_pb2.Struct.FromString(cached)))
+            return Served(CallResult(struct_pb2.Struct.FromString(hit.value)), cache_level=hit.level)
         if step is Step.STATIC:
             return Served(CallResult(structs.dict_to_struct(dict(chain.static_outputs or {}))))
         if step is Step.PROGRAM:

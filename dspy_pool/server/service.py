@@ -23,9 +23,11 @@ from dspy_pool import errors, logs, structs
 from dspy_pool.pool.api import Pool, WarmupProgram
 from dspy_pool.server import config as config_module
 from dspy_pool.server.breaker import AsyncBreakerGuard, BreakerConfig, BreakerState
+from dspy_pool.server.cache import TieredCache, policy_for
 from dspy_pool.server.config import ServerConfig
 from dspy_pool.server.executor import Executor
 from dspy_pool.server.registry import ProgramRegistry, ProgramVersion, check_inputs, check_spec, program_ref
+from dspy_pool.server.fallback import Step
 from dspy_pool.server.resilience import ResilienceSettings, ResilientExecutor, chain_for
 from dspy_pool.server.sessions import SessionStore, check_session_id
 from dspy_pool.server.status import to_grpc_status
@@ -62,6 +64,7 @@ def breaker_config(config: ServerConfig) -> BreakerConfig:
 def resilience_settings(config: ServerConfig) -> ResilienceSettings:
     return ResilienceSettings(
         breaker=breaker_config(config), max_attempts=config.resilience.retry_max_attempts, cache_entries=config.resilience.result_cache_entries,
+        cache_max_bytes=config.resilience.result_cache_max_bytes,
         cache_ttl_s=config.resilience.result_cache_ttl_s, fallback_concurrency=config.resilience.fallback_concurrency,
         default_chain=tuple(config.resilience.default_fallback),
         fallback_lms=parse_fallback_lms(config.lm.fallback_lms),
@@ -110,14 +113,15 @@ def check_spec_values(spec: pb.ProgramSpec, max_depth: int) -> None:
 
 class DSPyPoolService(pb_grpc.DSPyPoolServicer):
     def __init__(self, config: ServerConfig, pool: Pool, registry: ProgramRegistry, sessions: SessionStore,
-                 breakers: AsyncBreakerGuard, lm_up: Callable[[], bool] = lambda: True) -> None:
+                 breakers: AsyncBreakerGuard, cache: TieredCache, lm_up: Callable[[], bool] = lambda: True) -> None:
         self.config = config
         self.lm_up = lm_up  # False while a supervised local LM (the sim) is down and being restarted
         self.pool = pool
         self.registry = registry
         self.sessions = sessions
         self.executor = Executor(pool, sessions, config.sessions.max_in_flight)
-        self.resilient = ResilientExecutor(self.executor, registry, resilience_settings(config), config.lm.api_base or config.lm.model, breakers)
+        self.resilient = ResilientExecutor(self.executor, registry, resilience_settings(config), config.lm.api_base or config.lm.model,
+                                           breakers, cache)
         self.started_at = time.monotonic()
         self._register_lock = asyncio.Lock()
         self._failure_log = logs.RateLimiter()
@@ -160,6 +164,10 @@ class DSPyPoolService(pb_grpc.DSPyPoolServicer):
         except ValueError as exc:
             raise errors.InvalidArgument(f"fallback: {exc}") from None
         self.resilient.check_fallback_lm(chain)
+        try:
+            policy_for(spec, self.config.resilience.result_cache_ttl_s, Step.CACHE in chain.steps)
+        except ValueError as exc:
+            raise errors.InvalidArgument(str(exc)) from None
         if chain.program:
             if chain.program == spec.name:
                 raise errors.InvalidArgument("a program cannot be its own fallback")
@@ -228,6 +236,7 @@ class DSPyPoolService(pb_grpc.DSPyPoolServicer):
             session_id=request.session_id,
             session_started=served.session.started,
             session_lost=served.session.lost,
+            cache_level=served.cache_level,
         )
         response.outputs.CopyFrom(result.outputs)
         return response
@@ -299,6 +308,9 @@ class DSPyPoolService(pb_grpc.DSPyPoolServicer):
             retries=self.resilient.retries, fallbacks_served=self.resilient.fallbacks_served,
             quarantined_programs=view.quarantined, sessions_evicted=self.sessions.evicted, sessions_refused=self.sessions.refused,
         )
+        for level, stats in self.resilient.cache.levels():
+            status.cache_levels.add(level=level, hits=stats.hits, misses=stats.misses, entries=stats.entries,
+                                    bytes=stats.bytes, evictions=stats.evictions)
         snapshot = view.snapshot
         if snapshot is not None:
             status.queue_wait_p95_ms = snapshot.queue_wait_p95_s * 1000.0

@@ -20,6 +20,14 @@ class FieldSpec(_message.Message):
     description: str
     def __init__(self, name: _Optional[str] = ..., type: _Optional[str] = ..., description: _Optional[str] = ...) -> None: ...
 
+class CachePolicy(_message.Message):
+    __slots__ = ("mode", "ttl_s")
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    TTL_S_FIELD_NUMBER: _ClassVar[int]
+    mode: str
+    ttl_s: float
+    def __init__(self, mode: _Optional[str] = ..., ttl_s: _Optional[float] = ...) -> None: ...
+
 class FallbackSpec(_message.Message):
     __slots__ = ("chain", "lm", "lm_api_base", "program", "static_outputs")
     CHAIN_FIELD_NUMBER: _ClassVar[int]
@@ -35,7 +43,7 @@ class FallbackSpec(_message.Message):
     def __init__(self, chain: _Optional[_Iterable[str]] = ..., lm: _Optional[str] = ..., lm_api_base: _Optional[str] = ..., program: _Optional[str] = ..., static_outputs: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
 
 class ProgramSpec(_message.Message):
-    __slots__ = ("name", "signature", "input_fields", "output_fields", "module", "instructions", "demos", "state_json", "module_options", "fallback", "description", "warmup_inputs", "lm_options")
+    __slots__ = ("name", "signature", "input_fields", "output_fields", "module", "instructions", "demos", "state_json", "module_options", "fallback", "description", "warmup_inputs", "lm_options", "cache")
     NAME_FIELD_NUMBER: _ClassVar[int]
     SIGNATURE_FIELD_NUMBER: _ClassVar[int]
     INPUT_FIELDS_FIELD_NUMBER: _ClassVar[int]
@@ -49,6 +57,7 @@ class ProgramSpec(_message.Message):
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     WARMUP_INPUTS_FIELD_NUMBER: _ClassVar[int]
     LM_OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    CACHE_FIELD_NUMBER: _ClassVar[int]
     name: str
     signature: str
     input_fields: _containers.RepeatedCompositeFieldContainer[FieldSpec]
@@ -62,7 +71,8 @@ class ProgramSpec(_message.Message):
     description: str
     warmup_inputs: _containers.RepeatedCompositeFieldContainer[_struct_pb2.Struct]
     lm_options: _struct_pb2.Struct
-    def __init__(self, name: _Optional[str] = ..., signature: _Optional[str] = ..., input_fields: _Optional[_Iterable[_Union[FieldSpec, _Mapping]]] = ..., output_fields: _Optional[_Iterable[_Union[FieldSpec, _Mapping]]] = ..., module: _Optional[str] = ..., instructions: _Optional[str] = ..., demos: _Optional[_Iterable[_Union[_struct_pb2.Struct, _Mapping]]] = ..., state_json: _Optional[str] = ..., module_options: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., fallback: _Optional[_Union[FallbackSpec, _Mapping]] = ..., description: _Optional[str] = ..., warmup_inputs: _Optional[_Iterable[_Union[_struct_pb2.Struct, _Mapping]]] = ..., lm_options: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
+    cache: CachePolicy
+    def __init__(self, name: _Optional[str] = ..., signature: _Optional[str] = ..., input_fields: _Optional[_Iterable[_Union[FieldSpec, _Mapping]]] = ..., output_fields: _Optional[_Iterable[_Union[FieldSpec, _Mapping]]] = ..., module: _Optional[str] = ..., instructions: _Optional[str] = ..., demos: _Optional[_Iterable[_Union[_struct_pb2.Struct, _Mapping]]] = ..., state_json: _Optional[str] = ..., module_options: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., fallback: _Optional[_Union[FallbackSpec, _Mapping]] = ..., description: _Optional[str] = ..., warmup_inputs: _Optional[_Iterable[_Union[_struct_pb2.Struct, _Mapping]]] = ..., lm_options: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., cache: _Optional[_Union[CachePolicy, _Mapping]] = ...) -> None: ...
 
 class Program(_message.Message):
     __slots__ = ("spec", "version", "content_hash", "created_at", "input_names", "output_names", "created")
@@ -165,7 +175,7 @@ class Usage(_message.Message):
     def __init__(self, prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., total_tokens: _Optional[int] = ...) -> None: ...
 
 class ExecuteResponse(_message.Message):
-    __slots__ = ("outputs", "program", "program_version", "request_id", "worker", "timings", "usage", "served_by", "fallback_reason", "session_id", "session_started", "session_lost")
+    __slots__ = ("outputs", "program", "program_version", "request_id", "worker", "timings", "usage", "served_by", "fallback_reason", "session_id", "session_started", "session_lost", "cache_level")
     OUTPUTS_FIELD_NUMBER: _ClassVar[int]
     PROGRAM_FIELD_NUMBER: _ClassVar[int]
     PROGRAM_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -178,6 +188,7 @@ class ExecuteResponse(_message.Message):
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     SESSION_STARTED_FIELD_NUMBER: _ClassVar[int]
     SESSION_LOST_FIELD_NUMBER: _ClassVar[int]
+    CACHE_LEVEL_FIELD_NUMBER: _ClassVar[int]
     outputs: _struct_pb2.Struct
     program: str
     program_version: int
@@ -190,7 +201,8 @@ class ExecuteResponse(_message.Message):
     session_id: str
     session_started: bool
     session_lost: str
-    def __init__(self, outputs: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., program: _Optional[str] = ..., program_version: _Optional[int] = ..., request_id: _Optional[str] = ..., worker: _Optional[_Union[WorkerRef, _Mapping]] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., served_by: _Optional[str] = ..., fallback_reason: _Optional[str] = ..., session_id: _Optional[str] = ..., session_started: _Optional[bool] = ..., session_lost: _Optional[str] = ...) -> None: ...
+    cache_level: str
+    def __init__(self, outputs: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., program: _Optional[str] = ..., program_version: _Optional[int] = ..., request_id: _Optional[str] = ..., worker: _Optional[_Union[WorkerRef, _Mapping]] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., served_by: _Optional[str] = ..., fallback_reason: _Optional[str] = ..., session_id: _Optional[str] = ..., session_started: _Optional[bool] = ..., session_lost: _Optional[str] = ..., cache_level: _Optional[str] = ...) -> None: ...
 
 class Turn(_message.Message):
     __slots__ = ("inputs", "outputs", "program")
@@ -305,7 +317,7 @@ class BreakerStatus(_message.Message):
     def __init__(self, program: _Optional[str] = ..., lm_endpoint: _Optional[str] = ..., state: _Optional[str] = ..., failure_rate: _Optional[float] = ..., calls_in_window: _Optional[int] = ..., opened_total: _Optional[int] = ..., half_opened_total: _Optional[int] = ..., closed_total: _Optional[int] = ...) -> None: ...
 
 class PoolStatus(_message.Message):
-    __slots__ = ("serving", "workers", "queue_depth", "in_flight", "completed", "failed", "rejected", "worker_restarts", "sessions", "programs", "config", "uptime_s", "breakers", "retries", "fallbacks_served", "recycled_workers", "scale_events", "queue_wait_p95_ms", "health_score", "calls_per_s", "workers_warming", "warmup_calls", "warmup_failures", "worker_cpu_percent", "quarantined_programs", "sessions_evicted", "sessions_refused")
+    __slots__ = ("serving", "workers", "queue_depth", "in_flight", "completed", "failed", "rejected", "worker_restarts", "sessions", "programs", "config", "uptime_s", "breakers", "retries", "fallbacks_served", "recycled_workers", "scale_events", "queue_wait_p95_ms", "health_score", "calls_per_s", "workers_warming", "warmup_calls", "warmup_failures", "worker_cpu_percent", "quarantined_programs", "sessions_evicted", "sessions_refused", "cache_levels")
     SERVING_FIELD_NUMBER: _ClassVar[int]
     WORKERS_FIELD_NUMBER: _ClassVar[int]
     QUEUE_DEPTH_FIELD_NUMBER: _ClassVar[int]
@@ -333,6 +345,7 @@ class PoolStatus(_message.Message):
     QUARANTINED_PROGRAMS_FIELD_NUMBER: _ClassVar[int]
     SESSIONS_EVICTED_FIELD_NUMBER: _ClassVar[int]
     SESSIONS_REFUSED_FIELD_NUMBER: _ClassVar[int]
+    CACHE_LEVELS_FIELD_NUMBER: _ClassVar[int]
     serving: bool
     workers: _containers.RepeatedCompositeFieldContainer[WorkerStatus]
     queue_depth: int
@@ -360,4 +373,21 @@ class PoolStatus(_message.Message):
     quarantined_programs: _containers.RepeatedScalarFieldContainer[str]
     sessions_evicted: int
     sessions_refused: int
-    def __init__(self, serving: _Optional[bool] = ..., workers: _Optional[_Iterable[_Union[WorkerStatus, _Mapping]]] = ..., queue_depth: _Optional[int] = ..., in_flight: _Optional[int] = ..., completed: _Optional[int] = ..., failed: _Optional[int] = ..., rejected: _Optional[int] = ..., worker_restarts: _Optional[int] = ..., sessions: _Optional[int] = ..., programs: _Optional[int] = ..., config: _Optional[_Union[PoolConfig, _Mapping]] = ..., uptime_s: _Optional[float] = ..., breakers: _Optional[_Iterable[_Union[BreakerStatus, _Mapping]]] = ..., retries: _Optional[int] = ..., fallbacks_served: _Optional[int] = ..., recycled_workers: _Optional[int] = ..., scale_events: _Optional[int] = ..., queue_wait_p95_ms: _Optional[float] = ..., health_score: _Optional[float] = ..., calls_per_s: _Optional[float] = ..., workers_warming: _Optional[int] = ..., warmup_calls: _Optional[int] = ..., warmup_failures: _Optional[int] = ..., worker_cpu_percent: _Optional[float] = ..., quarantined_programs: _Optional[_Iterable[str]] = ..., sessions_evicted: _Optional[int] = ..., sessions_refused: _Optional[int] = ...) -> None: ...
+    cache_levels: _containers.RepeatedCompositeFieldContainer[CacheLevelStatus]
+    def __init__(self, serving: _Optional[bool] = ..., workers: _Optional[_Iterable[_Union[WorkerStatus, _Mapping]]] = ..., queue_depth: _Optional[int] = ..., in_flight: _Optional[int] = ..., completed: _Optional[int] = ..., failed: _Optional[int] = ..., rejected: _Optional[int] = ..., worker_restarts: _Optional[int] = ..., sessions: _Optional[int] = ..., programs: _Optional[int] = ..., config: _Optional[_Union[PoolConfig, _Mapping]] = ..., uptime_s: _Optional[float] = ..., breakers: _Optional[_Iterable[_Union[BreakerStatus, _Mapping]]] = ..., retries: _Optional[int] = ..., fallbacks_served: _Optional[int] = ..., recycled_workers: _Optional[int] = ..., scale_events: _Optional[int] = ..., queue_wait_p95_ms: _Optional[float] = ..., health_score: _Optional[float] = ..., calls_per_s: _Optional[float] = ..., workers_warming: _Optional[int] = ..., warmup_calls: _Optional[int] = ..., warmup_failures: _Optional[int] = ..., worker_cpu_percent: _Optional[float] = ..., quarantined_programs: _Optional[_Iterable[str]] = ..., sessions_evicted: _Optional[int] = ..., sessions_refused: _Optional[int] = ..., cache_levels: _Optional[_Iterable[_Union[CacheLevelStatus, _Mapping]]] = ...) -> None: ...
+
+class CacheLevelStatus(_message.Message):
+    __slots__ = ("level", "hits", "misses", "entries", "bytes", "evictions")
+    LEVEL_FIELD_NUMBER: _ClassVar[int]
+    HITS_FIELD_NUMBER: _ClassVar[int]
+    MISSES_FIELD_NUMBER: _ClassVar[int]
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    BYTES_FIELD_NUMBER: _ClassVar[int]
+    EVICTIONS_FIELD_NUMBER: _ClassVar[int]
+    level: str
+    hits: int
+    misses: int
+    entries: int
+    bytes: int
+    evictions: int
+    def __init__(self, level: _Optional[str] = ..., hits: _Optional[int] = ..., misses: _Optional[int] = ..., entries: _Optional[int] = ..., bytes: _Optional[int] = ..., evictions: _Optional[int] = ...) -> None: ...

@@ -16,83 +16,74 @@ def canonical_inputs(values) -> bytes:
     return struct.SerializeToString(deterministic=True)
 
 
-def test_get_returns_what_was_put():
-    """A fresh entry is returned as stored."""
-    cache = ResultCache(max_entries=4, ttl_s=10.0)
-    cache.put(b"k", {"answer": "4"}, now=0.0)
-    assert cache.get(b"k", now=1.0) == {"answer": "4"}
-
-
-def test_missing_key_returns_default():
-    """A miss returns the default, None unless given."""
-    cache = ResultCache(max_entries=4, ttl_s=10.0)
+def test_get_returns_what_was_put_until_its_expiry():
+    """A value put with an expiry is returned before it and gone at it."""
+    cache = ResultCache(max_entries=4, max_bytes=1024)
+    cache.put(b"k", b"answer", expires_at=10.0)
+    assert cache.get(b"k", now=9.99) == b"answer"
+    assert cache.get(b"k", now=10.0) is None
     assert cache.get(b"nope", now=0.0) is None
-    assert cache.get(b"nope", now=0.0, default="x") == "x"
 
 
-def test_evicts_least_recently_used():
-    """Past max_entries the entry used least recently goes first, not the oldest put."""
-    cache = ResultCache(max_entries=2, ttl_s=10.0)
-    cache.put("a", 1, now=0.0)
-    cache.put("b", 2, now=0.0)
-    cache.get("a", now=0.0)  # "b" is now the least recently used
-    cache.put("c", 3, now=0.0)
-    assert cache.get("b", now=0.0) is None
-    assert cache.get("a", now=0.0) == 1
-    assert cache.get("c", now=0.0) == 3
+def test_evicts_least_recently_used_past_the_entry_bound():
+    """Past max_entries the least recently used entry goes; a get makes an entry recent."""
+    cache = ResultCache(max_entries=2, max_bytes=1024)
+    cache.put("a", b"1", expires_at=100.0)
+    cache.put("b", b"2", expires_at=100.0)
+    cache.get("a", now=0.0)
+    cache.put("c", b"3", expires_at=100.0)
+    assert (cache.get("b", now=0.0), cache.get("a", now=0.0), cache.get("c", now=0.0)) == (None, b"1", b"3")
 
 
-def test_never_exceeds_max_entries():
-    """However many puts, the cache holds at most max_entries."""
-    cache = ResultCache(max_entries=3, ttl_s=10.0)
-    for index in range(100):
-        cache.put(index, index, now=0.0)
-    assert len(cache) == 3
-    assert cache.stats().evictions == 97
+def test_bounded_in_bytes_not_just_entries():
+    """Large values evict older ones to stay within max_bytes; one value over an eighth of it is not kept."""
+    cache = ResultCache(max_entries=1000, max_bytes=800)
+    for index in range(10):
+        cache.put(index, b"x" * 100, expires_at=100.0)
+    assert cache.stats().bytes <= 800 and len(cache) == 8
+    assert cache.put("huge", b"y" * 101, expires_at=100.0) is False
+    assert cache.get("huge", now=0.0) is None
 
 
-def test_entry_expires_after_ttl():
-    """An entry is served until ttl_s after its put and dropped from then on."""
-    cache = ResultCache(max_entries=4, ttl_s=10.0)
-    cache.put("a", 1, now=5.0)
-    assert cache.get("a", now=14.99) == 1
-    assert cache.get("a", now=15.0) is None
-    assert len(cache) == 0
+def test_put_replaces_value_and_expiry():
+    """A second put of a key replaces its value and expiry, and its bytes are counted once."""
+    cache = ResultCache(max_entries=4, max_bytes=1024)
+    cache.put("a", b"old", expires_at=5.0)
+    cache.put("a", b"newer", expires_at=20.0)
+    assert cache.get("a", now=15.0) == b"newer" and cache.stats().bytes == 5
 
 
-def test_put_refreshes_ttl():
-    """Putting a key again restarts its time to live."""
-    cache = ResultCache(max_entries=4, ttl_s=10.0)
-    cache.put("a", 1, now=0.0)
-    cache.put("a", 2, now=8.0)
-    assert cache.get("a", now=15.0) == 2
-
-
-def test_get_does_not_extend_ttl():
-    """Reading an entry keeps it recently used but does not make it live longer."""
-    cache = ResultCache(max_entries=4, ttl_s=10.0)
-    cache.put("a", 1, now=0.0)
-    assert cache.get("a", now=9.0) == 1
-    assert cache.get("a", now=10.0) is None
-
-
-def test_stats_count_hits_misses_and_expirations():
-    """stats() reports hits, misses and expirations."""
-    cache = ResultCache(max_entries=4, ttl_s=10.0)
-    cache.put("a", 1, now=0.0)
+def test_stats_count_hits_misses_evictions_and_expirations():
+    """Hits, misses (expired ones too), evictions and expirations are counted."""
+    cache = ResultCache(max_entries=1, max_bytes=1024)
+    cache.put("a", b"1", expires_at=10.0)
     cache.get("a", now=1.0)
     cache.get("b", now=1.0)
-    cache.get("a", now=20.0)
+    cache.put("c", b"3", expires_at=10.0)
+    cache.get("c", now=20.0)
     stats = cache.stats()
-    assert (stats.hits, stats.misses, stats.expirations, stats.entries) == (1, 2, 1, 0)
+    assert (stats.hits, stats.misses, stats.evictions, stats.expirations) == (1, 2, 1, 1)
 
 
 def test_rejects_bad_bounds():
-    """A cache needs at least one entry and a positive TTL."""
+    """max_entries and max_bytes must be positive integers."""
     with pytest.raises(ValueError):
-        ResultCache(max_entries=0, ttl_s=1.0)
+        ResultCache(max_entries=0, max_bytes=10)
     with pytest.raises(ValueError):
-        ResultCache(max_entries=1, ttl_s=0.0)
+        ResultCache(max_entries=1, max_bytes=0)
+
+
+def test_cache_policy_defaults_follow_the_fallback_chain():
+    """No cache policy: fallback when the chain has a cache step, else off (nothing written); serve and ttl as given."""
+    from dspy_pool.server.cache import Mode, policy_for
+    from dspy_pool.v1 import dspy_pool_pb2 as pb
+
+    assert policy_for(pb.ProgramSpec(), 60.0, chain_has_cache_step=False).mode is Mode.OFF
+    assert policy_for(pb.ProgramSpec(), 60.0, chain_has_cache_step=True).mode is Mode.FALLBACK
+    served = policy_for(pb.ProgramSpec(cache=pb.CachePolicy(mode="serve", ttl_s=5)), 60.0, chain_has_cache_step=False)
+    assert (served.mode, served.ttl_s, served.writes) == (Mode.SERVE, 5.0, True)
+    with pytest.raises(ValueError, match="cache.mode"):
+        policy_for(pb.ProgramSpec(cache=pb.CachePolicy(mode="always")), 60.0, chain_has_cache_step=False)
 
 
 def test_deterministic_inputs_ignore_key_order():
