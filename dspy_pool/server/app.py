@@ -32,6 +32,7 @@ from dspy_pool.server.result_cache import ResultCache
 from dspy_pool.server.service import DSPyPoolService, breaker_config, resilience_settings, warmup_programs
 from dspy_pool.server.sessions import SessionStore
 from dspy_pool.simlm.process import SimLMProcess, start_sim_lm
+from dspy_pool.spec_files import load_specs
 from dspy_pool.state import SessionLimits, StateStore, open_store
 from dspy_pool.v1 import dspy_pool_pb2 as pb
 
@@ -41,7 +42,8 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["DSPyPool"].full_name
 SIM_LM = "sim"
 WORKER_CPU_SAMPLE_S = 5.0
 _SESSION_SWEEP_S = 30.0
-_PROGRAM_POLL_S = 0.25  # a program registered on one replica is served by the others within this
+_PROGRAM_POLL_S = 0.25
+_FILE_PROGRAM_TIMEOUT_S = 60.0  # a program registered on one replica is served by the others within this
 
 
 def worker_settings(config: ServerConfig, sim: SimLMProcess | None) -> WorkerSettings:
@@ -144,6 +146,8 @@ class App:
         """Start everything; returns the bound TCP port (0 for a Unix socket)."""
         log.info("server_starting", config=public_view(self.config))
         warn_if_keyless(self.config)
+        # Read before anything starts: a bad file stops start-up naming the file, the entry and the field.
+        file_specs = load_specs(self.config.state.programs_file) if self.config.state.programs_file else []
         # The store first: one that cannot be opened safely stops start-up before any child process exists.
         self.store = await open_store(self.config.state.url, self.config.state.dir)
         log.info("state_opened", store=self.store.description, durable=self.store.durable)
@@ -183,6 +187,8 @@ class App:
         except BaseException:
             await self.stop()
             raise
+        if file_specs:
+            await self._register_file_programs(file_specs)  # before SERVING: a pod starts with its programs warm
         await self._set_health(pool.healthy)
         loop = asyncio.get_running_loop()
         self._background.append(loop.create_task(self._sweep_sessions()))
@@ -195,6 +201,18 @@ class App:
         log.info("server_serving", listen=self.config.server.listen, port=self.port, workers=initial,
                  pool_size=f"{minimum}" if minimum == maximum else f"{minimum}..{maximum} (autoscaling)")
         return self.port
+
+    async def _register_file_programs(self, specs: list) -> None:
+        """Register --programs-file's specs (idempotent: unchanged content keeps its version); a refusal stops start-up."""
+        path = self.config.state.programs_file
+        loop = asyncio.get_running_loop()
+        for number, spec in enumerate(specs):
+            try:
+                program = await self.service.register(spec, loop.time() + _FILE_PROGRAM_TIMEOUT_S)
+            except errors.PoolError as error:
+                await self.stop()
+                raise ValueError(f"{path}: program {number} ({spec.name!r}) was refused: {error.message}") from None
+            log.info("program_from_file", file=path, program=spec.name, version=program.version, created=program.created)
 
     def _on_health_change(self, healthy: bool) -> None:
         if not self._stopping:

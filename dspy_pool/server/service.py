@@ -132,26 +132,30 @@ class DSPyPoolService(pb_grpc.DSPyPoolServicer):
     # -- programs -----------------------------------------------------------
     async def RegisterProgram(self, request: pb.RegisterProgramRequest, context):
         try:
-            spec = request.spec
-            self._check_register(spec)
-            async with self._register_lock:  # one version number per distinct content
-                existing = self.registry.existing(spec)
-                if existing is not None:
-                    program = pb.Program()
-                    program.CopyFrom(existing.program)
-                    program.created = False
-                    return program
-                shape = await self.pool.validate(program_ref(spec), _deadline(context, self.config, asyncio.get_running_loop()))
-                for number, inputs in enumerate(spec.warmup_inputs):
-                    try:
-                        check_inputs(spec.name, inputs.keys(), list(shape.input_names), shape.takes_history)
-                    except errors.InvalidArgument as error:
-                        raise errors.InvalidArgument(f"warmup_inputs[{number}]: {error.message}") from None
-                entry = await self.registry.add(spec, list(shape.input_names), list(shape.output_names), shape.takes_history)
-            log.info("program_registered", program=spec.name, version=entry.program.version, key=entry.key, module=spec.module or "predict")
-            return entry.program
+            return await self.register(request.spec, _deadline(context, self.config, asyncio.get_running_loop()))
         except errors.PoolError as error:
             await self._abort(context, error)
+
+    async def register(self, spec: pb.ProgramSpec, deadline: float) -> pb.Program:
+        """Check, build on a worker, store: a new version, or the latest when its content is unchanged."""
+        self._check_register(spec)
+        async with self._register_lock:  # one version number per distinct content
+            existing = self.registry.existing(spec)
+            if existing is not None:
+                program = pb.Program()
+                program.CopyFrom(existing.program)
+                program.created = False
+                return program
+            shape = await self.pool.validate(program_ref(spec), deadline)
+            for number, inputs in enumerate(spec.warmup_inputs):
+                try:
+                    check_inputs(spec.name, inputs.keys(), list(shape.input_names), shape.takes_history)
+                except errors.InvalidArgument as error:
+                    raise errors.InvalidArgument(f"warmup_inputs[{number}]: {error.message}") from None
+            entry = await self.registry.add(spec, list(shape.input_names), list(shape.output_names), shape.takes_history)
+        log.info("program_registered", program=spec.name, version=entry.program.version, key=entry.key,
+                 module=spec.module or "predict", created=entry.program.created)
+        return entry.program
 
     def _check_register(self, spec: pb.ProgramSpec) -> None:
         """Everything the front can check before a worker builds the spec."""

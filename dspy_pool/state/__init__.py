@@ -34,7 +34,8 @@ def make_store(url: str, state_dir: str) -> StateStore:
     if url == "sqlite" or url.startswith("sqlite:///"):
         from dspy_pool.state.sqlite import SQLiteStore
 
-        path = os.path.join(state_dir, SQLITE_FILE) if url == "sqlite" else url[len("sqlite:///") - 1:]
+        # sqlite:///var/lib/x.db and sqlite:////var/lib/x.db both name /var/lib/x.db
+        path = os.path.join(state_dir, SQLITE_FILE) if url == "sqlite" else "/" + url[len("sqlite:///"):].lstrip("/")
         return SQLiteStore(path)
     if url.startswith(("redis://", "rediss://", "unix://")):
         from dspy_pool.state.redis_store import RedisStore
