@@ -1,4 +1,4 @@
-"""`dspy-pool` command line: serve, sim-lm, probe, call."""
+"""`dspy-pool` command line: serve, sim-lm, probe, and the client commands (client_cli.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import asyncio
 import json
 import sys
 
-from dspy_pool import logs
+from dspy_pool import client_cli, logs
 from dspy_pool.server import config as config_module
 
 DEMO_PROGRAM = {"name": "demo_qa", "signature": "question -> answer", "module": "chain_of_thought"}
@@ -19,6 +19,10 @@ def _serve(args: argparse.Namespace) -> int:
         from dspy_pool.server.app import serve, validate
 
         validate(config)  # before the sim LM or the zygote exists
+        if config.state.programs_file:
+            from dspy_pool.spec_files import load_specs
+
+            load_specs(config.state.programs_file)  # a bad file names the file, the entry and the field
     except (ValueError, OSError) as exc:
         print(f"dspy-pool: {exc}", file=sys.stderr)
         return 2
@@ -111,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     probe.add_argument("--service", default="")
     probe.add_argument("--timeout", type=float, default=3.0)
     probe.set_defaults(handler=_probe)
+    client_cli.add_commands(commands)
     args = parser.parse_args(argv)
     return args.handler(args)
 

@@ -159,9 +159,13 @@ class App:
         registry = ProgramRegistry(self.store, self.config.server.max_programs)
         await registry.load()  # so a restarted pod's new workers warm every program it knew
         breakers = AsyncBreakerGuard(BreakerRegistry(breaker_config(self.config)))
+        resilience = self.config.resilience
+        self.cache = TieredCache(ResultCache(resilience.result_cache_entries, resilience.result_cache_max_bytes), self.store)
+        await self.cache.warm(time.time(), resilience.result_cache_warm_entries)
         sessions = self.config.sessions
         self.sessions = SessionStore(self.store, SessionLimits(sessions.ttl_s, sessions.max_turns, sessions.max_sessions, sessions.protect_s))
-        exporter = PoolExporter(self.registry, self.metrics, breakers=breakers, scale_counts=lambda: pool.scale_counts())
+        exporter = PoolExporter(self.registry, self.metrics, breakers=breakers, scale_counts=lambda: pool.scale_counts(),
+                                cache_levels=lambda: self.cache.levels())
         pool = self.pool = Pool(
             pool_settings(self.config), worker_settings(self.config, self.sim), scaling_settings(self.config), self.metrics,
             warmup_source=lambda: warmup_programs(registry, breakers), on_health_change=self._on_health_change,
@@ -170,9 +174,6 @@ class App:
         await pool.launch()  # exec'd before any gRPC object exists; it imports while we set up
         self.health = health.aio.HealthServicer()
         self.server = grpc.aio.server(interceptors=[MetricsInterceptor(self.registry)], options=grpc_options(self.config))
-        resilience = self.config.resilience
-        self.cache = TieredCache(ResultCache(resilience.result_cache_entries, resilience.result_cache_max_bytes), self.store)
-        await self.cache.warm(time.time(), resilience.result_cache_warm_entries)
         self.service = DSPyPoolService(self.config, pool, registry, self.sessions, breakers, self.cache, lm_up=self._sim_up)
         add_service(self.service, self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)

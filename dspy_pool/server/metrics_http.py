@@ -185,13 +185,15 @@ class PoolExporter(Collector):
     """
 
     def __init__(self, registry: CollectorRegistry, metrics: PoolMetrics, *,
-                 scale_counts: Callable[[], tuple[dict[str, int], dict[str, int]]] | None = None, breakers: Any = None) -> None:
+                 scale_counts: Callable[[], tuple[dict[str, int], dict[str, int]]] | None = None, breakers: Any = None,
+                 cache_levels: Callable[[], list[tuple[str, Any]]] | None = None) -> None:
         self.metrics = metrics
         self.scale_counts = scale_counts
         self.breakers = breakers
+        self.cache_levels = cache_levels  # () -> [(level, CacheStats)]
         self._lock = threading.Lock()
-        self._published: tuple[PoolSnapshot | None, WaitHistogram, dict[str, int], dict[str, int], tuple] = (
-            None, metrics.wait_histogram(), {}, {}, ())
+        self._published: tuple[PoolSnapshot | None, WaitHistogram, dict[str, int], dict[str, int], tuple, tuple] = (
+            None, metrics.wait_histogram(), {}, {}, (), ())
         registry.register(self)
 
     def observe(self, snapshot: PoolSnapshot) -> None:
@@ -203,7 +205,8 @@ class PoolExporter(Collector):
                 (str(getattr(key, "program", key)), str(getattr(key, "lm_endpoint", "")), str(snap.state), snap.opened_total)
                 for key, snap in self.breakers.snapshots().items()
             )
-        published = (snapshot, self.metrics.wait_histogram(), scale_events, recycled, breakers)
+        caches = tuple(self.cache_levels()) if self.cache_levels is not None else ()
+        published = (snapshot, self.metrics.wait_histogram(), scale_events, recycled, breakers, caches)
         with self._lock:
             self._published = published
 
@@ -218,7 +221,7 @@ class PoolExporter(Collector):
 
     def collect(self) -> Iterable:
         with self._lock:
-            snapshot, histogram, scale_events, recycled, breakers = self._published
+            snapshot, histogram, scale_events, recycled, breakers, caches = self._published
         yield _histogram("dspy_pool_queue_wait_seconds", "Time calls waited in the queue before reaching a worker.", histogram)
         scales = CounterMetricFamily("dspy_pool_scale_events", "Pool resizes applied by the controller.", labels=["direction"])
         for direction in ("up", "down"):
@@ -238,6 +241,7 @@ class PoolExporter(Collector):
             breaker_opened.add_metric([program, endpoint], opened)
         yield breaker_state
         yield breaker_opened
+        yield from _cache_families(caches)
         if snapshot is None:
             return
         workers = GaugeMetricFamily("dspy_pool_workers", "Workers by state.", labels=["state"])
@@ -267,6 +271,22 @@ class PoolExporter(Collector):
         calls.add_metric(["rejected"], snapshot.rejected)
         calls.add_metric(["expired_in_queue"], snapshot.expired_in_queue)
         yield calls
+
+
+def _cache_families(caches: tuple) -> Iterable:
+    """Per cache level: hits, misses, evictions (counters); entries and bytes (gauges, where the level counts them)."""
+    counters = {name: CounterMetricFamily(f"dspy_pool_cache_{name}", f"Result cache {name} per level.", labels=["level"])
+                for name in ("hits", "misses", "evictions")}
+    gauges = {name: GaugeMetricFamily(f"dspy_pool_cache_{name}", f"Result cache {name} held per level.", labels=["level"])
+              for name in ("entries", "bytes")}
+    for level, stats in caches:
+        for name, family in counters.items():
+            family.add_metric([level], getattr(stats, name))
+        for name, family in gauges.items():
+            if getattr(stats, name) >= 0:
+                family.add_metric([level], getattr(stats, name))
+    yield from counters.values()
+    yield from gauges.values()
 
 
 def _histogram(name: str, help_text: str, histogram: WaitHistogram) -> HistogramMetricFamily:
