@@ -119,6 +119,7 @@ class ProgramRegistry:
         self._versions: dict[str, dict[int, ProgramVersion]] = {}
         self._revision: int | None = None
         self._store_down = False
+        self._store_reset_logged = False
 
     def __len__(self) -> int:
         return sum(len(v) for v in self._versions.values())
@@ -139,6 +140,15 @@ class ProgramRegistry:
         async with _store_errors():
             revision = await self.store.program_revision()
         if revision == self._revision:
+            return False
+        if self._revision is not None and revision < self._revision:
+            # A revision never goes back unless the store was wiped or replaced (a Redis restarted without
+            # persistence): keep serving what we know rather than forget every program silently.
+            if not self._store_reset_logged:
+                log.error("state_store_reset_detected", store=self.store.description, had=self._revision, now=revision,
+                          hint="the store lost its programs; serving this replica's snapshot. Re-register them (or restart "
+                               "with --programs-file) once the store is back as it should be")
+                self._store_reset_logged = True
             return False
         await self.load()
         return True

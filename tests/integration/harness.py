@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import re
+import signal
+import subprocess
+import sys
 import time
 
 import grpc
@@ -37,8 +42,8 @@ async def running_app(**overrides):
         await app.stop(grace_s=2.0)
 
 
-def execute_request(program: str, **inputs) -> pb.ExecuteRequest:
-    request = pb.ExecuteRequest(program=program)
+def execute_request(program: str, session_id: str = "", **inputs) -> pb.ExecuteRequest:
+    request = pb.ExecuteRequest(program=program, session_id=session_id)
     request.inputs.update(inputs)
     return request
 
@@ -59,3 +64,47 @@ async def eventually(predicate, timeout_s: float = 10.0, interval_s: float = 0.0
         if time.monotonic() > deadline:
             raise AssertionError(f"condition not met within {timeout_s}s")
         await asyncio.sleep(interval_s)
+
+
+_PORT = re.compile(rb"server_serving.*?port=(\d+)")
+
+
+class ServeProcess:
+    """`dspy-pool serve` as a real process, in its own process group, on 127.0.0.1:0."""
+
+    def __init__(self, *args: str) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "dspy_pool.cli", "serve", "--lm", "dummy", "--workers", "1", "--listen", "127.0.0.1:0",
+             "--programs", "tests.fixtures.chaos_kinds", "--drain-grace-s", "1", *args],
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
+        )
+        self.log = b""
+        self.port = 0
+
+    async def serving(self) -> "ServeProcess":
+        def wait() -> int:
+            for line in self.process.stderr:
+                self.log += line
+                match = _PORT.search(line)
+                if match:
+                    return int(match.group(1))
+            raise AssertionError(f"server exited before serving:\n{self.log.decode(errors='replace')[-3000:]}")
+
+        self.port = await asyncio.wait_for(asyncio.to_thread(wait), 60)
+        return self
+
+    async def failed(self) -> tuple[int, str]:
+        """Wait for a start that must fail; (exit code, what it printed)."""
+        _, err = await asyncio.to_thread(self.process.communicate, None, 60)
+        return self.process.returncode, err.decode(errors="replace")
+
+    def kill9(self) -> None:
+        os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait(10)
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(10)
+        if self.process.stderr:
+            self.process.stderr.close()

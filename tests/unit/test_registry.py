@@ -279,3 +279,19 @@ async def test_with_the_store_down_reads_serve_and_writes_are_unavailable():
         await add(registry, spec(name="new"))
     with pytest.raises(NotFound):
         await registry.find("missing")  # a refresh that cannot reach the store is not an error of its own
+
+
+async def test_a_store_that_lost_its_programs_does_not_empty_the_snapshot():
+    """A revision that goes back (a wiped store) keeps the snapshot serving and is logged, not followed."""
+    from structlog.testing import capture_logs
+
+    store = MemoryStore()
+    registry = make_registry(store=store)
+    await add(registry, spec())
+    await registry.refresh()
+    wiped = MemoryStore()  # what a Redis restarted without persistence looks like
+    registry.store = wiped
+    with capture_logs() as logs:
+        assert await registry.refresh() is False
+    assert registry.get("qa").program.version == 1
+    assert [entry["event"] for entry in logs] == ["state_store_reset_detected"]
