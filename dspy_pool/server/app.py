@@ -33,7 +33,7 @@ from dspy_pool.server.service import DSPyPoolService, breaker_config, resilience
 from dspy_pool.server.sessions import SessionStore
 from dspy_pool.simlm.process import SimLMProcess, start_sim_lm
 from dspy_pool.spec_files import load_specs
-from dspy_pool.state import SessionLimits, StateStore, open_store
+from dspy_pool.state import SessionLimits, StateStore, StateUnavailable, open_store
 from dspy_pool.v1 import dspy_pool_pb2 as pb
 
 log = structlog.get_logger("dspy_pool.server")
@@ -192,7 +192,7 @@ class App:
             await self._register_file_programs(file_specs)  # before SERVING: a pod starts with its programs warm
         await self._set_health(pool.healthy)
         loop = asyncio.get_running_loop()
-        self._background.append(loop.create_task(self._sweep_sessions()))
+        self._background.append(loop.create_task(self._sweep_expired()))
         if self.store.durable:  # another replica (or process) may change the programs: versioned reads
             self._background.append(loop.create_task(registry.watch(_PROGRAM_POLL_S)))
         if self.config.observe.metrics_port >= 0:
@@ -233,12 +233,13 @@ class App:
         for name in ("", SERVICE_NAME):
             await self.health.set(name, status)
 
-    async def _sweep_sessions(self) -> None:
+    async def _sweep_expired(self) -> None:
         while True:
             await asyncio.sleep(_SESSION_SWEEP_S)
             try:
                 await self.sessions.sweep(time.time())
-            except errors.Unavailable:
+                await self.store.cache_expire(time.time())  # expired results would otherwise stay on disk until read
+            except (errors.Unavailable, StateUnavailable):
                 pass  # the store is down: the registry's watch logs it; expiry also happens on read
 
     async def stop(self, grace_s: float | None = None) -> None:

@@ -144,7 +144,11 @@ class StateStore(abc.ABC):
     # -- sessions -------------------------------------------------------------
     @abc.abstractmethod
     async def get_session(self, session_id: str, now: float, limits: SessionLimits) -> SessionRecord | None:
-        """The live session, or None (never used, closed, or expired: an expired one is deleted here)."""
+        """The live session, or None (never used, closed, or expired: an expired one is deleted here).
+
+        Expired means idle longer than `ttl_s` (state.policy.is_expired); reading does not touch
+        `last_used_at` (append_turn does).
+        """
 
     @abc.abstractmethod
     async def open_session(self, session_id: str, now: float, limits: SessionLimits) -> AppendResult:
@@ -174,12 +178,20 @@ class StateStore(abc.ABC):
     # -- result cache (the levels below the front's memory) ----------------------
     @abc.abstractmethod
     async def cache_get(self, key: bytes, now: float) -> bytes | None:
-        """A cached value not past its expiry, counting the hit; None on a miss."""
+        """A cached value not past its expiry (live while now < expires_at), counting the hit; None on a miss."""
 
     @abc.abstractmethod
     async def cache_put(self, key: bytes, value: bytes, expires_at: float) -> None:
-        """Store or replace a value."""
+        """Store or replace a value (a replaced key keeps its hit count)."""
 
     @abc.abstractmethod
     async def cache_top(self, limit: int, max_bytes: int, now: float) -> list[tuple[bytes, bytes, float]]:
-        """The most-hit live entries (key, value, expires_at), at most `limit` and `max_bytes` in all: for warming."""
+        """The most-hit live entries (key, value, expires_at), at most `limit` and `max_bytes` in all: for warming.
+
+        An entry costs len(key) + len(value); one that does not fit what is left is skipped (state.policy.pick_top).
+        """
+
+    async def cache_expire(self, now: float) -> int:
+        """Delete entries past their expiry; how many. Call it now and then: expired entries are otherwise only
+        dropped when read. A backend whose entries expire by themselves (Redis TTLs) keeps this default."""
+        return 0

@@ -1,0 +1,175 @@
+"""The memory backend: plain dicts in this process, for tests and throwaway runs.
+
+It keeps exactly the contract the durable backends keep (tests/integration/
+state_contract.py runs against all of them), only nothing survives the
+process. No method awaits anything, so each one runs to completion without
+interleaving: that is the whole of its atomicity.
+"""
+
+from __future__ import annotations
+
+import collections
+from dataclasses import dataclass, field
+
+from dspy_pool.state import policy
+from dspy_pool.state.base import (
+    AddedProgram, AppendResult, NewProgram, ProgramRecord, SessionLimits, SessionRecord, StateStore, TurnRecord,
+)
+
+
+@dataclass(slots=True)
+class _Session:
+    created_at: float
+    last_used_at: float
+    turns: collections.deque[TurnRecord] = field(default_factory=collections.deque)
+
+    def record(self, session_id: str) -> SessionRecord:
+        return SessionRecord(session_id, self.created_at, self.last_used_at, tuple(self.turns))
+
+
+@dataclass(slots=True)
+class _CacheEntry:
+    value: bytes
+    expires_at: float
+    hits: int = 0
+
+
+class MemoryStore(StateStore):
+    description = "memory"
+    durable = False
+
+    def __init__(self) -> None:
+        self._programs: dict[str, dict[int, ProgramRecord]] = {}
+        # Per name, the highest version ever assigned: a deleted number is never handed out again.
+        self._last_version: dict[str, int] = {}
+        self._revision = 0
+        # Least recently used first (append moves a session to the end), so the cap walks it from the front.
+        self._sessions: collections.OrderedDict[str, _Session] = collections.OrderedDict()
+        self._cache: dict[bytes, _CacheEntry] = {}
+
+    async def open(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    # -- programs -------------------------------------------------------------
+    async def add_program(self, program: NewProgram, max_programs: int) -> AddedProgram:
+        versions = self._programs.get(program.name, {})
+        if versions:
+            latest = versions[max(versions)]
+            if latest.content_hash == program.content_hash:
+                return AddedProgram(latest, created=False)
+        if sum(len(v) for v in self._programs.values()) >= max_programs:
+            raise policy.programs_full(max_programs)
+        version = self._last_version.get(program.name, 0) + 1
+        record = ProgramRecord(
+            program.name, version, program.spec, program.content_hash, tuple(program.input_names),
+            tuple(program.output_names), program.takes_history, program.created_at,
+        )
+        self._programs.setdefault(program.name, {})[version] = record
+        self._last_version[program.name] = version
+        self._revision += 1
+        return AddedProgram(record, created=True)
+
+    async def delete_programs(self, name: str, version: int = 0) -> list[int]:
+        versions = self._programs.get(name, {})
+        doomed = sorted(versions) if version == 0 else [version] if version in versions else []
+        for number in doomed:
+            del versions[number]
+        if not versions:
+            self._programs.pop(name, None)
+        if doomed:
+            self._revision += 1
+        return doomed
+
+    async def list_programs(self) -> list[ProgramRecord]:
+        return [self._programs[name][v] for name in sorted(self._programs) for v in sorted(self._programs[name])]
+
+    async def program_revision(self) -> int:
+        return self._revision
+
+    # -- sessions -------------------------------------------------------------
+    def _live(self, session_id: str, now: float, limits: SessionLimits) -> _Session | None:
+        session = self._sessions.get(session_id)
+        if session is not None and policy.is_expired(session.last_used_at, now, limits.ttl_s):
+            del self._sessions[session_id]
+            return None
+        return session
+
+    async def get_session(self, session_id: str, now: float, limits: SessionLimits) -> SessionRecord | None:
+        session = self._live(session_id, now, limits)
+        return None if session is None else session.record(session_id)
+
+    async def open_session(self, session_id: str, now: float, limits: SessionLimits) -> AppendResult:
+        session, started, evicted = self._open(session_id, now, limits)
+        return AppendResult(session.record(session_id), started, evicted)
+
+    async def append_turn(self, session_id: str, turn: TurnRecord, now: float, limits: SessionLimits) -> AppendResult:
+        session, started, evicted = self._open(session_id, now, limits)
+        session.turns.append(turn)
+        while len(session.turns) > max(0, limits.max_turns):
+            session.turns.popleft()
+        return AppendResult(session.record(session_id), started, evicted)
+
+    def _open(self, session_id: str, now: float, limits: SessionLimits) -> tuple[_Session, bool, tuple[str, ...]]:
+        """The live session touched, or a new one made room for: (session, started, evicted)."""
+        session = self._live(session_id, now, limits)
+        if session is not None:
+            session.last_used_at = now
+            self._sessions.move_to_end(session_id)
+            return session, False, ()
+        evicted = self._make_room(now, limits)
+        session = self._sessions[session_id] = _Session(created_at=now, last_used_at=now)
+        return session, True, evicted
+
+    def _make_room(self, now: float, limits: SessionLimits) -> tuple[str, ...]:
+        lru = ((sid, s.last_used_at) for sid, s in self._sessions.items())
+        room = policy.make_room(len(self._sessions), lru, now, limits)
+        if room.retry_after_ms:
+            raise policy.sessions_full(limits, room)
+        for sid in room.expired + room.evicted:
+            del self._sessions[sid]
+        return room.evicted
+
+    async def delete_session(self, session_id: str) -> SessionRecord | None:
+        session = self._sessions.pop(session_id, None)
+        return None if session is None else session.record(session_id)
+
+    async def expire_sessions(self, now: float, limits: SessionLimits) -> list[str]:
+        gone = [sid for sid, s in self._sessions.items() if policy.is_expired(s.last_used_at, now, limits.ttl_s)]
+        for sid in gone:
+            del self._sessions[sid]
+        return gone
+
+    async def count_sessions(self) -> int:
+        return len(self._sessions)
+
+    # -- result cache -----------------------------------------------------------
+    async def cache_get(self, key: bytes, now: float) -> bytes | None:
+        entry = self._cache.get(key)
+        if entry is None:
+            return None
+        if now >= entry.expires_at:
+            del self._cache[key]
+            return None
+        entry.hits += 1
+        return entry.value
+
+    async def cache_put(self, key: bytes, value: bytes, expires_at: float) -> None:
+        entry = self._cache.get(key)
+        if entry is None:
+            self._cache[key] = _CacheEntry(value, expires_at)
+        else:  # a refreshed result keeps its key's popularity, as the other backends do
+            entry.value, entry.expires_at = value, expires_at
+
+    async def cache_top(self, limit: int, max_bytes: int, now: float) -> list[tuple[bytes, bytes, float]]:
+        live = [(key, e) for key, e in self._cache.items() if now < e.expires_at]
+        live.sort(key=lambda item: item[1].hits, reverse=True)
+        return policy.pick_top(((key, e.value, e.expires_at) for key, e in live), limit, max_bytes)
+
+    async def cache_expire(self, now: float) -> int:
+        gone = [key for key, e in self._cache.items() if now >= e.expires_at]
+        for key in gone:
+            del self._cache[key]
+        return len(gone)

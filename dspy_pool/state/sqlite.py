@@ -1,0 +1,452 @@
+"""The embedded default: one SQLite file, WAL, every call on one dedicated thread.
+
+    coroutine ──run_in_executor──> the store's one thread ──> sqlite3 connection ──> state.db (+ -wal)
+
+The connection lives on a single-thread executor and is only ever touched
+there, so the event loop never waits on disk and calls never interleave
+inside the connection: each method is one function run on that thread, and
+each one that changes state is one transaction committed before its
+coroutine returns (DESIGN.md hard rule 11). BEGIN IMMEDIATE takes the write
+lock up front, so a read-modify-write (the next version number, the session
+cap) cannot be raced by another process sharing the file either.
+
+The schema is versioned: `meta.schema_version`, and MIGRATIONS[n] takes a
+file from version n to n+1 inside the same transaction that records it.
+A file from a newer dspy-pool, a file that is not a SQLite database, a
+corrupt one, or a database that holds someone else's tables raise StateError
+naming the path; the file is left exactly as it was.
+
+A caller that stops waiting (its RPC was cancelled) does not stop the
+operation: it is already queued for the thread and runs to its commit or
+rollback, so the file never holds half of one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import sqlite3
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
+
+from dspy_pool.state import policy
+from dspy_pool.state.base import (
+    SCHEMA_VERSION, AddedProgram, AppendResult, NewProgram, ProgramRecord, SessionLimits, SessionRecord, StateError,
+    StateStore, StateUnavailable, TurnRecord,
+)
+
+T = TypeVar("T")
+
+BUSY_TIMEOUT_S = 5.0  # another process holding the write lock: wait this long, then StateUnavailable
+
+# -- schema ----------------------------------------------------------------------------------------------------------
+
+_V1 = (
+    "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID",
+    # program_revision, and sessions: a count kept by triggers so the cap check never scans the table.
+    "CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID",
+    "INSERT INTO counters (name, value) VALUES ('program_revision', 0), ('sessions', 0)",
+    # The highest version ever given to a name; it outlives the versions, so numbers are never reused.
+    "CREATE TABLE program_names (name TEXT PRIMARY KEY, last_version INTEGER NOT NULL) WITHOUT ROWID",
+    """CREATE TABLE programs (
+        name TEXT NOT NULL, version INTEGER NOT NULL, spec BLOB NOT NULL, content_hash TEXT NOT NULL,
+        input_names TEXT NOT NULL, output_names TEXT NOT NULL, takes_history INTEGER NOT NULL,
+        created_at REAL NOT NULL, PRIMARY KEY (name, version))""",
+    """CREATE TABLE sessions (
+        id TEXT PRIMARY KEY, created_at REAL NOT NULL, last_used_at REAL NOT NULL, next_seq INTEGER NOT NULL
+    ) WITHOUT ROWID""",
+    "CREATE INDEX sessions_lru ON sessions (last_used_at)",
+    """CREATE TABLE turns (
+        session_id TEXT NOT NULL REFERENCES sessions (id) ON DELETE CASCADE, seq INTEGER NOT NULL,
+        program TEXT NOT NULL, inputs_json TEXT NOT NULL, outputs_json TEXT NOT NULL,
+        PRIMARY KEY (session_id, seq)) WITHOUT ROWID""",
+    """CREATE TRIGGER sessions_counted AFTER INSERT ON sessions
+        BEGIN UPDATE counters SET value = value + 1 WHERE name = 'sessions'; END""",
+    """CREATE TRIGGER sessions_uncounted AFTER DELETE ON sessions
+        BEGIN UPDATE counters SET value = value - 1 WHERE name = 'sessions'; END""",
+    """CREATE TABLE cache (
+        key BLOB PRIMARY KEY, value BLOB NOT NULL, expires_at REAL NOT NULL, hits INTEGER NOT NULL DEFAULT 0,
+        bytes INTEGER NOT NULL)""",
+    "CREATE INDEX cache_expiry ON cache (expires_at)",
+)
+
+
+def _create_v1(conn: sqlite3.Connection) -> None:
+    # Statement by statement: executescript() would COMMIT first and break the migration's transaction.
+    for statement in _V1:
+        conn.execute(statement)
+
+
+# MIGRATIONS[n] takes schema version n to n + 1; version 0 is an empty file.
+MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_create_v1,)
+assert len(MIGRATIONS) == SCHEMA_VERSION, "every schema version needs its migration"
+
+
+@contextlib.contextmanager
+def _transaction(conn: sqlite3.Connection, mode: str = "IMMEDIATE") -> Iterator[None]:
+    """One transaction: committed when the block ends, rolled back when it raises."""
+    conn.execute(f"BEGIN {mode}")
+    try:
+        yield
+        conn.execute("COMMIT")  # inside the try: a COMMIT that fails (busy, disk full) must not leave it open
+    except BaseException:
+        if conn.in_transaction:  # some errors (disk full) have rolled back already
+            conn.execute("ROLLBACK")
+        raise
+
+
+# -- opening -----------------------------------------------------------------------------------------------------------
+
+def _stored_version(conn: sqlite3.Connection, path: str) -> int:
+    """The file's schema version; 0 for an empty database. Reading sqlite_master also proves it is a database."""
+    tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+    if "meta" in tables:
+        row = conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone()
+        if row is not None and str(row[0]).isdigit():
+            return int(row[0])
+    elif not {t for t in tables if not t.startswith("sqlite_")}:
+        return 0
+    raise StateError(f"{path}: a SQLite database but not a dspy-pool state file (no schema version); "
+                     "it was left as it is: point --state-dir elsewhere")
+
+
+def _refuse_newer(version: int, path: str) -> None:
+    if version > SCHEMA_VERSION:
+        raise StateError(f"{path}: written by a newer dspy-pool (schema version {version}; this one reads up to "
+                         f"{SCHEMA_VERSION}); it was left as it is: upgrade dspy-pool or point --state-dir elsewhere")
+
+
+def _quick_check(conn: sqlite3.Connection, path: str) -> None:
+    problems = [row[0] for row in conn.execute("PRAGMA quick_check(5)")]
+    if problems != ["ok"]:
+        raise StateError(f"{path}: the database is corrupt ({'; '.join(problems)}); it was left as it is")
+
+
+def _configure(conn: sqlite3.Connection) -> None:
+    conn.execute("PRAGMA journal_mode = WAL")
+    # WAL + NORMAL syncs only at checkpoints, not at each commit. A commit is in the WAL file (the OS's page cache)
+    # when COMMIT returns, so it survives the process being killed (tests/integration/test_state_sqlite.py kills
+    # one); only an OS crash or power loss can lose the last commits, never corrupt the file.
+    conn.execute("PRAGMA synchronous = NORMAL")
+    conn.execute("PRAGMA foreign_keys = ON")  # turns go with their session (ON DELETE CASCADE)
+
+
+def _migrate(conn: sqlite3.Connection, path: str) -> None:
+    # Read again under the write lock: another process may have created or migrated the file meanwhile.
+    with _transaction(conn):
+        version = _stored_version(conn, path)
+        _refuse_newer(version, path)
+        for step in range(version, SCHEMA_VERSION):
+            MIGRATIONS[step](conn)
+        if version != SCHEMA_VERSION:
+            conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)",
+                         (str(SCHEMA_VERSION),))
+
+
+def _connect(path: str, busy_timeout_s: float) -> sqlite3.Connection:
+    """Open, check and migrate; nothing is written to a file that fails a check."""
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+    except OSError as exc:
+        raise StateError(f"{path}: cannot create its folder: {exc}") from exc
+    try:
+        conn = sqlite3.connect(path, isolation_level=None)  # autocommit: transactions are explicit
+    except sqlite3.Error as exc:
+        raise StateError(f"{path}: cannot open: {exc}") from exc
+    try:
+        conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
+        # Read-only checks first: journal_mode = WAL would write to the file's header.
+        _refuse_newer(_stored_version(conn, path), path)
+        _quick_check(conn, path)
+        _configure(conn)
+        _migrate(conn, path)
+    except sqlite3.OperationalError as exc:  # locked by another process past busy_timeout, no permission
+        conn.close()
+        raise StateError(f"{path}: cannot be opened ({exc}); it was left as it is") from exc
+    except sqlite3.DatabaseError as exc:  # not a database at all, or damaged beyond reading its schema
+        conn.close()
+        raise StateError(f"{path}: not a readable SQLite database ({exc}); it was left as it is") from exc
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+# -- programs ----------------------------------------------------------------------------------------------------------
+
+_PROGRAM_COLUMNS = "name, version, spec, content_hash, input_names, output_names, takes_history, created_at"
+
+
+def _program(row: tuple) -> ProgramRecord:
+    name, version, spec, content_hash, inputs, outputs, takes_history, created_at = row
+    return ProgramRecord(name, version, bytes(spec), content_hash, tuple(json.loads(inputs)),
+                         tuple(json.loads(outputs)), bool(takes_history), created_at)
+
+
+def _bump_revision(conn: sqlite3.Connection) -> None:
+    conn.execute("UPDATE counters SET value = value + 1 WHERE name = 'program_revision'")
+
+
+def _add_program(conn: sqlite3.Connection, program: NewProgram, max_programs: int) -> AddedProgram:
+    with _transaction(conn):
+        latest = conn.execute(f"SELECT {_PROGRAM_COLUMNS} FROM programs WHERE name = ? ORDER BY version DESC LIMIT 1",
+                              (program.name,)).fetchone()
+        if latest is not None and latest[3] == program.content_hash:
+            return AddedProgram(_program(latest), created=False)
+        (stored,) = conn.execute("SELECT count(*) FROM programs").fetchone()
+        if stored >= max_programs:
+            raise policy.programs_full(max_programs)
+        row = conn.execute("SELECT last_version FROM program_names WHERE name = ?", (program.name,)).fetchone()
+        version = (row[0] if row else 0) + 1
+        conn.execute("INSERT INTO program_names (name, last_version) VALUES (?, ?) "
+                     "ON CONFLICT (name) DO UPDATE SET last_version = excluded.last_version", (program.name, version))
+        record = ProgramRecord(program.name, version, program.spec, program.content_hash, tuple(program.input_names),
+                               tuple(program.output_names), program.takes_history, program.created_at)
+        conn.execute(f"INSERT INTO programs ({_PROGRAM_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", (
+            record.name, record.version, record.spec, record.content_hash, json.dumps(record.input_names),
+            json.dumps(record.output_names), int(record.takes_history), record.created_at))
+        _bump_revision(conn)
+    return AddedProgram(record, created=True)
+
+
+def _delete_programs(conn: sqlite3.Connection, name: str, version: int) -> list[int]:
+    where, args = ("name = ?", (name,)) if version == 0 else ("name = ? AND version = ?", (name, version))
+    with _transaction(conn):
+        deleted = sorted(v for (v,) in conn.execute(f"DELETE FROM programs WHERE {where} RETURNING version", args))
+        if deleted:
+            _bump_revision(conn)
+    return deleted
+
+
+def _list_programs(conn: sqlite3.Connection) -> list[ProgramRecord]:
+    return [_program(row) for row in conn.execute(f"SELECT {_PROGRAM_COLUMNS} FROM programs ORDER BY name, version")]
+
+
+def _program_revision(conn: sqlite3.Connection) -> int:
+    return conn.execute("SELECT value FROM counters WHERE name = 'program_revision'").fetchone()[0]
+
+
+# -- sessions ----------------------------------------------------------------------------------------------------------
+
+def _turns(conn: sqlite3.Connection, session_id: str) -> tuple[TurnRecord, ...]:
+    rows = conn.execute("SELECT program, inputs_json, outputs_json FROM turns WHERE session_id = ? ORDER BY seq",
+                        (session_id,)).fetchall()
+    return tuple(TurnRecord(*row) for row in rows)
+
+
+def _get_session(conn: sqlite3.Connection, session_id: str, now: float, limits: SessionLimits) -> SessionRecord | None:
+    with _transaction(conn, "DEFERRED"):  # one snapshot for the session and its turns
+        row = conn.execute("SELECT created_at, last_used_at FROM sessions WHERE id = ?", (session_id,)).fetchone()
+        if row is None:
+            return None
+        if not policy.is_expired(row[1], now, limits.ttl_s):
+            return SessionRecord(session_id, row[0], row[1], _turns(conn, session_id))
+    # Only if it is still expired: another process may have used it since the snapshot.
+    conn.execute("DELETE FROM sessions WHERE id = ? AND ? - last_used_at > ?", (session_id, now, limits.ttl_s))
+    return None
+
+
+def _open(conn: sqlite3.Connection, session_id: str, now: float,
+          limits: SessionLimits) -> tuple[float, int, bool, tuple[str, ...]]:
+    """In a write transaction: the live session, or a new one made room for: (created_at, next_seq, started, evicted).
+
+    A live session is not touched here: the caller's one UPDATE does that with whatever else it changes.
+    """
+    row = conn.execute("SELECT created_at, last_used_at, next_seq FROM sessions WHERE id = ?", (session_id,)).fetchone()
+    if row is not None and not policy.is_expired(row[1], now, limits.ttl_s):
+        return row[0], row[2], False, ()
+    if row is not None:
+        conn.execute("DELETE FROM sessions WHERE id = ?", (session_id,))
+    evicted = _make_room(conn, now, limits)
+    conn.execute("INSERT INTO sessions (id, created_at, last_used_at, next_seq) VALUES (?, ?, ?, 1)",
+                 (session_id, now, now))
+    return now, 1, True, evicted
+
+
+def _make_room(conn: sqlite3.Connection, now: float, limits: SessionLimits) -> tuple[str, ...]:
+    (count,) = conn.execute("SELECT value FROM counters WHERE name = 'sessions'").fetchone()
+    if count < limits.max_sessions:  # the common case: no index walk at all
+        return ()
+    lru = conn.execute("SELECT id, last_used_at FROM sessions ORDER BY last_used_at")
+    try:
+        room = policy.make_room(count, lru, now, limits)
+    finally:
+        lru.close()
+    if room.retry_after_ms:
+        raise policy.sessions_full(limits, room)
+    conn.executemany("DELETE FROM sessions WHERE id = ?", [(sid,) for sid in room.expired + room.evicted])
+    return room.evicted
+
+
+def _open_session(conn: sqlite3.Connection, session_id: str, now: float, limits: SessionLimits) -> AppendResult:
+    with _transaction(conn):
+        created_at, _, started, evicted = _open(conn, session_id, now, limits)
+        if not started:
+            conn.execute("UPDATE sessions SET last_used_at = ? WHERE id = ?", (now, session_id))
+        turns = () if started else _turns(conn, session_id)
+    return AppendResult(SessionRecord(session_id, created_at, now, turns), started, evicted)
+
+
+def _append_turn(conn: sqlite3.Connection, session_id: str, turn: TurnRecord, now: float,
+                 limits: SessionLimits) -> AppendResult:
+    with _transaction(conn):
+        created_at, seq, started, evicted = _open(conn, session_id, now, limits)
+        conn.execute("INSERT INTO turns (session_id, seq, program, inputs_json, outputs_json) VALUES (?, ?, ?, ?, ?)",
+                     (session_id, seq, turn.program, turn.inputs_json, turn.outputs_json))
+        conn.execute("DELETE FROM turns WHERE session_id = ? AND seq < ?",
+                     (session_id, policy.trim_from(seq + 1, limits.max_turns)))
+        conn.execute("UPDATE sessions SET last_used_at = ?, next_seq = ? WHERE id = ?", (now, seq + 1, session_id))
+        turns = _turns(conn, session_id)
+    return AppendResult(SessionRecord(session_id, created_at, now, turns), started, evicted)
+
+
+def _delete_session(conn: sqlite3.Connection, session_id: str) -> SessionRecord | None:
+    with _transaction(conn):
+        row = conn.execute("SELECT created_at, last_used_at FROM sessions WHERE id = ?", (session_id,)).fetchone()
+        if row is None:
+            return None
+        turns = _turns(conn, session_id)
+        conn.execute("DELETE FROM sessions WHERE id = ?", (session_id,))
+    return SessionRecord(session_id, row[0], row[1], turns)
+
+
+def _expire_sessions(conn: sqlite3.Connection, now: float, limits: SessionLimits) -> list[str]:
+    # The first bound (with a second of slack for rounding) lets the LRU index narrow the scan;
+    # the second is policy.is_expired exactly.
+    with _transaction(conn):
+        rows = conn.execute("DELETE FROM sessions WHERE last_used_at < ? + 1.0 AND ? - last_used_at > ? RETURNING id",
+                            (now - limits.ttl_s, now, limits.ttl_s)).fetchall()
+    return [sid for (sid,) in rows]
+
+
+def _count_sessions(conn: sqlite3.Connection) -> int:
+    return conn.execute("SELECT value FROM counters WHERE name = 'sessions'").fetchone()[0]
+
+
+# -- result cache ------------------------------------------------------------------------------------------------------
+
+def _cache_get(conn: sqlite3.Connection, key: bytes, now: float) -> bytes | None:
+    # fetchall() runs the statement to its end, which is when autocommit commits the hit count.
+    rows = conn.execute("UPDATE cache SET hits = hits + 1 WHERE key = ? AND expires_at > ? RETURNING value",
+                        (key, now)).fetchall()
+    return bytes(rows[0][0]) if rows else None
+
+
+def _cache_put(conn: sqlite3.Connection, key: bytes, value: bytes, expires_at: float) -> None:
+    conn.execute("INSERT INTO cache (key, value, expires_at, hits, bytes) VALUES (?, ?, ?, 0, ?) "
+                 "ON CONFLICT (key) DO UPDATE SET value = excluded.value, expires_at = excluded.expires_at, "
+                 "bytes = excluded.bytes", (key, value, expires_at, policy.entry_bytes(key, value)))
+
+
+def _cache_top(conn: sqlite3.Connection, limit: int, max_bytes: int, now: float) -> list[tuple[bytes, bytes, float]]:
+    rows = conn.execute("SELECT key, value, expires_at FROM cache WHERE expires_at > ? ORDER BY hits DESC", (now,))
+    try:
+        return [(bytes(k), bytes(v), e) for k, v, e in policy.pick_top(rows, limit, max_bytes)]
+    finally:
+        rows.close()
+
+
+def _cache_expire(conn: sqlite3.Connection, now: float) -> int:
+    return conn.execute("DELETE FROM cache WHERE expires_at <= ?", (now,)).rowcount
+
+
+# -- the store ---------------------------------------------------------------------------------------------------------
+
+class SQLiteStore(StateStore):
+    durable = True
+
+    def __init__(self, path: str, busy_timeout_s: float = BUSY_TIMEOUT_S) -> None:
+        self.path = os.path.abspath(path)
+        self.busy_timeout_s = busy_timeout_s
+        self.description = f"sqlite://{self.path}"
+        self._executor: ThreadPoolExecutor | None = None
+        self._conn: sqlite3.Connection | None = None  # touched only on the executor's thread
+
+    async def open(self) -> None:
+        if self._executor is not None:
+            return
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dspy-pool-sqlite")
+        try:
+            loop = asyncio.get_running_loop()
+            self._conn = await loop.run_in_executor(executor, _connect, self.path, self.busy_timeout_s)
+        except BaseException:
+            executor.shutdown(wait=False)
+            raise
+        self._executor = executor
+
+    async def close(self) -> None:
+        executor, self._executor = self._executor, None
+        if executor is None:
+            return
+        try:
+            # Queued behind any call still in flight, which finishes (and commits) first.
+            await asyncio.get_running_loop().run_in_executor(executor, self._disconnect)
+        finally:
+            executor.shutdown(wait=False)
+
+    def _disconnect(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            conn.close()
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        if self._executor is None:
+            raise StateError(f"{self.description}: the store is not open")
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self._call, fn, args)
+
+    def _call(self, fn: Callable[..., T], args: tuple) -> T:
+        """On the store's thread: run one operation, its SQLite errors turned into the state errors callers handle."""
+        conn = self._conn
+        if conn is None:
+            raise StateError(f"{self.description}: the store is closed")
+        try:
+            return fn(conn, *args)
+        except sqlite3.OperationalError as exc:  # locked past busy_timeout, disk full, I/O error: may pass
+            raise StateUnavailable(f"{self.description}: {exc}") from exc
+        except sqlite3.DatabaseError as exc:  # corrupt, or a constraint we broke: will not pass by retrying
+            raise StateError(f"{self.description}: {exc}") from exc
+
+    async def add_program(self, program: NewProgram, max_programs: int) -> AddedProgram:
+        return await self._run(_add_program, program, max_programs)
+
+    async def delete_programs(self, name: str, version: int = 0) -> list[int]:
+        return await self._run(_delete_programs, name, version)
+
+    async def list_programs(self) -> list[ProgramRecord]:
+        return await self._run(_list_programs)
+
+    async def program_revision(self) -> int:
+        return await self._run(_program_revision)
+
+    async def get_session(self, session_id: str, now: float, limits: SessionLimits) -> SessionRecord | None:
+        return await self._run(_get_session, session_id, now, limits)
+
+    async def open_session(self, session_id: str, now: float, limits: SessionLimits) -> AppendResult:
+        return await self._run(_open_session, session_id, now, limits)
+
+    async def append_turn(self, session_id: str, turn: TurnRecord, now: float, limits: SessionLimits) -> AppendResult:
+        return await self._run(_append_turn, session_id, turn, now, limits)
+
+    async def delete_session(self, session_id: str) -> SessionRecord | None:
+        return await self._run(_delete_session, session_id)
+
+    async def expire_sessions(self, now: float, limits: SessionLimits) -> list[str]:
+        return await self._run(_expire_sessions, now, limits)
+
+    async def count_sessions(self) -> int:
+        return await self._run(_count_sessions)
+
+    async def cache_get(self, key: bytes, now: float) -> bytes | None:
+        return await self._run(_cache_get, key, now)
+
+    async def cache_put(self, key: bytes, value: bytes, expires_at: float) -> None:
+        await self._run(_cache_put, key, value, expires_at)
+
+    async def cache_top(self, limit: int, max_bytes: int, now: float) -> list[tuple[bytes, bytes, float]]:
+        return await self._run(_cache_top, limit, max_bytes, now)
+
+    async def cache_expire(self, now: float) -> int:
+        return await self._run(_cache_expire, now)

@@ -1,0 +1,447 @@
+"""The contract every StateStore backend keeps, written once.
+
+A backend's test module provides a function-scoped, opened `store` fixture
+and imports these: `from .state_contract import *  # noqa: F403`.
+
+Only the StateStore interface is used here, and time is always passed in as
+`now` (no sleeps, no clock reads). Times sit near T0, far in the future, so a
+backend that also sets native expiries from them (Redis PEXPIREAT) never sees
+them fire on its own during a test: the store's comparison with `now` decides.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import hashlib
+import json
+
+import pytest
+
+from dspy_pool.errors import ResourceExhausted
+from dspy_pool.state import NewProgram, SessionLimits, TurnRecord
+
+T0 = 4_000_000_000.0  # the year 2096
+LIMITS = SessionLimits(ttl_s=100.0, max_turns=50, max_sessions=10, protect_s=60.0)
+MAX_PROGRAMS = 100
+
+
+def _program(name: str = "qa", content: str = "v", created_at: float = T0) -> NewProgram:
+    spec = f"{name}:{content}".encode()
+    return NewProgram(name=name, spec=spec, content_hash=hashlib.sha256(spec).hexdigest(), input_names=("question",),
+                      output_names=("answer", "reason"), takes_history=True, created_at=created_at)
+
+
+def _turn(n: int) -> TurnRecord:
+    return TurnRecord("qa", json.dumps({"question": f"q{n}"}), json.dumps({"answer": f"a{n}"}))
+
+
+def _limits(**changes: float) -> SessionLimits:
+    return dataclasses.replace(LIMITS, **changes)
+
+
+# -- programs ----------------------------------------------------------------------------------------------------------
+
+async def test_versions_are_assigned_one_two_three(store):
+    """Each new content of a name gets the next version, starting at 1."""
+    versions = [(await store.add_program(_program(content=c), MAX_PROGRAMS)).record.version for c in "abc"]
+    assert versions == [1, 2, 3]
+
+
+async def test_added_program_is_stored_as_given(store):
+    """A version round-trips every field it was added with."""
+    new = _program(created_at=T0 + 5)
+    added = await store.add_program(new, MAX_PROGRAMS)
+    [listed] = await store.list_programs()
+    assert added.created and listed == added.record
+    assert (listed.name, listed.spec, listed.content_hash) == (new.name, new.spec, new.content_hash)
+    assert (listed.input_names, listed.output_names) == (("question",), ("answer", "reason"))
+    assert listed.takes_history is True and listed.created_at == T0 + 5
+
+
+async def test_identical_content_returns_the_existing_version(store):
+    """Adding the latest version's content again returns that version with created=False."""
+    first = await store.add_program(_program(content="a"), MAX_PROGRAMS)
+    again = await store.add_program(_program(content="a", created_at=T0 + 1), MAX_PROGRAMS)
+    assert again.created is False and again.record == first.record
+    assert len(await store.list_programs()) == 1
+
+
+async def test_content_of_an_older_version_is_a_new_version(store):
+    """Idempotence compares with the latest version only: going back to older content adds a version."""
+    await store.add_program(_program(content="a"), MAX_PROGRAMS)
+    await store.add_program(_program(content="b"), MAX_PROGRAMS)
+    back = await store.add_program(_program(content="a"), MAX_PROGRAMS)
+    assert back.created and back.record.version == 3
+
+
+async def test_versions_are_counted_per_name(store):
+    """Two names each start at version 1."""
+    a = await store.add_program(_program("a"), MAX_PROGRAMS)
+    b = await store.add_program(_program("b"), MAX_PROGRAMS)
+    assert (a.record.version, b.record.version) == (1, 1)
+
+
+async def test_versions_are_never_reused_after_delete(store):
+    """Deleting the latest version, or all of them, never frees a number."""
+    for content in "ab":
+        await store.add_program(_program(content=content), MAX_PROGRAMS)
+    assert await store.delete_programs("qa", 2) == [2]
+    assert (await store.add_program(_program(content="c"), MAX_PROGRAMS)).record.version == 3
+    assert await store.delete_programs("qa") == [1, 3]
+    assert (await store.add_program(_program(content="a"), MAX_PROGRAMS)).record.version == 4
+
+
+async def test_delete_one_version(store):
+    """Deleting one version leaves the others."""
+    for content in "abc":
+        await store.add_program(_program(content=content), MAX_PROGRAMS)
+    assert await store.delete_programs("qa", 2) == [2]
+    assert [p.version for p in await store.list_programs()] == [1, 3]
+
+
+async def test_delete_all_versions(store):
+    """Version 0 deletes every version of the name, and only that name."""
+    for content in "ab":
+        await store.add_program(_program(content=content), MAX_PROGRAMS)
+    await store.add_program(_program("other"), MAX_PROGRAMS)
+    assert await store.delete_programs("qa", 0) == [1, 2]
+    assert [(p.name, p.version) for p in await store.list_programs()] == [("other", 1)]
+
+
+async def test_delete_of_nothing_returns_nothing(store):
+    """Deleting an unknown name or version returns []."""
+    await store.add_program(_program(), MAX_PROGRAMS)
+    assert await store.delete_programs("missing") == []
+    assert await store.delete_programs("qa", 7) == []
+
+
+async def test_list_orders_by_name_then_version(store):
+    """list_programs sorts by name, then version."""
+    for name, content in [("b", "1"), ("a", "1"), ("b", "2"), ("a", "2")]:
+        await store.add_program(_program(name, content), MAX_PROGRAMS)
+    assert [(p.name, p.version) for p in await store.list_programs()] == [("a", 1), ("a", 2), ("b", 1), ("b", 2)]
+
+
+async def test_revision_moves_on_add_and_delete(store):
+    """Every add and every delete increases program_revision."""
+    seen = [await store.program_revision()]
+    await store.add_program(_program(content="a"), MAX_PROGRAMS)
+    seen.append(await store.program_revision())
+    await store.add_program(_program(content="b"), MAX_PROGRAMS)
+    seen.append(await store.program_revision())
+    await store.delete_programs("qa", 1)
+    seen.append(await store.program_revision())
+    await store.delete_programs("qa")
+    seen.append(await store.program_revision())
+    assert seen == sorted(set(seen))
+
+
+async def test_revision_stays_when_nothing_changes(store):
+    """An add that returns the existing version, or a delete of nothing, leaves the revision."""
+    await store.add_program(_program(), MAX_PROGRAMS)
+    before = await store.program_revision()
+    await store.add_program(_program(), MAX_PROGRAMS)
+    await store.delete_programs("missing")
+    assert await store.program_revision() == before
+
+
+async def test_max_programs_refuses_a_new_version(store):
+    """At max_programs versions in all, adding another raises ResourceExhausted and stores nothing."""
+    await store.add_program(_program("a"), 2)
+    await store.add_program(_program("b"), 2)
+    with pytest.raises(ResourceExhausted):
+        await store.add_program(_program("c"), 2)
+    assert [p.name for p in await store.list_programs()] == ["a", "b"]
+
+
+async def test_max_programs_still_returns_the_existing_version(store):
+    """At the bound, re-adding the latest content is not refused: nothing new is stored."""
+    await store.add_program(_program("a"), 1)
+    again = await store.add_program(_program("a"), 1)
+    assert again.created is False
+
+
+async def test_max_programs_counts_after_delete(store):
+    """A deleted version frees its place under max_programs."""
+    await store.add_program(_program("a"), 1)
+    await store.delete_programs("a")
+    assert (await store.add_program(_program("b"), 1)).created
+
+
+# -- sessions ----------------------------------------------------------------------------------------------------------
+
+async def test_unknown_session_is_none(store):
+    """A session id never used has no session."""
+    assert await store.get_session("nobody", T0, LIMITS) is None
+
+
+async def test_first_append_starts_the_session(store):
+    """The first append creates the session (started=True) holding that turn."""
+    result = await store.append_turn("s1", _turn(1), T0, LIMITS)
+    assert result.started and result.evicted == ()
+    assert result.session.session_id == "s1"
+    assert (result.session.created_at, result.session.last_used_at) == (T0, T0)
+    assert result.session.turns == (_turn(1),)
+
+
+async def test_later_appends_continue_the_session(store):
+    """Appending to a live session keeps earlier turns, in order, with started=False."""
+    await store.append_turn("s1", _turn(1), T0, LIMITS)
+    result = await store.append_turn("s1", _turn(2), T0 + 1, LIMITS)
+    assert not result.started
+    assert result.session.turns == (_turn(1), _turn(2))
+    assert await store.get_session("s1", T0 + 1, LIMITS) == result.session
+
+
+async def test_append_trims_to_max_turns(store):
+    """Only the last max_turns turns are kept, oldest dropped first."""
+    limits = _limits(max_turns=3)
+    for n in range(5):
+        result = await store.append_turn("s1", _turn(n), T0 + n, limits)
+    assert result.session.turns == (_turn(2), _turn(3), _turn(4))
+    assert (await store.get_session("s1", T0 + 5, limits)).turns == result.session.turns
+
+
+async def test_append_touches_the_session(store):
+    """An append sets last_used_at to its `now` and keeps created_at."""
+    await store.append_turn("s1", _turn(1), T0, LIMITS)
+    result = await store.append_turn("s1", _turn(2), T0 + 40, LIMITS)
+    assert (result.session.created_at, result.session.last_used_at) == (T0, T0 + 40)
+
+
+async def test_get_does_not_touch_the_session(store):
+    """Reading a session leaves last_used_at, so reads alone do not keep it alive."""
+    await store.append_turn("s1", _turn(1), T0, LIMITS)
+    assert (await store.get_session("s1", T0 + 90, LIMITS)).last_used_at == T0
+    assert await store.get_session("s1", T0 + 101, LIMITS) is None
+
+
+async def test_open_session_starts_an_empty_session(store):
+    """open_session on a new id creates it with no turns (started=True)."""
+    result = await store.open_session("s1", T0, LIMITS)
+    assert result.started and result.session.turns == ()
+    assert await store.count_sessions() == 1
+    assert (await store.get_session("s1", T0, LIMITS)).turns == ()
+
+
+async def test_open_session_touches_and_returns_the_history(store):
+    """open_session on a live session touches it and returns its turns (started=False)."""
+    await store.append_turn("s1", _turn(1), T0, LIMITS)
+    result = await store.open_session("s1", T0 + 30, LIMITS)
+    assert not result.started
+    assert result.session.turns == (_turn(1),) and result.session.last_used_at == T0 + 30
+    assert (await store.get_session("s1", T0 + 30, LIMITS)).last_used_at == T0 + 30
+
+
+async def test_session_idle_exactly_its_ttl_is_live(store):
+    """Idle for exactly ttl_s is still live; a moment longer is expired."""
+    await store.append_turn("s1", _turn(1), T0, LIMITS)
+    assert await store.get_session("s1", T0 + 100, LIMITS) is not None
+    assert await store.get_session("s1", T0 + 100.5, LIMITS) is None
+
+
+async def test_get_deletes_an_expired_session(store):
+    """Reading an expired session returns None and deletes it."""
+    await store.append_turn("s1", _turn(1), T0, LIMITS)
+    assert await store.get_session("s1", T0 + 101, LIMITS) is None
+    assert await store.count_sessions() == 0
+    assert await store.delete_session("s1") is None
+
+
+async def test_append_to_an_expired_session_starts_afresh(store):
+    """An append to an expired session starts a new one without the old turns."""
+    await store.append_turn("s1", _turn(1), T0, LIMITS)
+    result = await store.append_turn("s1", _turn(2), T0 + 101, LIMITS)
+    assert result.started and result.session.created_at == T0 + 101
+    assert result.session.turns == (_turn(2),)
+
+
+async def test_expire_sessions_deletes_the_idle_ones(store):
+    """expire_sessions deletes exactly the sessions idle past the TTL and returns their ids."""
+    await store.append_turn("old", _turn(1), T0, LIMITS)
+    await store.append_turn("older", _turn(1), T0 - 10, LIMITS)
+    await store.append_turn("fresh", _turn(1), T0 + 50, LIMITS)
+    assert sorted(await store.expire_sessions(T0 + 120, LIMITS)) == ["old", "older"]
+    assert await store.count_sessions() == 1
+    assert await store.get_session("fresh", T0 + 120, LIMITS) is not None
+    assert await store.expire_sessions(T0 + 120, LIMITS) == []
+
+
+async def test_count_sessions(store):
+    """count_sessions counts stored sessions, created and deleted."""
+    for sid in ("a", "b", "c"):
+        await store.open_session(sid, T0, LIMITS)
+    await store.delete_session("b")
+    assert await store.count_sessions() == 2
+
+
+async def test_cap_evicts_the_least_recently_used_idle_session(store):
+    """At max_sessions, a new session pushes out the least recently used one idle at least protect_s."""
+    limits = _limits(max_sessions=2)
+    await store.append_turn("a", _turn(1), T0, limits)
+    await store.append_turn("b", _turn(1), T0 + 1, limits)
+    await store.append_turn("a", _turn(2), T0 + 2, limits)  # now b is the least recently used
+    result = await store.append_turn("c", _turn(1), T0 + 70, limits)
+    assert result.started and result.evicted == ("b",)
+    assert await store.get_session("b", T0 + 70, limits) is None
+    assert await store.get_session("a", T0 + 70, limits) is not None
+    assert await store.count_sessions() == 2
+
+
+async def test_cap_removes_expired_sessions_before_evicting(store):
+    """At max_sessions, an expired session makes room first and is not reported as evicted."""
+    limits = _limits(max_sessions=2)
+    await store.append_turn("old", _turn(1), T0, limits)
+    await store.append_turn("idle", _turn(1), T0 + 50, limits)
+    result = await store.append_turn("new", _turn(1), T0 + 120, limits)
+    assert result.started and result.evicted == ()
+    assert await store.get_session("idle", T0 + 120, limits) is not None
+    assert await store.get_session("old", T0 + 120, limits) is None
+
+
+async def test_cap_refuses_when_every_session_is_active(store):
+    """At max_sessions with every session used within protect_s: ResourceExhausted, a retry hint, nothing changed."""
+    limits = _limits(max_sessions=2)
+    await store.append_turn("a", _turn(1), T0, limits)
+    await store.append_turn("b", _turn(1), T0 + 10, limits)
+    with pytest.raises(ResourceExhausted) as refused:
+        await store.append_turn("c", _turn(1), T0 + 30, limits)
+    assert refused.value.metadata["retry_after_ms"] == "30000"  # a becomes evictable at T0 + 60
+    assert await store.count_sessions() == 2
+    assert await store.get_session("c", T0 + 30, limits) is None
+    assert (await store.get_session("a", T0 + 30, limits)).turns == (_turn(1),)
+
+
+async def test_open_session_at_the_cap_is_refused_too(store):
+    """open_session applies the same cap, before any call runs."""
+    limits = _limits(max_sessions=1)
+    await store.open_session("a", T0, limits)
+    with pytest.raises(ResourceExhausted) as refused:
+        await store.open_session("b", T0 + 1, limits)
+    assert int(refused.value.metadata["retry_after_ms"]) == 59_000
+
+
+async def test_open_session_at_the_cap_evicts_an_idle_session(store):
+    """open_session evicts an idle session at the cap and reports it."""
+    limits = _limits(max_sessions=1)
+    await store.open_session("a", T0, limits)
+    result = await store.open_session("b", T0 + 60, limits)
+    assert result.started and result.evicted == ("a",)
+
+
+async def test_cap_does_not_stop_a_live_session(store):
+    """A session already open keeps working at the cap: only creating one is refused."""
+    limits = _limits(max_sessions=1)
+    await store.append_turn("a", _turn(1), T0, limits)
+    result = await store.append_turn("a", _turn(2), T0 + 1, limits)
+    assert not result.started and len(result.session.turns) == 2
+
+
+async def test_delete_session_returns_what_it_held(store):
+    """delete_session removes the session and returns it with its turns."""
+    await store.append_turn("s1", _turn(1), T0, LIMITS)
+    await store.append_turn("s1", _turn(2), T0 + 1, LIMITS)
+    gone = await store.delete_session("s1")
+    assert (gone.session_id, gone.created_at, gone.last_used_at) == ("s1", T0, T0 + 1)
+    assert gone.turns == (_turn(1), _turn(2))
+    assert await store.get_session("s1", T0 + 1, LIMITS) is None
+    assert await store.count_sessions() == 0
+
+
+async def test_delete_unknown_session_is_none(store):
+    """Deleting a session that does not exist returns None."""
+    assert await store.delete_session("nobody") is None
+
+
+async def test_a_deleted_session_starts_afresh(store):
+    """An append after delete starts a new session with no old turns."""
+    await store.append_turn("s1", _turn(1), T0, LIMITS)
+    await store.delete_session("s1")
+    result = await store.append_turn("s1", _turn(2), T0 + 1, LIMITS)
+    assert result.started and result.session.turns == (_turn(2),)
+
+
+async def test_concurrent_appends_to_one_session_keep_every_turn(store):
+    """50 appends to one session at once all land (max_turns >= 50), exactly one of them starting it."""
+    results = await asyncio.gather(*(store.append_turn("s1", _turn(n), T0 + n / 1000, LIMITS) for n in range(50)))
+    assert sum(r.started for r in results) == 1
+    session = await store.get_session("s1", T0 + 1, LIMITS)
+    assert sorted(t.inputs_json for t in session.turns) == sorted(_turn(n).inputs_json for n in range(50))
+
+
+# -- result cache ------------------------------------------------------------------------------------------------------
+
+async def test_cache_miss_is_none(store):
+    """A key never put is a miss."""
+    assert await store.cache_get(b"k" * 32, T0) is None
+
+
+async def test_cache_returns_what_was_put(store):
+    """A value put is returned until its expiry."""
+    await store.cache_put(b"k1", b"v1", T0 + 10)
+    assert await store.cache_get(b"k1", T0) == b"v1"
+    assert await store.cache_get(b"k1", T0 + 9.5) == b"v1"
+
+
+async def test_cache_put_replaces(store):
+    """Putting a key again replaces its value and expiry."""
+    await store.cache_put(b"k1", b"old", T0 + 10)
+    await store.cache_put(b"k1", b"new", T0 + 20)
+    assert await store.cache_get(b"k1", T0 + 15) == b"new"
+
+
+async def test_cache_entry_expires_at_its_expiry(store):
+    """At expires_at the entry is a miss."""
+    await store.cache_put(b"k1", b"v1", T0 + 10)
+    assert await store.cache_get(b"k1", T0 + 10) is None
+
+
+async def test_cache_expire_keeps_live_entries(store):
+    """cache_expire removes no live entry, and an expired one stays a miss."""
+    await store.cache_put(b"old", b"v", T0 + 1)
+    await store.cache_put(b"live", b"v", T0 + 100)
+    await store.cache_expire(T0 + 50)
+    assert await store.cache_get(b"old", T0 + 50) is None
+    assert await store.cache_get(b"live", T0 + 50) == b"v"
+
+
+async def _put_with_hits(store, hits: dict[bytes, int], value_size: int = 8, expires_at: float = T0 + 100) -> None:
+    for key, count in hits.items():
+        await store.cache_put(key, b"v" * value_size, expires_at)
+        for _ in range(count):
+            assert await store.cache_get(key, T0) is not None
+
+
+async def test_cache_top_orders_by_hits(store):
+    """cache_top returns live entries most-hit first, with their values and expiries."""
+    await _put_with_hits(store, {b"one": 1, b"three": 3, b"two": 2, b"none": 0})
+    top = await store.cache_top(10, 10_000, T0)
+    assert [key for key, _, _ in top] == [b"three", b"two", b"one", b"none"]
+    assert top[0] == (b"three", b"v" * 8, T0 + 100)
+
+
+async def test_cache_top_respects_the_limit(store):
+    """cache_top returns at most `limit` entries, the most hit."""
+    await _put_with_hits(store, {b"one": 1, b"three": 3, b"two": 2})
+    assert [key for key, _, _ in await store.cache_top(2, 10_000, T0)] == [b"three", b"two"]
+
+
+async def test_cache_top_respects_the_byte_bound(store):
+    """Entries cost len(key) + len(value); one that does not fit is skipped and smaller ones after it still come."""
+    await store.cache_put(b"aa", b"x" * 8, T0 + 100)  # 10 bytes
+    await store.cache_put(b"bb", b"x" * 98, T0 + 100)  # 100 bytes
+    await store.cache_put(b"cc", b"x" * 8, T0 + 100)  # 10 bytes
+    for key, hits in [(b"aa", 3), (b"bb", 2), (b"cc", 1)]:
+        for _ in range(hits):
+            await store.cache_get(key, T0)
+    top = await store.cache_top(10, 20, T0)
+    assert [key for key, _, _ in top] == [b"aa", b"cc"]
+    assert sum(len(k) + len(v) for k, v, _ in top) <= 20
+
+
+async def test_cache_top_leaves_out_expired_entries(store):
+    """Entries past their expiry are never warmed, however popular."""
+    await _put_with_hits(store, {b"popular": 5}, expires_at=T0 + 10)
+    await _put_with_hits(store, {b"quiet": 0})
+    assert [key for key, _, _ in await store.cache_top(10, 10_000, T0 + 20)] == [b"quiet"]

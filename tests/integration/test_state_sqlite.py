@@ -1,0 +1,202 @@
+"""The SQLite backend: the state store contract, plus what only a file can do (reopen, refuse, survive a kill)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sqlite3
+import sys
+import textwrap
+
+import pytest
+
+from dspy_pool.state import SCHEMA_VERSION, StateError, StateUnavailable, make_store
+from dspy_pool.state.sqlite import SQLiteStore
+
+from .state_contract import *  # noqa: F403
+from .state_contract import LIMITS, MAX_PROGRAMS, T0, _program, _turn
+
+
+@pytest.fixture
+async def store(tmp_path):
+    store = SQLiteStore(str(tmp_path / "state.db"))
+    await store.open()
+    yield store
+    await store.close()
+
+
+async def _reopened(path) -> SQLiteStore:
+    store = SQLiteStore(str(path))
+    await store.open()
+    return store
+
+
+def _set_schema_version(path, version: int) -> None:
+    with sqlite3.connect(path) as conn:
+        conn.execute("UPDATE meta SET value = ? WHERE key = 'schema_version'", (str(version),))
+    conn.close()
+
+
+async def test_state_survives_close_and_reopen(tmp_path):
+    """Programs, the revision, version counters, sessions and cache entries are all there after a reopen."""
+    path = tmp_path / "state.db"
+    store = await _reopened(path)
+    await store.add_program(_program(content="a"), MAX_PROGRAMS)
+    await store.add_program(_program(content="b"), MAX_PROGRAMS)
+    await store.delete_programs("qa", 2)
+    await store.append_turn("s1", _turn(1), T0, LIMITS)
+    await store.cache_put(b"k1", b"v1", T0 + 10)
+    revision = await store.program_revision()
+    await store.close()
+
+    store = await _reopened(path)
+    try:
+        assert [(p.name, p.version, p.spec) for p in await store.list_programs()] == [("qa", 1, b"qa:a")]
+        assert await store.program_revision() == revision
+        assert (await store.add_program(_program(content="c"), MAX_PROGRAMS)).record.version == 3
+        assert (await store.get_session("s1", T0, LIMITS)).turns == (_turn(1),)
+        assert await store.count_sessions() == 1
+        assert await store.cache_get(b"k1", T0) == b"v1"
+    finally:
+        await store.close()
+
+
+async def test_open_creates_the_folder_and_records_the_schema_version(tmp_path):
+    """A missing parent folder is created, and a new file records the current schema version."""
+    path = tmp_path / "a" / "b" / "state.db"
+    store = await _reopened(path)
+    await store.close()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (str(SCHEMA_VERSION),)
+        assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    conn.close()
+
+
+async def test_a_file_from_a_newer_schema_is_refused_and_left_alone(tmp_path):
+    """A file whose schema_version is newer raises StateError naming the path and both versions; it is not changed."""
+    path = tmp_path / "state.db"
+    await (await _reopened(path)).close()
+    _set_schema_version(path, 99)
+    before = path.read_bytes()
+    with pytest.raises(StateError, match="newer") as refused:
+        await _reopened(path)
+    assert str(path) in str(refused.value) and "99" in str(refused.value) and str(SCHEMA_VERSION) in str(refused.value)
+    assert path.read_bytes() == before
+
+
+async def test_a_file_that_is_not_a_database_is_refused_and_left_alone(tmp_path):
+    """Random bytes raise StateError naming the path, and the file is unchanged afterwards."""
+    path = tmp_path / "state.db"
+    garbage = os.urandom(8192)
+    path.write_bytes(garbage)
+    with pytest.raises(StateError) as refused:
+        await _reopened(path)
+    assert str(path) in str(refused.value)
+    assert path.read_bytes() == garbage
+
+
+async def test_a_damaged_database_is_refused_and_left_alone(tmp_path):
+    """A database whose table pages are damaged fails the check at open: StateError naming the path, file unchanged."""
+    path = tmp_path / "state.db"
+    store = await _reopened(path)
+    for n in range(200):  # enough rows to spread the cache table over many pages
+        await store.cache_put(b"k%d" % n, b"v" * 200, T0)
+    await store.close()
+    data = bytearray(path.read_bytes())
+    page_size = int.from_bytes(data[16:18], "big")
+    last_page = len(data) - page_size
+    # Keep the page header and cell pointers, overwrite the cells: the file opens, only quick_check can tell.
+    data[last_page + 200:] = b"\xff" * (page_size - 200)
+    path.write_bytes(bytes(data))
+    with pytest.raises(StateError, match="corrupt") as refused:
+        await _reopened(path)
+    assert str(path) in str(refused.value)
+    assert path.read_bytes() == bytes(data)
+
+
+async def test_someone_elses_database_is_refused_and_left_alone(tmp_path):
+    """A SQLite file with other tables and no dspy-pool schema is refused, not written into."""
+    path = tmp_path / "state.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE invoices (id INTEGER PRIMARY KEY)")
+    conn.close()
+    before = path.read_bytes()
+    with pytest.raises(StateError, match="not a dspy-pool state file") as refused:
+        await _reopened(path)
+    assert str(path) in str(refused.value)
+    assert path.read_bytes() == before
+
+
+_CHILD = textwrap.dedent("""
+    import asyncio, sys
+    from dspy_pool.state import SessionLimits, TurnRecord
+    from dspy_pool.state.sqlite import SQLiteStore
+
+    async def main():
+        store = SQLiteStore(sys.argv[1])
+        await store.open()
+        limits = SessionLimits(ttl_s=100.0, max_turns=10, max_sessions=10, protect_s=60.0)
+        await store.append_turn("s1", TurnRecord("qa", '{"q": 1}', '{"a": 1}'), float(sys.argv[2]), limits)
+        print("committed", flush=True)
+        await asyncio.sleep(120)  # killed long before this
+
+    asyncio.run(main())
+""")
+
+
+async def test_a_committed_append_survives_the_process_being_killed(tmp_path):
+    """A turn whose append returned is in the file after SIGKILL of the process that wrote it."""
+    path = tmp_path / "state.db"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [os.getcwd(), os.environ.get("PYTHONPATH")]))}
+    child = await asyncio.create_subprocess_exec(sys.executable, "-c", _CHILD, str(path), repr(T0),
+                                                 stdout=asyncio.subprocess.PIPE, env=env)
+    try:
+        line = await asyncio.wait_for(child.stdout.readline(), timeout=60)
+        assert line.strip() == b"committed"
+    finally:
+        if child.returncode is None:
+            child.send_signal(signal.SIGKILL)
+        await child.wait()
+    assert child.returncode == -signal.SIGKILL
+
+    store = await _reopened(path)
+    try:
+        session = await store.get_session("s1", T0, LIMITS)
+        assert session is not None and [t.inputs_json for t in session.turns] == ['{"q": 1}']
+    finally:
+        await store.close()
+
+
+async def test_a_lock_held_too_long_is_unavailable(tmp_path):
+    """Another process holding the write lock past busy_timeout makes a call raise StateUnavailable naming the path."""
+    path = tmp_path / "state.db"
+    store = SQLiteStore(str(path), busy_timeout_s=0.05)
+    await store.open()
+    other = sqlite3.connect(path, isolation_level=None)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        with pytest.raises(StateUnavailable) as refused:
+            await store.append_turn("s1", _turn(1), T0, LIMITS)
+        assert str(path) in str(refused.value)
+        other.execute("ROLLBACK")
+        assert (await store.append_turn("s1", _turn(1), T0, LIMITS)).started  # usable again once the lock goes
+    finally:
+        other.close()
+        await store.close()
+
+
+async def test_close_is_idempotent_and_later_calls_fail_cleanly(tmp_path):
+    """close() twice is fine; a call after close raises StateError instead of touching a closed connection."""
+    store = await _reopened(tmp_path / "state.db")
+    await store.close()
+    await store.close()
+    with pytest.raises(StateError, match="not open"):
+        await store.count_sessions()
+
+
+async def test_make_store_puts_the_file_in_the_state_dir(tmp_path):
+    """--state sqlite keeps state.db in --state-dir, and the description names that file."""
+    store = make_store("sqlite", str(tmp_path))
+    assert isinstance(store, SQLiteStore) and store.durable
+    assert store.description == f"sqlite://{tmp_path / 'state.db'}"
