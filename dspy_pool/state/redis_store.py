@@ -1,0 +1,535 @@
+"""The Redis backend: several replicas share one state through redis-py's asyncio client.
+
+    replica A ──┐                                 ┌─ programs    (Lua: version, idempotence, cap, revision)
+    replica B ──┼─ RedisStore ── connection pool ─┼─ sessions    (Lua: create/evict/append/trim/touch/expire)
+    replica C ──┘   (bounded, no blind retries)   └─ cache       (Lua: hit count, PEXPIREAT)
+
+Every change that must be atomic across replicas is one Lua script (EVALSHA via
+`register_script`, reloaded by redis-py when a restarted server has forgotten
+it), so two replicas appending to one session at once both keep their turn and
+two replicas registering one name get distinct versions.
+
+Programs use versioned reads: every add and delete INCRs `program_revision`
+in the same script, and a replica's registry polls `program_revision()` and
+reloads `list_programs()` when it moves; nothing is pushed between replicas.
+
+Key layout, all under the prefix (default ``dspy_pool:``; names and session
+ids are embedded as given, behind a fixed-kind segment, so no two kinds collide):
+
+    schema_version                  string   SCHEMA_VERSION of what wrote this database
+    program_revision                string   INCR on every add and delete
+    programs                        set      "VERSION:NAME" of every stored version
+    program:VERSION:NAME            hash     spec, content_hash, input_names, output_names, takes_history, created_at
+    program_versions:NAME           zset     VERSION scored by itself (the latest is the highest)
+    program_next:NAME               string   INCR per name, never deleted, so versions are never reused
+    sessions                        zset     session id scored by last_used_at (count, LRU, expiry)
+    session_meta:ID                 hash     created_at, last_used_at        (PEXPIRE ttl + grace on every touch)
+    session_turns:ID                list     JSON [program, inputs_json, outputs_json] per turn (same PEXPIRE)
+    cache:KEY                       hash     v (value), e (expires_at)       (PEXPIREAT expires_at)
+    cache_hits                      zset     KEY scored by its hits (cache_top)
+    cache_expiry                    zset     KEY scored by when Redis drops it (prunes the two zsets)
+
+Times are the callers' wall-clock seconds, written as the exact text of the
+float (repr) so they read back unchanged. Whether a session or an entry is
+live is decided against the caller's `now` (state.policy, mirrored in the Lua);
+Redis's own expiries only free memory, a grace period after that, so Redis
+drops expired sessions by itself and `cache_expire` keeps the base default.
+
+Connection failures raise StateUnavailable and are not retried here: a script
+whose reply was lost may have run, and running it again would append a turn
+twice. The pool checks a connection before lending it and reconnects, so the
+first call after Redis comes back works without reopening the store.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import math
+import urllib.parse
+from typing import Any, Awaitable, Callable, TypeVar
+
+import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ReadOnlyError, RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from dspy_pool.errors import ResourceExhausted
+from dspy_pool.state import policy
+from dspy_pool.state.base import (
+    SCHEMA_VERSION, AddedProgram, AppendResult, NewProgram, ProgramRecord, SessionLimits, SessionRecord, StateError,
+    StateStore, StateUnavailable, TurnRecord,
+)
+
+DEFAULT_PREFIX = "dspy_pool:"
+# Redis's own expiries free memory; they must never decide liveness before the callers' clocks do (replicas'
+# clocks differ a little): a session's keys outlive its TTL by this much, and a cache entry whose expiry is
+# already past by Redis's clock (a skewed or fake clock) is kept this long.
+_CLOCK_GRACE_MS = 60_000
+_EXPIRE_BATCH = 500
+_CACHE_SCAN_BATCH = 64
+# Errors that say "Redis is not answering right now" rather than "this request is wrong":
+# a replica promoted mid-failover answers READONLY until the new primary takes over.
+_UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, ReadOnlyError, OSError)
+
+_ADD_PROGRAM = """
+-- KEYS: programs, program_versions:NAME, program_next:NAME, program_revision
+-- ARGV: prefix, name, content_hash, max_programs, spec, input_names, output_names, takes_history, created_at
+local latest = redis.call('ZREVRANGE', KEYS[2], 0, 0)[1]
+if latest then
+  local key = ARGV[1] .. 'program:' .. latest .. ':' .. ARGV[2]
+  if redis.call('HGET', key, 'content_hash') == ARGV[3] then
+    return {0, latest, redis.call('HGETALL', key)}
+  end
+end
+if redis.call('SCARD', KEYS[1]) >= tonumber(ARGV[4]) then
+  return {-1}
+end
+local version = tostring(redis.call('INCR', KEYS[3]))
+redis.call('HSET', ARGV[1] .. 'program:' .. version .. ':' .. ARGV[2], 'spec', ARGV[5], 'content_hash', ARGV[3],
+           'input_names', ARGV[6], 'output_names', ARGV[7], 'takes_history', ARGV[8], 'created_at', ARGV[9])
+redis.call('ZADD', KEYS[2], version, version)
+redis.call('SADD', KEYS[1], version .. ':' .. ARGV[2])
+redis.call('INCR', KEYS[4])
+return {1, version}
+"""
+
+_DELETE_PROGRAMS = """
+-- KEYS: programs, program_versions:NAME, program_revision
+-- ARGV: prefix, name, version ('0': every version)
+local versions = {}
+if ARGV[3] == '0' then
+  versions = redis.call('ZRANGE', KEYS[2], 0, -1)
+elseif redis.call('ZSCORE', KEYS[2], ARGV[3]) then
+  versions = {ARGV[3]}
+end
+for _, v in ipairs(versions) do
+  redis.call('DEL', ARGV[1] .. 'program:' .. v .. ':' .. ARGV[2])
+  redis.call('ZREM', KEYS[2], v)
+  redis.call('SREM', KEYS[1], v .. ':' .. ARGV[2])
+end
+if #versions > 0 then
+  redis.call('INCR', KEYS[3])
+end
+return versions
+"""
+
+# Shared by the session scripts: drop one session's keys and its index entry; a session's turns as one JSON
+# array (each turn is stored as JSON text), one reply to parse instead of one per turn.
+_SESSION_HELPERS = """
+local function drop(prefix, sessions, id)
+  redis.call('DEL', prefix .. 'session_meta:' .. id, prefix .. 'session_turns:' .. id)
+  redis.call('ZREM', sessions, id)
+end
+local function turns_json(key)
+  return '[' .. table.concat(redis.call('LRANGE', key, 0, -1), ',') .. ']'
+end
+"""
+
+_OPEN_SESSION = _SESSION_HELPERS + """
+-- open_session and append_turn. KEYS: sessions, session_meta:ID, session_turns:ID
+-- ARGV: prefix, id, turn, has_turn ('1' appends ARGV[3]), now, ttl_s, max_turns, max_sessions, protect_s, ttl_ms
+local prefix, id, now, ttl = ARGV[1], ARGV[2], tonumber(ARGV[5]), tonumber(ARGV[6])
+local max_turns, cap, protect = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
+local started, evicted = 0, {}
+local last = redis.call('HGET', KEYS[2], 'last_used_at')
+if not last or now - tonumber(last) > ttl then
+  -- Expired, never used, or expired by Redis itself: whatever is left under this id is not this session.
+  drop(prefix, KEYS[1], id)
+  -- state.policy.make_room, step for step: walk the LRU index, decide, and delete only if the answer is yes.
+  local count, doomed, rank = redis.call('ZCARD', KEYS[1]), {}, 0
+  while count >= cap do
+    local oldest = redis.call('ZRANGE', KEYS[1], rank, rank, 'WITHSCORES')
+    if not oldest[1] then
+      return {-1, ARGV[5]}
+    end
+    local used = tonumber(oldest[2])
+    if now - used > ttl or redis.call('EXISTS', prefix .. 'session_meta:' .. oldest[1]) == 0 then
+      doomed[#doomed + 1] = oldest[1]
+    elseif now - used >= protect then
+      doomed[#doomed + 1] = oldest[1]
+      evicted[#evicted + 1] = oldest[1]
+    else
+      return {-1, oldest[2]}
+    end
+    count, rank = count - 1, rank + 1
+  end
+  for _, other in ipairs(doomed) do
+    drop(prefix, KEYS[1], other)
+  end
+  redis.call('HSET', KEYS[2], 'created_at', ARGV[5])
+  started = 1
+end
+if ARGV[4] == '1' then
+  redis.call('RPUSH', KEYS[3], ARGV[3])
+  if max_turns > 0 then
+    redis.call('LTRIM', KEYS[3], -max_turns, -1)
+  else
+    redis.call('DEL', KEYS[3])
+  end
+end
+redis.call('HSET', KEYS[2], 'last_used_at', ARGV[5])
+redis.call('ZADD', KEYS[1], ARGV[5], id)
+-- Redis drops what nobody touches for a TTL by itself; the test of liveness stays the callers' clock.
+redis.call('PEXPIRE', KEYS[2], ARGV[10])
+redis.call('PEXPIRE', KEYS[3], ARGV[10])
+return {started, evicted, redis.call('HGET', KEYS[2], 'created_at'), turns_json(KEYS[3])}
+"""
+
+_GET_SESSION = _SESSION_HELPERS + """
+-- KEYS: sessions, session_meta:ID, session_turns:ID
+-- ARGV: id, now, ttl_s
+local meta = redis.call('HMGET', KEYS[2], 'created_at', 'last_used_at')
+if meta[2] and tonumber(ARGV[2]) - tonumber(meta[2]) <= tonumber(ARGV[3]) then
+  return {meta[1], meta[2], turns_json(KEYS[3])}
+end
+redis.call('DEL', KEYS[2], KEYS[3])
+redis.call('ZREM', KEYS[1], ARGV[1])
+return false
+"""
+
+_EXPIRE_SESSIONS = _SESSION_HELPERS + """
+-- KEYS: sessions
+-- ARGV: prefix, now, ttl_s, batch
+-- Candidates by score with a second of slack for rounding, then state.policy.is_expired exactly; the
+-- index is in last_used_at order, so the first live one ends the sweep.
+local now, ttl, batch = tonumber(ARGV[2]), tonumber(ARGV[3]), tonumber(ARGV[4])
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', string.format('%.17g', now - ttl + 1), 'WITHSCORES',
+                       'LIMIT', 0, batch)
+local expired = {}
+for i = 1, #ids, 2 do
+  if not (now - tonumber(ids[i + 1]) > ttl) then
+    return {0, expired}
+  end
+  drop(ARGV[1], KEYS[1], ids[i])
+  expired[#expired + 1] = ids[i]
+end
+return {#ids == 2 * batch and 1 or 0, expired}
+"""
+
+_CACHE_PUT = """
+-- KEYS: cache:KEY, cache_hits, cache_expiry
+-- ARGV: value, expires_at, KEY, grace_ms
+local t = redis.call('TIME')
+local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local at = math.floor(tonumber(ARGV[2]) * 1000)
+if at <= now_ms then at = now_ms + tonumber(ARGV[4]) end
+local at_text = string.format('%d', at)
+redis.call('HSET', KEYS[1], 'v', ARGV[1], 'e', ARGV[2])
+redis.call('PEXPIREAT', KEYS[1], at_text)
+redis.call('ZADD', KEYS[2], 'NX', 0, ARGV[3])
+redis.call('ZADD', KEYS[3], at_text, ARGV[3])
+-- Redis dropped these entries at their expiry; forget their hit counts too (a few per put keeps both zsets bounded).
+local gone = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', '(' .. string.format('%d', now_ms), 'LIMIT', 0, 100)
+for _, key in ipairs(gone) do
+  redis.call('ZREM', KEYS[2], key)
+  redis.call('ZREM', KEYS[3], key)
+end
+return 1
+"""
+
+_CACHE_GET = """
+-- KEYS: cache:KEY, cache_hits, cache_expiry
+-- ARGV: now, KEY
+local entry = redis.call('HMGET', KEYS[1], 'v', 'e')
+if entry[1] and tonumber(ARGV[1]) < tonumber(entry[2]) then
+  redis.call('ZINCRBY', KEYS[2], 1, ARGV[2])
+  return entry[1]
+end
+redis.call('DEL', KEYS[1])
+redis.call('ZREM', KEYS[2], ARGV[2])
+redis.call('ZREM', KEYS[3], ARGV[2])
+return false
+"""
+
+
+def mask_url(url: str) -> str:
+    """The URL with any password (in the user part or a ?password= query argument) shown as ***."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError:
+        return "<unparsable redis url>"
+    netloc = parts.netloc
+    if "@" in netloc:
+        userinfo, host = netloc.rsplit("@", 1)
+        # "redis://secret@host" is a username to redis-py, but people put passwords there: hide it too.
+        user = userinfo.split(":", 1)[0] if ":" in userinfo else ""
+        netloc = f"{user}:***@{host}" if ":" in userinfo else f"***@{host}"
+    query = "&".join(
+        f"{item.split('=', 1)[0]}=***" if item.split("=", 1)[0].lower() == "password" else item
+        for item in parts.query.split("&")
+    ) if parts.query else ""
+    # Not urlunsplit: it turns unix:///path into unix:/path.
+    return f"{parts.scheme}://{netloc}{parts.path}" + (f"?{query}" if query else "") + (f"#{parts.fragment}" if parts.fragment else "")
+
+
+_T = TypeVar("_T")
+
+
+def _translated(method: Callable[..., Awaitable[_T]]) -> Callable[..., Awaitable[_T]]:
+    """Redis's errors as the store's: unreachable -> StateUnavailable, anything else Redis refused -> StateError."""
+
+    @functools.wraps(method)
+    async def wrapper(self: RedisStore, *args: Any, **kwargs: Any) -> _T:
+        if self._client is None:
+            raise StateError(f"redis store at {self.description} is not open")
+        try:
+            return await method(self, *args, **kwargs)
+        except _UNAVAILABLE as exc:
+            raise StateUnavailable(f"redis at {self.description} is unavailable ({method.__name__}): {exc}") from exc
+        except RedisError as exc:
+            raise StateError(f"redis at {self.description}: {method.__name__} failed: {exc}") from exc
+
+    return wrapper
+
+
+def _text(value: float) -> str:
+    """A float as text Redis and Lua read back to the same double."""
+    if not math.isfinite(value):
+        raise ValueError(f"expected a finite number of seconds, got {value!r}")
+    return repr(float(value))
+
+
+def _program(name: str, version: int, fields: dict[bytes, bytes]) -> ProgramRecord:
+    return ProgramRecord(
+        name=name, version=version, spec=fields[b"spec"], content_hash=fields[b"content_hash"].decode(),
+        input_names=tuple(json.loads(fields[b"input_names"])), output_names=tuple(json.loads(fields[b"output_names"])),
+        takes_history=fields[b"takes_history"] == b"1", created_at=float(fields[b"created_at"]),
+    )
+
+
+def _pairs(flat: list[bytes]) -> dict[bytes, bytes]:
+    return dict(zip(flat[::2], flat[1::2]))
+
+
+def _encode_turn(turn: TurnRecord) -> bytes:
+    return json.dumps([turn.program, turn.inputs_json, turn.outputs_json], separators=(",", ":")).encode()
+
+
+def _session(session_id: str, created_at: bytes | str, last_used_at: bytes | str, turns_json: bytes) -> SessionRecord:
+    """A session from its times and its turns as one JSON array of [program, inputs_json, outputs_json]."""
+    return SessionRecord(session_id, float(created_at), float(last_used_at),
+                         tuple(TurnRecord(*turn) for turn in json.loads(turns_json)))
+
+
+class RedisStore(StateStore):
+    """State shared by every replica pointed at one Redis (a db number and a key prefix)."""
+
+    durable = True
+
+    def __init__(self, url: str, *, prefix: str = DEFAULT_PREFIX, max_connections: int = 64,
+                 connect_timeout_s: float = 3.0, socket_timeout_s: float = 5.0, pool_timeout_s: float = 10.0) -> None:
+        self._url = url
+        self.description = mask_url(url)
+        self._prefix = prefix.encode()
+        self._max_connections = max_connections
+        self._connect_timeout_s = connect_timeout_s
+        self._socket_timeout_s = socket_timeout_s
+        self._pool_timeout_s = pool_timeout_s
+        self._client: aioredis.Redis | None = None
+
+    def _key(self, *parts: str | bytes) -> bytes:
+        return self._prefix + b"".join(p if isinstance(p, bytes) else p.encode() for p in parts)
+
+    # -- lifecycle -------------------------------------------------------------
+    async def open(self) -> None:
+        if self._client is not None:
+            return
+        try:
+            # Bounded (DESIGN rule 7): at the cap, callers wait up to pool_timeout_s for a free connection.
+            pool = aioredis.BlockingConnectionPool.from_url(
+                self._url, max_connections=self._max_connections, timeout=self._pool_timeout_s,
+                socket_connect_timeout=self._connect_timeout_s, socket_timeout=self._socket_timeout_s,
+                retry=Retry(NoBackoff(), 0), decode_responses=False,
+            )
+        except ValueError as exc:
+            raise StateError(f"state {self.description}: not a usable redis URL: {exc}") from exc
+        client = aioredis.Redis.from_pool(pool)
+        try:
+            await client.ping()
+        except (*_UNAVAILABLE, RedisError) as exc:
+            await client.aclose()
+            raise StateError(f"cannot reach redis at {self.description}: {exc}") from exc
+        try:
+            await self._check_schema(client)
+        except BaseException:
+            await client.aclose()
+            raise
+        self._add_program = client.register_script(_ADD_PROGRAM)
+        self._delete_programs = client.register_script(_DELETE_PROGRAMS)
+        self._open_session = client.register_script(_OPEN_SESSION)
+        self._get_session = client.register_script(_GET_SESSION)
+        self._expire_sessions = client.register_script(_EXPIRE_SESSIONS)
+        self._cache_put = client.register_script(_CACHE_PUT)
+        self._cache_get = client.register_script(_CACHE_GET)
+        self._client = client
+
+    async def _check_schema(self, client: aioredis.Redis) -> None:
+        """Claim an empty database for this schema; refuse one a newer version wrote. Never overwrites."""
+        key = self._key("schema_version")
+        where = f"redis at {self.description} (key {key.decode(errors='replace')})"
+        try:
+            await client.set(key, SCHEMA_VERSION, nx=True)
+            raw = await client.get(key)
+        except _UNAVAILABLE as exc:
+            raise StateError(f"cannot reach redis at {self.description}: {exc}") from exc
+        except RedisError as exc:
+            raise StateError(f"{where}: cannot read the schema version: {exc}") from exc
+        try:
+            stored = int(raw)
+        except (TypeError, ValueError):
+            raise StateError(f"{where} holds {raw!r}, not a schema version; left as it is") from None
+        if stored > SCHEMA_VERSION:
+            raise StateError(
+                f"{where} holds schema version {stored}, written by a newer dspy-pool; this one reads up to "
+                f"version {SCHEMA_VERSION}. Upgrade dspy-pool or use another database or prefix; nothing was changed."
+            )
+        if stored < 1:
+            raise StateError(f"{where} holds schema version {stored}, which no dspy-pool writes; left as it is")
+        # stored < SCHEMA_VERSION: the migrations go here once there is a version 2.
+
+    async def close(self) -> None:
+        client, self._client = self._client, None
+        if client is not None:
+            await client.aclose()
+
+    # -- programs -------------------------------------------------------------
+    @_translated
+    async def add_program(self, program: NewProgram, max_programs: int) -> AddedProgram:
+        name = program.name
+        reply = await self._add_program(
+            keys=[self._key("programs"), self._key("program_versions:", name), self._key("program_next:", name),
+                  self._key("program_revision")],
+            args=[self._prefix, name, program.content_hash, max_programs, program.spec,
+                  json.dumps(list(program.input_names)), json.dumps(list(program.output_names)),
+                  "1" if program.takes_history else "0", _text(program.created_at)],
+        )
+        if reply[0] == -1:
+            raise ResourceExhausted(f"the registry holds its maximum of {max_programs} program versions; delete some first")
+        version = int(reply[1])
+        if reply[0] == 0:
+            return AddedProgram(_program(name, version, _pairs(reply[2])), created=False)
+        record = ProgramRecord(name, version, program.spec, program.content_hash, tuple(program.input_names),
+                               tuple(program.output_names), program.takes_history, program.created_at)
+        return AddedProgram(record, created=True)
+
+    @_translated
+    async def delete_programs(self, name: str, version: int = 0) -> list[int]:
+        deleted = await self._delete_programs(
+            keys=[self._key("programs"), self._key("program_versions:", name), self._key("program_revision")],
+            args=[self._prefix, name, str(int(version))],
+        )
+        return sorted(int(v) for v in deleted)
+
+    @_translated
+    async def list_programs(self) -> list[ProgramRecord]:
+        # Not one snapshot: a version deleted between the two steps is skipped, one added is missed until
+        # the revision (bumped by that add) makes the replica list again.
+        members = sorted(await self._client.smembers(self._key("programs")))
+        records = []
+        for start in range(0, len(members), 256):
+            chunk = members[start:start + 256]
+            async with self._client.pipeline(transaction=False) as pipe:
+                for member in chunk:
+                    pipe.hgetall(self._key("program:", member))
+                replies = await pipe.execute()
+            for member, fields in zip(chunk, replies):
+                if fields:
+                    version, name = member.decode().split(":", 1)
+                    records.append(_program(name, int(version), fields))
+        records.sort(key=lambda r: (r.name, r.version))
+        return records
+
+    @_translated
+    async def program_revision(self) -> int:
+        return int(await self._client.get(self._key("program_revision")) or 0)
+
+    # -- sessions -------------------------------------------------------------
+    def _session_keys(self, session_id: str) -> list[bytes]:
+        return [self._key("sessions"), self._key("session_meta:", session_id), self._key("session_turns:", session_id)]
+
+    @_translated
+    async def get_session(self, session_id: str, now: float, limits: SessionLimits) -> SessionRecord | None:
+        reply = await self._get_session(keys=self._session_keys(session_id),
+                                        args=[session_id, _text(now), _text(limits.ttl_s)])
+        return None if reply is None else _session(session_id, *reply)
+
+    async def _open(self, session_id: str, turn: TurnRecord | None, now: float, limits: SessionLimits) -> AppendResult:
+        reply = await self._open_session(
+            keys=self._session_keys(session_id),
+            args=[self._prefix, session_id, b"" if turn is None else _encode_turn(turn), "0" if turn is None else "1",
+                  _text(now), _text(limits.ttl_s), limits.max_turns, limits.max_sessions, _text(limits.protect_s),
+                  math.ceil(limits.ttl_s * 1000) + _CLOCK_GRACE_MS],
+        )
+        if reply[0] == -1:
+            raise policy.sessions_full(limits, policy.Room(retry_after_ms=policy.retry_after_ms(float(reply[1]), now, limits)))
+        started, evicted, created_at, turns = reply
+        return AppendResult(_session(session_id, created_at, _text(now), turns), started=bool(started),
+                            evicted=tuple(e.decode() for e in evicted))
+
+    @_translated
+    async def open_session(self, session_id: str, now: float, limits: SessionLimits) -> AppendResult:
+        return await self._open(session_id, None, now, limits)
+
+    @_translated
+    async def append_turn(self, session_id: str, turn: TurnRecord, now: float, limits: SessionLimits) -> AppendResult:
+        return await self._open(session_id, turn, now, limits)
+
+    @_translated
+    async def delete_session(self, session_id: str) -> SessionRecord | None:
+        sessions, meta, turns = self._session_keys(session_id)
+        async with self._client.pipeline(transaction=True) as pipe:
+            pipe.hmget(meta, "created_at", "last_used_at").lrange(turns, 0, -1).delete(meta, turns).zrem(sessions, session_id)
+            (created_at, last_used_at), held, _, _ = await pipe.execute()
+        return None if last_used_at is None else _session(session_id, created_at, last_used_at, b"[" + b",".join(held) + b"]")
+
+    @_translated
+    async def expire_sessions(self, now: float, limits: SessionLimits) -> list[str]:
+        expired: list[str] = []
+        more = True
+        while more:  # in batches, so one sweep of many sessions never holds Redis for long
+            more, ids = await self._expire_sessions(keys=[self._key("sessions")],
+                                                    args=[self._prefix, _text(now), _text(limits.ttl_s), _EXPIRE_BATCH])
+            expired.extend(i.decode() for i in ids)
+        return expired
+
+    @_translated
+    async def count_sessions(self) -> int:
+        return await self._client.zcard(self._key("sessions"))
+
+    # -- result cache ---------------------------------------------------------
+    def _cache_keys(self, key: bytes) -> list[bytes]:
+        return [self._key("cache:", key), self._key("cache_hits"), self._key("cache_expiry")]
+
+    @_translated
+    async def cache_get(self, key: bytes, now: float) -> bytes | None:
+        return await self._cache_get(keys=self._cache_keys(key), args=[_text(now), key])
+
+    @_translated
+    async def cache_put(self, key: bytes, value: bytes, expires_at: float) -> None:
+        await self._cache_put(keys=self._cache_keys(key), args=[value, _text(expires_at), key, _CLOCK_GRACE_MS])
+
+    @_translated
+    async def cache_top(self, limit: int, max_bytes: int, now: float) -> list[tuple[bytes, bytes, float]]:
+        # A read for warming, not a snapshot: most-hit first in batches, each through state.policy.pick_top
+        # with what is left of the count and the byte budget (the same as one pass over them all).
+        hits_key = self._key("cache_hits")
+        picked: list[tuple[bytes, bytes, float]] = []
+        left, start = max_bytes, 0
+        while len(picked) < limit and left > 0:
+            keys = await self._client.zrevrange(hits_key, start, start + _CACHE_SCAN_BATCH - 1)
+            if not keys:
+                break
+            start += len(keys)
+            async with self._client.pipeline(transaction=False) as pipe:
+                for key in keys:
+                    pipe.hmget(self._key("cache:", key), "v", "e")
+                entries = await pipe.execute()
+            live = [(key, value, float(expires_at)) for key, (value, expires_at) in zip(keys, entries)
+                    if value is not None and now < float(expires_at)]
+            for key, value, expires_at in policy.pick_top(live, limit - len(picked), left):
+                picked.append((key, value, expires_at))
+                left -= policy.entry_bytes(key, value)
+        return picked

@@ -1,0 +1,204 @@
+"""The Redis backend against a real redis-server: the state store contract, plus what only a shared server can do
+(two replicas on one state, refusing a newer schema, an unreachable URL, an outage and the recovery after it)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+import pytest
+import redis.asyncio as aioredis
+
+from dspy_pool.state import SCHEMA_VERSION, StateError, StateUnavailable, make_store
+from dspy_pool.state.redis_store import RedisStore, mask_url
+from tests.redis_server import free_port
+
+from .state_contract import *  # noqa: F403
+from .state_contract import LIMITS, MAX_PROGRAMS, T0, _limits, _program, _turn
+
+pytestmark = pytest.mark.timeout(60)
+
+
+def _prefix() -> str:
+    return f"test:{uuid.uuid4().hex}:"
+
+
+@pytest.fixture
+async def store(redis_server):
+    """A RedisStore on the shared server, under a key prefix no other test uses."""
+    store = RedisStore(redis_server.url, prefix=_prefix())
+    await store.open()
+    yield store
+    await store.close()
+
+
+@pytest.fixture
+async def replicas(redis_server):
+    """Two RedisStore instances on one server and one prefix: two replicas sharing one state."""
+    prefix = _prefix()
+    stores = [RedisStore(redis_server.url, prefix=prefix) for _ in range(2)]
+    for each in stores:
+        await each.open()
+    yield stores
+    for each in stores:
+        await each.close()
+
+
+@pytest.fixture
+async def raw(redis_server):
+    """A plain client on the same server, to look at and plant keys behind the store's back."""
+    client = aioredis.Redis.from_url(redis_server.url)
+    yield client
+    await client.aclose()
+
+
+# -- two replicas --------------------------------------------------------------------------------------------------------
+
+async def test_replicas_see_each_others_programs(replicas):
+    """A version one replica adds or deletes moves the revision the other polls, and shows in its list."""
+    a, b = replicas
+    before = await b.program_revision()
+    added = await a.add_program(_program(content="x"), MAX_PROGRAMS)
+    assert await b.program_revision() > before
+    assert await b.list_programs() == [added.record]
+    moved = await a.program_revision()
+    assert await b.delete_programs("qa") == [1]
+    assert await a.program_revision() > moved and await a.list_programs() == []
+
+
+async def test_replicas_racing_on_one_name_get_distinct_versions(replicas):
+    """20 different contents added from each replica at once get 40 distinct versions, 1 to 40."""
+    a, b = replicas
+    results = await asyncio.gather(*(store.add_program(_program(content=f"{i}-{n}"), MAX_PROGRAMS)
+                                     for n in range(20) for i, store in enumerate((a, b))))
+    assert all(r.created for r in results)
+    assert sorted(r.record.version for r in results) == list(range(1, 41))
+
+
+async def test_replicas_see_each_others_sessions(replicas):
+    """A turn one replica appends is in the session the other reads and continues."""
+    a, b = replicas
+    await a.append_turn("s1", _turn(1), T0, LIMITS)
+    assert (await b.get_session("s1", T0, LIMITS)).turns == (_turn(1),)
+    result = await b.append_turn("s1", _turn(2), T0 + 1, LIMITS)
+    assert not result.started
+    assert (await a.get_session("s1", T0 + 1, LIMITS)).turns == (_turn(1), _turn(2))
+    assert await a.count_sessions() == await b.count_sessions() == 1
+
+
+async def test_concurrent_appends_from_two_replicas_keep_all_turns(replicas):
+    """2 x 50 appends at once to one session, from both replicas, keep all 100 turns; exactly one starts it."""
+    a, b = replicas
+    limits = _limits(max_turns=200)
+    results = await asyncio.gather(*(store.append_turn("s1", _turn(100 * i + n), T0 + n / 1000, limits)
+                                     for n in range(50) for i, store in enumerate((a, b))))
+    assert sum(r.started for r in results) == 1
+    session = await a.get_session("s1", T0 + 1, limits)
+    expected = {_turn(100 * i + n) for i in range(2) for n in range(50)}
+    assert len(session.turns) == 100 and set(session.turns) == expected
+
+
+# -- what Redis does by itself ------------------------------------------------------------------------------------------
+
+async def test_session_keys_carry_a_redis_ttl(store, raw):
+    """Every touch sets a TTL on the session's keys, so Redis drops abandoned sessions by itself."""
+    await store.append_turn("s1", _turn(1), T0, LIMITS)
+    prefix = store._prefix
+    for key in (prefix + b"session_meta:s1", prefix + b"session_turns:s1"):
+        ttl_ms = await raw.pttl(key)
+        assert LIMITS.ttl_s * 1000 < ttl_ms <= LIMITS.ttl_s * 1000 + 60_000
+
+
+async def test_cache_entries_expire_in_redis_at_their_expiry(store, raw):
+    """A cache entry's key expires (PEXPIREAT) at its expires_at."""
+    await store.cache_put(b"k1", b"v1", T0 + 10)
+    assert await raw.pexpiretime(store._prefix + b"cache:k1") == int((T0 + 10) * 1000)
+
+
+# -- opening ----------------------------------------------------------------------------------------------------------
+
+async def test_make_store_picks_redis(redis_server):
+    """--state redis://... gives a RedisStore described by its URL."""
+    store = make_store(redis_server.url, "/nonexistent")
+    assert isinstance(store, RedisStore) and store.description == redis_server.url and store.durable
+
+
+async def test_open_records_the_schema_version(store, raw):
+    """Opening an empty database writes the current schema version under the prefix."""
+    assert await raw.get(store._prefix + b"schema_version") == str(SCHEMA_VERSION).encode()
+
+
+async def test_newer_schema_is_refused_and_left_alone(redis_server, raw):
+    """A newer schema_version raises StateError naming the masked URL and both versions; nothing is changed."""
+    prefix = _prefix()
+    await raw.set(f"{prefix}schema_version", "99")
+    await raw.set(f"{prefix}program_revision", "7")
+    url = redis_server.url.replace("redis://", "redis://default:s3cret@")
+    store = RedisStore(url, prefix=prefix)
+    with pytest.raises(StateError) as refused:
+        await store.open()
+    message = str(refused.value)
+    assert f"redis://default:***@127.0.0.1:{redis_server.port}/0" in message and "s3cret" not in message
+    assert "99" in message and f"version {SCHEMA_VERSION}" in message
+    assert await raw.get(f"{prefix}schema_version") == b"99"
+    assert await raw.get(f"{prefix}program_revision") == b"7"
+
+
+async def test_unreadable_schema_version_is_refused_and_left_alone(redis_server, raw):
+    """A schema_version key that is not a number raises StateError and stays as it was."""
+    prefix = _prefix()
+    await raw.set(f"{prefix}schema_version", "banana")
+    with pytest.raises(StateError, match="banana"):
+        await RedisStore(redis_server.url, prefix=prefix).open()
+    assert await raw.get(f"{prefix}schema_version") == b"banana"
+
+
+@pytest.mark.timeout(30)
+async def test_wrong_url_is_a_state_error():
+    """Opening on a port nothing listens on raises StateError 'cannot reach redis at URL' (no hang)."""
+    url = f"redis://127.0.0.1:{free_port()}/0"
+    with pytest.raises(StateError, match=f"cannot reach redis at {url}") as refused:
+        await RedisStore(url).open()
+    assert not isinstance(refused.value, StateUnavailable)
+
+
+async def test_unopened_store_says_so(redis_server):
+    """Calling a store that was never opened raises StateError, not an AttributeError."""
+    with pytest.raises(StateError, match="not open"):
+        await RedisStore(redis_server.url).count_sessions()
+
+
+def test_description_masks_passwords():
+    """The description hides a password in the user part or in ?password=, and keeps everything else."""
+    assert mask_url("redis://app:s3cret@redis:6379/2") == "redis://app:***@redis:6379/2"
+    assert mask_url("redis://:s3cret@redis/0") == "redis://:***@redis/0"
+    assert mask_url("rediss://s3cret@redis/0") == "rediss://***@redis/0"
+    assert mask_url("unix:///run/redis.sock?db=1&password=s3cret") == "unix:///run/redis.sock?db=1&password=***"
+    assert mask_url("redis://redis:6379/0") == "redis://redis:6379/0"
+
+
+# -- an outage ------------------------------------------------------------------------------------------------------
+
+async def test_outage_raises_unavailable_and_recovers_without_reopening(redis_server):
+    """Redis stopped: calls raise StateUnavailable naming the URL; started again: the same store works at once."""
+    store = RedisStore(redis_server.url, prefix=_prefix())
+    await store.open()
+    try:
+        # Several pooled connections, so recovery is tested on idle ones too, not just the one that failed.
+        await asyncio.gather(*(store.append_turn(f"s{n}", _turn(n), T0, LIMITS) for n in range(8)))
+        redis_server.stop()
+        try:
+            calls = [store.append_turn("s1", _turn(9), T0 + 1, LIMITS), store.get_session("s1", T0 + 1, LIMITS),
+                     store.program_revision(), store.cache_get(b"k", T0), store.list_programs()]
+            for call in calls:
+                with pytest.raises(StateUnavailable, match=f"redis at {redis_server.url}"):
+                    await call
+        finally:
+            redis_server.start()
+        # Persistence is off, so nothing this test wrote survived, and the server has forgotten the Lua scripts too.
+        results = await asyncio.gather(*(store.append_turn(f"s{n}", _turn(n), T0 + 2, LIMITS) for n in range(8)))
+        assert all(r.started for r in results)
+        assert (await store.add_program(_program(), MAX_PROGRAMS)).record.version == 1
+        assert await store.count_sessions() == 8
+    finally:
+        await store.close()
