@@ -30,7 +30,12 @@ def _serve(args: argparse.Namespace) -> int:
 
     async def run() -> None:
         demos: list[asyncio.Future] = []
-        on_serving = (lambda app: demos.append(asyncio.ensure_future(_demo_call(config.server.listen)))) if args.demo else None
+        def on_serving(app) -> None:
+            # The next thing a new user can type, with no other tool installed.
+            print(client_cli.serving_hint(config.server.listen, app.port, args.demo), flush=True)
+            if args.demo:
+                demos.append(asyncio.ensure_future(_demo_call(config.server.listen)))
+
         await serve(config, on_serving)
         for demo in demos:
             demo.cancel()
