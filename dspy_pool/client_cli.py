@@ -144,11 +144,17 @@ def _common_options() -> argparse.ArgumentParser:
 
 
 def _add_programs(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
-    programs = commands.add_parser("programs", help="list, show or delete registered programs")
+    programs = commands.add_parser("programs", help="list, show, export or delete registered programs")
     verbs = programs.add_subparsers(dest="verb", required=True)
     listing = verbs.add_parser("list", parents=[common], help="the latest version of each program")
     listing.add_argument("--all-versions", action="store_true", help="every version")
     listing.set_defaults(handler=_guarded(_programs_list))
+    export = verbs.add_parser("export", parents=[common],
+                              help="write the registry as a spec file (for git; `register` and --programs-file read it back)")
+    export.add_argument("--all-versions", action="store_true", help="every version, oldest first (default: the latest of each)")
+    export.add_argument("--format", choices=("yaml", "json", "toml"), default="yaml")
+    export.add_argument("--output", "-o", default="-", help="file to write (default: stdout)")
+    export.set_defaults(handler=_guarded(_programs_export))
     for verb, handler, what in (("get", _programs_get, "show a program's spec (as YAML)"),
                                 ("delete", _programs_delete, "delete a program version")):
         parser = verbs.add_parser(verb, parents=[common], help=what)
@@ -423,6 +429,20 @@ def _programs_get(args: argparse.Namespace) -> int:
     print(f"# {program.spec.name} version {program.version}, created {_when(program.created_at)}, "
           f"content {program.content_hash[:12]}")
     print(spec_files.dump_specs([program.spec], "yaml"), end="")
+    return EXIT_OK
+
+
+def _programs_export(args: argparse.Namespace) -> int:
+    """The registry in the spec-file format: registering the file into an empty server gives the same versions."""
+    with _stub(args) as stub:
+        reply = stub.ListPrograms(pb.ListProgramsRequest(all_versions=args.all_versions), timeout=_timeout(args))
+    text = spec_files.dump_specs([program.spec for program in reply.programs], args.format)
+    if args.output == "-":
+        print(text, end="")
+    else:
+        with open(args.output, "w", encoding="utf-8") as handle:
+            handle.write(text)
+        print(f"wrote {len(reply.programs)} program{'s' if len(reply.programs) != 1 else ''} to {args.output}", file=sys.stderr)
     return EXIT_OK
 
 

@@ -316,3 +316,20 @@ def _read_terminal(fd: int, until, timeout_s: float = 20.0) -> bytes:
             break
         seen += chunk
     return seen
+
+
+async def test_programs_export_writes_a_file_that_registers_the_same_versions(cli, tmp_path):
+    """`programs export --all-versions` writes every version oldest first, in a file load_specs (and register) reads back."""
+    from dspy_pool import spec_files
+
+    await _register_qa(cli, tmp_path, "exported")
+    changed = _write(tmp_path, "exported2.yaml", "name: exported\nsignature: question -> answer, confidence\n")
+    assert (await cli("register", changed)).code == 0
+    output = tmp_path / "registry.yaml"
+    ran = await cli("programs", "export", "--all-versions", "--output", str(output))
+    assert ran.code == 0, ran.err
+    specs = [spec for spec in spec_files.load_specs(output) if spec.name == "exported"]
+    assert [spec.signature for spec in specs] == ["question -> answer", "question -> answer, confidence"]
+    latest_only = await cli("programs", "export", "--format", "json")
+    latest = [spec for spec in spec_files.parse_specs(latest_only.out, "json") if spec.name == "exported"]
+    assert [spec.signature for spec in latest] == ["question -> answer, confidence"]
