@@ -3,7 +3,7 @@
 # dspy-pool server image.
 #
 #   docker build -t dspy-pool .
-#   docker run --init --rm -p 50051:50051 --stop-timeout 20 dspy-pool
+#   docker run --init --rm -p 50051:50051 --stop-timeout 20 -v dspy-pool-state:/var/lib/dspy-pool dspy-pool
 #   docker run --init --rm -p 50051:50051 -e DSPY_POOL_LM_API_KEY=... dspy-pool serve --lm openai/gpt-4o-mini
 #
 # The API key comes from the environment (DSPY_POOL_LM_API_KEY) only; there is
@@ -38,6 +38,17 @@ RUN --mount=type=bind,from=builder,source=/wheels,target=/wheels \
 
 # Non-root; a real home directory because DSPy keeps its disk cache under ~.
 RUN useradd --system --uid 10001 --user-group --create-home --home-dir /home/dspy dspy
+
+# The state store (programs, sessions, cached results: --state sqlite, the
+# default) lives in a volume, so it outlives the container: a replaced
+# container starts with every program registered and warm. Created and chowned
+# before VOLUME, because a named volume is seeded from the image's directory
+# (ownership included) and the non-root server must be able to write there.
+# A host bind mount keeps the host's ownership: make it writable by uid 10001.
+RUN install --directory --owner=dspy --group=dspy --mode=0750 /var/lib/dspy-pool
+ENV DSPY_POOL_STATE_DIR=/var/lib/dspy-pool
+VOLUME /var/lib/dspy-pool
+
 USER dspy
 WORKDIR /home/dspy
 

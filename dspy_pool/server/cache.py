@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import structlog
 
 from dspy_pool.server.result_cache import CacheStats, ResultCache
-from dspy_pool.state import StateStore, StateUnavailable
+from dspy_pool.state import StateError, StateStore, StateUnavailable
 from dspy_pool.v1 import dspy_pool_pb2 as pb
 
 log = structlog.get_logger("dspy_pool.cache")
@@ -88,7 +88,7 @@ class TieredCache:
             return None
         try:
             value = await self.store.cache_get(key, now)
-        except StateUnavailable:
+        except StateError:  # a cache level that cannot answer is a miss, never a failed call
             self._store.errors += 1
             return None
         if value is None:
@@ -113,8 +113,10 @@ class TieredCache:
     async def _write(self, key: bytes, value: bytes, expires_at: float) -> None:
         try:
             await self.store.cache_put(key, value, expires_at)
-        except StateUnavailable:
+        except StateError as exc:  # unreachable, or refused (a full Redis under noeviction): the cache is best effort
             self._store.errors += 1
+            if self._store.errors == 1 or self._store.errors % 1000 == 0:
+                log.warning("cache_store_write_failed", store=self.store.description, error=str(exc)[:300], failures=self._store.errors)
 
     async def warm(self, now: float, limit: int) -> int:
         """Load the store's most-hit live entries into memory (within its byte bound); how many."""
