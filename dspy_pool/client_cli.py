@@ -1,4 +1,5 @@
-"""`dspy-pool` client commands: call, register, programs, status, top, session.
+"""`dspy-pool` client commands: call, register, programs, status, top, session; and for optimization
+datasets, optimize, jobs, policy, stats.
 
     argv --argparse--> handler(args) --one sync gRPC call--> reply --> stdout
                           |                                   |
@@ -11,8 +12,9 @@ json_format.MessageToDict gives it, field names as in the proto); everything abo
 the call itself (who served it, how long it took, what went wrong) goes to stderr, so
 `dspy-pool call qa '{...}' | jq .answer` works.
 
-Exit codes: 0 done; 1 the server said no, or no server answered; 2 the command line,
-or a file it names, is wrong; 130 interrupted (except `top`, where Ctrl-C is the way out).
+Exit codes: 0 done; 1 the server said no, or no server answered, or an optimization the
+command waited for did not succeed; 2 the command line, or a file it names, is wrong; 130
+interrupted (except `top`, where Ctrl-C is the way out).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from dspy_pool import spec_files
 from dspy_pool.v1 import dspy_pool_pb2 as pb
 from dspy_pool.v1 import dspy_pool_pb2_grpc as pb_grpc
 
+MODES = ("traditional", "optimized", "hybrid", "evaluation")  # ExecuteRequest.mode, ExecutionPolicy.mode
 DEFAULT_TARGET = "127.0.0.1:50051"
 DEFAULT_TIMEOUT_S = 30.0
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
@@ -115,6 +118,10 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     call.add_argument("--version", type=_non_negative_int, default=0, help="program version (default: latest)")
     call.add_argument("--session", default="", metavar="ID", help="append this call to a session's history")
     call.add_argument("--request-id", default="", help="echoed back and logged (default: generated)")
+    call.add_argument("--mode", choices=MODES, default="",
+                      help="override the program's execution policy for this call (ignored with --version)")
+    call.add_argument("--max-optimization-wait-ms", type=_non_negative_int, default=0, metavar="MS",
+                      help="optimized mode while the first optimization runs: wait this long for its version")
     call.set_defaults(handler=_guarded(_call), default_timeout=None)  # the server's default deadline applies
 
     register = commands.add_parser("register", parents=[common], help="register programs from spec files",
@@ -131,6 +138,9 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     top.add_argument("--once", action="store_true", help="print one snapshot and exit")
     top.set_defaults(handler=_guarded(_top))
     _add_session(commands, common)
+    from dspy_pool import optimize_cli  # it builds on this module's plumbing
+
+    optimize_cli.add_commands(commands, common)
 
 
 def _common_options() -> argparse.ArgumentParser:
@@ -263,7 +273,8 @@ def _when(timestamp) -> str:
 
 def _call(args: argparse.Namespace) -> int:
     request = pb.ExecuteRequest(program=args.program, version=args.version, session_id=args.session,
-                                request_id=args.request_id)
+                                request_id=args.request_id, mode=args.mode,
+                                max_optimization_wait_ms=args.max_optimization_wait_ms)
     _fill_struct(request.inputs, read_inputs(args.inputs, args.inputs_file, sys.stdin), "inputs")
     with _stub(args) as stub:
         response = stub.Execute(request, timeout=_timeout(args))
@@ -272,6 +283,8 @@ def _call(args: argparse.Namespace) -> int:
         return EXIT_OK
     print(json.dumps(json_format.MessageToDict(response.outputs), indent=2, ensure_ascii=False))
     print(call_summary(response), file=sys.stderr)
+    if response.HasField("evaluation"):
+        print(evaluation_summary(response.evaluation), file=sys.stderr)
     return EXIT_OK
 
 
@@ -327,12 +340,23 @@ def call_summary(response: pb.ExecuteResponse) -> str:
              f"worker {response.worker.id} (pid {response.worker.pid})" if response.worker.pid else "no worker",
              f"served_by {response.served_by or 'primary'}" + (f" ({response.fallback_reason})" if response.fallback_reason else ""),
              f"{response.timings.total_ms:.1f} ms (queue {response.timings.queue_wait_ms:.1f} ms)"]
+    if response.execution_mode:
+        parts.insert(3, f"mode {response.execution_mode}")
     if response.session_id:
         note = " (new)" if response.session_started else ""
         lost = f", earlier one {response.session_lost}" if response.session_lost else ""
         parts.append(f"session {response.session_id}{note}{lost}")
     parts.append(f"request {response.request_id}")
     return ", ".join(parts)
+
+
+def evaluation_summary(arm: pb.EvaluationArm) -> str:
+    """Evaluation mode's other version, on one line: its outputs (or error), latency and dev score."""
+    score = f", dev score {arm.score:.3f}" if arm.score else ""
+    if arm.error:
+        return f"evaluation: version {arm.version} failed in {arm.latency_ms:.1f} ms{score}: {arm.error}"
+    outputs = json.dumps(json_format.MessageToDict(arm.outputs), ensure_ascii=False)
+    return f"evaluation: version {arm.version} answered in {arm.latency_ms:.1f} ms{score}: {outputs}"
 
 
 # -- register -------------------------------------------------------------------------------

@@ -312,11 +312,21 @@ class DSPyPoolClient {
    * Runs a program. `inputs` is a plain object; the result's `outputs` is a
    * plain object too, the rest is the ExecuteResponse as proto-loader gives it
    * (program_version, request_id, worker {id, pid}, timings, usage, served_by,
-   * fallback_reason, session_id).
+   * fallback_reason, session_id, execution_mode), plus:
+   *
+   * - `executionMode`: how the version was chosen: 'traditional', 'optimized',
+   *   'hybrid:optimized', 'hybrid:traditional', 'evaluation', or 'version'
+   *   (the call named one);
+   * - `evaluation`: in evaluation mode, the other version's answer
+   *   ({outputs (a plain object), version, latency_ms, score, error}), else null.
    *
    * @param {string} program
    * @param {object} inputs
-   * @param {object} [opts] {version, sessionId, requestId, deadlineMs, metadata, retries}
+   * @param {object} [opts] {version, sessionId, requestId, mode, maxOptimizationWaitMs, deadlineMs, metadata, retries}
+   *   `mode` ('traditional', 'optimized', 'hybrid', 'evaluation') overrides the
+   *   program's execution policy for this call (ignored when `version` is set);
+   *   `maxOptimizationWaitMs`: in optimized mode while the first optimization
+   *   still runs, wait this long for its version, then run the base version.
    */
   async execute(program, inputs, opts = {}) {
     const request = {
@@ -325,9 +335,12 @@ class DSPyPoolClient {
       inputs: toStruct(inputs),
       session_id: opts.sessionId || '',
       request_id: opts.requestId || '',
+      mode: opts.mode || '',
+      max_optimization_wait_ms: opts.maxOptimizationWaitMs || 0,
     };
     const response = await this._call('Execute', request, opts);
-    return { ...response, outputs: fromStruct(response.outputs) };
+    const evaluation = response.evaluation ? { ...response.evaluation, outputs: fromStruct(response.evaluation.outputs) } : null;
+    return { ...response, outputs: fromStruct(response.outputs), executionMode: response.execution_mode || '', evaluation };
   }
 
   async getSession(sessionId, opts) {

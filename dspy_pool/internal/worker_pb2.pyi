@@ -38,20 +38,24 @@ class ZygoteConfig(_message.Message):
     def __init__(self, lm: _Optional[str] = ..., lm_api_base: _Optional[str] = ..., lm_api_key: _Optional[str] = ..., lm_num_retries: _Optional[int] = ..., lm_cache_entries: _Optional[int] = ..., lm_timeout_s: _Optional[float] = ..., worker_concurrency: _Optional[int] = ..., program_modules: _Optional[_Iterable[str]] = ..., max_frame_bytes: _Optional[int] = ..., program_cache_entries: _Optional[int] = ..., lm_max_tokens: _Optional[int] = ..., lm_temperature: _Optional[float] = ..., lm_call_options: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class ZygoteReady(_message.Message):
-    __slots__ = ("pid", "import_s", "module_kinds")
+    __slots__ = ("pid", "import_s", "module_kinds", "metric_kinds")
     PID_FIELD_NUMBER: _ClassVar[int]
     IMPORT_S_FIELD_NUMBER: _ClassVar[int]
     MODULE_KINDS_FIELD_NUMBER: _ClassVar[int]
+    METRIC_KINDS_FIELD_NUMBER: _ClassVar[int]
     pid: int
     import_s: float
     module_kinds: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, pid: _Optional[int] = ..., import_s: _Optional[float] = ..., module_kinds: _Optional[_Iterable[str]] = ...) -> None: ...
+    metric_kinds: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, pid: _Optional[int] = ..., import_s: _Optional[float] = ..., module_kinds: _Optional[_Iterable[str]] = ..., metric_kinds: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class SpawnWorker(_message.Message):
-    __slots__ = ("worker_id",)
+    __slots__ = ("worker_id", "role")
     WORKER_ID_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
     worker_id: int
-    def __init__(self, worker_id: _Optional[int] = ...) -> None: ...
+    role: str
+    def __init__(self, worker_id: _Optional[int] = ..., role: _Optional[str] = ...) -> None: ...
 
 class WorkerSpawned(_message.Message):
     __slots__ = ("worker_id", "pid")
@@ -154,3 +158,75 @@ class WorkerStats(_message.Message):
     served: int
     programs_loaded: int
     def __init__(self, rss_bytes: _Optional[int] = ..., in_flight: _Optional[int] = ..., served: _Optional[int] = ..., programs_loaded: _Optional[int] = ...) -> None: ...
+
+class OptimizeExample(_message.Message):
+    __slots__ = ("inputs", "outputs")
+    INPUTS_FIELD_NUMBER: _ClassVar[int]
+    OUTPUTS_FIELD_NUMBER: _ClassVar[int]
+    inputs: _struct_pb2.Struct
+    outputs: _struct_pb2.Struct
+    def __init__(self, inputs: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., outputs: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
+
+class OptimizeWork(_message.Message):
+    __slots__ = ("spec", "train", "dev", "optimizer", "options", "metric_kind", "metric_fields", "metric_options", "max_lm_calls", "max_seconds", "seed", "num_threads")
+    SPEC_FIELD_NUMBER: _ClassVar[int]
+    TRAIN_FIELD_NUMBER: _ClassVar[int]
+    DEV_FIELD_NUMBER: _ClassVar[int]
+    OPTIMIZER_FIELD_NUMBER: _ClassVar[int]
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    METRIC_KIND_FIELD_NUMBER: _ClassVar[int]
+    METRIC_FIELDS_FIELD_NUMBER: _ClassVar[int]
+    METRIC_OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    MAX_LM_CALLS_FIELD_NUMBER: _ClassVar[int]
+    MAX_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    NUM_THREADS_FIELD_NUMBER: _ClassVar[int]
+    spec: bytes
+    train: _containers.RepeatedCompositeFieldContainer[OptimizeExample]
+    dev: _containers.RepeatedCompositeFieldContainer[OptimizeExample]
+    optimizer: str
+    options: _struct_pb2.Struct
+    metric_kind: str
+    metric_fields: _containers.RepeatedScalarFieldContainer[str]
+    metric_options: _struct_pb2.Struct
+    max_lm_calls: int
+    max_seconds: float
+    seed: int
+    num_threads: int
+    def __init__(self, spec: _Optional[bytes] = ..., train: _Optional[_Iterable[_Union[OptimizeExample, _Mapping]]] = ..., dev: _Optional[_Iterable[_Union[OptimizeExample, _Mapping]]] = ..., optimizer: _Optional[str] = ..., options: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., metric_kind: _Optional[str] = ..., metric_fields: _Optional[_Iterable[str]] = ..., metric_options: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., max_lm_calls: _Optional[int] = ..., max_seconds: _Optional[float] = ..., seed: _Optional[int] = ..., num_threads: _Optional[int] = ...) -> None: ...
+
+class OptimizeProgress(_message.Message):
+    __slots__ = ("phase", "trials_done", "trials_planned", "best_score", "has_best_score", "lm_calls", "elapsed_s")
+    PHASE_FIELD_NUMBER: _ClassVar[int]
+    TRIALS_DONE_FIELD_NUMBER: _ClassVar[int]
+    TRIALS_PLANNED_FIELD_NUMBER: _ClassVar[int]
+    BEST_SCORE_FIELD_NUMBER: _ClassVar[int]
+    HAS_BEST_SCORE_FIELD_NUMBER: _ClassVar[int]
+    LM_CALLS_FIELD_NUMBER: _ClassVar[int]
+    ELAPSED_S_FIELD_NUMBER: _ClassVar[int]
+    phase: str
+    trials_done: int
+    trials_planned: int
+    best_score: float
+    has_best_score: bool
+    lm_calls: int
+    elapsed_s: float
+    def __init__(self, phase: _Optional[str] = ..., trials_done: _Optional[int] = ..., trials_planned: _Optional[int] = ..., best_score: _Optional[float] = ..., has_best_score: _Optional[bool] = ..., lm_calls: _Optional[int] = ..., elapsed_s: _Optional[float] = ...) -> None: ...
+
+class OptimizeReply(_message.Message):
+    __slots__ = ("state_json", "baseline_score", "optimized_score", "dev_examples", "lm_calls", "budget_limited", "elapsed_s")
+    STATE_JSON_FIELD_NUMBER: _ClassVar[int]
+    BASELINE_SCORE_FIELD_NUMBER: _ClassVar[int]
+    OPTIMIZED_SCORE_FIELD_NUMBER: _ClassVar[int]
+    DEV_EXAMPLES_FIELD_NUMBER: _ClassVar[int]
+    LM_CALLS_FIELD_NUMBER: _ClassVar[int]
+    BUDGET_LIMITED_FIELD_NUMBER: _ClassVar[int]
+    ELAPSED_S_FIELD_NUMBER: _ClassVar[int]
+    state_json: str
+    baseline_score: float
+    optimized_score: float
+    dev_examples: int
+    lm_calls: int
+    budget_limited: bool
+    elapsed_s: float
+    def __init__(self, state_json: _Optional[str] = ..., baseline_score: _Optional[float] = ..., optimized_score: _Optional[float] = ..., dev_examples: _Optional[int] = ..., lm_calls: _Optional[int] = ..., budget_limited: _Optional[bool] = ..., elapsed_s: _Optional[float] = ...) -> None: ...

@@ -17,18 +17,20 @@ from typing import Any, Callable, Iterable
 
 from google.protobuf import struct_pb2
 
-from dspy_pool.errors import PoolError
+from dspy_pool.errors import ErrorKind, PoolError
 from dspy_pool.internal import worker_pb2 as wire
 from dspy_pool.pool.controller import Controller, RecycleConfig
 from dspy_pool.pool.dispatcher import Job
 from dspy_pool.pool.handle import WorkerState
+from dspy_pool.optimize.task import OptimizeResult, OptimizeTask, Progress
 from dspy_pool.pool.metrics import PoolMetrics, PoolSnapshot
+from dspy_pool.pool.optimizers import OptimizationRun, OptimizerPool
 from dspy_pool.pool.scaler import ScalerConfig
 from dspy_pool.pool.supervisor import PoolSettings, WorkerPool
 from dspy_pool.pool.warmup import WARMUP_MODES, WarmupProgram, WarmupSettings
 
 __all__ = [
-    "WARMUP_MODES", "CallRequest", "CallResult", "LMChoice", "Pool", "PoolSettings", "PoolView", "ProgramRef", "ProgramShape",
+    "WARMUP_MODES", "CallRequest", "CallResult", "LMChoice", "OptimizationRun", "OptimizeResult", "OptimizeTask", "Pool", "PoolSettings", "PoolView", "ProgramRef", "ProgramShape",
     "RecycleConfig", "ScalerConfig", "ScalingSettings", "Usage", "WarmupProgram", "WarmupSettings", "WorkerRef",
     "WorkerSettings", "WorkerView",
 ]
@@ -201,12 +203,14 @@ class Pool:
         warmup_source: Callable[[], list[WarmupProgram]] | None = None,
         on_health_change: Callable[[bool], None] | None = None,
         observers: Iterable[Callable[[PoolSnapshot], None]] = (),
+        optimizer_workers: int = 0,
     ) -> None:
         self.metrics = metrics
         self._workers = WorkerPool(
             settings, workers.to_wire(), on_health_change,
             warmup_source=warmup_source, metrics=metrics, on_backlog=self._on_backlog,
         )
+        self._optimizers = OptimizerPool(self._workers.spawn_optimizer, optimizer_workers)
         self._controller = Controller(
             self._workers, metrics, scaling.scaler, scaling.interval_s,
             fixed_size=scaling.fixed_size, recycle=scaling.recycle, observers=tuple(observers),
@@ -221,6 +225,7 @@ class Pool:
         """Start the workers (return once the minimum serve), then the controller."""
         await self._workers.start_workers()
         self._controller.start()
+        self._optimizers.start()  # in the background: serving never waits for optimizer workers
 
     async def drain(self, grace_s: float) -> bool:
         """Take no new calls; wait up to `grace_s` for queued and running ones. True when all finished."""
@@ -234,6 +239,7 @@ class Pool:
         return dispatcher.fail_queued(error) + dispatcher.fail_running(error)
 
     async def stop(self) -> None:
+        self._optimizers.stop()
         await self._controller.stop()
         await self._workers.stop()
 
@@ -258,6 +264,17 @@ class Pool:
         """The supervisor behind this API, for tests and benchmarks that look inside; the server never does."""
         return self._workers
 
+    # -- optimization -----------------------------------------------------------
+    def optimization(self, on_progress: Callable[[Progress], None]) -> OptimizationRun:
+        """A handle for one optimization job: pass it to `optimize`, call `cancel()` on it any time."""
+        return OptimizationRun(on_progress)
+
+    async def optimize(self, task: OptimizeTask, run: OptimizationRun) -> OptimizeResult:
+        """Run `task` on an optimizer worker (waiting for an idle one); PoolError on failure, Cancelled kind on cancel."""
+        if self._optimizers.count == 0:
+            raise PoolError("no optimizer workers (--optimizer-workers 0)", kind=ErrorKind.FAILED_PRECONDITION)
+        return await self._optimizers.run(task, run._on_progress, run)
+
     # -- status ---------------------------------------------------------------
     @property
     def healthy(self) -> bool:
@@ -267,6 +284,11 @@ class Pool:
     def ready(self) -> bool:
         """True once the zygote has said which module kinds exist (workers can be asked to build)."""
         return bool(self._workers.module_kinds)
+
+    @property
+    def metric_kinds(self) -> list[str]:
+        """Metric kinds the operator's --programs modules registered (beside the built-in ones)."""
+        return list(self._workers.metric_kinds)
 
     @property
     def module_kinds(self) -> list[str]:

@@ -108,8 +108,14 @@ class WorkerHandle(asyncio.Protocol):
 
     # -- frames -------------------------------------------------------------
     def _on_frame(self, frame: Frame) -> None:
-        if frame.type in (FrameType.REPLY, FrameType.ERROR):
+        if frame.type in (FrameType.REPLY, FrameType.ERROR, FrameType.OPTIMIZED):
             self._on_result(frame)
+        elif frame.type is FrameType.PROGRESS:
+            call = self.in_flight.get(frame.request_id)
+            if call is None or not hasattr(call, "progress"):
+                self.kill(f"protocol_error: progress for unknown request {frame.request_id}")
+                return
+            call.progress(wire.OptimizeProgress.FromString(frame.payload))
         elif frame.type is FrameType.PONG:
             self._ping_sent_at = None
             try:
@@ -138,6 +144,9 @@ class WorkerHandle(asyncio.Protocol):
             if frame.type is FrameType.REPLY:
                 reply, error = wire.WorkReply.FromString(frame.payload), None
                 self.served += 1
+            elif frame.type is FrameType.OPTIMIZED:
+                reply, error = wire.OptimizeReply.FromString(frame.payload), None
+                self.served += 1
             else:
                 remote = wire.WorkError.FromString(frame.payload)
                 reply, error = None, errors.from_kind(remote.kind, remote.message, remote.type, remote.traceback)
@@ -150,10 +159,17 @@ class WorkerHandle(asyncio.Protocol):
 
     # -- requests -----------------------------------------------------------
     def send_request(self, call: Call, request: wire.WorkRequest) -> int:
+        return self._send(FrameType.REQUEST, call, request.SerializeToString())
+
+    def send_optimize(self, call: Call, work: wire.OptimizeWork) -> int:
+        """An optimization job (optimizer workers only); `call` also gets `progress(OptimizeProgress)`."""
+        return self._send(FrameType.OPTIMIZE, call, work.SerializeToString())
+
+    def _send(self, frame_type: FrameType, call: Call, payload: bytes) -> int:
         request_id = self._next_request_id
         self._next_request_id += 1
         self.in_flight[request_id] = call
-        self._write(FrameType.REQUEST, request_id, request.SerializeToString())
+        self._write(frame_type, request_id, payload)
         return request_id
 
     def cancel(self, request_id: int) -> None:

@@ -35,6 +35,10 @@ class FrameType(enum.IntEnum):
     # 7 was STATS: stats travel in PONG payloads
     HELLO = 8
     SHUTDOWN = 9
+    # front <-> optimizer worker
+    OPTIMIZE = 10  # front -> worker: OptimizeWork
+    PROGRESS = 11  # worker -> front: OptimizeProgress
+    OPTIMIZED = 12  # worker -> front: OptimizeReply (the job's result; errors come as ERROR)
     # front <-> zygote
     ZYGOTE_CONFIG = 20
     ZYGOTE_READY = 21

@@ -103,8 +103,8 @@ class ZygoteClient:
             text = self._redactor.scrub(line.decode(errors="replace").rstrip())
             log.info("zygote_output", stream=name, line=text[:2000])
 
-    def spawn(self, worker_id: int) -> asyncio.Future[SpawnedWorker]:
-        """Ask for one worker; the future resolves once the zygote has forked it."""
+    def spawn(self, worker_id: int, role: str = "") -> asyncio.Future[SpawnedWorker]:
+        """Ask for one worker (role "optimizer": an optimizer worker); the future resolves once the zygote has forked it."""
         if self._control is None or self._closed:
             raise ZygoteFailed("zygote is not running")
         front_end, worker_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -112,7 +112,7 @@ class ZygoteClient:
         stderr_read, stderr_write = os.pipe()
         passed = [worker_end.fileno(), stdout_write, stderr_write]
         try:
-            socket.send_fds(self._control, [encode(FrameType.SPAWN, 0, wire.SpawnWorker(worker_id=worker_id).SerializeToString())], passed)
+            socket.send_fds(self._control, [encode(FrameType.SPAWN, 0, wire.SpawnWorker(worker_id=worker_id, role=role).SerializeToString())], passed)
         except OSError as exc:
             for fd in (stdout_read, stderr_read):
                 os.close(fd)

@@ -96,11 +96,14 @@ class WorkerPool:
         self._zygote_restarts = restarts.RestartState()
         self._relaunch_task: asyncio.Task | None = None
         self._module_kinds: list[str] = []
+        self.metric_kinds: list[str] = []  # operator metric kinds the zygote loaded
         self._quarantine = quarantine.QuarantineState()
         self.restarts = 0
         self.started_at = time.monotonic()
         self._ids = itertools.count(1)
         self._handles: dict[int, WorkerHandle] = {}  # every live handle, starting ones included
+        # Optimizer workers: forked from the same zygote, never routed calls, not counted in the pool's size.
+        self._optimizer_handles: dict[int, WorkerHandle] = {}
         self._boot_failures_in_a_row = 0
         self._tasks: set[asyncio.Task] = set()
         self._watch_task: asyncio.Task | None = None
@@ -210,6 +213,34 @@ class WorkerPool:
             self._update_ready()
         return handle
 
+    async def spawn_optimizer(self, on_dead: Callable[[WorkerHandle, str], None]) -> WorkerHandle | None:
+        """One optimizer worker (niced; runs optimization jobs, never calls) from the same zygote, or None
+        while none can be started (shutting down, zygote down, boot failed): the caller retries."""
+        if self.stopping or self.shutting_down or self.crash_looping or self.zygote_down:
+            return None
+        worker_id = next(self._ids)
+
+        def dead(handle: WorkerHandle, reason: str) -> None:
+            self._optimizer_handles.pop(handle.worker_id, None)
+            on_dead(handle, reason)
+
+        handle = WorkerHandle(worker_id, max_frame_bytes=self.settings.max_frame_bytes, cancel_grace_s=self.settings.cancel_grace_s,
+                              on_dead=dead, on_slot_free=lambda _handle: None)
+        self._optimizer_handles[worker_id] = handle
+        try:
+            spawned = await self.zygote.spawn(worker_id, role="optimizer")
+            await handle.attach(spawned.pid, spawned.channel, spawned.stdout_fd, spawned.stderr_fd)
+            hello = await asyncio.wait_for(asyncio.shield(handle.hello), self.settings.boot_timeout_s)
+        except (ZygoteFailed, errors.PoolError, asyncio.TimeoutError, OSError) as exc:
+            if handle.state is not WorkerState.STOPPED:
+                handle.kill(f"boot failed: {type(exc).__name__}: {exc}")
+            return None
+        log.info("optimizer_worker_spawned", worker_id=worker_id, pid=hello.pid, boot_ms=round(hello.boot_ms, 1))
+        return handle
+
+    def optimizer_handles(self) -> list[WorkerHandle]:
+        return sorted(self._optimizer_handles.values(), key=lambda h: h.worker_id)
+
     def _may_spawn(self, extra: bool) -> bool:
         if self.stopping or self.shutting_down or self.crash_looping or self.zygote_down:
             return False
@@ -268,7 +299,7 @@ class WorkerPool:
         return quarantine.refusal(program_key, why) if why is not None else None
 
     def _on_worker_exit(self, worker_id: int, pid: int, exit_code: int) -> None:
-        handle = self._handles.get(worker_id)
+        handle = self._handles.get(worker_id) or self._optimizer_handles.get(worker_id)
         if handle is not None and handle.pid == pid:
             handle.kill("exited", exit_code=exit_code)
 
@@ -309,6 +340,7 @@ class WorkerPool:
     # -- the zygote -----------------------------------------------------------
     def _zygote_ready(self, ready: wire.ZygoteReady) -> None:
         self._module_kinds = list(ready.module_kinds)
+        self.metric_kinds = list(ready.metric_kinds)
         self._zygote_restarts = restarts.after_start(self._zygote_restarts, time.monotonic())
 
     def _on_zygote_lost(self, reason: str) -> None:
@@ -384,7 +416,7 @@ class WorkerPool:
         while not self.stopping:
             await asyncio.sleep(self.settings.ping_interval_s)
             now = time.monotonic()
-            for handle in list(self._handles.values()):
+            for handle in [*self._handles.values(), *self._optimizer_handles.values()]:
                 if handle.state in (WorkerState.WARMING, WorkerState.READY, WorkerState.DRAINING):
                     handle.ping(now, self.settings.hang_timeout_s)
 
@@ -423,7 +455,7 @@ class WorkerPool:
                 await asyncio.wait_for(self._all_stopped.wait(), self.settings.stop_timeout_s)
             except asyncio.TimeoutError:
                 pass
-        for handle in list(self._handles.values()):
+        for handle in [*self._handles.values(), *self._optimizer_handles.values()]:
             handle.kill("shutdown")
         await self.zygote.stop(self.settings.stop_timeout_s)
         log.info("pool_stopped", restarts=self.restarts)

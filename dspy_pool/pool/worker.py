@@ -25,6 +25,7 @@ import os
 import signal
 import socket
 import sys
+import threading
 import time
 import traceback
 from typing import Any
@@ -111,6 +112,7 @@ class Worker:
         self.extra_lms = lms.LMCache(config)
         self._extra_lms_ready: set[tuple[str, str, str]] = set()
         self.tasks: dict[int, asyncio.Task] = {}
+        self.optimize_cancels: dict[int, threading.Event] = {}  # request id -> a running job's cancel flag
         self.served = 0
         self.redactor = Redactor(config.lm_api_key)
         self.stopped = asyncio.Event()
@@ -125,7 +127,13 @@ class Worker:
     def on_frame(self, frame: Frame) -> None:
         if frame.type is FrameType.REQUEST:
             self.start_request(frame.request_id, frame.payload)
+        elif frame.type is FrameType.OPTIMIZE:
+            self.start_optimize(frame.request_id, frame.payload)
         elif frame.type is FrameType.CANCEL:
+            cancel = self.optimize_cancels.get(frame.request_id)
+            if cancel is not None:
+                cancel.set()  # a job runs on a thread: it stops at its next LM call
+                return
             task = self.tasks.get(frame.request_id)
             if task is not None:
                 task.cancel()
@@ -145,6 +153,24 @@ class Worker:
         return wire.WorkerStats(
             rss_bytes=_rss_bytes(), in_flight=len(self.tasks), served=self.served, programs_loaded=len(self.programs)
         )
+
+    def start_optimize(self, request_id: int, payload: bytes) -> None:
+        """An optimization job (optimizer workers only): on a thread, reporting progress, cancellable."""
+        from dspy_pool.pool import optimizer_worker
+
+        cancel = self.optimize_cancels[request_id] = threading.Event()
+
+        async def job() -> None:
+            try:
+                await optimizer_worker.run_job(self, request_id, payload, cancel)
+            finally:
+                self.optimize_cancels.pop(request_id, None)
+                self.tasks.pop(request_id, None)
+
+        self.tasks[request_id] = asyncio.get_running_loop().create_task(job())
+
+    def send_error(self, request_id: int, exc: BaseException) -> None:
+        self._send_error(request_id, exc)
 
     def start_request(self, request_id: int, payload: bytes) -> None:
         if self.draining:
@@ -307,8 +333,10 @@ def _new_event_loop() -> asyncio.AbstractEventLoop:
         return asyncio.new_event_loop()
 
 
-def run(worker_id: int, channel_fd: int, config: wire.ZygoteConfig, boot_started: float) -> int:
+def run(worker_id: int, channel_fd: int, config: wire.ZygoteConfig, boot_started: float, role: str = "") -> int:
     """Entry point in the forked child; returns the exit code (the caller must os._exit)."""
+    if role == "optimizer":
+        os.nice(10)  # optimization is background work: serving workers keep the CPU first
     # Ctrl-C or SIGTERM sent to the whole process group (`timeout`, `kill -- -PGID`,
     # systemd) is the front's to handle: it drains us (SHUTDOWN), and we die with it
     # anyway (PR_SET_PDEATHSIG, EOF). Dying here would fail every call in flight.

@@ -100,7 +100,8 @@ class Zygote:
             return False
         for frame in frames:
             if frame.type is FrameType.SPAWN and len(fds) == _FDS_PER_SPAWN:
-                self._spawn(wire.SpawnWorker.FromString(frame.payload).worker_id, fds)
+                request = wire.SpawnWorker.FromString(frame.payload)
+                self._spawn(request.worker_id, fds, request.role)
             elif frame.type is FrameType.SHUTDOWN:
                 return False
             else:
@@ -109,18 +110,18 @@ class Zygote:
                 self.send(FrameType.ZYGOTE_ERROR, wire.ZygoteError(message=f"unexpected frame {frame.type.name}"))
         return True
 
-    def _spawn(self, worker_id: int, fds: list[int]) -> None:
+    def _spawn(self, worker_id: int, fds: list[int], role: str = "") -> None:
         channel_fd, stdout_fd, stderr_fd = fds
         boot_started = time.monotonic()
         pid = os.fork()
         if pid == 0:
-            self._become_worker(worker_id, channel_fd, stdout_fd, stderr_fd, boot_started)
+            self._become_worker(worker_id, channel_fd, stdout_fd, stderr_fd, boot_started, role)
         for fd in fds:
             os.close(fd)  # only the worker may hold its channel, or EOF never comes
         self.workers[pid] = worker_id
         self.send(FrameType.SPAWNED, wire.WorkerSpawned(worker_id=worker_id, pid=pid))
 
-    def _become_worker(self, worker_id: int, channel_fd: int, stdout_fd: int, stderr_fd: int, boot_started: float) -> None:
+    def _become_worker(self, worker_id: int, channel_fd: int, stdout_fd: int, stderr_fd: int, boot_started: float, role: str = "") -> None:
         code = 70
         try:
             signal.set_wakeup_fd(-1)
@@ -136,7 +137,7 @@ class Zygote:
             gc.unfreeze()  # frozen objects are shared pages; new garbage must be collectable
             from dspy_pool.pool import worker
 
-            code = worker.run(worker_id, channel_fd, self.config, boot_started)
+            code = worker.run(worker_id, channel_fd, self.config, boot_started, role)
         except BaseException as exc:  # noqa: BLE001 - a child must never return into the zygote loop
             try:
                 print(f"worker {worker_id} boot failed: {type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
@@ -207,7 +208,11 @@ def main(argv: list[str] | None = None) -> int:
     gc.freeze()
     zygote = Zygote(control, config)
     zygote.parent_pid = os.getpid()
-    ready = wire.ZygoteReady(pid=os.getpid(), import_s=time.monotonic() - started, module_kinds=module_kinds)
+    from dspy_pool import kinds
+
+    metric_kinds = kinds.metric_names() if hasattr(kinds, "metric_names") else []
+    ready = wire.ZygoteReady(pid=os.getpid(), import_s=time.monotonic() - started, module_kinds=module_kinds,
+                             metric_kinds=metric_kinds)
     zygote.send(FrameType.ZYGOTE_READY, ready)
     zygote.serve()
     return 0

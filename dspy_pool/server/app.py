@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
+import uuid
 
 import grpc
 import structlog
@@ -20,6 +21,8 @@ from grpc_reflection.v1alpha import reflection
 from prometheus_client import CollectorRegistry
 
 from dspy_pool import errors
+from dspy_pool.optimize.datasets import Datasets
+from dspy_pool.optimize.jobs import JobManager, JobSettings
 from dspy_pool.pool.api import Pool, PoolSettings, RecycleConfig, ScalerConfig, ScalingSettings, WarmupSettings, WorkerSettings
 from dspy_pool.pool.metrics import PoolMetrics
 from dspy_pool.server.breaker import AsyncBreakerGuard, BreakerRegistry
@@ -130,6 +133,7 @@ class App:
         self.pool: Pool | None = None
         self.store: StateStore | None = None
         self.cache: TieredCache | None = None
+        self.jobs: JobManager | None = None
         self.server: grpc.aio.Server | None = None
         self.health: health.aio.HealthServicer | None = None
         self.port = 0
@@ -170,11 +174,21 @@ class App:
             pool_settings(self.config), worker_settings(self.config, self.sim), scaling_settings(self.config), self.metrics,
             warmup_source=lambda: warmup_programs(registry, breakers), on_health_change=self._on_health_change,
             observers=(exporter.observe,) if self.config.observe.metrics_port >= 0 else (),
+            optimizer_workers=self.config.optimize.optimizer_workers,
         )
         await pool.launch()  # exec'd before any gRPC object exists; it imports while we set up
         self.health = health.aio.HealthServicer()
         self.server = grpc.aio.server(interceptors=[MetricsInterceptor(self.registry)], options=grpc_options(self.config))
-        self.service = DSPyPoolService(self.config, pool, registry, self.sessions, breakers, self.cache, lm_up=self._sim_up)
+        optimize = self.config.optimize
+        datasets = Datasets(self.store, optimize.dataset_max_examples, optimize.example_max_bytes, self.config.server.max_input_depth)
+        self.jobs = JobManager(
+            self.store, registry, pool,
+            JobSettings(max_queue=optimize.optimization_max_queue, owner=uuid.uuid4().hex, allowed_lms=optimize.optimizer_lms,
+                        num_threads=optimize.optimizer_threads, lm=self.config.lm.model),
+            register_version=lambda spec, meta: self.service.register_optimized(spec, meta),
+        ) if optimize.optimizer_workers else None
+        self.service = DSPyPoolService(self.config, pool, registry, self.sessions, breakers, self.cache, lm_up=self._sim_up,
+                                       datasets=datasets, jobs=self.jobs)
         add_service(self.service, self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection((SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), self.server)
@@ -188,6 +202,8 @@ class App:
         except BaseException:
             await self.stop()
             raise
+        if self.jobs is not None:
+            await self.jobs.start(runners=self.config.optimize.optimizer_workers)
         if file_specs:
             await self._register_file_programs(file_specs)  # before SERVING: a pod starts with its programs warm
         await self._set_health(pool.healthy)
@@ -255,6 +271,8 @@ class App:
         await self._set_health(False)
         for task in self._background:
             task.cancel()
+        if self.jobs is not None:
+            await self.jobs.stop()  # running jobs are cancelled; they stay in the store as they were (interrupted next start)
         if self.pool is not None:
             drained = await self.pool.drain(grace)
             if not drained:

@@ -159,6 +159,18 @@ class StateSection(_Section):
 
 
 @dataclass(frozen=True)
+class OptimizeSection(_Section):
+    optimizer_workers: int = setting(1, "processes that run optimization jobs (niced, never serving calls; 0: optimization off)",
+                                     minimum=0, maximum=64)
+    optimizer_threads: int = setting(4, "concurrent LM calls of one optimization job", minimum=1, maximum=64)
+    optimization_max_queue: int = setting(100, "optimization jobs waiting; beyond it StartOptimization is RESOURCE_EXHAUSTED", minimum=1)
+    optimizer_lms: tuple[str, ...] = setting((), "LMs an llm_judge metric or GEPA's reflection may name: MODEL or MODEL@API_BASE",
+                                             repeatable=True)
+    dataset_max_examples: int = setting(10_000, "examples one dataset holds at most", minimum=1)
+    example_max_bytes: int = setting(64 * 1024, "largest example (inputs and expected outputs)", unit="bytes", minimum=64)
+
+
+@dataclass(frozen=True)
 class ResilienceSection(_Section):
     breaker_window: int = setting(100, "circuit breaker per (program, LM endpoint): last N calls", minimum=1)
     breaker_minimum_calls: int = setting(20, "calls in the window before the breaker may trip", minimum=1)
@@ -200,7 +212,7 @@ class ObserveSection(_Section):
 
 SECTIONS: dict[str, type] = {
     "server": ServerSection, "pool": PoolSection, "lm": LMSection, "state": StateSection, "sessions": SessionSection,
-    "resilience": ResilienceSection, "scaling": ScalingSection, "observe": ObserveSection,
+    "resilience": ResilienceSection, "optimize": OptimizeSection, "scaling": ScalingSection, "observe": ObserveSection,
 }
 
 
@@ -212,6 +224,7 @@ class ServerConfig:
     state: StateSection = field(default_factory=StateSection)
     sessions: SessionSection = field(default_factory=SessionSection)
     resilience: ResilienceSection = field(default_factory=ResilienceSection)
+    optimize: OptimizeSection = field(default_factory=OptimizeSection)
     scaling: ScalingSection = field(default_factory=ScalingSection)
     observe: ObserveSection = field(default_factory=ObserveSection)
 

@@ -53,7 +53,7 @@ class Executor:
         if not session_id:
             result = await self.pool.call(CallRequest(program.ref, inputs, deadline, request_id, lm=lm))
             return Served(result)
-        session = await self.sessions.open(session_id, time.time())
+        session = await self.sessions.open(session_id, time.time(), with_turns=program.takes_history)
         local = session.local
         if self.session_max_in_flight and local.in_flight >= self.session_max_in_flight:
             raise errors.ResourceExhausted(

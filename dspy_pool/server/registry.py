@@ -118,6 +118,7 @@ class ProgramRegistry:
         self.max_programs = max_programs
         self._versions: dict[str, dict[int, ProgramVersion]] = {}
         self._revision: int | None = None
+        self.policies: dict[str, pb.ExecutionPolicy] = {}  # program name -> its execution policy
         self._store_down = False
         self._store_reset_logged = False
 
@@ -130,10 +131,12 @@ class ProgramRegistry:
         async with _store_errors():
             revision = await self.store.program_revision()
             records = await self.store.list_programs()
+            stored_policies = await self.store.list_policies()
         versions: dict[str, dict[int, ProgramVersion]] = {}
         for record in records:
             versions.setdefault(record.name, {})[record.version] = _version(record, created=False)
         self._versions, self._revision = versions, revision
+        self.policies = {name: pb.ExecutionPolicy.FromString(data) for name, data in stored_policies.items()}
 
     async def refresh(self) -> bool:
         """Reload if another replica (or process) changed the programs; True when it did."""
@@ -201,6 +204,24 @@ class ProgramRegistry:
                 raise
             return self.get(name, version)
 
+    def base_version(self, name: str) -> ProgramVersion:
+        """The latest version a client registered (not one an optimization produced): what traditional mode runs."""
+        versions = self._versions.get(name)
+        if not versions:
+            raise NotFound(f"no program named {name!r}")
+        client_versions = [number for number, entry in versions.items() if not entry.program.meta.job_id]
+        return versions[max(client_versions or versions)]
+
+    def policy(self, name: str) -> pb.ExecutionPolicy:
+        return self.policies.get(name) or pb.ExecutionPolicy(program=name, mode="traditional", promotion="manual")
+
+    async def set_policy(self, policy: pb.ExecutionPolicy) -> pb.ExecutionPolicy:
+        """Store a program's policy (committed when this returns; replicas reload it with the programs)."""
+        async with _store_errors():
+            await self.store.put_policy(policy.program, policy.SerializeToString())
+        self.policies[policy.program] = policy
+        return policy
+
     def list(self, all_versions: bool) -> list[ProgramVersion]:
         out = []
         for name in sorted(self._versions):
@@ -209,10 +230,11 @@ class ProgramRegistry:
         return out
 
     # -- writes -----------------------------------------------------------------
-    async def add(self, spec: pb.ProgramSpec, input_names: list[str], output_names: list[str], takes_history: bool) -> ProgramVersion:
+    async def add(self, spec: pb.ProgramSpec, input_names: list[str], output_names: list[str], takes_history: bool,
+                  meta: pb.ProgramMeta | None = None) -> ProgramVersion:
         """Store a new version (or find the latest with this content); committed when this returns."""
         new = NewProgram(spec.name, spec.SerializeToString(deterministic=True), content_hash(spec), tuple(input_names),
-                         tuple(output_names), takes_history, time.time())
+                         tuple(output_names), takes_history, time.time(), meta.SerializeToString() if meta is not None else b"")
         async with _store_errors():
             added = await self.store.add_program(new, self.max_programs)
         entry = _version(added.record, created=added.created)
@@ -240,6 +262,8 @@ def _version(record: ProgramRecord, created: bool) -> ProgramVersion:
         spec=spec, version=record.version, content_hash=record.content_hash, created_at=created_at,
         input_names=record.input_names, output_names=record.output_names, created=created,
     )
+    if record.meta:
+        program.meta.ParseFromString(record.meta)
     return ProgramVersion(program, program_ref(spec), record.takes_history)
 
 

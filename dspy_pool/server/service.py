@@ -20,6 +20,8 @@ import structlog
 from google.protobuf import struct_pb2
 
 from dspy_pool import errors, logs, structs
+from dspy_pool.optimize import routing
+from dspy_pool.optimize.stats import ProgramStats
 from dspy_pool.pool.api import Pool, WarmupProgram
 from dspy_pool.server import config as config_module
 from dspy_pool.server.breaker import AsyncBreakerGuard, BreakerConfig, BreakerState
@@ -37,6 +39,7 @@ from dspy_pool.v1 import dspy_pool_pb2_grpc as pb_grpc
 log = structlog.get_logger("dspy_pool.server")
 
 _REQUEST_ID_MAX = 128
+_VALIDATE_TIMEOUT_S = 60.0
 
 
 # Finish a little before the client's own deadline, so the call ends with our status (and the
@@ -113,8 +116,12 @@ def check_spec_values(spec: pb.ProgramSpec, max_depth: int) -> None:
 
 class DSPyPoolService(pb_grpc.DSPyPoolServicer):
     def __init__(self, config: ServerConfig, pool: Pool, registry: ProgramRegistry, sessions: SessionStore,
-                 breakers: AsyncBreakerGuard, cache: TieredCache, lm_up: Callable[[], bool] = lambda: True) -> None:
+                 breakers: AsyncBreakerGuard, cache: TieredCache, lm_up: Callable[[], bool] = lambda: True,
+                 datasets=None, jobs=None) -> None:
         self.config = config
+        self.datasets = datasets
+        self.jobs = jobs  # None when optimization is off
+        self.stats = ProgramStats()
         self.lm_up = lm_up  # False while a supervised local LM (the sim) is down and being restarted
         self.pool = pool
         self.registry = registry
@@ -155,6 +162,15 @@ class DSPyPoolService(pb_grpc.DSPyPoolServicer):
             entry = await self.registry.add(spec, list(shape.input_names), list(shape.output_names), shape.takes_history)
         log.info("program_registered", program=spec.name, version=entry.program.version, key=entry.key,
                  module=spec.module or "predict", created=entry.program.created)
+        return entry.program
+
+    async def register_optimized(self, spec: pb.ProgramSpec, meta: pb.ProgramMeta) -> pb.Program:
+        """An optimization's result as a new version: built on a worker first (its saved state must load), then stored."""
+        async with self._register_lock:
+            shape = await self.pool.validate(program_ref(spec), asyncio.get_running_loop().time() + _VALIDATE_TIMEOUT_S)
+            entry = await self.registry.add(spec, list(shape.input_names), list(shape.output_names), shape.takes_history, meta=meta)
+        log.info("program_optimized", program=spec.name, version=entry.program.version, job_id=meta.job_id,
+                 baseline=round(meta.baseline_score, 4), optimized=round(meta.optimized_score, 4))
         return entry.program
 
     def _check_register(self, spec: pb.ProgramSpec) -> None:
@@ -198,7 +214,7 @@ class DSPyPoolService(pb_grpc.DSPyPoolServicer):
             await self._abort(context, error)
 
     # -- execute ------------------------------------------------------------
-    async def _check_execute(self, request: pb.ExecuteRequest) -> ProgramVersion:
+    def _check_request(self, request: pb.ExecuteRequest) -> None:
         if not request.program:
             raise errors.InvalidArgument("program is required")
         if request.ByteSize() > self.config.server.max_message_bytes:
@@ -207,10 +223,50 @@ class DSPyPoolService(pb_grpc.DSPyPoolServicer):
             raise errors.InvalidArgument(f"request_id longer than {_REQUEST_ID_MAX} characters")
         if request.session_id:
             check_session_id(request.session_id)
+        if request.max_optimization_wait_ms < 0:
+            raise errors.InvalidArgument("max_optimization_wait_ms must be >= 0")
         _check_struct(request.inputs, self.config.server.max_input_depth, "inputs")
-        program = await self.registry.find(request.program, request.version)
-        check_inputs(request.program, request.inputs.keys(), program.input_names, program.takes_history)
-        return program
+
+    async def _route(self, request: pb.ExecuteRequest, request_id: str) -> tuple[ProgramVersion, routing.Route, str]:
+        """The version this call runs (the policy, the call's mode, its session), and a fallback reason if any."""
+        if request.version:
+            program = await self.registry.find(request.program, request.version)
+            return program, routing.Route(program.program.version, "version"), ""
+        await self.registry.find(request.program)  # refreshes once if another replica registered it
+        base = self.registry.base_version(request.program)
+        policy = self.registry.policy(request.program)
+        try:
+            view = routing.PolicyView(routing.parse_mode(policy.mode or "traditional"), policy.base_version or base.program.version,
+                                      policy.optimized_version, policy.hybrid_percent, policy.sticky_sessions)
+            route = routing.route(view, 0, request.mode, request.session_id, request_id)
+            if route.pending and request.max_optimization_wait_ms and self.jobs is not None:
+                # The optimized version was asked for while the first optimization still runs: wait a bounded time.
+                if await self.jobs.wait_for_job(request.program, request.max_optimization_wait_ms / 1000.0):
+                    policy = self.registry.policy(request.program)
+                    view = routing.PolicyView(view.mode, view.base_version, policy.optimized_version, view.hybrid_percent,
+                                              view.sticky_sessions)
+                    route = routing.route(view, 0, request.mode, request.session_id, request_id)
+        except ValueError as exc:
+            raise errors.InvalidArgument(str(exc)) from None
+        program = self.registry.get(request.program, route.version)
+        return program, route, routing.PENDING if route.pending else ""
+
+    async def _compare(self, request: pb.ExecuteRequest, version: int, request_id: str, deadline: float) -> pb.EvaluationArm:
+        """Evaluation mode's other arm: the same inputs on the other version, outside the session (one turn per call)."""
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        program = self.registry.get(request.program, version)
+        other = pb.ExecuteRequest(program=request.program, version=version, request_id=request_id + ":evaluation")
+        other.inputs.CopyFrom(request.inputs)
+        arm = pb.EvaluationArm(version=version, score=program.program.meta.optimized_score)
+        try:
+            served = await self.resilient.execute(program, other, other.request_id, deadline)
+            arm.outputs.CopyFrom(served.result.outputs)
+        except errors.PoolError as error:
+            arm.error = f"{error.kind.value}: {error.message}"[:500]
+        arm.latency_ms = (loop.time() - started) * 1000.0
+        self.stats.record(request.program, version, "evaluation", arm.latency_ms, bool(arm.error))
+        return arm
 
     async def Execute(self, request: pb.ExecuteRequest, context):
         loop = asyncio.get_running_loop()
@@ -218,15 +274,24 @@ class DSPyPoolService(pb_grpc.DSPyPoolServicer):
         deadline = _deadline(context, self.config, loop)
         request_id = request.request_id or uuid.uuid4().hex
         with structlog.contextvars.bound_contextvars(request_id=request_id, program=request.program):
+            program = route = None
             try:
-                program = await self._check_execute(request)
+                self._check_request(request)
+                program, route, pending = await self._route(request, request_id)
+                check_inputs(request.program, request.inputs.keys(), program.input_names, program.takes_history)
+                compare = (asyncio.ensure_future(self._compare(request, route.compare_with, request_id, deadline))
+                           if route.compare_with else None)
                 served = await self.resilient.execute(program, request, request_id, deadline)
+                evaluation = await compare if compare is not None else None
             except errors.PoolError as error:
+                if route is not None and not error.meaning.caller_fault:
+                    self.stats.record(program.name, program.program.version, route.label, (loop.time() - received) * 1000.0, True)
                 self._log_failure(error)
                 await self._abort(context, error)
                 return
         result = served.result
         total_ms = (loop.time() - received) * 1000.0
+        self.stats.record(program.name, program.program.version, route.label, total_ms, False)
         worker = result.worker
         response = pb.ExecuteResponse(
             program=program.name,
@@ -236,14 +301,125 @@ class DSPyPoolService(pb_grpc.DSPyPoolServicer):
             timings=pb.Timings(queue_wait_ms=max(0.0, total_ms - result.execution_ms), execution_ms=result.execution_ms, total_ms=total_ms),
             usage=pb.Usage(prompt_tokens=result.usage.prompt_tokens, completion_tokens=result.usage.completion_tokens, total_tokens=result.usage.total_tokens),
             served_by=served.served_by,
-            fallback_reason=served.fallback_reason,
+            fallback_reason=served.fallback_reason or pending,
             session_id=request.session_id,
             session_started=served.session.started,
             session_lost=served.session.lost,
             cache_level=served.cache_level,
+            execution_mode=route.label,
         )
         response.outputs.CopyFrom(result.outputs)
+        if evaluation is not None:
+            response.evaluation.CopyFrom(evaluation)
         return response
+
+    # -- optimization ---------------------------------------------------------
+    async def AddExamples(self, request: pb.AddExamplesRequest, context):
+        try:
+            return await self.datasets.add(request)
+        except errors.PoolError as error:
+            await self._abort(context, error)
+
+    async def GetDataset(self, request: pb.GetDatasetRequest, context):
+        try:
+            return await self.datasets.get(request.name)
+        except errors.PoolError as error:
+            await self._abort(context, error)
+
+    async def ListDatasets(self, request: pb.ListDatasetsRequest, context):
+        try:
+            return pb.ListDatasetsResponse(datasets=await self.datasets.list())
+        except errors.PoolError as error:
+            await self._abort(context, error)
+
+    async def DeleteDataset(self, request: pb.DeleteDatasetRequest, context):
+        try:
+            return pb.DeleteDatasetResponse(deleted=await self.datasets.delete(request.name))
+        except errors.PoolError as error:
+            await self._abort(context, error)
+
+    async def StartOptimization(self, request: pb.StartOptimizationRequest, context):
+        try:
+            return await self._jobs().start_job(request)
+        except errors.PoolError as error:
+            await self._abort(context, error)
+
+    async def GetOptimization(self, request: pb.GetOptimizationRequest, context):
+        try:
+            return await self._jobs().get(request.job_id)
+        except errors.PoolError as error:
+            await self._abort(context, error)
+
+    async def ListOptimizations(self, request: pb.ListOptimizationsRequest, context):
+        try:
+            return pb.ListOptimizationsResponse(jobs=await self._jobs().list(request.program))
+        except errors.PoolError as error:
+            await self._abort(context, error)
+
+    async def WatchOptimization(self, request: pb.GetOptimizationRequest, context):
+        try:
+            async for job in self._jobs().watch(request.job_id):
+                yield job
+        except errors.PoolError as error:
+            await self._abort(context, error)
+
+    async def CancelOptimization(self, request: pb.CancelOptimizationRequest, context):
+        try:
+            return await self._jobs().cancel(request.job_id)
+        except errors.PoolError as error:
+            await self._abort(context, error)
+
+    def _jobs(self):
+        if self.jobs is None:
+            raise errors.PoolError("optimization is off on this server (--optimizer-workers 0)", kind=errors.ErrorKind.FAILED_PRECONDITION)
+        return self.jobs
+
+    async def SetExecutionPolicy(self, request: pb.SetExecutionPolicyRequest, context):
+        try:
+            return await self.registry.set_policy(self._checked_policy(request.policy))
+        except errors.PoolError as error:
+            await self._abort(context, error)
+
+    async def GetExecutionPolicy(self, request: pb.GetExecutionPolicyRequest, context):
+        try:
+            self.registry.get(request.program)
+            return self.registry.policy(request.program)
+        except errors.PoolError as error:
+            await self._abort(context, error)
+
+    def _checked_policy(self, policy: pb.ExecutionPolicy) -> pb.ExecutionPolicy:
+        self.registry.get(policy.program)  # NOT_FOUND for an unknown program
+        checked = pb.ExecutionPolicy()
+        checked.CopyFrom(policy)
+        checked.mode = policy.mode or "traditional"
+        checked.promotion = policy.promotion or "manual"
+        try:
+            routing.parse_mode(checked.mode)
+        except ValueError as exc:
+            raise errors.InvalidArgument(str(exc)) from None
+        if checked.promotion not in ("manual", "auto"):
+            raise errors.InvalidArgument(f"promotion {checked.promotion!r} must be manual or auto")
+        if not 0 <= checked.hybrid_percent <= 100:
+            raise errors.InvalidArgument("hybrid_percent must be within 0..100")
+        for field, version in (("base_version", checked.base_version), ("optimized_version", checked.optimized_version)):
+            if version:
+                try:
+                    self.registry.get(policy.program, version)
+                except errors.NotFound:
+                    raise errors.InvalidArgument(f"{field} {version}: program {policy.program!r} has no such version") from None
+        return checked
+
+    async def GetProgramStats(self, request: pb.GetProgramStatsRequest, context):
+        try:
+            self.registry.get(request.program)
+        except errors.PoolError as error:
+            await self._abort(context, error)
+            return
+        stats = pb.ProgramStats(program=request.program, policy=self.registry.policy(request.program))
+        for arm in self.stats.view(request.program):
+            stats.arms.add(version=arm.version, arm=arm.arm, calls=arm.calls, errors=arm.errors, latency_p50_ms=arm.p50_ms,
+                           latency_p95_ms=arm.p95_ms, error_rate=arm.error_rate)
+        return stats
 
     async def _session_count(self) -> int:
         try:

@@ -117,12 +117,12 @@ class SessionStore:
     def lost_reason(self, session_id: str) -> str:
         return self._lost.get(session_id, "")
 
-    async def open(self, session_id: str, now: float) -> OpenedSession:
+    async def open(self, session_id: str, now: float, with_turns: bool = True) -> OpenedSession:
         """The session a call runs in: its history, created if new (RESOURCE_EXHAUSTED when the cap allows none)."""
         check_session_id(session_id)
         try:
             async with _store_errors():
-                opened = await self.store.open_session(session_id, now, self.limits)
+                opened = await self.store.open_session(session_id, now, self.limits, with_turns=with_turns)
         except ResourceExhausted:
             self.refused += 1
             raise

@@ -26,7 +26,7 @@ from __future__ import annotations
 import abc
 from dataclasses import dataclass, field
 
-SCHEMA_VERSION = 1  # bump with a migration in every backend that keeps a schema
+SCHEMA_VERSION = 2  # bump with a migration in every backend that keeps a schema
 
 
 class StateError(Exception):
@@ -49,6 +49,7 @@ class ProgramRecord:
     output_names: tuple[str, ...]
     takes_history: bool
     created_at: float  # wall-clock seconds
+    meta: bytes = b""  # serialized dspy_pool.v1.ProgramMeta (provenance and scores of an optimized version), opaque here
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +63,7 @@ class NewProgram:
     output_names: tuple[str, ...]
     takes_history: bool
     created_at: float
+    meta: bytes = b""  # stored with the version and returned as is
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +85,51 @@ class SessionRecord:
     created_at: float
     last_used_at: float
     turns: tuple[TurnRecord, ...] = field(default_factory=tuple)
+
+
+@dataclass(frozen=True, slots=True)
+class ExampleRecord:
+    """One labelled example of a dataset: what a call gets, and what it should answer."""
+
+    inputs_json: str  # JSON object
+    outputs_json: str  # JSON object: the expected outputs
+    source: str = "client"  # "client" (AddExamples) or "feedback" (RecordFeedback on a captured call)
+    created_at: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class DatasetInfo:
+    name: str
+    counts: tuple[tuple[str, int], ...]  # (split, examples), splits sorted: ("dev", n), ("train", m)
+    content_hash: str  # sha256 over every example of every split, in order: equal content, equal hash
+    updated_at: float
+
+
+@dataclass(frozen=True, slots=True)
+class JobRecord:
+    """An optimization job as stored: the request it was started with, where it is, what it produced.
+
+    Everything but the identity is opaque to the store: `request`, `progress` and `result` are
+    serialized protobuf messages (dspy_pool.v1.StartOptimizationRequest, OptimizationProgress,
+    OptimizationResult) the optimize package reads.
+    """
+
+    job_id: str
+    dedup_key: str  # equal for identical jobs (program version, dataset hash, optimizer, options, metric)
+    program: str  # the program's name, for listing
+    state: str  # queued | running | succeeded | failed | cancelled | interrupted
+    priority: int
+    created_at: float
+    updated_at: float
+    request: bytes = b""
+    progress: bytes = b""
+    result: bytes = b""
+    error: str = ""
+    owner: str = ""  # the replica running it (its lease holder), "" when none
+    lease_expires_at: float = 0.0
+
+
+JOB_ACTIVE_STATES = ("queued", "running")
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,6 +156,8 @@ class StateStore(abc.ABC):
     description: str = ""
     #: False for the memory backend: state ends with the process
     durable: bool = True
+    #: True when several servers may use the store at once (Redis): leases decide who runs a job
+    shared: bool = False
 
     @abc.abstractmethod
     async def open(self) -> None:
@@ -151,17 +200,20 @@ class StateStore(abc.ABC):
         """
 
     @abc.abstractmethod
-    async def open_session(self, session_id: str, now: float, limits: SessionLimits) -> AppendResult:
+    async def open_session(self, session_id: str, now: float, limits: SessionLimits, with_turns: bool = True) -> AppendResult:
         """The live session (touched), or a new empty one (started=True) created under the same cap policy
         as `append_turn`: called before a session's call runs, so a call that would exceed the cap is
-        refused before it spends anything on the LM. The turns returned are the history the call sees."""
+        refused before it spends anything on the LM. The turns returned are the history the call sees;
+        with `with_turns=False` (a program without a history input) none are read or returned."""
 
     @abc.abstractmethod
-    async def append_turn(self, session_id: str, turn: TurnRecord, now: float, limits: SessionLimits) -> AppendResult:
+    async def append_turn(self, session_id: str, turn: TurnRecord, now: float, limits: SessionLimits,
+                          with_turns: bool = False) -> AppendResult:
         """Append one turn atomically (two replicas appending at once both keep theirs), keep the last
         `max_turns`, touch `last_used_at`. Creating a session at `max_sessions` first removes expired
         ones, then the least recently used one idle at least `protect_s`; if none can go, raise
-        ResourceExhausted (dspy_pool.errors) with a retry hint."""
+        ResourceExhausted (dspy_pool.errors) with a retry hint. The result carries the session's turns only
+        with `with_turns=True` (the hot path does not need them back: reading them costs most of a call)."""
 
     @abc.abstractmethod
     async def delete_session(self, session_id: str) -> SessionRecord | None:
@@ -195,3 +247,56 @@ class StateStore(abc.ABC):
         """Delete entries past their expiry; how many. Call it now and then: expired entries are otherwise only
         dropped when read. A backend whose entries expire by themselves (Redis TTLs) keeps this default."""
         return 0
+
+    # -- datasets (optimization's training data) ----------------------------------
+    @abc.abstractmethod
+    async def add_examples(self, dataset: str, split: str, examples: list[ExampleRecord], max_examples: int) -> DatasetInfo:
+        """Append examples to a split (creating the dataset), atomically; past `max_examples` in the
+        dataset raise ResourceExhausted (dspy_pool.errors) and add none. The content hash changes."""
+
+    @abc.abstractmethod
+    async def get_dataset(self, dataset: str) -> DatasetInfo | None: ...
+
+    @abc.abstractmethod
+    async def list_datasets(self) -> list[DatasetInfo]:
+        """Every dataset, by name."""
+
+    @abc.abstractmethod
+    async def load_examples(self, dataset: str, split: str) -> list[ExampleRecord]:
+        """A split's examples in the order they were added ([] for an unknown dataset or split)."""
+
+    @abc.abstractmethod
+    async def delete_dataset(self, dataset: str) -> bool:
+        """Remove a dataset and its examples; False if there was none."""
+
+    # -- optimization jobs ------------------------------------------------------------
+    @abc.abstractmethod
+    async def put_job(self, job: JobRecord) -> None:
+        """Insert or replace a job by job_id (committed when this returns)."""
+
+    @abc.abstractmethod
+    async def get_job(self, job_id: str) -> JobRecord | None: ...
+
+    @abc.abstractmethod
+    async def list_jobs(self, program: str = "", states: tuple[str, ...] = (), limit: int = 100) -> list[JobRecord]:
+        """Jobs, newest first, optionally of one program and/or in some states."""
+
+    @abc.abstractmethod
+    async def find_job(self, dedup_key: str) -> JobRecord | None:
+        """The newest job with this dedup key (for "start an identical job: get that one")."""
+
+    @abc.abstractmethod
+    async def claim_job(self, job_id: str, owner: str, now: float, lease_s: float) -> bool:
+        """Take (or renew) the lease on a job atomically: True if it was free, expired, or already `owner`'s.
+        With several replicas on one store exactly one runs a job."""
+
+    # -- execution policies ---------------------------------------------------------------
+    @abc.abstractmethod
+    async def put_policy(self, program: str, policy: bytes) -> None:
+        """Store a program's execution policy (a serialized dspy_pool.v1.ExecutionPolicy) and move the
+        program revision, so replicas reload it with the programs (versioned reads)."""
+
+    @abc.abstractmethod
+    async def list_policies(self) -> dict[str, bytes]:
+        """Every program's execution policy."""
+

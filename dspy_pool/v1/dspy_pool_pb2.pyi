@@ -75,7 +75,7 @@ class ProgramSpec(_message.Message):
     def __init__(self, name: _Optional[str] = ..., signature: _Optional[str] = ..., input_fields: _Optional[_Iterable[_Union[FieldSpec, _Mapping]]] = ..., output_fields: _Optional[_Iterable[_Union[FieldSpec, _Mapping]]] = ..., module: _Optional[str] = ..., instructions: _Optional[str] = ..., demos: _Optional[_Iterable[_Union[_struct_pb2.Struct, _Mapping]]] = ..., state_json: _Optional[str] = ..., module_options: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., fallback: _Optional[_Union[FallbackSpec, _Mapping]] = ..., description: _Optional[str] = ..., warmup_inputs: _Optional[_Iterable[_Union[_struct_pb2.Struct, _Mapping]]] = ..., lm_options: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., cache: _Optional[_Union[CachePolicy, _Mapping]] = ...) -> None: ...
 
 class Program(_message.Message):
-    __slots__ = ("spec", "version", "content_hash", "created_at", "input_names", "output_names", "created")
+    __slots__ = ("spec", "version", "content_hash", "created_at", "input_names", "output_names", "created", "meta")
     SPEC_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     CONTENT_HASH_FIELD_NUMBER: _ClassVar[int]
@@ -83,6 +83,7 @@ class Program(_message.Message):
     INPUT_NAMES_FIELD_NUMBER: _ClassVar[int]
     OUTPUT_NAMES_FIELD_NUMBER: _ClassVar[int]
     CREATED_FIELD_NUMBER: _ClassVar[int]
+    META_FIELD_NUMBER: _ClassVar[int]
     spec: ProgramSpec
     version: int
     content_hash: str
@@ -90,7 +91,36 @@ class Program(_message.Message):
     input_names: _containers.RepeatedScalarFieldContainer[str]
     output_names: _containers.RepeatedScalarFieldContainer[str]
     created: bool
-    def __init__(self, spec: _Optional[_Union[ProgramSpec, _Mapping]] = ..., version: _Optional[int] = ..., content_hash: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., input_names: _Optional[_Iterable[str]] = ..., output_names: _Optional[_Iterable[str]] = ..., created: _Optional[bool] = ...) -> None: ...
+    meta: ProgramMeta
+    def __init__(self, spec: _Optional[_Union[ProgramSpec, _Mapping]] = ..., version: _Optional[int] = ..., content_hash: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., input_names: _Optional[_Iterable[str]] = ..., output_names: _Optional[_Iterable[str]] = ..., created: _Optional[bool] = ..., meta: _Optional[_Union[ProgramMeta, _Mapping]] = ...) -> None: ...
+
+class ProgramMeta(_message.Message):
+    __slots__ = ("job_id", "optimizer", "options", "dataset", "dataset_hash", "lm", "base_version", "baseline_score", "optimized_score", "dev_examples", "budget_limited", "metric")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    OPTIMIZER_FIELD_NUMBER: _ClassVar[int]
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    DATASET_FIELD_NUMBER: _ClassVar[int]
+    DATASET_HASH_FIELD_NUMBER: _ClassVar[int]
+    LM_FIELD_NUMBER: _ClassVar[int]
+    BASE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    BASELINE_SCORE_FIELD_NUMBER: _ClassVar[int]
+    OPTIMIZED_SCORE_FIELD_NUMBER: _ClassVar[int]
+    DEV_EXAMPLES_FIELD_NUMBER: _ClassVar[int]
+    BUDGET_LIMITED_FIELD_NUMBER: _ClassVar[int]
+    METRIC_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    optimizer: str
+    options: _struct_pb2.Struct
+    dataset: str
+    dataset_hash: str
+    lm: str
+    base_version: int
+    baseline_score: float
+    optimized_score: float
+    dev_examples: int
+    budget_limited: bool
+    metric: MetricSpec
+    def __init__(self, job_id: _Optional[str] = ..., optimizer: _Optional[str] = ..., options: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., dataset: _Optional[str] = ..., dataset_hash: _Optional[str] = ..., lm: _Optional[str] = ..., base_version: _Optional[int] = ..., baseline_score: _Optional[float] = ..., optimized_score: _Optional[float] = ..., dev_examples: _Optional[int] = ..., budget_limited: _Optional[bool] = ..., metric: _Optional[_Union[MetricSpec, _Mapping]] = ...) -> None: ...
 
 class RegisterProgramRequest(_message.Message):
     __slots__ = ("spec",)
@@ -133,18 +163,22 @@ class DeleteProgramResponse(_message.Message):
     def __init__(self, deleted_versions: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class ExecuteRequest(_message.Message):
-    __slots__ = ("program", "version", "inputs", "session_id", "request_id")
+    __slots__ = ("program", "version", "inputs", "session_id", "request_id", "mode", "max_optimization_wait_ms")
     PROGRAM_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     INPUTS_FIELD_NUMBER: _ClassVar[int]
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    MAX_OPTIMIZATION_WAIT_MS_FIELD_NUMBER: _ClassVar[int]
     program: str
     version: int
     inputs: _struct_pb2.Struct
     session_id: str
     request_id: str
-    def __init__(self, program: _Optional[str] = ..., version: _Optional[int] = ..., inputs: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., session_id: _Optional[str] = ..., request_id: _Optional[str] = ...) -> None: ...
+    mode: str
+    max_optimization_wait_ms: int
+    def __init__(self, program: _Optional[str] = ..., version: _Optional[int] = ..., inputs: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., session_id: _Optional[str] = ..., request_id: _Optional[str] = ..., mode: _Optional[str] = ..., max_optimization_wait_ms: _Optional[int] = ...) -> None: ...
 
 class WorkerRef(_message.Message):
     __slots__ = ("id", "pid")
@@ -175,7 +209,7 @@ class Usage(_message.Message):
     def __init__(self, prompt_tokens: _Optional[int] = ..., completion_tokens: _Optional[int] = ..., total_tokens: _Optional[int] = ...) -> None: ...
 
 class ExecuteResponse(_message.Message):
-    __slots__ = ("outputs", "program", "program_version", "request_id", "worker", "timings", "usage", "served_by", "fallback_reason", "session_id", "session_started", "session_lost", "cache_level")
+    __slots__ = ("outputs", "program", "program_version", "request_id", "worker", "timings", "usage", "served_by", "fallback_reason", "session_id", "session_started", "session_lost", "cache_level", "execution_mode", "evaluation")
     OUTPUTS_FIELD_NUMBER: _ClassVar[int]
     PROGRAM_FIELD_NUMBER: _ClassVar[int]
     PROGRAM_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -189,6 +223,8 @@ class ExecuteResponse(_message.Message):
     SESSION_STARTED_FIELD_NUMBER: _ClassVar[int]
     SESSION_LOST_FIELD_NUMBER: _ClassVar[int]
     CACHE_LEVEL_FIELD_NUMBER: _ClassVar[int]
+    EXECUTION_MODE_FIELD_NUMBER: _ClassVar[int]
+    EVALUATION_FIELD_NUMBER: _ClassVar[int]
     outputs: _struct_pb2.Struct
     program: str
     program_version: int
@@ -202,7 +238,284 @@ class ExecuteResponse(_message.Message):
     session_started: bool
     session_lost: str
     cache_level: str
-    def __init__(self, outputs: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., program: _Optional[str] = ..., program_version: _Optional[int] = ..., request_id: _Optional[str] = ..., worker: _Optional[_Union[WorkerRef, _Mapping]] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., served_by: _Optional[str] = ..., fallback_reason: _Optional[str] = ..., session_id: _Optional[str] = ..., session_started: _Optional[bool] = ..., session_lost: _Optional[str] = ..., cache_level: _Optional[str] = ...) -> None: ...
+    execution_mode: str
+    evaluation: EvaluationArm
+    def __init__(self, outputs: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., program: _Optional[str] = ..., program_version: _Optional[int] = ..., request_id: _Optional[str] = ..., worker: _Optional[_Union[WorkerRef, _Mapping]] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., served_by: _Optional[str] = ..., fallback_reason: _Optional[str] = ..., session_id: _Optional[str] = ..., session_started: _Optional[bool] = ..., session_lost: _Optional[str] = ..., cache_level: _Optional[str] = ..., execution_mode: _Optional[str] = ..., evaluation: _Optional[_Union[EvaluationArm, _Mapping]] = ...) -> None: ...
+
+class EvaluationArm(_message.Message):
+    __slots__ = ("outputs", "version", "latency_ms", "score", "error")
+    OUTPUTS_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    outputs: _struct_pb2.Struct
+    version: int
+    latency_ms: float
+    score: float
+    error: str
+    def __init__(self, outputs: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., version: _Optional[int] = ..., latency_ms: _Optional[float] = ..., score: _Optional[float] = ..., error: _Optional[str] = ...) -> None: ...
+
+class Example(_message.Message):
+    __slots__ = ("inputs", "outputs")
+    INPUTS_FIELD_NUMBER: _ClassVar[int]
+    OUTPUTS_FIELD_NUMBER: _ClassVar[int]
+    inputs: _struct_pb2.Struct
+    outputs: _struct_pb2.Struct
+    def __init__(self, inputs: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., outputs: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
+
+class AddExamplesRequest(_message.Message):
+    __slots__ = ("dataset", "split", "examples")
+    DATASET_FIELD_NUMBER: _ClassVar[int]
+    SPLIT_FIELD_NUMBER: _ClassVar[int]
+    EXAMPLES_FIELD_NUMBER: _ClassVar[int]
+    dataset: str
+    split: str
+    examples: _containers.RepeatedCompositeFieldContainer[Example]
+    def __init__(self, dataset: _Optional[str] = ..., split: _Optional[str] = ..., examples: _Optional[_Iterable[_Union[Example, _Mapping]]] = ...) -> None: ...
+
+class Dataset(_message.Message):
+    __slots__ = ("name", "counts", "content_hash", "updated_at")
+    class CountsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    COUNTS_FIELD_NUMBER: _ClassVar[int]
+    CONTENT_HASH_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    counts: _containers.ScalarMap[str, int]
+    content_hash: str
+    updated_at: _timestamp_pb2.Timestamp
+    def __init__(self, name: _Optional[str] = ..., counts: _Optional[_Mapping[str, int]] = ..., content_hash: _Optional[str] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class GetDatasetRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class ListDatasetsRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListDatasetsResponse(_message.Message):
+    __slots__ = ("datasets",)
+    DATASETS_FIELD_NUMBER: _ClassVar[int]
+    datasets: _containers.RepeatedCompositeFieldContainer[Dataset]
+    def __init__(self, datasets: _Optional[_Iterable[_Union[Dataset, _Mapping]]] = ...) -> None: ...
+
+class DeleteDatasetRequest(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class DeleteDatasetResponse(_message.Message):
+    __slots__ = ("deleted",)
+    DELETED_FIELD_NUMBER: _ClassVar[int]
+    deleted: bool
+    def __init__(self, deleted: _Optional[bool] = ...) -> None: ...
+
+class MetricSpec(_message.Message):
+    __slots__ = ("kind", "fields", "options")
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    FIELDS_FIELD_NUMBER: _ClassVar[int]
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    kind: str
+    fields: _containers.RepeatedScalarFieldContainer[str]
+    options: _struct_pb2.Struct
+    def __init__(self, kind: _Optional[str] = ..., fields: _Optional[_Iterable[str]] = ..., options: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
+
+class OptimizationBudget(_message.Message):
+    __slots__ = ("max_lm_calls", "max_seconds")
+    MAX_LM_CALLS_FIELD_NUMBER: _ClassVar[int]
+    MAX_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    max_lm_calls: int
+    max_seconds: float
+    def __init__(self, max_lm_calls: _Optional[int] = ..., max_seconds: _Optional[float] = ...) -> None: ...
+
+class StartOptimizationRequest(_message.Message):
+    __slots__ = ("program", "base_version", "dataset", "optimizer", "options", "metric", "budget", "priority", "seed")
+    PROGRAM_FIELD_NUMBER: _ClassVar[int]
+    BASE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    DATASET_FIELD_NUMBER: _ClassVar[int]
+    OPTIMIZER_FIELD_NUMBER: _ClassVar[int]
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    METRIC_FIELD_NUMBER: _ClassVar[int]
+    BUDGET_FIELD_NUMBER: _ClassVar[int]
+    PRIORITY_FIELD_NUMBER: _ClassVar[int]
+    SEED_FIELD_NUMBER: _ClassVar[int]
+    program: str
+    base_version: int
+    dataset: str
+    optimizer: str
+    options: _struct_pb2.Struct
+    metric: MetricSpec
+    budget: OptimizationBudget
+    priority: int
+    seed: int
+    def __init__(self, program: _Optional[str] = ..., base_version: _Optional[int] = ..., dataset: _Optional[str] = ..., optimizer: _Optional[str] = ..., options: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., metric: _Optional[_Union[MetricSpec, _Mapping]] = ..., budget: _Optional[_Union[OptimizationBudget, _Mapping]] = ..., priority: _Optional[int] = ..., seed: _Optional[int] = ...) -> None: ...
+
+class OptimizationProgress(_message.Message):
+    __slots__ = ("phase", "trials_done", "trials_planned", "best_score", "has_best_score", "lm_calls", "elapsed_s")
+    PHASE_FIELD_NUMBER: _ClassVar[int]
+    TRIALS_DONE_FIELD_NUMBER: _ClassVar[int]
+    TRIALS_PLANNED_FIELD_NUMBER: _ClassVar[int]
+    BEST_SCORE_FIELD_NUMBER: _ClassVar[int]
+    HAS_BEST_SCORE_FIELD_NUMBER: _ClassVar[int]
+    LM_CALLS_FIELD_NUMBER: _ClassVar[int]
+    ELAPSED_S_FIELD_NUMBER: _ClassVar[int]
+    phase: str
+    trials_done: int
+    trials_planned: int
+    best_score: float
+    has_best_score: bool
+    lm_calls: int
+    elapsed_s: float
+    def __init__(self, phase: _Optional[str] = ..., trials_done: _Optional[int] = ..., trials_planned: _Optional[int] = ..., best_score: _Optional[float] = ..., has_best_score: _Optional[bool] = ..., lm_calls: _Optional[int] = ..., elapsed_s: _Optional[float] = ...) -> None: ...
+
+class OptimizationResult(_message.Message):
+    __slots__ = ("version", "baseline_score", "optimized_score", "dev_examples", "lm_calls", "budget_limited", "elapsed_s", "promoted")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    BASELINE_SCORE_FIELD_NUMBER: _ClassVar[int]
+    OPTIMIZED_SCORE_FIELD_NUMBER: _ClassVar[int]
+    DEV_EXAMPLES_FIELD_NUMBER: _ClassVar[int]
+    LM_CALLS_FIELD_NUMBER: _ClassVar[int]
+    BUDGET_LIMITED_FIELD_NUMBER: _ClassVar[int]
+    ELAPSED_S_FIELD_NUMBER: _ClassVar[int]
+    PROMOTED_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    baseline_score: float
+    optimized_score: float
+    dev_examples: int
+    lm_calls: int
+    budget_limited: bool
+    elapsed_s: float
+    promoted: bool
+    def __init__(self, version: _Optional[int] = ..., baseline_score: _Optional[float] = ..., optimized_score: _Optional[float] = ..., dev_examples: _Optional[int] = ..., lm_calls: _Optional[int] = ..., budget_limited: _Optional[bool] = ..., elapsed_s: _Optional[float] = ..., promoted: _Optional[bool] = ...) -> None: ...
+
+class OptimizationJob(_message.Message):
+    __slots__ = ("job_id", "state", "request", "progress", "result", "error", "created_at", "updated_at", "reused", "dataset_hash", "base_version")
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_FIELD_NUMBER: _ClassVar[int]
+    PROGRESS_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    UPDATED_AT_FIELD_NUMBER: _ClassVar[int]
+    REUSED_FIELD_NUMBER: _ClassVar[int]
+    DATASET_HASH_FIELD_NUMBER: _ClassVar[int]
+    BASE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    state: str
+    request: StartOptimizationRequest
+    progress: OptimizationProgress
+    result: OptimizationResult
+    error: str
+    created_at: _timestamp_pb2.Timestamp
+    updated_at: _timestamp_pb2.Timestamp
+    reused: bool
+    dataset_hash: str
+    base_version: int
+    def __init__(self, job_id: _Optional[str] = ..., state: _Optional[str] = ..., request: _Optional[_Union[StartOptimizationRequest, _Mapping]] = ..., progress: _Optional[_Union[OptimizationProgress, _Mapping]] = ..., result: _Optional[_Union[OptimizationResult, _Mapping]] = ..., error: _Optional[str] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., updated_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., reused: _Optional[bool] = ..., dataset_hash: _Optional[str] = ..., base_version: _Optional[int] = ...) -> None: ...
+
+class GetOptimizationRequest(_message.Message):
+    __slots__ = ("job_id",)
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    def __init__(self, job_id: _Optional[str] = ...) -> None: ...
+
+class ListOptimizationsRequest(_message.Message):
+    __slots__ = ("program",)
+    PROGRAM_FIELD_NUMBER: _ClassVar[int]
+    program: str
+    def __init__(self, program: _Optional[str] = ...) -> None: ...
+
+class ListOptimizationsResponse(_message.Message):
+    __slots__ = ("jobs",)
+    JOBS_FIELD_NUMBER: _ClassVar[int]
+    jobs: _containers.RepeatedCompositeFieldContainer[OptimizationJob]
+    def __init__(self, jobs: _Optional[_Iterable[_Union[OptimizationJob, _Mapping]]] = ...) -> None: ...
+
+class CancelOptimizationRequest(_message.Message):
+    __slots__ = ("job_id",)
+    JOB_ID_FIELD_NUMBER: _ClassVar[int]
+    job_id: str
+    def __init__(self, job_id: _Optional[str] = ...) -> None: ...
+
+class ExecutionPolicy(_message.Message):
+    __slots__ = ("program", "mode", "base_version", "optimized_version", "hybrid_percent", "sticky_sessions", "promotion", "min_improvement", "min_dev_examples")
+    PROGRAM_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    BASE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    OPTIMIZED_VERSION_FIELD_NUMBER: _ClassVar[int]
+    HYBRID_PERCENT_FIELD_NUMBER: _ClassVar[int]
+    STICKY_SESSIONS_FIELD_NUMBER: _ClassVar[int]
+    PROMOTION_FIELD_NUMBER: _ClassVar[int]
+    MIN_IMPROVEMENT_FIELD_NUMBER: _ClassVar[int]
+    MIN_DEV_EXAMPLES_FIELD_NUMBER: _ClassVar[int]
+    program: str
+    mode: str
+    base_version: int
+    optimized_version: int
+    hybrid_percent: float
+    sticky_sessions: bool
+    promotion: str
+    min_improvement: float
+    min_dev_examples: int
+    def __init__(self, program: _Optional[str] = ..., mode: _Optional[str] = ..., base_version: _Optional[int] = ..., optimized_version: _Optional[int] = ..., hybrid_percent: _Optional[float] = ..., sticky_sessions: _Optional[bool] = ..., promotion: _Optional[str] = ..., min_improvement: _Optional[float] = ..., min_dev_examples: _Optional[int] = ...) -> None: ...
+
+class SetExecutionPolicyRequest(_message.Message):
+    __slots__ = ("policy",)
+    POLICY_FIELD_NUMBER: _ClassVar[int]
+    policy: ExecutionPolicy
+    def __init__(self, policy: _Optional[_Union[ExecutionPolicy, _Mapping]] = ...) -> None: ...
+
+class GetExecutionPolicyRequest(_message.Message):
+    __slots__ = ("program",)
+    PROGRAM_FIELD_NUMBER: _ClassVar[int]
+    program: str
+    def __init__(self, program: _Optional[str] = ...) -> None: ...
+
+class GetProgramStatsRequest(_message.Message):
+    __slots__ = ("program",)
+    PROGRAM_FIELD_NUMBER: _ClassVar[int]
+    program: str
+    def __init__(self, program: _Optional[str] = ...) -> None: ...
+
+class ArmStats(_message.Message):
+    __slots__ = ("version", "arm", "calls", "errors", "latency_p50_ms", "latency_p95_ms", "error_rate")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    ARM_FIELD_NUMBER: _ClassVar[int]
+    CALLS_FIELD_NUMBER: _ClassVar[int]
+    ERRORS_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_P50_MS_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_P95_MS_FIELD_NUMBER: _ClassVar[int]
+    ERROR_RATE_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    arm: str
+    calls: int
+    errors: int
+    latency_p50_ms: float
+    latency_p95_ms: float
+    error_rate: float
+    def __init__(self, version: _Optional[int] = ..., arm: _Optional[str] = ..., calls: _Optional[int] = ..., errors: _Optional[int] = ..., latency_p50_ms: _Optional[float] = ..., latency_p95_ms: _Optional[float] = ..., error_rate: _Optional[float] = ...) -> None: ...
+
+class ProgramStats(_message.Message):
+    __slots__ = ("program", "arms", "policy")
+    PROGRAM_FIELD_NUMBER: _ClassVar[int]
+    ARMS_FIELD_NUMBER: _ClassVar[int]
+    POLICY_FIELD_NUMBER: _ClassVar[int]
+    program: str
+    arms: _containers.RepeatedCompositeFieldContainer[ArmStats]
+    policy: ExecutionPolicy
+    def __init__(self, program: _Optional[str] = ..., arms: _Optional[_Iterable[_Union[ArmStats, _Mapping]]] = ..., policy: _Optional[_Union[ExecutionPolicy, _Mapping]] = ...) -> None: ...
 
 class Turn(_message.Message):
     __slots__ = ("inputs", "outputs", "program")

@@ -79,6 +79,66 @@ class DSPyPoolStub:
                 request_serializer=dspy__pool_dot_v1_dot_dspy__pool__pb2.WatchPoolStatusRequest.SerializeToString,
                 response_deserializer=dspy__pool_dot_v1_dot_dspy__pool__pb2.PoolStatus.FromString,
                 _registered_method=True)
+        self.AddExamples = channel.unary_unary(
+                '/dspy_pool.v1.DSPyPool/AddExamples',
+                request_serializer=dspy__pool_dot_v1_dot_dspy__pool__pb2.AddExamplesRequest.SerializeToString,
+                response_deserializer=dspy__pool_dot_v1_dot_dspy__pool__pb2.Dataset.FromString,
+                _registered_method=True)
+        self.GetDataset = channel.unary_unary(
+                '/dspy_pool.v1.DSPyPool/GetDataset',
+                request_serializer=dspy__pool_dot_v1_dot_dspy__pool__pb2.GetDatasetRequest.SerializeToString,
+                response_deserializer=dspy__pool_dot_v1_dot_dspy__pool__pb2.Dataset.FromString,
+                _registered_method=True)
+        self.ListDatasets = channel.unary_unary(
+                '/dspy_pool.v1.DSPyPool/ListDatasets',
+                request_serializer=dspy__pool_dot_v1_dot_dspy__pool__pb2.ListDatasetsRequest.SerializeToString,
+                response_deserializer=dspy__pool_dot_v1_dot_dspy__pool__pb2.ListDatasetsResponse.FromString,
+                _registered_method=True)
+        self.DeleteDataset = channel.unary_unary(
+                '/dspy_pool.v1.DSPyPool/DeleteDataset',
+                request_serializer=dspy__pool_dot_v1_dot_dspy__pool__pb2.DeleteDatasetRequest.SerializeToString,
+                response_deserializer=dspy__pool_dot_v1_dot_dspy__pool__pb2.DeleteDatasetResponse.FromString,
+                _registered_method=True)
+        self.StartOptimization = channel.unary_unary(
+                '/dspy_pool.v1.DSPyPool/StartOptimization',
+                request_serializer=dspy__pool_dot_v1_dot_dspy__pool__pb2.StartOptimizationRequest.SerializeToString,
+                response_deserializer=dspy__pool_dot_v1_dot_dspy__pool__pb2.OptimizationJob.FromString,
+                _registered_method=True)
+        self.GetOptimization = channel.unary_unary(
+                '/dspy_pool.v1.DSPyPool/GetOptimization',
+                request_serializer=dspy__pool_dot_v1_dot_dspy__pool__pb2.GetOptimizationRequest.SerializeToString,
+                response_deserializer=dspy__pool_dot_v1_dot_dspy__pool__pb2.OptimizationJob.FromString,
+                _registered_method=True)
+        self.ListOptimizations = channel.unary_unary(
+                '/dspy_pool.v1.DSPyPool/ListOptimizations',
+                request_serializer=dspy__pool_dot_v1_dot_dspy__pool__pb2.ListOptimizationsRequest.SerializeToString,
+                response_deserializer=dspy__pool_dot_v1_dot_dspy__pool__pb2.ListOptimizationsResponse.FromString,
+                _registered_method=True)
+        self.WatchOptimization = channel.unary_stream(
+                '/dspy_pool.v1.DSPyPool/WatchOptimization',
+                request_serializer=dspy__pool_dot_v1_dot_dspy__pool__pb2.GetOptimizationRequest.SerializeToString,
+                response_deserializer=dspy__pool_dot_v1_dot_dspy__pool__pb2.OptimizationJob.FromString,
+                _registered_method=True)
+        self.CancelOptimization = channel.unary_unary(
+                '/dspy_pool.v1.DSPyPool/CancelOptimization',
+                request_serializer=dspy__pool_dot_v1_dot_dspy__pool__pb2.CancelOptimizationRequest.SerializeToString,
+                response_deserializer=dspy__pool_dot_v1_dot_dspy__pool__pb2.OptimizationJob.FromString,
+                _registered_method=True)
+        self.SetExecutionPolicy = channel.unary_unary(
+                '/dspy_pool.v1.DSPyPool/SetExecutionPolicy',
+                request_serializer=dspy__pool_dot_v1_dot_dspy__pool__pb2.SetExecutionPolicyRequest.SerializeToString,
+                response_deserializer=dspy__pool_dot_v1_dot_dspy__pool__pb2.ExecutionPolicy.FromString,
+                _registered_method=True)
+        self.GetExecutionPolicy = channel.unary_unary(
+                '/dspy_pool.v1.DSPyPool/GetExecutionPolicy',
+                request_serializer=dspy__pool_dot_v1_dot_dspy__pool__pb2.GetExecutionPolicyRequest.SerializeToString,
+                response_deserializer=dspy__pool_dot_v1_dot_dspy__pool__pb2.ExecutionPolicy.FromString,
+                _registered_method=True)
+        self.GetProgramStats = channel.unary_unary(
+                '/dspy_pool.v1.DSPyPool/GetProgramStats',
+                request_serializer=dspy__pool_dot_v1_dot_dspy__pool__pb2.GetProgramStatsRequest.SerializeToString,
+                response_deserializer=dspy__pool_dot_v1_dot_dspy__pool__pb2.ProgramStats.FromString,
+                _registered_method=True)
 
 
 class DSPyPoolServicer:
@@ -144,6 +204,84 @@ class DSPyPoolServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AddExamples(self, request, context):
+        """-- optimization: training data, jobs, versions, how calls are routed --------
+        Appends labelled examples to a dataset's split ("train" or "dev").
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetDataset(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListDatasets(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DeleteDataset(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def StartOptimization(self, request, context):
+        """Starts (or, when an identical job exists, returns) a background optimization.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetOptimization(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListOptimizations(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def WatchOptimization(self, request, context):
+        """The job now, then on every change until it ends.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def CancelOptimization(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SetExecutionPolicy(self, request, context):
+        """How a program's calls choose a version: traditional, optimized, hybrid, evaluation.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetExecutionPolicy(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetProgramStats(self, request, context):
+        """Per version and per hybrid arm: calls, latency, errors.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_DSPyPoolServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -191,6 +329,66 @@ def add_DSPyPoolServicer_to_server(servicer, server):
                     servicer.WatchPoolStatus,
                     request_deserializer=dspy__pool_dot_v1_dot_dspy__pool__pb2.WatchPoolStatusRequest.FromString,
                     response_serializer=dspy__pool_dot_v1_dot_dspy__pool__pb2.PoolStatus.SerializeToString,
+            ),
+            'AddExamples': grpc.unary_unary_rpc_method_handler(
+                    servicer.AddExamples,
+                    request_deserializer=dspy__pool_dot_v1_dot_dspy__pool__pb2.AddExamplesRequest.FromString,
+                    response_serializer=dspy__pool_dot_v1_dot_dspy__pool__pb2.Dataset.SerializeToString,
+            ),
+            'GetDataset': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetDataset,
+                    request_deserializer=dspy__pool_dot_v1_dot_dspy__pool__pb2.GetDatasetRequest.FromString,
+                    response_serializer=dspy__pool_dot_v1_dot_dspy__pool__pb2.Dataset.SerializeToString,
+            ),
+            'ListDatasets': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListDatasets,
+                    request_deserializer=dspy__pool_dot_v1_dot_dspy__pool__pb2.ListDatasetsRequest.FromString,
+                    response_serializer=dspy__pool_dot_v1_dot_dspy__pool__pb2.ListDatasetsResponse.SerializeToString,
+            ),
+            'DeleteDataset': grpc.unary_unary_rpc_method_handler(
+                    servicer.DeleteDataset,
+                    request_deserializer=dspy__pool_dot_v1_dot_dspy__pool__pb2.DeleteDatasetRequest.FromString,
+                    response_serializer=dspy__pool_dot_v1_dot_dspy__pool__pb2.DeleteDatasetResponse.SerializeToString,
+            ),
+            'StartOptimization': grpc.unary_unary_rpc_method_handler(
+                    servicer.StartOptimization,
+                    request_deserializer=dspy__pool_dot_v1_dot_dspy__pool__pb2.StartOptimizationRequest.FromString,
+                    response_serializer=dspy__pool_dot_v1_dot_dspy__pool__pb2.OptimizationJob.SerializeToString,
+            ),
+            'GetOptimization': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetOptimization,
+                    request_deserializer=dspy__pool_dot_v1_dot_dspy__pool__pb2.GetOptimizationRequest.FromString,
+                    response_serializer=dspy__pool_dot_v1_dot_dspy__pool__pb2.OptimizationJob.SerializeToString,
+            ),
+            'ListOptimizations': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListOptimizations,
+                    request_deserializer=dspy__pool_dot_v1_dot_dspy__pool__pb2.ListOptimizationsRequest.FromString,
+                    response_serializer=dspy__pool_dot_v1_dot_dspy__pool__pb2.ListOptimizationsResponse.SerializeToString,
+            ),
+            'WatchOptimization': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchOptimization,
+                    request_deserializer=dspy__pool_dot_v1_dot_dspy__pool__pb2.GetOptimizationRequest.FromString,
+                    response_serializer=dspy__pool_dot_v1_dot_dspy__pool__pb2.OptimizationJob.SerializeToString,
+            ),
+            'CancelOptimization': grpc.unary_unary_rpc_method_handler(
+                    servicer.CancelOptimization,
+                    request_deserializer=dspy__pool_dot_v1_dot_dspy__pool__pb2.CancelOptimizationRequest.FromString,
+                    response_serializer=dspy__pool_dot_v1_dot_dspy__pool__pb2.OptimizationJob.SerializeToString,
+            ),
+            'SetExecutionPolicy': grpc.unary_unary_rpc_method_handler(
+                    servicer.SetExecutionPolicy,
+                    request_deserializer=dspy__pool_dot_v1_dot_dspy__pool__pb2.SetExecutionPolicyRequest.FromString,
+                    response_serializer=dspy__pool_dot_v1_dot_dspy__pool__pb2.ExecutionPolicy.SerializeToString,
+            ),
+            'GetExecutionPolicy': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetExecutionPolicy,
+                    request_deserializer=dspy__pool_dot_v1_dot_dspy__pool__pb2.GetExecutionPolicyRequest.FromString,
+                    response_serializer=dspy__pool_dot_v1_dot_dspy__pool__pb2.ExecutionPolicy.SerializeToString,
+            ),
+            'GetProgramStats': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetProgramStats,
+                    request_deserializer=dspy__pool_dot_v1_dot_dspy__pool__pb2.GetProgramStatsRequest.FromString,
+                    response_serializer=dspy__pool_dot_v1_dot_dspy__pool__pb2.ProgramStats.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -436,6 +634,330 @@ class DSPyPool:
             '/dspy_pool.v1.DSPyPool/WatchPoolStatus',
             dspy__pool_dot_v1_dot_dspy__pool__pb2.WatchPoolStatusRequest.SerializeToString,
             dspy__pool_dot_v1_dot_dspy__pool__pb2.PoolStatus.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AddExamples(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dspy_pool.v1.DSPyPool/AddExamples',
+            dspy__pool_dot_v1_dot_dspy__pool__pb2.AddExamplesRequest.SerializeToString,
+            dspy__pool_dot_v1_dot_dspy__pool__pb2.Dataset.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetDataset(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dspy_pool.v1.DSPyPool/GetDataset',
+            dspy__pool_dot_v1_dot_dspy__pool__pb2.GetDatasetRequest.SerializeToString,
+            dspy__pool_dot_v1_dot_dspy__pool__pb2.Dataset.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListDatasets(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dspy_pool.v1.DSPyPool/ListDatasets',
+            dspy__pool_dot_v1_dot_dspy__pool__pb2.ListDatasetsRequest.SerializeToString,
+            dspy__pool_dot_v1_dot_dspy__pool__pb2.ListDatasetsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DeleteDataset(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dspy_pool.v1.DSPyPool/DeleteDataset',
+            dspy__pool_dot_v1_dot_dspy__pool__pb2.DeleteDatasetRequest.SerializeToString,
+            dspy__pool_dot_v1_dot_dspy__pool__pb2.DeleteDatasetResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def StartOptimization(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dspy_pool.v1.DSPyPool/StartOptimization',
+            dspy__pool_dot_v1_dot_dspy__pool__pb2.StartOptimizationRequest.SerializeToString,
+            dspy__pool_dot_v1_dot_dspy__pool__pb2.OptimizationJob.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetOptimization(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dspy_pool.v1.DSPyPool/GetOptimization',
+            dspy__pool_dot_v1_dot_dspy__pool__pb2.GetOptimizationRequest.SerializeToString,
+            dspy__pool_dot_v1_dot_dspy__pool__pb2.OptimizationJob.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListOptimizations(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dspy_pool.v1.DSPyPool/ListOptimizations',
+            dspy__pool_dot_v1_dot_dspy__pool__pb2.ListOptimizationsRequest.SerializeToString,
+            dspy__pool_dot_v1_dot_dspy__pool__pb2.ListOptimizationsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchOptimization(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/dspy_pool.v1.DSPyPool/WatchOptimization',
+            dspy__pool_dot_v1_dot_dspy__pool__pb2.GetOptimizationRequest.SerializeToString,
+            dspy__pool_dot_v1_dot_dspy__pool__pb2.OptimizationJob.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def CancelOptimization(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dspy_pool.v1.DSPyPool/CancelOptimization',
+            dspy__pool_dot_v1_dot_dspy__pool__pb2.CancelOptimizationRequest.SerializeToString,
+            dspy__pool_dot_v1_dot_dspy__pool__pb2.OptimizationJob.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SetExecutionPolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dspy_pool.v1.DSPyPool/SetExecutionPolicy',
+            dspy__pool_dot_v1_dot_dspy__pool__pb2.SetExecutionPolicyRequest.SerializeToString,
+            dspy__pool_dot_v1_dot_dspy__pool__pb2.ExecutionPolicy.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetExecutionPolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dspy_pool.v1.DSPyPool/GetExecutionPolicy',
+            dspy__pool_dot_v1_dot_dspy__pool__pb2.GetExecutionPolicyRequest.SerializeToString,
+            dspy__pool_dot_v1_dot_dspy__pool__pb2.ExecutionPolicy.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetProgramStats(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dspy_pool.v1.DSPyPool/GetProgramStats',
+            dspy__pool_dot_v1_dot_dspy__pool__pb2.GetProgramStatsRequest.SerializeToString,
+            dspy__pool_dot_v1_dot_dspy__pool__pb2.ProgramStats.FromString,
             options,
             channel_credentials,
             insecure,

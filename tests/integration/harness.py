@@ -23,7 +23,7 @@ CHAOS = "tests.fixtures.chaos_kinds"
 
 def make_config(**overrides) -> ServerConfig:
     """A test server's config; overrides by flat setting name (the flag's name), e.g. max_queue=5."""
-    defaults = dict(state="memory", listen="127.0.0.1:0", workers=2, worker_concurrency=16, max_queue=100, lm="sim",
+    defaults = dict(state="memory", optimizer_workers=0, listen="127.0.0.1:0", workers=2, worker_concurrency=16, max_queue=100, lm="sim",
                     sim_latency="fixed:5", programs=(CHAOS,), drain_grace_s=2.0, default_deadline_s=20.0)
     return build(**{**defaults, **overrides})
 

@@ -113,8 +113,21 @@ defmodule DspyPoolClient do
 
   @doc """
   Runs a program. Options: `:version`, `:session_id`, `:request_id`,
-  `:timeout` (ms). Returns `{:ok, %{outputs: map, response: ExecuteResponse}}`;
-  the response has `worker`, `timings`, `usage`, `served_by` and
+  `:mode`, `:max_optimization_wait_ms`, `:timeout` (ms).
+
+  `:mode` (`"traditional"`, `"optimized"`, `"hybrid"`, `"evaluation"`)
+  overrides the program's execution policy for this call (ignored when
+  `:version` is set); `:max_optimization_wait_ms`: in optimized mode while the
+  first optimization still runs, wait this long for its version, then run the
+  base version.
+
+  Returns `{:ok, %{outputs: map, execution_mode: string, evaluation: map | nil,
+  response: ExecuteResponse}}`. `execution_mode` says how the version was
+  chosen: `"traditional"`, `"optimized"`, `"hybrid:optimized"`,
+  `"hybrid:traditional"`, `"evaluation"`, or `"version"` (the call named one).
+  `evaluation` is, in evaluation mode, the other version's answer:
+  `%{outputs: map, version:, latency_ms:, score:, error:}`; otherwise `nil`.
+  The response has `worker`, `timings`, `usage`, `served_by` and
   `fallback_reason`.
   """
   @spec execute(channel(), String.t(), map(), keyword()) :: {:ok, map()} | error()
@@ -124,11 +137,19 @@ defmodule DspyPoolClient do
       version: Keyword.get(opts, :version, 0),
       inputs: to_struct(inputs),
       session_id: Keyword.get(opts, :session_id, ""),
-      request_id: Keyword.get(opts, :request_id, "")
+      request_id: Keyword.get(opts, :request_id, ""),
+      mode: Keyword.get(opts, :mode, ""),
+      max_optimization_wait_ms: Keyword.get(opts, :max_optimization_wait_ms, 0)
     }
 
     with {:ok, response} <- Stub.execute(channel, request, call_opts(opts)) do
-      {:ok, %{outputs: from_struct(response.outputs), response: response}}
+      {:ok,
+       %{
+         outputs: from_struct(response.outputs),
+         execution_mode: response.execution_mode,
+         evaluation: evaluation_arm(response.evaluation),
+         response: response
+       }}
     end
   end
 
@@ -202,6 +223,18 @@ defmodule DspyPoolClient do
   def from_struct(struct), do: Google.Protobuf.to_map(struct)
 
   # ---- internals --------------------------------------------------------
+
+  defp evaluation_arm(nil), do: nil
+
+  defp evaluation_arm(arm) do
+    %{
+      outputs: from_struct(arm.outputs),
+      version: arm.version,
+      latency_ms: arm.latency_ms,
+      score: arm.score,
+      error: arm.error
+    }
+  end
 
   defp call_opts(opts), do: [timeout: Keyword.get(opts, :timeout, @default_timeout)]
 

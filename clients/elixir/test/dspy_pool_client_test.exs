@@ -42,6 +42,17 @@ defmodule DspyPoolClientTest do
       assert response.served_by == "primary"
     end
 
+    test "execute with a mode returns how the version was chosen", %{channel: channel} do
+      {:ok, _} =
+        DspyPoolClient.register_program(channel, %{name: "ex_modes", signature: "question -> answer"})
+
+      {:ok, %{execution_mode: mode, evaluation: evaluation}} =
+        DspyPoolClient.execute(channel, "ex_modes", %{question: "Which mode?"}, mode: "traditional")
+
+      assert mode == "traditional"
+      assert evaluation == nil
+    end
+
     test "an unknown program is NOT_FOUND", %{channel: channel} do
       assert {:error, %GRPC.RPCError{status: status}} =
                DspyPoolClient.execute(channel, "ex_missing", %{question: "x"})

@@ -145,6 +145,16 @@ test('registers a program and executes it', async () => {
   assert.ok(result.timings.total_ms >= result.timings.execution_ms);
 });
 
+test('execute with a mode returns how the version was chosen', async () => {
+  await client.registerProgram({ name: 'node_modes', signature: 'question -> answer' });
+  const result = await client.execute('node_modes', { question: 'Which mode?' }, { mode: 'traditional', maxOptimizationWaitMs: 0 });
+  assert.equal(result.executionMode, 'traditional');
+  assert.equal(result.execution_mode, 'traditional');
+  assert.equal(result.evaluation, null, 'only evaluation mode runs a second version');
+  assert.equal(typeof result.outputs.answer, 'string');
+  await assert.rejects(client.execute('node_modes', { question: 'x' }, { mode: 'sometimes' }), (error) => error.code === status.INVALID_ARGUMENT);
+});
+
 test('an unknown program fails with NOT_FOUND and an ErrorInfo', async () => {
   await assert.rejects(client.execute('no_such_program', { question: 'x' }), (error) => {
     assert.equal(error.code, status.NOT_FOUND);

@@ -8,17 +8,20 @@ that first uses them) and close it with `await client.close()` or
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Mapping, Sequence
+from typing import Any, AsyncIterator, Mapping, Sequence
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from . import convert
+from . import convert, optimization
 from ._gen import dspy_pool_pb2 as pb
 from ._gen import dspy_pool_pb2_grpc as pb_grpc
 from .client import DEFAULT_CHANNEL_OPTIONS, new_session_id
-from .convert import Fallback, Field, PoolStatus, ProgramInfo, Result, SessionInfo
+from .convert import Fallback, Field, Metric, PoolStatus, ProgramInfo, Result, SessionInfo
 from .errors import DSPyPoolError, NotFound, client_deadline_error, from_rpc_error
+from .optimization import (Budget, DatasetInfo, ExecutionPolicy, OptimizationJob, ProgramStats, outcome, wait_deadline_error,
+                           watch_ended_early)
+from .progress import ProgressLine
 from .retry import RetryPolicy
 
 
@@ -37,7 +40,7 @@ class AsyncClient:
         self._stub = pb_grpc.DSPyPoolStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
 
-    async def _invoke(self, method, request, timeout: float | None, *, retry: bool = True):
+    async def _invoke(self, method, request, timeout: float | None, *, retry: bool = True, idempotent: bool = True):
         loop = asyncio.get_running_loop()
         budget = self.default_timeout if timeout is None else timeout
         deadline = loop.time() + budget
@@ -51,7 +54,8 @@ class AsyncClient:
                 return await method(request, timeout=remaining, metadata=self._metadata)
             except grpc.aio.AioRpcError as exc:
                 error, cause = from_rpc_error(exc), exc
-            delay = self.retries.delay_s(attempt, error) if retry else None
+            # Not idempotent: sent again only when the server itself answered (see Client._invoke).
+            delay = self.retries.delay_s(attempt, error) if retry and (idempotent or error.reason) else None
             if delay is None:
                 raise error from cause
             if loop.time() + delay >= deadline:
@@ -91,9 +95,128 @@ class AsyncClient:
         return list(reply.deleted_versions)
 
     async def execute(self, program: str, inputs: Mapping[str, Any] | None = None, *, version: int = 0,
-                      session_id: str | None = None, timeout: float | None = None, request_id: str | None = None) -> Result:
-        request = convert.execute_request(program, inputs, version, session_id, request_id)
+                      session_id: str | None = None, timeout: float | None = None, request_id: str | None = None,
+                      mode: str = "", max_optimization_wait_ms: int = 0) -> Result:
+        request = convert.execute_request(program, inputs, version, session_id, request_id, mode, max_optimization_wait_ms)
         return Result.from_proto(await self._invoke(self._stub.Execute, request, timeout))
+
+    # -- datasets (see Client for what each does) ------------------------------------------
+    async def add_examples(self, dataset: str, split: str, examples: Sequence[Mapping[str, Any]], *,
+                           timeout: float | None = None) -> DatasetInfo:
+        request = optimization.add_examples_request(dataset, split, examples)
+        return DatasetInfo.from_proto(await self._invoke(self._stub.AddExamples, request, timeout, idempotent=False))
+
+    async def get_dataset(self, name: str, *, timeout: float | None = None) -> DatasetInfo:
+        return DatasetInfo.from_proto(await self._invoke(self._stub.GetDataset, pb.GetDatasetRequest(name=name), timeout))
+
+    async def list_datasets(self, *, timeout: float | None = None) -> list[DatasetInfo]:
+        reply = await self._invoke(self._stub.ListDatasets, pb.ListDatasetsRequest(), timeout)
+        return [DatasetInfo.from_proto(d) for d in reply.datasets]
+
+    async def delete_dataset(self, name: str, *, timeout: float | None = None) -> bool:
+        return (await self._invoke(self._stub.DeleteDataset, pb.DeleteDatasetRequest(name=name), timeout)).deleted
+
+    # -- optimization -----------------------------------------------------------------------
+    async def start_optimization(self, program: str, dataset: str, optimizer: str, *,
+                                 metric: str | Metric | Mapping[str, Any] = "exact_match",
+                                 options: Mapping[str, Any] | None = None, budget: Budget | Mapping[str, Any] | None = None,
+                                 priority: int = 0, base_version: int = 0, seed: int = 0,
+                                 timeout: float | None = None) -> OptimizationJob:
+        request = optimization.start_request(program, dataset, optimizer, metric=metric, options=options, budget=budget,
+                                             priority=priority, base_version=base_version, seed=seed)
+        return OptimizationJob.from_proto(await self._invoke(self._stub.StartOptimization, request, timeout))
+
+    async def optimize(self, program: str, dataset: str, optimizer: str, *,
+                       metric: str | Metric | Mapping[str, Any] = "exact_match", options: Mapping[str, Any] | None = None,
+                       budget: Budget | Mapping[str, Any] | None = None, priority: int = 0, base_version: int = 0,
+                       seed: int = 0, progress: bool = True, timeout: float | None = None) -> OptimizationJob:
+        """Start an optimization and wait until it finishes (see Client.optimize)."""
+        job = await self.start_optimization(program, dataset, optimizer, metric=metric, options=options, budget=budget,
+                                            priority=priority, base_version=base_version, seed=seed)
+        if job.finished:
+            return outcome(job)
+        return await self.wait_for_optimization(job.job_id, progress=progress, timeout=timeout)
+
+    async def get_optimization(self, job_id: str, *, timeout: float | None = None) -> OptimizationJob:
+        request = pb.GetOptimizationRequest(job_id=job_id)
+        return OptimizationJob.from_proto(await self._invoke(self._stub.GetOptimization, request, timeout))
+
+    async def list_optimizations(self, program: str = "", *, timeout: float | None = None) -> list[OptimizationJob]:
+        reply = await self._invoke(self._stub.ListOptimizations, pb.ListOptimizationsRequest(program=program), timeout)
+        return [OptimizationJob.from_proto(j) for j in reply.jobs]
+
+    async def cancel_optimization(self, job_id: str, *, timeout: float | None = None) -> OptimizationJob:
+        request = pb.CancelOptimizationRequest(job_id=job_id)
+        return OptimizationJob.from_proto(await self._invoke(self._stub.CancelOptimization, request, timeout))
+
+    async def watch_optimization(self, job_id: str, *, timeout: float | None = None) -> AsyncIterator[OptimizationJob]:
+        """The job now, then on every change, until it finishes (see Client.watch_optimization)."""
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        attempt, last, cause = 0, None, None
+        while True:
+            remaining = None if deadline is None else deadline - loop.time()
+            if remaining is not None and remaining <= 0:
+                raise wait_deadline_error(job_id, timeout, last)
+            call = self._stub.WatchOptimization(pb.GetOptimizationRequest(job_id=job_id), timeout=remaining,
+                                                metadata=self._metadata)
+            try:
+                async for message in call:
+                    attempt, last = 0, OptimizationJob.from_proto(message)
+                    yield last
+                    if last.finished:
+                        return
+                error, cause = watch_ended_early(job_id), None
+            except grpc.aio.AioRpcError as exc:
+                error, cause = from_rpc_error(exc), exc
+            finally:
+                call.cancel()
+            if deadline is not None and error.code == grpc.StatusCode.DEADLINE_EXCEEDED:
+                raise wait_deadline_error(job_id, timeout, last) from cause
+            attempt += 1
+            delay = self.retries.delay_s(attempt, error)
+            if delay is None:
+                raise error from cause
+            if deadline is not None and loop.time() + delay >= deadline:
+                raise wait_deadline_error(job_id, timeout, last) from cause
+            await asyncio.sleep(delay)
+
+    async def wait_for_optimization(self, job_id: str, *, progress: bool = True,
+                                    timeout: float | None = None) -> OptimizationJob:
+        line, job = ProgressLine.for_stderr(progress), None
+        watch = self.watch_optimization(job_id, timeout=timeout)
+        try:
+            async for job in watch:
+                if line is not None:
+                    line.update(job)
+        finally:
+            await watch.aclose()
+            if line is not None:
+                line.close()
+        return outcome(job)
+
+    # -- execution policy and stats ---------------------------------------------------------
+    async def get_execution_policy(self, program: str, *, timeout: float | None = None) -> ExecutionPolicy:
+        request = pb.GetExecutionPolicyRequest(program=program)
+        return ExecutionPolicy.from_proto(await self._invoke(self._stub.GetExecutionPolicy, request, timeout))
+
+    async def set_execution_policy(self, program: str, *, mode: str | None = None, hybrid_percent: float | None = None,
+                                   sticky_sessions: bool | None = None, promotion: str | None = None,
+                                   min_improvement: float | None = None, min_dev_examples: int | None = None,
+                                   optimized_version: int | None = None, base_version: int | None = None,
+                                   timeout: float | None = None) -> ExecutionPolicy:
+        """Change the named fields of a program's execution policy (read, change, write: see Client)."""
+        current = await self._invoke(self._stub.GetExecutionPolicy, pb.GetExecutionPolicyRequest(program=program), timeout)
+        changes = dict(mode=mode, hybrid_percent=hybrid_percent, sticky_sessions=sticky_sessions, promotion=promotion,
+                       min_improvement=min_improvement, min_dev_examples=min_dev_examples,
+                       optimized_version=optimized_version, base_version=base_version)
+        policy = optimization.merged_policy(current, program, changes)
+        reply = await self._invoke(self._stub.SetExecutionPolicy, pb.SetExecutionPolicyRequest(policy=policy), timeout)
+        return ExecutionPolicy.from_proto(reply)
+
+    async def program_stats(self, program: str, *, timeout: float | None = None) -> ProgramStats:
+        request = pb.GetProgramStatsRequest(program=program)
+        return ProgramStats.from_proto(await self._invoke(self._stub.GetProgramStats, request, timeout))
 
     def session(self, session_id: str | None = None) -> "AsyncSession":
         """`async with client.session() as s: await s.execute(...)`; closed on exit."""
@@ -124,8 +247,10 @@ class AsyncSession:
         self.closed = False
 
     async def execute(self, program: str, inputs: Mapping[str, Any] | None = None, *, version: int = 0,
-                      timeout: float | None = None, request_id: str | None = None) -> Result:
-        return await self.client.execute(program, inputs, version=version, session_id=self.session_id, timeout=timeout, request_id=request_id)
+                      timeout: float | None = None, request_id: str | None = None, mode: str = "",
+                      max_optimization_wait_ms: int = 0) -> Result:
+        return await self.client.execute(program, inputs, version=version, session_id=self.session_id, timeout=timeout,
+                                         request_id=request_id, mode=mode, max_optimization_wait_ms=max_optimization_wait_ms)
 
     async def history(self, *, timeout: float | None = None) -> SessionInfo:
         return await self.client.get_session(self.session_id, timeout=timeout)

@@ -9,16 +9,19 @@ from __future__ import annotations
 
 import time
 import uuid
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from . import convert
+from . import convert, optimization
 from ._gen import dspy_pool_pb2 as pb
 from ._gen import dspy_pool_pb2_grpc as pb_grpc
-from .convert import Fallback, Field, PoolStatus, ProgramInfo, Result, SessionInfo
+from .convert import Fallback, Field, Metric, PoolStatus, ProgramInfo, Result, SessionInfo
 from .errors import DSPyPoolError, NotFound, client_deadline_error, from_rpc_error
+from .optimization import (Budget, DatasetInfo, ExecutionPolicy, OptimizationJob, ProgramStats, outcome, wait_deadline_error,
+                           watch_ended_early)
+from .progress import ProgressLine
 from .retry import RetryPolicy
 
 SERVICE_NAME = "dspy_pool.v1.DSPyPool"
@@ -55,7 +58,7 @@ class Client:
         self._health = health_pb2_grpc.HealthStub(self._channel)
 
     # -- plumbing -----------------------------------------------------------
-    def _invoke(self, method, request, timeout: float | None, *, retry: bool = True):
+    def _invoke(self, method, request, timeout: float | None, *, retry: bool = True, idempotent: bool = True):
         budget = self.default_timeout if timeout is None else timeout
         deadline = time.monotonic() + budget
         attempt = 0
@@ -68,7 +71,9 @@ class Client:
                 return method(request, timeout=remaining, metadata=self._metadata)
             except grpc.RpcError as exc:
                 error, cause = from_rpc_error(exc), exc
-            delay = self.retries.delay_s(attempt, error) if retry else None
+            # A call that is not idempotent is sent again only when the server itself answered (an ErrorInfo):
+            # a transport error (a connection that broke mid-call) may hide one that was committed.
+            delay = self.retries.delay_s(attempt, error) if retry and (idempotent or error.reason) else None
             if delay is None:
                 raise error from cause
             if time.monotonic() + delay >= deadline:
@@ -110,9 +115,144 @@ class Client:
 
     # -- execute ------------------------------------------------------------
     def execute(self, program: str, inputs: Mapping[str, Any] | None = None, *, version: int = 0,
-                session_id: str | None = None, timeout: float | None = None, request_id: str | None = None) -> Result:
-        request = convert.execute_request(program, inputs, version, session_id, request_id)
+                session_id: str | None = None, timeout: float | None = None, request_id: str | None = None,
+                mode: str = "", max_optimization_wait_ms: int = 0) -> Result:
+        """Run a program once. `mode` ("traditional", "optimized", "hybrid", "evaluation") overrides the program's
+        execution policy for this call (ignored when `version` is set); `max_optimization_wait_ms`: in optimized mode
+        while the first optimization still runs, wait this long for its version before running the base version.
+        The result's `execution_mode` says how the version was chosen; `evaluation` holds the other arm."""
+        request = convert.execute_request(program, inputs, version, session_id, request_id, mode, max_optimization_wait_ms)
         return Result.from_proto(self._invoke(self._stub.Execute, request, timeout))
+
+    # -- datasets -----------------------------------------------------------
+    def add_examples(self, dataset: str, split: str, examples: Sequence[Mapping[str, Any]], *,
+                     timeout: float | None = None) -> DatasetInfo:
+        """Append labelled examples, each {"inputs": {...}, "outputs": {...}}, to a dataset's split ("train": what
+        optimizers learn from, "dev": what versions are scored on). Creates the dataset on first use."""
+        request = optimization.add_examples_request(dataset, split, examples)
+        return DatasetInfo.from_proto(self._invoke(self._stub.AddExamples, request, timeout, idempotent=False))
+
+    def get_dataset(self, name: str, *, timeout: float | None = None) -> DatasetInfo:
+        return DatasetInfo.from_proto(self._invoke(self._stub.GetDataset, pb.GetDatasetRequest(name=name), timeout))
+
+    def list_datasets(self, *, timeout: float | None = None) -> list[DatasetInfo]:
+        reply = self._invoke(self._stub.ListDatasets, pb.ListDatasetsRequest(), timeout)
+        return [DatasetInfo.from_proto(d) for d in reply.datasets]
+
+    def delete_dataset(self, name: str, *, timeout: float | None = None) -> bool:
+        """Delete a dataset and its examples; NotFound when there is none."""
+        return self._invoke(self._stub.DeleteDataset, pb.DeleteDatasetRequest(name=name), timeout).deleted
+
+    # -- optimization -------------------------------------------------------
+    def start_optimization(self, program: str, dataset: str, optimizer: str, *,
+                           metric: str | Metric | Mapping[str, Any] = "exact_match", options: Mapping[str, Any] | None = None,
+                           budget: Budget | Mapping[str, Any] | None = None, priority: int = 0, base_version: int = 0,
+                           seed: int = 0, timeout: float | None = None) -> OptimizationJob:
+        """Queue a background optimization (or get the identical job that exists: `job.reused`)."""
+        request = optimization.start_request(program, dataset, optimizer, metric=metric, options=options, budget=budget,
+                                             priority=priority, base_version=base_version, seed=seed)
+        return OptimizationJob.from_proto(self._invoke(self._stub.StartOptimization, request, timeout))
+
+    def optimize(self, program: str, dataset: str, optimizer: str, *,
+                 metric: str | Metric | Mapping[str, Any] = "exact_match", options: Mapping[str, Any] | None = None,
+                 budget: Budget | Mapping[str, Any] | None = None, priority: int = 0, base_version: int = 0, seed: int = 0,
+                 progress: bool = True, timeout: float | None = None) -> OptimizationJob:
+        """Start an optimization and wait until it finishes; the succeeded job (`job.result.version` is the new version).
+
+        A progress line is drawn on stderr when it is a terminal (`progress=False`: never). `timeout`: seconds to
+        wait in all (None: until the job ends; its budget bounds it); when it passes, DeadlineExceeded, and the job
+        keeps running on the server. A job that fails, is cancelled or interrupted raises OptimizationFailed with the
+        server's error text."""
+        job = self.start_optimization(program, dataset, optimizer, metric=metric, options=options, budget=budget,
+                                      priority=priority, base_version=base_version, seed=seed)
+        if job.finished:  # an identical job had already run
+            return outcome(job)
+        return self.wait_for_optimization(job.job_id, progress=progress, timeout=timeout)
+
+    def get_optimization(self, job_id: str, *, timeout: float | None = None) -> OptimizationJob:
+        return OptimizationJob.from_proto(self._invoke(self._stub.GetOptimization, pb.GetOptimizationRequest(job_id=job_id), timeout))
+
+    def list_optimizations(self, program: str = "", *, timeout: float | None = None) -> list[OptimizationJob]:
+        """Jobs of one program, or of every program when `program` is empty."""
+        reply = self._invoke(self._stub.ListOptimizations, pb.ListOptimizationsRequest(program=program), timeout)
+        return [OptimizationJob.from_proto(j) for j in reply.jobs]
+
+    def cancel_optimization(self, job_id: str, *, timeout: float | None = None) -> OptimizationJob:
+        """Cancel a job: a queued one at once; a running one stops at its next LM call (watch it for the end)."""
+        request = pb.CancelOptimizationRequest(job_id=job_id)
+        return OptimizationJob.from_proto(self._invoke(self._stub.CancelOptimization, request, timeout))
+
+    def watch_optimization(self, job_id: str, *, timeout: float | None = None) -> Iterator[OptimizationJob]:
+        """The job now, then on every change, until it finishes. A watch the server closes or loses early is opened
+        again under the client's retry policy. `timeout`: seconds in all (None: no limit)."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        attempt, last, cause = 0, None, None
+        while True:
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise wait_deadline_error(job_id, timeout, last)
+            stream = self._stub.WatchOptimization(pb.GetOptimizationRequest(job_id=job_id), timeout=remaining,
+                                                  metadata=self._metadata)
+            try:
+                for message in stream:
+                    attempt, last = 0, OptimizationJob.from_proto(message)
+                    yield last
+                    if last.finished:
+                        return
+                error, cause = watch_ended_early(job_id), None
+            except grpc.RpcError as exc:
+                error, cause = from_rpc_error(exc), exc
+            finally:
+                stream.cancel()
+            if deadline is not None and error.code == grpc.StatusCode.DEADLINE_EXCEEDED:
+                raise wait_deadline_error(job_id, timeout, last) from cause
+            attempt += 1
+            delay = self.retries.delay_s(attempt, error)
+            if delay is None:
+                raise error from cause
+            if deadline is not None and time.monotonic() + delay >= deadline:
+                raise wait_deadline_error(job_id, timeout, last) from cause
+            time.sleep(delay)
+
+    def wait_for_optimization(self, job_id: str, *, progress: bool = True, timeout: float | None = None) -> OptimizationJob:
+        """Watch a job until it finishes (a progress line on a terminal's stderr); the job if it succeeded, else
+        OptimizationFailed. `timeout` as in `optimize`."""
+        line, job = ProgressLine.for_stderr(progress), None
+        try:
+            for job in self.watch_optimization(job_id, timeout=timeout):
+                if line is not None:
+                    line.update(job)
+        finally:
+            if line is not None:
+                line.close()
+        return outcome(job)
+
+    # -- execution policy and stats -----------------------------------------
+    def get_execution_policy(self, program: str, *, timeout: float | None = None) -> ExecutionPolicy:
+        request = pb.GetExecutionPolicyRequest(program=program)
+        return ExecutionPolicy.from_proto(self._invoke(self._stub.GetExecutionPolicy, request, timeout))
+
+    def set_execution_policy(self, program: str, *, mode: str | None = None, hybrid_percent: float | None = None,
+                             sticky_sessions: bool | None = None, promotion: str | None = None,
+                             min_improvement: float | None = None, min_dev_examples: int | None = None,
+                             optimized_version: int | None = None, base_version: int | None = None,
+                             timeout: float | None = None) -> ExecutionPolicy:
+        """Change the named fields of a program's execution policy; the others keep their values.
+
+        The server stores a whole policy, so this reads it, changes what you name and writes it back (two calls):
+        a version the server auto-promotes between the two is overwritten unless you name `optimized_version`."""
+        current = self._invoke(self._stub.GetExecutionPolicy, pb.GetExecutionPolicyRequest(program=program), timeout)
+        changes = dict(mode=mode, hybrid_percent=hybrid_percent, sticky_sessions=sticky_sessions, promotion=promotion,
+                       min_improvement=min_improvement, min_dev_examples=min_dev_examples,
+                       optimized_version=optimized_version, base_version=base_version)
+        policy = optimization.merged_policy(current, program, changes)
+        reply = self._invoke(self._stub.SetExecutionPolicy, pb.SetExecutionPolicyRequest(policy=policy), timeout)
+        return ExecutionPolicy.from_proto(reply)
+
+    def program_stats(self, program: str, *, timeout: float | None = None) -> ProgramStats:
+        """Per version and arm: calls, errors, latency p50/p95; and the policy in force."""
+        request = pb.GetProgramStatsRequest(program=program)
+        return ProgramStats.from_proto(self._invoke(self._stub.GetProgramStats, request, timeout))
 
     # -- sessions -----------------------------------------------------------
     def session(self, session_id: str | None = None) -> "Session":
@@ -150,8 +290,10 @@ class Session:
         self.closed = False
 
     def execute(self, program: str, inputs: Mapping[str, Any] | None = None, *, version: int = 0,
-                timeout: float | None = None, request_id: str | None = None) -> Result:
-        return self.client.execute(program, inputs, version=version, session_id=self.session_id, timeout=timeout, request_id=request_id)
+                timeout: float | None = None, request_id: str | None = None, mode: str = "",
+                max_optimization_wait_ms: int = 0) -> Result:
+        return self.client.execute(program, inputs, version=version, session_id=self.session_id, timeout=timeout,
+                                   request_id=request_id, mode=mode, max_optimization_wait_ms=max_optimization_wait_ms)
 
     def history(self, *, timeout: float | None = None) -> SessionInfo:
         return self.client.get_session(self.session_id, timeout=timeout)

@@ -106,6 +106,11 @@ class Result:
     usage: Usage
     request_id: str
     session_id: str = ""
+    # How the version was chosen: "traditional", "optimized", "hybrid:optimized", "hybrid:traditional",
+    # "evaluation", or "version" (the call named one).
+    execution_mode: str = ""
+    evaluation: "EvaluationArm | None" = None   # evaluation mode: the other version's answer
+    cache_level: str = ""                        # served_by "cache": "memory" or "store"
 
     @classmethod
     def from_proto(cls, message: pb.ExecuteResponse) -> "Result":
@@ -115,8 +120,25 @@ class Result:
             fallback_reason=message.fallback_reason,
             timings=Timings(message.timings.queue_wait_ms, message.timings.execution_ms, message.timings.total_ms),
             usage=Usage(message.usage.prompt_tokens, message.usage.completion_tokens, message.usage.total_tokens),
-            request_id=message.request_id, session_id=message.session_id,
+            request_id=message.request_id, session_id=message.session_id, execution_mode=message.execution_mode,
+            evaluation=EvaluationArm.from_proto(message.evaluation) if message.HasField("evaluation") else None,
+            cache_level=message.cache_level,
         )
+
+
+@dataclass(frozen=True)
+class EvaluationArm:
+    """Evaluation mode's other version: its outputs (or its error), latency and dev score."""
+
+    outputs: dict[str, Any]
+    version: int
+    latency_ms: float
+    score: float       # its dev score when an optimization measured one, else 0.0
+    error: str = ""    # set when that version failed; the call's own outputs still stand
+
+    @classmethod
+    def from_proto(cls, message: pb.EvaluationArm) -> "EvaluationArm":
+        return cls(from_struct(message.outputs), message.version, message.latency_ms, message.score, message.error)
 
 
 @dataclass(frozen=True)
@@ -131,6 +153,7 @@ class ProgramInfo:
     signature: str
     created_at: _dt.datetime | None
     raw: pb.Program = field(repr=False, compare=False)
+    meta: "ProgramMeta | None" = None  # set on versions an optimization produced
 
     @classmethod
     def from_proto(cls, message: pb.Program) -> "ProgramInfo":
@@ -139,6 +162,34 @@ class ProgramInfo:
             input_names=list(message.input_names), output_names=list(message.output_names),
             module=message.spec.module or "predict", signature=message.spec.signature,
             created_at=_timestamp(message.created_at), raw=message,
+            meta=ProgramMeta.from_proto(message.meta) if message.HasField("meta") else None,
+        )
+
+
+@dataclass(frozen=True)
+class ProgramMeta:
+    """Where an optimized version came from and how it scored on the dataset's dev split."""
+
+    job_id: str
+    optimizer: str
+    options: dict[str, Any]
+    dataset: str
+    dataset_hash: str
+    lm: str
+    base_version: int
+    baseline_score: float   # the base version's dev score
+    optimized_score: float  # this version's dev score
+    dev_examples: int
+    budget_limited: bool
+    metric: "Metric"
+
+    @classmethod
+    def from_proto(cls, message: pb.ProgramMeta) -> "ProgramMeta":
+        return cls(
+            job_id=message.job_id, optimizer=message.optimizer, options=from_struct(message.options),
+            dataset=message.dataset, dataset_hash=message.dataset_hash, lm=message.lm, base_version=message.base_version,
+            baseline_score=message.baseline_score, optimized_score=message.optimized_score,
+            dev_examples=message.dev_examples, budget_limited=message.budget_limited, metric=Metric.from_proto(message.metric),
         )
 
 
@@ -227,6 +278,44 @@ class Fallback:
     static_outputs: Mapping[str, Any] | None = None
 
 
+@dataclass(frozen=True)
+class Metric:
+    """How an optimization scores a version: a declarative metric kind (clients never send code).
+
+    kind: exact_match, f1, contains, numeric_close, llm_judge, or one the operator registered;
+    fields: the output fields compared (empty: every expected output field); options: the kind's options.
+    """
+
+    kind: str = "exact_match"
+    fields: tuple[str, ...] = ()
+    options: Mapping[str, Any] | None = None
+
+    @classmethod
+    def from_proto(cls, message: pb.MetricSpec) -> "Metric":
+        return cls(message.kind, tuple(message.fields), from_struct(message.options))
+
+    def to_proto(self) -> pb.MetricSpec:
+        message = pb.MetricSpec(kind=self.kind, fields=list(self.fields))
+        to_struct(self.options, message.options)
+        return message
+
+
+def metric_to_proto(metric: "str | Metric | Mapping[str, Any]") -> pb.MetricSpec:
+    """A metric given as its kind ("exact_match"), a Metric, or a dict {"kind", "fields", "options"}."""
+    if isinstance(metric, str):
+        return Metric(metric).to_proto()
+    if isinstance(metric, Mapping):
+        unknown = set(metric) - {"kind", "fields", "options"}
+        if unknown:
+            raise TypeError(f"metric: unknown keys {sorted(unknown)} (expected kind, fields, options)")
+        fields = metric.get("fields", ())
+        metric = Metric(metric.get("kind", "exact_match"), (fields,) if isinstance(fields, str) else tuple(fields),
+                        metric.get("options"))
+    if not isinstance(metric, Metric):
+        raise TypeError(f"metric must be a kind name, a Metric or a dict, not {type(metric).__name__}")
+    return metric.to_proto()
+
+
 def fallback_to_proto(fallback: Fallback | Mapping[str, Any] | None) -> pb.FallbackSpec | None:
     if fallback is None:
         return None
@@ -262,7 +351,10 @@ def program_spec(name: str, signature: str = "", module: str = "predict", *, ins
 
 
 def execute_request(program: str, inputs: Mapping[str, Any] | None, version: int = 0, session_id: str | None = None,
-                    request_id: str | None = None) -> pb.ExecuteRequest:
-    request = pb.ExecuteRequest(program=program, version=version, session_id=session_id or "", request_id=request_id or "")
+                    request_id: str | None = None, mode: str = "", max_optimization_wait_ms: int = 0) -> pb.ExecuteRequest:
+    if max_optimization_wait_ms < 0:
+        raise ValueError("max_optimization_wait_ms must be >= 0")
+    request = pb.ExecuteRequest(program=program, version=version, session_id=session_id or "", request_id=request_id or "",
+                                mode=mode or "", max_optimization_wait_ms=int(max_optimization_wait_ms))
     to_struct(inputs, request.inputs)
     return request

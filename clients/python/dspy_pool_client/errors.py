@@ -89,6 +89,22 @@ class FailedPrecondition(DSPyPoolError):
     (reason LM_AUTH), or the program is quarantined."""
 
 
+class OptimizationFailed(DSPyPoolError):
+    """An optimization the client waited for ended without a new version: failed, cancelled or interrupted.
+
+    Not a failed RPC (every call succeeded): code ABORTED, reason OPTIMIZATION_FAILED,
+    OPTIMIZATION_CANCELLED or OPTIMIZATION_INTERRUPTED; message: the server's error text;
+    job: the final OptimizationJob; state: its state.
+    """
+
+    def __init__(self, job: Any) -> None:
+        text = job.error or "no reason given"
+        super().__init__(grpc.StatusCode.ABORTED, f"optimization {job.job_id} of {job.program!r} {job.state}: {text}",
+                         reason=f"OPTIMIZATION_{job.state.upper()}")
+        self.job = job
+        self.state = job.state
+
+
 _BY_CODE: dict[grpc.StatusCode, type[DSPyPoolError]] = {
     grpc.StatusCode.INVALID_ARGUMENT: InvalidArgument,
     grpc.StatusCode.NOT_FOUND: NotFound,

@@ -1,0 +1,394 @@
+"""Optimization jobs in the front: validated, deduplicated, queued by priority, run on optimizer workers.
+
+    StartOptimization ──> check (catalog, program, dataset) ──> dedup key ──> an identical job? return it
+                     ──> JobRecord(queued) in the state store ──> the priority queue (bounded)
+    runner loop (one per optimizer worker): claim the job's lease ──> running ──> Pool.optimize(task)
+                     progress ──> the record (throttled) and watchers
+                     result   ──> a new program version (saved state + ProgramMeta) ──> auto promotion? ──> succeeded
+                     error    ──> failed (the reason); cancel ──> cancelled; budget ──> succeeded, budget_limited
+    start-up: jobs left running by a previous process are marked interrupted; queued ones are queued again.
+
+Every state change is committed to the store before the RPC that caused it
+answers; watchers get each change as it is committed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import heapq
+import itertools
+import json
+import time
+import uuid
+from dataclasses import dataclass
+from typing import AsyncIterator, Awaitable, Callable
+
+import structlog
+from google.protobuf import json_format
+
+from dspy_pool import errors, structs
+from dspy_pool.optimize import catalog
+from dspy_pool.optimize.promotion import Outcome, should_promote
+from dspy_pool.optimize.task import Budget, Example, MetricSpec, OptimizeResult, OptimizeTask, Progress
+from dspy_pool.state import ExampleRecord, JobRecord, StateStore, StateUnavailable
+from dspy_pool.v1 import dspy_pool_pb2 as pb
+
+log = structlog.get_logger("dspy_pool.optimize")
+
+QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED, INTERRUPTED = "queued", "running", "succeeded", "failed", "cancelled", "interrupted"
+FINISHED = (SUCCEEDED, FAILED, CANCELLED, INTERRUPTED)
+_PROGRESS_WRITE_S = 0.5  # progress reaches watchers at once, the store at most this often
+
+
+@dataclass(frozen=True, slots=True)
+class JobSettings:
+    max_queue: int = 100
+    lease_s: float = 30.0
+    owner: str = ""  # this replica's id (leases)
+    allowed_lms: tuple[str, ...] = ()  # models a judge or reflection LM may name
+    num_threads: int = 4
+    lm: str = ""  # the serving LM, recorded in each optimized version's provenance
+
+
+def dedup_key(base_key: str, dataset_hash: str, request: pb.StartOptimizationRequest) -> str:
+    """Equal for identical jobs: same program content, dataset content, optimizer, options, metric, budget, seed."""
+    canonical = json.dumps({
+        "program": base_key, "dataset": dataset_hash, "optimizer": request.optimizer,
+        "options": structs.struct_to_dict(request.options), "metric": json_format.MessageToDict(request.metric),
+        "budget": json_format.MessageToDict(request.budget), "seed": request.seed,
+    }, sort_keys=True)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def to_message(record: JobRecord, reused: bool = False) -> pb.OptimizationJob:
+    job = pb.OptimizationJob(job_id=record.job_id, state=record.state, error=record.error, reused=reused)
+    if record.request:
+        job.request.ParseFromString(record.request)
+    if record.progress:
+        job.progress.ParseFromString(record.progress)
+    if record.result:
+        job.result.ParseFromString(record.result)
+    job.base_version = job.request.base_version  # stored resolved: 0 ("the latest a client registered") became a number
+    job.created_at.FromNanoseconds(int(record.created_at * 1e9))
+    job.updated_at.FromNanoseconds(int(record.updated_at * 1e9))
+    return job
+
+
+def _examples(records: list[ExampleRecord]) -> tuple[Example, ...]:
+    return tuple(Example(json.loads(r.inputs_json), json.loads(r.outputs_json)) for r in records)
+
+
+class JobManager:
+    def __init__(self, store: StateStore, registry, pool, settings: JobSettings,
+                 register_version: Callable[[pb.ProgramSpec, pb.ProgramMeta], Awaitable[pb.Program]]) -> None:
+        self.store = store
+        self.registry = registry
+        self.pool = pool
+        self.settings = settings
+        self._register_version = register_version
+        self._queue: list[tuple[int, int, str]] = []  # (-priority, order, job_id)
+        self._order = itertools.count()
+        self._wakeup = asyncio.Event()
+        self._runs: dict[str, object] = {}  # job id -> its OptimizationRun, while running
+        self._watchers: dict[str, list[asyncio.Queue]] = {}
+        self._active: dict[str, int] = {}  # program -> its jobs queued or running here
+        self._finished: dict[str, asyncio.Event] = {}  # program -> set when one of its jobs finishes
+        self._tasks: list[asyncio.Task] = []
+
+    # -- life ----------------------------------------------------------------------
+    async def start(self, runners: int) -> None:
+        """Mark jobs a previous process left running as interrupted, queue the queued ones, start `runners` loops."""
+        # A store only this process writes (SQLite, memory): whatever is "running" was left by a dead process.
+        # A shared one (Redis): only jobs whose lease ran out; the sweep catches the rest as their leases expire.
+        await self._interrupt_abandoned(everything=not self.store.shared)
+        for record in reversed(await self.store.list_jobs(states=(QUEUED,), limit=10_000)):
+            self._enqueue(record)
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._run_forever()) for _ in range(max(0, runners))]
+        if self.store.shared:
+            self._tasks.append(loop.create_task(self._sweep_abandoned()))
+
+    async def _interrupt_abandoned(self, everything: bool) -> None:
+        now = time.time()
+        for record in await self.store.list_jobs(states=(RUNNING,), limit=10_000):
+            if record.job_id in self._runs:
+                continue
+            if everything or record.lease_expires_at < now:
+                await self._update(record, state=INTERRUPTED,
+                                   error="the server running this job restarted or stopped (its lease ran out); start it again")
+
+    async def _sweep_abandoned(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.lease_s / 2)
+            try:
+                await self._interrupt_abandoned(everything=False)
+            except StateUnavailable:
+                pass
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for run in list(self._runs.values()):
+            run.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    # -- RPCs ----------------------------------------------------------------------
+    async def start_job(self, request: pb.StartOptimizationRequest) -> pb.OptimizationJob:
+        base = self._base(request)
+        try:
+            catalog.check_optimizer(request.optimizer, structs.struct_to_dict(request.options), self.settings.allowed_lms)
+            catalog.check_metric(request.metric.kind, tuple(request.metric.fields), structs.struct_to_dict(request.metric.options),
+                                 tuple(self.pool.metric_kinds), self.settings.allowed_lms)
+        except ValueError as exc:
+            raise errors.InvalidArgument(str(exc)) from None
+        dataset = await self._dataset(request.dataset)
+        dev = dict(dataset.counts).get("dev", 0)
+        if request.budget.max_lm_calls and request.budget.max_lm_calls < 2 * dev:
+            # Scoring the base and the result on dev takes that many calls before any optimizing.
+            raise errors.InvalidArgument(f"budget.max_lm_calls {request.budget.max_lm_calls} cannot score the {dev} dev examples "
+                                         f"twice (the base and the result): give at least {2 * dev}")
+        key = dedup_key(base.key, dataset.content_hash, request)
+        existing = await self.store.find_job(key)
+        if existing is not None and existing.state in (QUEUED, RUNNING, SUCCEEDED):
+            return to_message(existing, reused=True)  # the optimization cache: identical work is done once
+        if len(self._queue) >= self.settings.max_queue:
+            raise errors.ResourceExhausted(f"{len(self._queue)} optimization jobs are queued (limit {self.settings.max_queue})",
+                                           metadata={"retry_after_ms": "5000"})
+        stored = pb.StartOptimizationRequest()
+        stored.CopyFrom(request)
+        stored.base_version = base.program.version
+        now = time.time()
+        record = JobRecord(job_id=uuid.uuid4().hex, dedup_key=key, program=request.program, state=QUEUED,
+                           priority=request.priority, created_at=now, updated_at=now, request=stored.SerializeToString())
+        await self.store.put_job(record)
+        self._enqueue(record)
+        log.info("optimization_queued", job_id=record.job_id, program=request.program, optimizer=request.optimizer,
+                 dataset=request.dataset, base_version=base.program.version)
+        return to_message(record)
+
+    async def get(self, job_id: str) -> pb.OptimizationJob:
+        return to_message(await self._record(job_id))
+
+    async def list(self, program: str) -> list[pb.OptimizationJob]:
+        return [to_message(record) for record in await self.store.list_jobs(program=program)]
+
+    async def cancel(self, job_id: str) -> pb.OptimizationJob:
+        record = await self._record(job_id)
+        if record.state == QUEUED:
+            record = await self._update(record, state=CANCELLED, error="cancelled before it started")
+        elif record.state == RUNNING:
+            run = self._runs.get(job_id)
+            if run is not None:
+                run.cancel()  # the runner marks it cancelled when the worker confirms (within ~2 s)
+        return to_message(record)
+
+    async def watch(self, job_id: str) -> AsyncIterator[pb.OptimizationJob]:
+        """The job now, then each change, until it finishes."""
+        queue: asyncio.Queue = asyncio.Queue()
+        self._watchers.setdefault(job_id, []).append(queue)
+        try:
+            record = await self._record(job_id)
+            yield to_message(record)
+            while record.state not in FINISHED:
+                record = await queue.get()
+                yield to_message(record)
+        finally:
+            self._watchers[job_id].remove(queue)
+            if not self._watchers[job_id]:
+                del self._watchers[job_id]
+
+    async def wait_for_job(self, program: str, timeout_s: float) -> bool:
+        """Wait up to `timeout_s` for this program's queued or running job to finish here; False if none or in time."""
+        if not self._active.get(program) or timeout_s <= 0:
+            return False
+        event = self._finished.setdefault(program, asyncio.Event())
+        try:
+            await asyncio.wait_for(event.wait(), timeout_s)
+        except asyncio.TimeoutError:
+            return False
+        return True
+
+    # -- helpers -------------------------------------------------------------------
+    def _base(self, request: pb.StartOptimizationRequest):
+        if not request.program:
+            raise errors.InvalidArgument("program is required")
+        return (self.registry.get(request.program, request.base_version) if request.base_version
+                else self.registry.base_version(request.program))
+
+    async def _dataset(self, name: str):
+        if not name:
+            raise errors.InvalidArgument("dataset is required")
+        dataset = await self.store.get_dataset(name)
+        if dataset is None:
+            raise errors.NotFound(f"no dataset named {name!r}")
+        counts = dict(dataset.counts)
+        if not counts.get("train") or not counts.get("dev"):
+            raise errors.InvalidArgument(f"dataset {name!r} needs train and dev examples; it has {counts or 'none'}")
+        return dataset
+
+    async def _record(self, job_id: str) -> JobRecord:
+        record = await self.store.get_job(job_id)
+        if record is None:
+            raise errors.NotFound(f"no optimization job {job_id!r}")
+        return record
+
+    def _enqueue(self, record: JobRecord) -> None:
+        heapq.heappush(self._queue, (-record.priority, next(self._order), record.job_id))
+        self._active[record.program] = self._active.get(record.program, 0) + 1
+        self._wakeup.set()
+
+    def _done(self, program: str) -> None:
+        self._active[program] = max(0, self._active.get(program, 0) - 1)
+        event = self._finished.pop(program, None)
+        if event is not None:
+            event.set()
+
+    async def _update(self, record: JobRecord, **changes) -> JobRecord:
+        record = JobRecord(**{**{f: getattr(record, f) for f in record.__dataclass_fields__}, **changes, "updated_at": time.time()})
+        await self.store.put_job(record)
+        self._notify(record)
+        return record
+
+    def _notify(self, record: JobRecord) -> None:
+        for queue in self._watchers.get(record.job_id, ()):
+            queue.put_nowait(record)
+
+    # -- running ----------------------------------------------------------------------
+    async def _run_forever(self) -> None:
+        while True:
+            while not self._queue:
+                self._wakeup.clear()
+                await self._wakeup.wait()
+            _, _, job_id = heapq.heappop(self._queue)
+            program = ""
+            try:
+                program = await self._run_one(job_id)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # one job's bug must not stop the queue
+                log.exception("optimization_runner_failed", job_id=job_id, error=f"{type(exc).__name__}: {exc}")
+            finally:
+                record = await self.store.get_job(job_id)
+                self._done(record.program if record is not None else program)
+
+    async def _run_one(self, job_id: str) -> str:
+        record = await self.store.get_job(job_id)
+        if record is None or record.state != QUEUED:
+            return ""  # cancelled (or taken by another replica) while it waited
+        if not await self.store.claim_job(job_id, self.settings.owner, time.time(), self.settings.lease_s):
+            return record.program
+        request = pb.StartOptimizationRequest.FromString(record.request)
+        record = await self._update(record, state=RUNNING, owner=self.settings.owner,
+                                    lease_expires_at=time.time() + self.settings.lease_s)
+        log.info("optimization_started", job_id=job_id, program=request.program, optimizer=request.optimizer)
+        try:
+            task = await self._task(request)
+        except errors.PoolError as error:
+            await self._update(record, state=FAILED, error=error.message)
+            return record.program
+        progress_state = {"record": record, "written_at": 0.0}
+        run = self.pool.optimization(lambda progress: self._on_progress(progress_state, progress))
+        self._runs[job_id] = run
+        heartbeat = asyncio.get_running_loop().create_task(self._keep_lease(job_id))
+        try:
+            result = await self.pool.optimize(task, run)
+        except errors.PoolError as error:
+            state = CANCELLED if error.kind is errors.ErrorKind.CANCELLED else FAILED
+            await self._update(progress_state["record"], state=state, error=error.message, owner="")
+            log.info("optimization_ended", job_id=job_id, state=state, error=error.message[:300])
+            return record.program
+        finally:
+            heartbeat.cancel()
+            self._runs.pop(job_id, None)
+        await self._finish(progress_state["record"], request, task, result)
+        return record.program
+
+    async def _task(self, request: pb.StartOptimizationRequest) -> OptimizeTask:
+        base = self.registry.get(request.program, request.base_version)
+        train = _examples(await self.store.load_examples(request.dataset, "train"))
+        dev = _examples(await self.store.load_examples(request.dataset, "dev"))
+        if not train or not dev:
+            raise errors.InvalidArgument(f"dataset {request.dataset!r} has no train or no dev examples any more")
+        return OptimizeTask(
+            spec=base.ref.spec, train=train, dev=dev, optimizer=request.optimizer,
+            options=structs.struct_to_dict(request.options),
+            metric=MetricSpec(request.metric.kind, tuple(request.metric.fields), structs.struct_to_dict(request.metric.options)),
+            budget=Budget(request.budget.max_lm_calls, request.budget.max_seconds), seed=request.seed,
+            num_threads=self.settings.num_threads,
+        )
+
+    async def _keep_lease(self, job_id: str) -> None:
+        """Renew the job's lease while it runs, so no other replica takes it for abandoned."""
+        while True:
+            await asyncio.sleep(self.settings.lease_s / 3)
+            try:
+                await self.store.claim_job(job_id, self.settings.owner, time.time(), self.settings.lease_s)
+            except StateUnavailable:
+                pass
+
+    def _on_progress(self, state: dict, progress: Progress) -> None:
+        message = pb.OptimizationProgress(
+            phase=progress.phase, trials_done=progress.trials_done, trials_planned=progress.trials_planned,
+            best_score=progress.best_score or 0.0, has_best_score=progress.best_score is not None,
+            lm_calls=progress.lm_calls, elapsed_s=progress.elapsed_s,
+        )
+        record = state["record"]
+        record = JobRecord(**{**{f: getattr(record, f) for f in record.__dataclass_fields__},
+                              "progress": message.SerializeToString(), "updated_at": time.time(),
+                              "lease_expires_at": time.time() + self.settings.lease_s})
+        state["record"] = record
+        self._notify(record)
+        if time.monotonic() - state["written_at"] >= _PROGRESS_WRITE_S:
+            state["written_at"] = time.monotonic()
+            asyncio.get_running_loop().create_task(self._write_progress(record))
+
+    async def _write_progress(self, record: JobRecord) -> None:
+        try:
+            await self.store.put_job(record)
+        except StateUnavailable:
+            pass  # progress is advisory; the final state is written (and retried by its RPC) at the end
+
+    async def _finish(self, record: JobRecord, request: pb.StartOptimizationRequest, task: OptimizeTask,
+                      result: OptimizeResult) -> None:
+        base = self.registry.get(request.program, request.base_version)
+        spec = pb.ProgramSpec()
+        spec.CopyFrom(base.program.spec)
+        spec.ClearField("demos")  # the optimized state carries its demos
+        spec.state_json = result.state_json
+        meta = pb.ProgramMeta(
+            job_id=record.job_id, optimizer=request.optimizer, dataset=request.dataset, lm=self.settings.lm,
+            base_version=base.program.version, baseline_score=result.baseline_score, optimized_score=result.optimized_score,
+            dev_examples=result.dev_examples, budget_limited=result.budget_limited,
+        )
+        meta.options.CopyFrom(request.options)
+        meta.metric.CopyFrom(request.metric)
+        dataset = await self.store.get_dataset(request.dataset)
+        meta.dataset_hash = dataset.content_hash if dataset is not None else ""
+        try:
+            program = await self._register_version(spec, meta)
+        except errors.PoolError as error:
+            await self._update(record, state=FAILED, error=f"the optimized program could not be registered: {error.message}")
+            return
+        promoted = await self._maybe_promote(request.program, program, result)
+        outcome = pb.OptimizationResult(
+            version=program.version, baseline_score=result.baseline_score, optimized_score=result.optimized_score,
+            dev_examples=result.dev_examples, lm_calls=result.lm_calls, budget_limited=result.budget_limited,
+            elapsed_s=result.elapsed_s, promoted=promoted,
+        )
+        await self._update(record, state=SUCCEEDED, result=outcome.SerializeToString(), owner="")
+        log.info("optimization_succeeded", job_id=record.job_id, program=request.program, version=program.version,
+                 baseline=round(result.baseline_score, 4), optimized=round(result.optimized_score, 4), promoted=promoted,
+                 budget_limited=result.budget_limited, lm_calls=result.lm_calls)
+
+    async def _maybe_promote(self, name: str, program: pb.Program, result: OptimizeResult) -> bool:
+        policy = self.registry.policy(name)
+        if not should_promote(policy.promotion, policy.min_improvement, policy.min_dev_examples,
+                              Outcome(result.baseline_score, result.optimized_score, result.dev_examples)):
+            return False
+        promoted = pb.ExecutionPolicy()
+        promoted.CopyFrom(policy)
+        promoted.optimized_version = program.version
+        await self.registry.set_policy(promoted)
+        log.info("version_promoted", program=name, version=program.version)
+        return True

@@ -1,0 +1,21 @@
+"""When a finished optimization's version is promoted (pure)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    baseline_score: float
+    optimized_score: float
+    dev_examples: int
+
+
+def should_promote(promotion: str, min_improvement: float, min_dev_examples: int, outcome: Outcome) -> bool:
+    """Auto promotion: the optimized version beat the base by `min_improvement` on at least `min_dev_examples`."""
+    if promotion != "auto":
+        return False
+    if outcome.dev_examples < max(1, min_dev_examples):
+        return False
+    return outcome.optimized_score - outcome.baseline_score >= min_improvement

@@ -1,0 +1,277 @@
+"""Background optimization end to end: datasets, jobs on optimizer workers, scored versions, promotion, execution modes.
+
+One server per module (simulated LM over HTTP, one optimizer worker); every job runs DSPy's real
+optimizer against the simulated LM's learnable task (dspy_pool/simlm/learnable.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import pathlib
+import signal
+import time
+
+import grpc
+import pytest
+import pytest_asyncio
+
+from dspy_pool.v1 import dspy_pool_pb2 as pb
+
+from .harness import eventually, execute_request, running_app
+
+pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(180)]
+
+DATASET = pathlib.Path(__file__).resolve().parents[2] / "examples" / "optimize" / "dataset.jsonl"
+SPEC = pb.ProgramSpec(name="coder", signature="word -> code")
+METRIC = pb.MetricSpec(kind="exact_match", fields=["code"])
+
+
+def _examples(split: str) -> list[pb.Example]:
+    out = []
+    for line in DATASET.read_text().splitlines():
+        row = json.loads(line)
+        if row["split"] == split:
+            example = pb.Example()
+            example.inputs.update(row["inputs"])
+            example.outputs.update(row["outputs"])
+            out.append(example)
+    return out
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def server():
+    async with running_app(optimizer_workers=1, sim_latency="fixed:0", worker_concurrency=64, max_queue=1000) as running:
+        app, stub, _ = running
+        await stub.RegisterProgram(pb.RegisterProgramRequest(spec=SPEC), timeout=30)
+        for split in ("train", "dev"):
+            await stub.AddExamples(pb.AddExamplesRequest(dataset="words", split=split, examples=_examples(split)), timeout=30)
+        await eventually(lambda: app.pool.worker_pool.optimizer_handles(), timeout_s=30)
+        yield running
+
+
+async def _finished(stub, job_id: str, timeout_s: float = 120.0) -> pb.OptimizationJob:
+    async def done():
+        job = await stub.GetOptimization(pb.GetOptimizationRequest(job_id=job_id), timeout=10)
+        return job if job.state not in ("queued", "running") else None
+
+    return await eventually(done, timeout_s=timeout_s, interval_s=0.1)
+
+
+async def _error(call) -> grpc.aio.AioRpcError:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await call
+    return caught.value
+
+
+async def test_datasets_count_splits_and_hash_their_content(server):
+    """GetDataset counts each split and hashes the content; a bad example is INVALID_ARGUMENT naming its index."""
+    _, stub, _ = server
+    dataset = await stub.GetDataset(pb.GetDatasetRequest(name="words"), timeout=10)
+    assert dict(dataset.counts) == {"train": len(_examples("train")), "dev": len(_examples("dev"))} and dataset.content_hash
+    bad = pb.Example()
+    bad.inputs.update({"word": "x"})
+    error = await _error(stub.AddExamples(pb.AddExamplesRequest(dataset="words", split="train", examples=[_examples("train")[0], bad]), timeout=10))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "examples[1].outputs" in error.details()
+
+
+async def test_a_job_makes_a_better_version_that_auto_promotion_serves_in_optimized_mode(server):
+    """bootstrap_few_shot on the learnable task: a new version scoring above the base, promoted, served in optimized mode."""
+    _, stub, _ = server
+    await stub.SetExecutionPolicy(pb.SetExecutionPolicyRequest(policy=pb.ExecutionPolicy(
+        program="coder", mode="optimized", promotion="auto", min_improvement=0.1, min_dev_examples=10)), timeout=10)
+    started = await stub.StartOptimization(pb.StartOptimizationRequest(
+        program="coder", dataset="words", optimizer="bootstrap_few_shot", metric=METRIC), timeout=10)
+    job = await _finished(stub, started.job_id)
+    assert job.state == "succeeded", job.error
+    result = job.result
+    assert result.optimized_score > result.baseline_score and result.promoted and result.version == 2
+    program = await stub.GetProgram(pb.GetProgramRequest(name="coder", version=result.version), timeout=10)
+    assert program.meta.job_id == started.job_id and program.meta.optimizer == "bootstrap_few_shot"
+    assert program.meta.optimized_score == pytest.approx(result.optimized_score)
+    reply = await stub.Execute(execute_request("coder", word="apple"), timeout=30)
+    assert (reply.program_version, reply.execution_mode) == (result.version, "optimized")
+    traditional = await stub.Execute(pb.ExecuteRequest(program="coder", mode="traditional", inputs=execute_request("coder", word="apple").inputs), timeout=30)
+    assert (traditional.program_version, traditional.execution_mode) == (1, "traditional")
+
+
+async def test_an_identical_start_returns_the_same_job(server):
+    """Starting a job identical to a finished one returns that job (reused), not a new optimization."""
+    _, stub, _ = server
+    request = pb.StartOptimizationRequest(program="coder", dataset="words", optimizer="bootstrap_few_shot", metric=METRIC)
+    again = await stub.StartOptimization(request, timeout=10)
+    assert again.reused and again.state == "succeeded"
+
+
+async def test_hybrid_splits_calls_by_percentage_and_sticky_sessions_keep_their_arm(server):
+    """hybrid 30%: 400 calls land within 30% +- 10 on the optimized version; a sticky session never changes arm."""
+    _, stub, _ = server
+    await stub.SetExecutionPolicy(pb.SetExecutionPolicyRequest(policy=pb.ExecutionPolicy(
+        program="coder", mode="hybrid", hybrid_percent=30, sticky_sessions=True, optimized_version=2)), timeout=10)
+    replies = await asyncio.gather(*(stub.Execute(execute_request("coder", word=f"w{n}"), timeout=60) for n in range(400)))
+    optimized = sum(reply.execution_mode == "hybrid:optimized" for reply in replies)
+    assert 80 <= optimized <= 160, optimized
+    for session in ("s-a", "s-b", "s-c"):
+        modes = {(await stub.Execute(execute_request("coder", session_id=session, word=f"x{k}"), timeout=30)).execution_mode for k in range(5)}
+        assert len(modes) == 1, modes
+
+
+async def test_evaluation_mode_returns_both_versions(server):
+    """evaluation: the base answers and the response carries the promoted version's outputs, version and score."""
+    _, stub, _ = server
+    request = execute_request("coder", word="banana")
+    request.mode = "evaluation"
+    reply = await stub.Execute(request, timeout=30)
+    assert reply.execution_mode == "evaluation" and reply.program_version == 1
+    assert reply.evaluation.version == 2 and "code" in reply.evaluation.outputs and reply.evaluation.score > 0
+    stats = await stub.GetProgramStats(pb.GetProgramStatsRequest(program="coder"), timeout=10)
+    assert {(arm.version, arm.arm) for arm in stats.arms} >= {(1, "evaluation"), (2, "evaluation")}
+
+
+async def test_a_budget_of_lm_calls_stops_the_job_and_is_never_exceeded(server):
+    """max_lm_calls 75 (60 go to scoring base and result on dev): the job stops at the budget, budget_limited, within it."""
+    _, stub, _ = server
+    too_small = pb.StartOptimizationRequest(program="coder", dataset="words", optimizer="bootstrap_few_shot_with_random_search",
+                                            metric=METRIC, budget=pb.OptimizationBudget(max_lm_calls=15), seed=7)
+    error = await _error(stub.StartOptimization(too_small, timeout=10))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "at least 60" in error.details()
+    started = await stub.StartOptimization(pb.StartOptimizationRequest(
+        program="coder", dataset="words", optimizer="bootstrap_few_shot_with_random_search", metric=METRIC,
+        budget=pb.OptimizationBudget(max_lm_calls=75), seed=7), timeout=10)
+    job = await _finished(stub, started.job_id)
+    assert job.state == "succeeded", job.error
+    assert job.result.budget_limited and job.result.lm_calls <= 75
+
+
+async def test_cancel_stops_a_running_job_within_two_seconds(server):
+    """A running MIPROv2 job cancelled ends cancelled, promptly."""
+    _, stub, _ = server
+    started = await stub.StartOptimization(pb.StartOptimizationRequest(
+        program="coder", dataset="words", optimizer="mipro_v2", metric=METRIC, seed=11), timeout=10)
+
+    async def running():
+        job = await stub.GetOptimization(pb.GetOptimizationRequest(job_id=started.job_id), timeout=10)
+        return job.state == "running" and job.progress.lm_calls > 0
+
+    await eventually(running, timeout_s=60, interval_s=0.05)
+    asked = time.monotonic()
+    await stub.CancelOptimization(pb.CancelOptimizationRequest(job_id=started.job_id), timeout=10)
+    job = await _finished(stub, started.job_id, timeout_s=10)
+    took = time.monotonic() - asked
+    assert job.state == "cancelled"
+    print(f"cancel took {took:.2f}s")
+
+
+async def test_killing_the_optimizer_worker_fails_its_job_and_serving_goes_on(server):
+    """SIGKILL of the optimizer worker mid-job: the job fails saying so, every serving call meanwhile succeeds, a new worker comes."""
+    app, stub, _ = server
+    started = await stub.StartOptimization(pb.StartOptimizationRequest(
+        program="coder", dataset="words", optimizer="mipro_v2", metric=METRIC, seed=13), timeout=10)
+
+    async def running():
+        job = await stub.GetOptimization(pb.GetOptimizationRequest(job_id=started.job_id), timeout=10)
+        return job.state == "running"
+
+    await eventually(running, timeout_s=60, interval_s=0.05)
+    (victim,) = app.pool.worker_pool.optimizer_handles()
+    calls = asyncio.gather(*(stub.Execute(pb.ExecuteRequest(program="coder", mode="traditional", inputs=execute_request("coder", word=f"k{n}").inputs), timeout=30) for n in range(40)))
+    os.kill(victim.pid, signal.SIGKILL)
+    assert all(reply.outputs["code"] for reply in await calls)
+    job = await _finished(stub, started.job_id, timeout_s=20)
+    assert job.state == "failed" and "optimizer worker died" in job.error
+    await eventually(lambda: [h for h in app.pool.worker_pool.optimizer_handles() if h.pid != victim.pid], timeout_s=30)
+
+
+async def test_bad_requests_are_invalid_argument(server):
+    """Unknown optimizer option, unknown metric, an empty dataset: INVALID_ARGUMENT; unknown program or dataset: NOT_FOUND."""
+    _, stub, _ = server
+    options = pb.StartOptimizationRequest(program="coder", dataset="words", optimizer="bootstrap_few_shot", metric=METRIC)
+    options.options.update({"no_such_option": 1})
+    assert (await _error(stub.StartOptimization(options, timeout=10))).code() == grpc.StatusCode.INVALID_ARGUMENT
+    metric = pb.StartOptimizationRequest(program="coder", dataset="words", optimizer="bootstrap_few_shot", metric=pb.MetricSpec(kind="vibes"))
+    assert (await _error(stub.StartOptimization(metric, timeout=10))).code() == grpc.StatusCode.INVALID_ARGUMENT
+    await stub.AddExamples(pb.AddExamplesRequest(dataset="train-only", split="train", examples=_examples("train")[:3]), timeout=10)
+    empty = pb.StartOptimizationRequest(program="coder", dataset="train-only", optimizer="labeled_few_shot", metric=METRIC)
+    error = await _error(stub.StartOptimization(empty, timeout=10))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "dev" in error.details()
+    missing = pb.StartOptimizationRequest(program="coder", dataset="nope", optimizer="labeled_few_shot", metric=METRIC)
+    assert (await _error(stub.StartOptimization(missing, timeout=10))).code() == grpc.StatusCode.NOT_FOUND
+
+
+async def test_promotion_under_load_fails_no_call(server):
+    """64 calls in flight while the policy flips between versions 20 times: every call succeeds."""
+    _, stub, _ = server
+    stop = asyncio.Event()
+
+    async def client(n: int) -> int:
+        done = 0
+        while not stop.is_set():
+            reply = await stub.Execute(execute_request("coder", word=f"load{n}-{done}"), timeout=30)
+            assert reply.outputs["code"]
+            done += 1
+        return done
+
+    clients = [asyncio.ensure_future(client(n)) for n in range(64)]
+    for flip in range(20):
+        await stub.SetExecutionPolicy(pb.SetExecutionPolicyRequest(policy=pb.ExecutionPolicy(
+            program="coder", mode="optimized", optimized_version=2 if flip % 2 == 0 else 1)), timeout=10)
+        await asyncio.sleep(0.05)  # the flips' cadence under load, not a wait for a condition
+    stop.set()
+    assert sum(await asyncio.gather(*clients)) > 64
+
+
+async def test_optimized_mode_waits_for_a_pending_first_optimization_then_runs_the_base(server):
+    """optimized mode, nothing promoted, a job running: the call waits max_optimization_wait_ms, then the base answers, saying so."""
+    _, stub, _ = server
+    await stub.RegisterProgram(pb.RegisterProgramRequest(spec=pb.ProgramSpec(name="coder_pending", signature="word -> code")), timeout=30)
+    await stub.SetExecutionPolicy(pb.SetExecutionPolicyRequest(policy=pb.ExecutionPolicy(program="coder_pending", mode="optimized")), timeout=10)
+    started = await stub.StartOptimization(pb.StartOptimizationRequest(
+        program="coder_pending", dataset="words", optimizer="mipro_v2", metric=METRIC, seed=17), timeout=10)
+    try:
+        request = execute_request("coder_pending", word="cherry")
+        request.max_optimization_wait_ms = 200
+        reply = await stub.Execute(request, timeout=30)
+        assert (reply.execution_mode, reply.fallback_reason, reply.program_version) == ("traditional", "optimization_pending", 1)
+    finally:
+        await stub.CancelOptimization(pb.CancelOptimizationRequest(job_id=started.job_id), timeout=10)
+        await _finished(stub, started.job_id, timeout_s=20)
+
+
+async def test_a_job_running_when_the_server_stops_is_interrupted_after_a_restart(tmp_path):
+    """Job state lives in the store: a job that was running when the server stopped is marked interrupted on restart."""
+    from dspy_pool.server.app import App
+
+    from .harness import make_config
+
+    config = make_config(state=f"sqlite:///{tmp_path}/state.db", optimizer_workers=1, sim_latency="fixed:0", workers=1)
+    app = App(config)
+    await app.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+            from dspy_pool.v1 import dspy_pool_pb2_grpc as pb_grpc
+
+            stub = pb_grpc.DSPyPoolStub(channel)
+            await stub.RegisterProgram(pb.RegisterProgramRequest(spec=SPEC), timeout=30)
+            for split in ("train", "dev"):
+                await stub.AddExamples(pb.AddExamplesRequest(dataset="words", split=split, examples=_examples(split)), timeout=30)
+            await eventually(lambda: app.pool.worker_pool.optimizer_handles(), timeout_s=30)
+            started = await stub.StartOptimization(pb.StartOptimizationRequest(
+                program="coder", dataset="words", optimizer="mipro_v2", metric=METRIC), timeout=10)
+
+            async def running():
+                return (await stub.GetOptimization(pb.GetOptimizationRequest(job_id=started.job_id), timeout=10)).state == "running"
+
+            await eventually(running, timeout_s=60, interval_s=0.05)
+    finally:
+        await app.stop()
+    restarted = App(config)
+    await restarted.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{restarted.port}") as channel:
+            from dspy_pool.v1 import dspy_pool_pb2_grpc as pb_grpc
+
+            job = await pb_grpc.DSPyPoolStub(channel).GetOptimization(pb.GetOptimizationRequest(job_id=started.job_id), timeout=10)
+            assert job.state == "interrupted" and "restarted" in job.error
+    finally:
+        await restarted.stop()
