@@ -9,11 +9,13 @@ interleaving: that is the whole of its atomicity.
 from __future__ import annotations
 
 import collections
+import dataclasses
 from dataclasses import dataclass, field
 
 from dspy_pool.state import policy
 from dspy_pool.state.base import (
-    AddedProgram, AppendResult, NewProgram, ProgramRecord, SessionLimits, SessionRecord, StateStore, TurnRecord,
+    AddedProgram, AppendResult, DatasetInfo, ExampleRecord, JobRecord, NewProgram, ProgramRecord, SessionLimits,
+    SessionRecord, StateStore, TurnRecord,
 )
 
 
@@ -23,8 +25,25 @@ class _Session:
     last_used_at: float
     turns: collections.deque[TurnRecord] = field(default_factory=collections.deque)
 
-    def record(self, session_id: str) -> SessionRecord:
-        return SessionRecord(session_id, self.created_at, self.last_used_at, tuple(self.turns))
+    def record(self, session_id: str, with_turns: bool = True) -> SessionRecord:
+        return SessionRecord(session_id, self.created_at, self.last_used_at, tuple(self.turns) if with_turns else ())
+
+
+@dataclass(slots=True)
+class _Split:
+    examples: list[ExampleRecord] = field(default_factory=list)
+    head: str = policy.EMPTY_HEAD
+
+
+@dataclass(slots=True)
+class _Dataset:
+    splits: dict[str, _Split] = field(default_factory=dict)
+    updated_at: float = 0.0
+
+    def info(self, name: str) -> DatasetInfo:
+        splits = [(split, len(s.examples), s.head) for split, s in sorted(self.splits.items()) if s.examples]
+        return DatasetInfo(name, tuple((split, count) for split, count, _ in splits), policy.dataset_hash(splits),
+                           self.updated_at)
 
 
 @dataclass(slots=True)
@@ -46,6 +65,9 @@ class MemoryStore(StateStore):
         # Least recently used first (append moves a session to the end), so the cap walks it from the front.
         self._sessions: collections.OrderedDict[str, _Session] = collections.OrderedDict()
         self._cache: dict[bytes, _CacheEntry] = {}
+        self._datasets: dict[str, _Dataset] = {}
+        self._jobs: dict[str, JobRecord] = {}
+        self._policies: dict[str, bytes] = {}
 
     async def open(self) -> None:
         return None
@@ -65,7 +87,7 @@ class MemoryStore(StateStore):
         version = self._last_version.get(program.name, 0) + 1
         record = ProgramRecord(
             program.name, version, program.spec, program.content_hash, tuple(program.input_names),
-            tuple(program.output_names), program.takes_history, program.created_at,
+            tuple(program.output_names), program.takes_history, program.created_at, program.meta,
         )
         self._programs.setdefault(program.name, {})[version] = record
         self._last_version[program.name] = version
@@ -101,23 +123,28 @@ class MemoryStore(StateStore):
         session = self._live(session_id, now, limits)
         return None if session is None else session.record(session_id)
 
-    async def open_session(self, session_id: str, now: float, limits: SessionLimits) -> AppendResult:
-        session, started, evicted = self._open(session_id, now, limits)
-        return AppendResult(session.record(session_id), started, evicted)
+    async def open_session(self, session_id: str, now: float, limits: SessionLimits,
+                           with_turns: bool = True) -> AppendResult:
+        session, started, evicted = self._open(session_id, now, limits, opening=True)
+        return AppendResult(session.record(session_id, with_turns), started, evicted)
 
-    async def append_turn(self, session_id: str, turn: TurnRecord, now: float, limits: SessionLimits) -> AppendResult:
+    async def append_turn(self, session_id: str, turn: TurnRecord, now: float, limits: SessionLimits,
+                          with_turns: bool = False) -> AppendResult:
         session, started, evicted = self._open(session_id, now, limits)
         session.turns.append(turn)
         while len(session.turns) > max(0, limits.max_turns):
             session.turns.popleft()
-        return AppendResult(session.record(session_id), started, evicted)
+        return AppendResult(session.record(session_id, with_turns), started, evicted)
 
-    def _open(self, session_id: str, now: float, limits: SessionLimits) -> tuple[_Session, bool, tuple[str, ...]]:
-        """The live session touched, or a new one made room for: (session, started, evicted)."""
+    def _open(self, session_id: str, now: float, limits: SessionLimits,
+              opening: bool = False) -> tuple[_Session, bool, tuple[str, ...]]:
+        """The live session touched (an open only as policy.open_touches says), or a new one made room for:
+        (session, started, evicted)."""
         session = self._live(session_id, now, limits)
         if session is not None:
-            session.last_used_at = now
-            self._sessions.move_to_end(session_id)
+            if not opening or policy.open_touches(session.last_used_at, now, limits):
+                session.last_used_at = now
+                self._sessions.move_to_end(session_id)
             return session, False, ()
         evicted = self._make_room(now, limits)
         session = self._sessions[session_id] = _Session(created_at=now, last_used_at=now)
@@ -173,3 +200,63 @@ class MemoryStore(StateStore):
         for key in gone:
             del self._cache[key]
         return len(gone)
+
+    # -- datasets ---------------------------------------------------------------
+    async def add_examples(self, dataset: str, split: str, examples: list[ExampleRecord],
+                           max_examples: int) -> DatasetInfo:
+        held = self._datasets.get(dataset)
+        stored = 0 if held is None else sum(len(s.examples) for s in held.splits.values())
+        if not policy.examples_fit(stored, len(examples), max_examples):
+            raise policy.examples_full(dataset, stored, len(examples), max_examples)
+        held = self._datasets.setdefault(dataset, _Dataset())
+        if examples:
+            part = held.splits.setdefault(split, _Split())
+            part.examples.extend(examples)
+            part.head = policy.chain_examples(part.head, examples)
+            held.updated_at = max(held.updated_at, *(e.created_at for e in examples))
+        return held.info(dataset)
+
+    async def get_dataset(self, dataset: str) -> DatasetInfo | None:
+        held = self._datasets.get(dataset)
+        return None if held is None else held.info(dataset)
+
+    async def list_datasets(self) -> list[DatasetInfo]:
+        return [self._datasets[name].info(name) for name in sorted(self._datasets)]
+
+    async def load_examples(self, dataset: str, split: str) -> list[ExampleRecord]:
+        held = self._datasets.get(dataset)
+        part = None if held is None else held.splits.get(split)
+        return [] if part is None else list(part.examples)
+
+    async def delete_dataset(self, dataset: str) -> bool:
+        return self._datasets.pop(dataset, None) is not None
+
+    # -- jobs -------------------------------------------------------------------
+    async def put_job(self, job: JobRecord) -> None:
+        self._jobs[job.job_id] = job
+
+    async def get_job(self, job_id: str) -> JobRecord | None:
+        return self._jobs.get(job_id)
+
+    async def list_jobs(self, program: str = "", states: tuple[str, ...] = (), limit: int = 100) -> list[JobRecord]:
+        jobs = [j for j in self._jobs.values() if (not program or j.program == program) and (not states or j.state in states)]
+        jobs.sort(key=policy.newest_first, reverse=True)
+        return jobs[:max(0, limit)]
+
+    async def find_job(self, dedup_key: str) -> JobRecord | None:
+        return max((j for j in self._jobs.values() if j.dedup_key == dedup_key), key=policy.newest_first, default=None)
+
+    async def claim_job(self, job_id: str, owner: str, now: float, lease_s: float) -> bool:
+        job = self._jobs.get(job_id)
+        if job is None or not policy.can_claim(job.owner, job.lease_expires_at, owner, now):
+            return False
+        self._jobs[job_id] = dataclasses.replace(job, owner=owner, lease_expires_at=now + lease_s)
+        return True
+
+    # -- execution policies -------------------------------------------------------
+    async def put_policy(self, program: str, policy: bytes) -> None:
+        self._policies[program] = policy
+        self._revision += 1
+
+    async def list_policies(self) -> dict[str, bytes]:
+        return dict(self._policies)

@@ -1,23 +1,45 @@
-"""The decisions every state backend makes the same way: session expiry, the session cap, cache warming.
+"""The decisions every state backend makes the same way: session expiry, the session cap, cache warming,
+a dataset's content hash, the job lease.
 
 Pure functions: the backend reads what they need (inside its own transaction
 or script), passes `now` in, and applies the answer. Keeping them here means
 memory, SQLite and Redis cannot drift apart on what "expired", "idle enough
-to evict" or "the most-hit entries within a byte budget" mean.
+to evict", "the most-hit entries within a byte budget", "equal content" or
+"a free lease" mean.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 from dspy_pool.errors import ResourceExhausted
-from dspy_pool.state.base import SessionLimits
+from dspy_pool.state.base import ExampleRecord, JobRecord, SessionLimits
+
+# open_session leaves a session used less than this long ago as it is (see open_touches).
+OPEN_TOUCH_SLACK_S = 1.0
 
 
 def is_expired(last_used_at: float, now: float, ttl_s: float) -> bool:
     """A session idle for longer than its TTL is gone (exactly ttl_s idle is still live)."""
     return now - last_used_at > ttl_s
+
+
+def open_touches(last_used_at: float, now: float, limits: SessionLimits) -> bool:
+    """Whether open_session must write `now` as a live session's last_used_at.
+
+    Not for a session used within the slack (a second, less for tiny limits): the append that ends the
+    call touches it anyway, and a busy session's open is then a read, not a write. Everything that counts
+    from the last use (the TTL, protect_s at the cap) counts from at most that slack earlier meanwhile.
+    """
+    return now - last_used_at >= open_touch_slack_s(limits)
+
+
+def open_touch_slack_s(limits: SessionLimits) -> float:
+    """How recent a use spares an open its write (a tenth of the TTL or protect_s when that is less than a second)."""
+    return min(OPEN_TOUCH_SLACK_S, limits.ttl_s / 10, limits.protect_s / 10)
 
 
 def trim_from(next_seq: int, max_turns: int) -> int:
@@ -106,3 +128,55 @@ def pick_top(
         if len(picked) >= limit or left <= 0:
             break
     return picked
+
+
+# -- datasets -----------------------------------------------------------------------------------------------------------
+#
+# The content hash covers each example's inputs and outputs (not its source or time: the same examples added
+# again are the same training data), split by split, in the order they were added. Each split keeps a running
+# head, sha256(previous head + example), so an append hashes only what it adds; the dataset's hash is the sha256
+# of its splits' (name, count, head), sorted by name. Equal content, equal hash, on every backend.
+
+EMPTY_HEAD = ""  # a split with no examples yet
+
+
+def example_bytes(example: ExampleRecord) -> bytes:
+    """What of an example the content hash covers, unambiguously encoded."""
+    return json.dumps([example.inputs_json, example.outputs_json], ensure_ascii=False, separators=(",", ":")).encode()
+
+
+def chain_examples(head: str, examples: Iterable[ExampleRecord]) -> str:
+    """A split's head after appending `examples` to a split whose head was `head`."""
+    for example in examples:
+        head = hashlib.sha256(bytes.fromhex(head) + example_bytes(example)).hexdigest()
+    return head
+
+
+def dataset_hash(splits: Iterable[tuple[str, int, str]]) -> str:
+    """The content hash of a dataset from its splits' (name, count, head), in any order."""
+    ordered = sorted([split, count, head] for split, count, head in splits if count > 0)
+    return hashlib.sha256(json.dumps(ordered, ensure_ascii=False, separators=(",", ":")).encode()).hexdigest()
+
+
+def examples_fit(stored: int, adding: int, max_examples: int) -> bool:
+    """Whether `adding` more fit a dataset holding `stored` (adding none always does)."""
+    return adding == 0 or stored + adding <= max_examples
+
+
+def examples_full(dataset: str, stored: int, adding: int, max_examples: int) -> ResourceExhausted:
+    """The error for examples past `max_examples`, the same text on every backend."""
+    return ResourceExhausted(f"dataset {dataset!r} holds {stored} examples; {adding} more would pass its maximum of "
+                             f"{max_examples}: nothing was added")
+
+
+# -- jobs -----------------------------------------------------------------------------------------------------------------
+
+def can_claim(owner: str, lease_expires_at: float, claimant: str, now: float) -> bool:
+    """A job's lease can be taken when nobody holds it, it has run out (held while now < lease_expires_at), or
+    `claimant` holds it already (a renewal)."""
+    return not owner or owner == claimant or now >= lease_expires_at
+
+
+def newest_first(job: JobRecord) -> tuple[float, str]:
+    """Sort key (with reverse=True) of every job listing: created_at, then job_id, both descending."""
+    return job.created_at, job.job_id

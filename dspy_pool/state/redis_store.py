@@ -2,7 +2,10 @@
 
     replica A ──┐                                 ┌─ programs    (Lua: version, idempotence, cap, revision)
     replica B ──┼─ RedisStore ── connection pool ─┼─ sessions    (Lua: create/evict/append/trim/touch/expire)
-    replica C ──┘   (bounded, no blind retries)   └─ cache       (Lua: hit count, PEXPIREAT)
+    replica C ──┘   (bounded, no blind retries)   ├─ cache       (Lua: hit count, PEXPIREAT)
+                                                  ├─ datasets    (Lua: append if unchanged since read)
+                                                  ├─ jobs        (Lua: upsert with its indexes, lease)
+                                                  └─ policies    (MULTI: policy and program_revision)
 
 Every change that must be atomic across replicas is one Lua script (EVALSHA via
 `register_script`, reloaded by redis-py when a restarted server has forgotten
@@ -17,9 +20,10 @@ Key layout, all under the prefix (default ``dspy_pool:``; names and session
 ids are embedded as given, behind a fixed-kind segment, so no two kinds collide):
 
     schema_version                  string   SCHEMA_VERSION of what wrote this database
-    program_revision                string   INCR on every add and delete
+    program_revision                string   INCR on every add and delete of a program, and every put_policy
     programs                        set      "VERSION:NAME" of every stored version
-    program:VERSION:NAME            hash     spec, content_hash, input_names, output_names, takes_history, created_at
+    program:VERSION:NAME            hash     spec, content_hash, input_names, output_names, takes_history, created_at,
+                                             meta (absent in what schema 1 wrote: b"")
     program_versions:NAME           zset     VERSION scored by itself (the latest is the highest)
     program_next:NAME               string   INCR per name, never deleted, so versions are never reused
     sessions                        zset     session id scored by last_used_at (count, LRU, expiry)
@@ -28,12 +32,31 @@ ids are embedded as given, behind a fixed-kind segment, so no two kinds collide)
     cache:KEY                       hash     v (value), e (expires_at)       (PEXPIREAT expires_at)
     cache_hits                      zset     KEY scored by its hits (cache_top)
     cache_expiry                    zset     KEY scored by when Redis drops it (prunes the two zsets)
+    datasets                        set      every dataset name
+    dataset:NAME                    hash     rev, total, hash, updated_at, count:SPLIT and head:SPLIT per split
+    dataset_examples:N:SPLIT:NAME   list     JSON [inputs_json, outputs_json, source, created_at] per example
+                                             (N: the split's length in bytes, so split and name cannot run together)
+    dataset_revision                string   INCR per change of any dataset: `rev`, never reused (no ABA)
+    job:ID                          hash     every JobRecord field but job_id
+    jobs                            zset     job id scored by created_at (ZREVRANGE: newest first, then by id)
+    jobs_by_program:NAME            zset     the same, of one program
+    jobs_by_dedup:KEY               zset     the same, of one dedup key
+    policies                        hash     program -> its execution policy
+
+A dataset's content hash is sha256 (state.policy), which Lua cannot compute: add_examples reads the dataset,
+computes the new heads and hash in Python, and a script applies them only if the dataset's `rev` is still
+the one read (else it reads again): optimistic, and atomic all the same.
 
 Times are the callers' wall-clock seconds, written as the exact text of the
 float (repr) so they read back unchanged. Whether a session or an entry is
 live is decided against the caller's `now` (state.policy, mirrored in the Lua);
 Redis's own expiries only free memory, a grace period after that, so Redis
 drops expired sessions by itself and `cache_expire` keeps the base default.
+
+The session and cache hot path (open/append, cache get/put) goes through _Pipeliner: calls made while a
+batch is in flight go out together as the next pipeline, one round trip for all of them. An open of a
+session used within the last second (state.policy.open_touches) writes nothing, and without its turns
+reads none. redis-py parses replies with hiredis when it is installed (the `redis[hiredis]` extra).
 
 Connection failures raise StateUnavailable and are not retried here: a script
 whose reply was lost may have run, and running it again would append a turn
@@ -43,6 +66,7 @@ first call after Redis comes back works without reopening the store.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 import math
@@ -53,14 +77,14 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ReadOnlyError, RedisError
+from redis.exceptions import NoScriptError, ReadOnlyError, RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from dspy_pool.errors import ResourceExhausted
 from dspy_pool.state import policy
 from dspy_pool.state.base import (
-    SCHEMA_VERSION, AddedProgram, AppendResult, NewProgram, ProgramRecord, SessionLimits, SessionRecord, StateError,
-    StateStore, StateUnavailable, TurnRecord,
+    SCHEMA_VERSION, AddedProgram, AppendResult, DatasetInfo, ExampleRecord, JobRecord, NewProgram, ProgramRecord,
+    SessionLimits, SessionRecord, StateError, StateStore, StateUnavailable, TurnRecord,
 )
 
 DEFAULT_PREFIX = "dspy_pool:"
@@ -76,7 +100,7 @@ _UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, ReadOnlyError, OSError)
 
 _ADD_PROGRAM = """
 -- KEYS: programs, program_versions:NAME, program_next:NAME, program_revision
--- ARGV: prefix, name, content_hash, max_programs, spec, input_names, output_names, takes_history, created_at
+-- ARGV: prefix, name, content_hash, max_programs, spec, input_names, output_names, takes_history, created_at, meta
 local latest = redis.call('ZREVRANGE', KEYS[2], 0, 0)[1]
 if latest then
   local key = ARGV[1] .. 'program:' .. latest .. ':' .. ARGV[2]
@@ -89,7 +113,8 @@ if redis.call('SCARD', KEYS[1]) >= tonumber(ARGV[4]) then
 end
 local version = tostring(redis.call('INCR', KEYS[3]))
 redis.call('HSET', ARGV[1] .. 'program:' .. version .. ':' .. ARGV[2], 'spec', ARGV[5], 'content_hash', ARGV[3],
-           'input_names', ARGV[6], 'output_names', ARGV[7], 'takes_history', ARGV[8], 'created_at', ARGV[9])
+           'input_names', ARGV[6], 'output_names', ARGV[7], 'takes_history', ARGV[8], 'created_at', ARGV[9],
+           'meta', ARGV[10])
 redis.call('ZADD', KEYS[2], version, version)
 redis.call('SADD', KEYS[1], version .. ':' .. ARGV[2])
 redis.call('INCR', KEYS[4])
@@ -130,11 +155,17 @@ end
 
 _OPEN_SESSION = _SESSION_HELPERS + """
 -- open_session and append_turn. KEYS: sessions, session_meta:ID, session_turns:ID
--- ARGV: prefix, id, turn, has_turn ('1' appends ARGV[3]), now, ttl_s, max_turns, max_sessions, protect_s, ttl_ms
+-- ARGV: prefix, id, turn, has_turn ('1' appends ARGV[3]), now, ttl_s, max_turns, max_sessions, protect_s, ttl_ms,
+--       with_turns ('1': reply with the turns), touch_slack_s (state.policy.open_touch_slack_s)
 local prefix, id, now, ttl = ARGV[1], ARGV[2], tonumber(ARGV[5]), tonumber(ARGV[6])
 local max_turns, cap, protect = tonumber(ARGV[7]), tonumber(ARGV[8]), tonumber(ARGV[9])
 local started, evicted = 0, {}
-local last = redis.call('HGET', KEYS[2], 'last_used_at')
+local meta = redis.call('HMGET', KEYS[2], 'created_at', 'last_used_at')
+local last = meta[2]
+if last and ARGV[4] == '0' and now - tonumber(last) <= ttl and now - tonumber(last) < tonumber(ARGV[12]) then
+  -- An open of a session used moments ago (state.policy.open_touches): a read; the append that follows touches it.
+  return {0, evicted, meta[1], last, ARGV[11] == '1' and turns_json(KEYS[3]) or ''}
+end
 if not last or now - tonumber(last) > ttl then
   -- Expired, never used, or expired by Redis itself: whatever is left under this id is not this session.
   drop(prefix, KEYS[1], id)
@@ -175,7 +206,7 @@ redis.call('ZADD', KEYS[1], ARGV[5], id)
 -- Redis drops what nobody touches for a TTL by itself; the test of liveness stays the callers' clock.
 redis.call('PEXPIRE', KEYS[2], ARGV[10])
 redis.call('PEXPIRE', KEYS[3], ARGV[10])
-return {started, evicted, redis.call('HGET', KEYS[2], 'created_at'), turns_json(KEYS[3])}
+return {started, evicted, started == 1 and ARGV[5] or meta[1], ARGV[5], ARGV[11] == '1' and turns_json(KEYS[3]) or ''}
 """
 
 _GET_SESSION = _SESSION_HELPERS + """
@@ -245,6 +276,87 @@ return false
 """
 
 
+_MIGRATE_SCHEMA = """
+-- KEYS: schema_version. ARGV: from, to. Only if no other replica has written another version meanwhile.
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('SET', KEYS[1], ARGV[2])
+  return 1
+end
+return 0
+"""
+
+_ADD_EXAMPLES = """
+-- KEYS: datasets, dataset:NAME, dataset_examples:N:SPLIT:NAME, dataset_revision
+-- ARGV: rev read (or '' for none), name, split, total, count, head, hash, updated_at, example...
+-- Applies what the caller computed from the dataset as it was at `rev`; 0 if it changed since (read again).
+if (redis.call('HGET', KEYS[2], 'rev') or '') ~= ARGV[1] then
+  return 0
+end
+for i = 9, #ARGV, 1000 do
+  redis.call('RPUSH', KEYS[3], unpack(ARGV, i, math.min(i + 999, #ARGV)))
+end
+local fields = {'rev', redis.call('INCR', KEYS[4]), 'total', ARGV[4], 'hash', ARGV[7], 'updated_at', ARGV[8]}
+if #ARGV >= 9 then
+  table.insert(fields, 'count:' .. ARGV[3])
+  table.insert(fields, ARGV[5])
+  table.insert(fields, 'head:' .. ARGV[3])
+  table.insert(fields, ARGV[6])
+end
+redis.call('HSET', KEYS[2], unpack(fields))
+redis.call('SADD', KEYS[1], ARGV[2])
+return 1
+"""
+
+_DELETE_DATASET = """
+-- KEYS: datasets, dataset:NAME. ARGV: prefix, name
+local fields = redis.call('HKEYS', KEYS[2])
+if #fields == 0 then
+  return 0
+end
+for _, field in ipairs(fields) do
+  if string.sub(field, 1, 6) == 'count:' then
+    local split = string.sub(field, 7)
+    redis.call('DEL', ARGV[1] .. 'dataset_examples:' .. #split .. ':' .. split .. ':' .. ARGV[2])
+  end
+end
+redis.call('DEL', KEYS[2])
+redis.call('SREM', KEYS[1], ARGV[2])
+return 1
+"""
+
+_PUT_JOB = """
+-- KEYS: job:ID, jobs. ARGV: prefix, id, program, dedup_key, created_at, then the hash's field/value pairs
+local old = redis.call('HMGET', KEYS[1], 'program', 'dedup_key')
+if old[1] then
+  redis.call('ZREM', ARGV[1] .. 'jobs_by_program:' .. old[1], ARGV[2])
+  redis.call('ZREM', ARGV[1] .. 'jobs_by_dedup:' .. old[2], ARGV[2])
+end
+redis.call('DEL', KEYS[1])
+redis.call('HSET', KEYS[1], unpack(ARGV, 6))
+redis.call('ZADD', KEYS[2], ARGV[5], ARGV[2])
+redis.call('ZADD', ARGV[1] .. 'jobs_by_program:' .. ARGV[3], ARGV[5], ARGV[2])
+redis.call('ZADD', ARGV[1] .. 'jobs_by_dedup:' .. ARGV[4], ARGV[5], ARGV[2])
+return 1
+"""
+
+_CLAIM_JOB = """
+-- KEYS: job:ID. ARGV: owner, now, lease_expires_at. state.policy.can_claim, mirrored.
+local job = redis.call('HMGET', KEYS[1], 'owner', 'lease_expires_at')
+if not job[2] then
+  return 0
+end
+if job[1] == '' or job[1] == ARGV[1] or tonumber(ARGV[2]) >= tonumber(job[2]) then
+  redis.call('HSET', KEYS[1], 'owner', ARGV[1], 'lease_expires_at', ARGV[3])
+  return 1
+end
+return 0
+"""
+
+# A dataset changed by another caller between the read and the script: read again, at most this often.
+_ADD_EXAMPLES_TRIES = 100
+_JOB_SCAN_BATCH = 64
+
+
 def mask_url(url: str) -> str:
     """The URL with any password (in the user part or a ?password= query argument) shown as ***."""
     try:
@@ -297,6 +409,7 @@ def _program(name: str, version: int, fields: dict[bytes, bytes]) -> ProgramReco
         name=name, version=version, spec=fields[b"spec"], content_hash=fields[b"content_hash"].decode(),
         input_names=tuple(json.loads(fields[b"input_names"])), output_names=tuple(json.loads(fields[b"output_names"])),
         takes_history=fields[b"takes_history"] == b"1", created_at=float(fields[b"created_at"]),
+        meta=fields.get(b"meta", b""),
     )
 
 
@@ -309,13 +422,127 @@ def _encode_turn(turn: TurnRecord) -> bytes:
 
 
 def _session(session_id: str, created_at: bytes | str, last_used_at: bytes | str, turns_json: bytes) -> SessionRecord:
-    """A session from its times and its turns as one JSON array of [program, inputs_json, outputs_json]."""
-    return SessionRecord(session_id, float(created_at), float(last_used_at),
-                         tuple(TurnRecord(*turn) for turn in json.loads(turns_json)))
+    """A session from its times and its turns as one JSON array of [program, inputs_json, outputs_json] (b"": none)."""
+    turns = tuple(TurnRecord(*turn) for turn in json.loads(turns_json)) if turns_json else ()
+    return SessionRecord(session_id, float(created_at), float(last_used_at), turns)
+
+
+def _encode_example(example: ExampleRecord) -> bytes:
+    return json.dumps([example.inputs_json, example.outputs_json, example.source, example.created_at],
+                      separators=(",", ":")).encode()
+
+
+def _dataset(name: str, fields: dict[bytes, bytes]) -> DatasetInfo:
+    counts = sorted((k[6:].decode(), int(v)) for k, v in fields.items() if k.startswith(b"count:") and int(v) > 0)
+    return DatasetInfo(name, tuple(counts), fields[b"hash"].decode(), float(fields[b"updated_at"]))
+
+
+def _job_fields(job: JobRecord) -> list[bytes | str]:
+    return ["dedup_key", job.dedup_key, "program", job.program, "state", job.state, "priority", str(int(job.priority)),
+            "created_at", _text(job.created_at), "updated_at", _text(job.updated_at), "request", job.request,
+            "progress", job.progress, "result", job.result, "error", job.error, "owner", job.owner,
+            "lease_expires_at", _text(job.lease_expires_at)]
+
+
+def _job(job_id: str, fields: dict[bytes, bytes]) -> JobRecord:
+    return JobRecord(job_id, fields[b"dedup_key"].decode(), fields[b"program"].decode(), fields[b"state"].decode(),
+                     int(fields[b"priority"]), float(fields[b"created_at"]), float(fields[b"updated_at"]),
+                     fields[b"request"], fields[b"progress"], fields[b"result"], fields[b"error"].decode(),
+                     fields[b"owner"].decode(), float(fields[b"lease_expires_at"]))
+
+
+class _Pipeliner:
+    """Script calls made at about the same time share one round trip (the session and cache hot path).
+
+        caller ──run(script, keys, args)──> pending ──> one pipeline of EVALSHAs (at most WINDOW in flight) ──> futures
+
+    Pending calls go out together on one connection as a pipeline (transaction=False: each script is still its
+    own atomic unit, run in order): one write, one read and one connection from the pool for all of them instead
+    of one each. At most WINDOW batches are in flight; calls made meanwhile wait for the next one (at most a
+    round trip), which is what makes batches form under load: measured with bench/state.py on 2 cores, one
+    batch in flight gave the largest batches and the least CPU per call (the front's loop and redis-server's)
+    of 1, 2 or none. A lone call goes out as it would without this.
+    A script the server has forgotten (it was restarted) answers NOSCRIPT without running: such a call goes
+    again through redis-py's Script, which loads it. A connection that fails fails every call of its batch
+    (StateUnavailable: each may have run; none is retried). A caller that stops waiting does not stop its call;
+    its answer is dropped.
+    """
+
+    WINDOW = 1
+    MAX_BATCH = 128
+
+    def __init__(self) -> None:
+        self._pending: list[tuple[Any, list, list, asyncio.Future]] = []
+        self._sending: set[asyncio.Task] = set()
+        self._scheduled = False
+
+    async def run(self, script: Any, keys: list, args: list) -> Any:
+        future = asyncio.get_running_loop().create_future()
+        self._pending.append((script, keys, args, future))
+        self._schedule()
+        return await future
+
+    def _schedule(self) -> None:
+        if self._pending and not self._scheduled and len(self._sending) < self.WINDOW:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._scheduled = False
+        if len(self._sending) >= self.WINDOW:
+            return  # a batch in flight ends first and flushes again
+        batch, self._pending = self._pending[:self.MAX_BATCH], self._pending[self.MAX_BATCH:]
+        task = asyncio.get_running_loop().create_task(self._send(batch))
+        self._sending.add(task)
+        task.add_done_callback(self._sent)
+
+    def _sent(self, task: asyncio.Task) -> None:
+        self._sending.discard(task)
+        self._schedule()
+
+    async def _send(self, batch: list[tuple[Any, list, list, asyncio.Future]]) -> None:
+        replies: list[Any]
+        try:
+            if len(batch) == 1:
+                script, keys, args, _ = batch[0]
+                replies = [await script(keys=keys, args=args)]
+            else:
+                async with batch[0][0].registered_client.pipeline(transaction=False) as pipe:
+                    for script, keys, args, _ in batch:
+                        pipe.evalsha(script.sha, len(keys), *keys, *args)
+                    replies = await pipe.execute(raise_on_error=False)
+        except asyncio.CancelledError:
+            for *_, future in batch:
+                future.cancel()
+            raise
+        except Exception as exc:  # the connection failed: every call of the batch
+            replies = [exc] * len(batch)
+        for (script, keys, args, future), reply in zip(batch, replies):
+            if isinstance(reply, NoScriptError):  # not run: load the script and run the call now
+                try:
+                    reply = await script(keys=keys, args=args)
+                except Exception as exc:
+                    reply = exc
+            if future.done():  # its caller stopped waiting
+                continue
+            if isinstance(reply, BaseException):
+                future.set_exception(reply)
+            else:
+                future.set_result(reply)
+
+    async def drain(self) -> None:
+        """Wait until every call made so far has had its answer (before the connections close)."""
+        while self._pending or self._sending:
+            self._schedule()
+            await asyncio.sleep(0)
+            if self._sending:
+                await asyncio.gather(*self._sending, return_exceptions=True)
 
 
 class RedisStore(StateStore):
     """State shared by every replica pointed at one Redis (a db number and a key prefix)."""
+
+    shared = True  # several replicas at once: job leases decide who runs what
 
     durable = True
 
@@ -329,6 +556,7 @@ class RedisStore(StateStore):
         self._socket_timeout_s = socket_timeout_s
         self._pool_timeout_s = pool_timeout_s
         self._client: aioredis.Redis | None = None
+        self._pipeliner = _Pipeliner()
 
     def _key(self, *parts: str | bytes) -> bytes:
         return self._prefix + b"".join(p if isinstance(p, bytes) else p.encode() for p in parts)
@@ -364,6 +592,10 @@ class RedisStore(StateStore):
         self._expire_sessions = client.register_script(_EXPIRE_SESSIONS)
         self._cache_put = client.register_script(_CACHE_PUT)
         self._cache_get = client.register_script(_CACHE_GET)
+        self._add_examples = client.register_script(_ADD_EXAMPLES)
+        self._delete_dataset = client.register_script(_DELETE_DATASET)
+        self._put_job = client.register_script(_PUT_JOB)
+        self._claim_job = client.register_script(_CLAIM_JOB)
         self._client = client
 
     async def _check_schema(self, client: aioredis.Redis) -> None:
@@ -388,12 +620,23 @@ class RedisStore(StateStore):
             )
         if stored < 1:
             raise StateError(f"{where} holds schema version {stored}, which no dspy-pool writes; left as it is")
-        # stored < SCHEMA_VERSION: the migrations go here once there is a version 2.
+        if stored < SCHEMA_VERSION:
+            # 1 -> 2 rewrites nothing (a program hash without `meta` reads as b""; datasets, jobs and policies are
+            # new keys), so a replica still on version 1 keeps working beside this one. Only the version moves.
+            try:
+                await client.eval(_MIGRATE_SCHEMA, 1, key, stored, SCHEMA_VERSION)
+            except _UNAVAILABLE as exc:
+                raise StateError(f"cannot reach redis at {self.description}: {exc}") from exc
+            except RedisError as exc:
+                raise StateError(f"{where}: cannot record schema version {SCHEMA_VERSION}: {exc}") from exc
 
     async def close(self) -> None:
         client, self._client = self._client, None
         if client is not None:
-            await client.aclose()
+            try:
+                await self._pipeliner.drain()
+            finally:
+                await client.aclose()
 
     # -- programs -------------------------------------------------------------
     @_translated
@@ -404,7 +647,7 @@ class RedisStore(StateStore):
                   self._key("program_revision")],
             args=[self._prefix, name, program.content_hash, max_programs, program.spec,
                   json.dumps(list(program.input_names)), json.dumps(list(program.output_names)),
-                  "1" if program.takes_history else "0", _text(program.created_at)],
+                  "1" if program.takes_history else "0", _text(program.created_at), program.meta],
         )
         if reply[0] == -1:
             raise ResourceExhausted(f"the registry holds its maximum of {max_programs} program versions; delete some first")
@@ -412,7 +655,7 @@ class RedisStore(StateStore):
         if reply[0] == 0:
             return AddedProgram(_program(name, version, _pairs(reply[2])), created=False)
         record = ProgramRecord(name, version, program.spec, program.content_hash, tuple(program.input_names),
-                               tuple(program.output_names), program.takes_history, program.created_at)
+                               tuple(program.output_names), program.takes_history, program.created_at, program.meta)
         return AddedProgram(record, created=True)
 
     @_translated
@@ -456,26 +699,28 @@ class RedisStore(StateStore):
                                         args=[session_id, _text(now), _text(limits.ttl_s)])
         return None if reply is None else _session(session_id, *reply)
 
-    async def _open(self, session_id: str, turn: TurnRecord | None, now: float, limits: SessionLimits) -> AppendResult:
-        reply = await self._open_session(
-            keys=self._session_keys(session_id),
-            args=[self._prefix, session_id, b"" if turn is None else _encode_turn(turn), "0" if turn is None else "1",
+    async def _open(self, session_id: str, turn: TurnRecord | None, now: float, limits: SessionLimits,
+                    with_turns: bool) -> AppendResult:
+        reply = await self._pipeliner.run(
+            self._open_session, self._session_keys(session_id), [self._prefix, session_id, b"" if turn is None else _encode_turn(turn), "0" if turn is None else "1",
                   _text(now), _text(limits.ttl_s), limits.max_turns, limits.max_sessions, _text(limits.protect_s),
-                  math.ceil(limits.ttl_s * 1000) + _CLOCK_GRACE_MS],
-        )
+                  math.ceil(limits.ttl_s * 1000) + _CLOCK_GRACE_MS, "1" if with_turns else "0",
+                  _text(policy.open_touch_slack_s(limits))])
         if reply[0] == -1:
             raise policy.sessions_full(limits, policy.Room(retry_after_ms=policy.retry_after_ms(float(reply[1]), now, limits)))
-        started, evicted, created_at, turns = reply
-        return AppendResult(_session(session_id, created_at, _text(now), turns), started=bool(started),
+        started, evicted, created_at, last_used_at, turns = reply
+        return AppendResult(_session(session_id, created_at, last_used_at, turns), started=bool(started),
                             evicted=tuple(e.decode() for e in evicted))
 
     @_translated
-    async def open_session(self, session_id: str, now: float, limits: SessionLimits) -> AppendResult:
-        return await self._open(session_id, None, now, limits)
+    async def open_session(self, session_id: str, now: float, limits: SessionLimits,
+                           with_turns: bool = True) -> AppendResult:
+        return await self._open(session_id, None, now, limits, with_turns)
 
     @_translated
-    async def append_turn(self, session_id: str, turn: TurnRecord, now: float, limits: SessionLimits) -> AppendResult:
-        return await self._open(session_id, turn, now, limits)
+    async def append_turn(self, session_id: str, turn: TurnRecord, now: float, limits: SessionLimits,
+                          with_turns: bool = False) -> AppendResult:
+        return await self._open(session_id, turn, now, limits, with_turns)
 
     @_translated
     async def delete_session(self, session_id: str) -> SessionRecord | None:
@@ -505,11 +750,11 @@ class RedisStore(StateStore):
 
     @_translated
     async def cache_get(self, key: bytes, now: float) -> bytes | None:
-        return await self._cache_get(keys=self._cache_keys(key), args=[_text(now), key])
+        return await self._pipeliner.run(self._cache_get, self._cache_keys(key), [_text(now), key])
 
     @_translated
     async def cache_put(self, key: bytes, value: bytes, expires_at: float) -> None:
-        await self._cache_put(keys=self._cache_keys(key), args=[value, _text(expires_at), key, _CLOCK_GRACE_MS])
+        await self._pipeliner.run(self._cache_put, self._cache_keys(key), [value, _text(expires_at), key, _CLOCK_GRACE_MS])
 
     @_translated
     async def cache_top(self, limit: int, max_bytes: int, now: float) -> list[tuple[bytes, bytes, float]]:
@@ -533,3 +778,119 @@ class RedisStore(StateStore):
                 picked.append((key, value, expires_at))
                 left -= policy.entry_bytes(key, value)
         return picked
+
+    # -- datasets ---------------------------------------------------------------
+    def _examples_key(self, dataset: str, split: str) -> bytes:
+        return self._key("dataset_examples:", str(len(split.encode())), ":", split, ":", dataset)
+
+    @_translated
+    async def add_examples(self, dataset: str, split: str, examples: list[ExampleRecord],
+                           max_examples: int) -> DatasetInfo:
+        meta_key = self._key("dataset:", dataset)
+        encoded = [_encode_example(e) for e in examples]
+        for _ in range(_ADD_EXAMPLES_TRIES):
+            fields = await self._client.hgetall(meta_key)
+            stored = int(fields.get(b"total", 0))
+            if not policy.examples_fit(stored, len(examples), max_examples):
+                raise policy.examples_full(dataset, stored, len(examples), max_examples)
+            if fields and not examples:
+                return _dataset(dataset, fields)
+            splits = {k[6:].decode(): (int(v), fields[b"head:" + k[6:]].decode())
+                      for k, v in fields.items() if k.startswith(b"count:")}
+            count, head = splits.get(split, (0, policy.EMPTY_HEAD))
+            count, head = count + len(examples), policy.chain_examples(head, examples)
+            if examples:
+                splits[split] = count, head
+            content_hash = policy.dataset_hash((name, c, h) for name, (c, h) in splits.items())
+            updated_at = max([float(fields.get(b"updated_at", 0.0))] + [e.created_at for e in examples])
+            applied = await self._add_examples(
+                keys=[self._key("datasets"), meta_key, self._examples_key(dataset, split), self._key("dataset_revision")],
+                args=[fields.get(b"rev", b""), dataset, split, stored + len(examples), count, head, content_hash,
+                      _text(updated_at), *encoded],
+            )
+            if applied:
+                counts = tuple(sorted((name, c) for name, (c, _) in splits.items() if c > 0))
+                return DatasetInfo(dataset, counts, content_hash, updated_at)
+        raise StateUnavailable(f"redis at {self.description}: dataset {dataset!r} kept changing under add_examples; "
+                               "try again")
+
+    @_translated
+    async def get_dataset(self, dataset: str) -> DatasetInfo | None:
+        fields = await self._client.hgetall(self._key("dataset:", dataset))
+        return _dataset(dataset, fields) if fields else None
+
+    @_translated
+    async def list_datasets(self) -> list[DatasetInfo]:
+        names = sorted(n.decode() for n in await self._client.smembers(self._key("datasets")))
+        async with self._client.pipeline(transaction=False) as pipe:
+            for name in names:
+                pipe.hgetall(self._key("dataset:", name))
+            replies = await pipe.execute()
+        return [_dataset(name, fields) for name, fields in zip(names, replies) if fields]
+
+    @_translated
+    async def load_examples(self, dataset: str, split: str) -> list[ExampleRecord]:
+        rows = await self._client.lrange(self._examples_key(dataset, split), 0, -1)
+        return [ExampleRecord(*json.loads(row)) for row in rows]
+
+    @_translated
+    async def delete_dataset(self, dataset: str) -> bool:
+        return bool(await self._delete_dataset(keys=[self._key("datasets"), self._key("dataset:", dataset)],
+                                               args=[self._prefix, dataset]))
+
+    # -- jobs -------------------------------------------------------------------
+    @_translated
+    async def put_job(self, job: JobRecord) -> None:
+        await self._put_job(keys=[self._key("job:", job.job_id), self._key("jobs")],
+                            args=[self._prefix, job.job_id, job.program, job.dedup_key, _text(job.created_at),
+                                  *_job_fields(job)])
+
+    @_translated
+    async def get_job(self, job_id: str) -> JobRecord | None:
+        fields = await self._client.hgetall(self._key("job:", job_id))
+        return _job(job_id, fields) if fields else None
+
+    async def _newest_jobs(self, index: bytes, keep: Callable[[JobRecord], bool], limit: int) -> list[JobRecord]:
+        """Jobs of a zset index, newest first, that `keep` accepts, at most `limit`: read in batches."""
+        found: list[JobRecord] = []
+        start = 0
+        while len(found) < limit:
+            ids = await self._client.zrevrange(index, start, start + max(limit, _JOB_SCAN_BATCH) - 1)
+            if not ids:
+                break
+            start += len(ids)
+            async with self._client.pipeline(transaction=False) as pipe:
+                for job_id in ids:
+                    pipe.hgetall(self._key("job:", job_id))
+                replies = await pipe.execute()
+            for job_id, fields in zip(ids, replies):
+                if fields:
+                    job = _job(job_id.decode(), fields)
+                    if keep(job):
+                        found.append(job)
+        return found[:max(0, limit)]
+
+    @_translated
+    async def list_jobs(self, program: str = "", states: tuple[str, ...] = (), limit: int = 100) -> list[JobRecord]:
+        index = self._key("jobs_by_program:", program) if program else self._key("jobs")
+        return await self._newest_jobs(index, lambda job: not states or job.state in states, limit)
+
+    @_translated
+    async def find_job(self, dedup_key: str) -> JobRecord | None:
+        found = await self._newest_jobs(self._key("jobs_by_dedup:", dedup_key), lambda job: True, 1)
+        return found[0] if found else None
+
+    @_translated
+    async def claim_job(self, job_id: str, owner: str, now: float, lease_s: float) -> bool:
+        return bool(await self._claim_job(keys=[self._key("job:", job_id)],
+                                          args=[owner, _text(now), _text(now + lease_s)]))
+
+    # -- execution policies -------------------------------------------------------
+    @_translated
+    async def put_policy(self, program: str, policy: bytes) -> None:
+        async with self._client.pipeline(transaction=True) as pipe:  # MULTI: the policy and the revision together
+            await pipe.hset(self._key("policies"), program, policy).incr(self._key("program_revision")).execute()
+
+    @_translated
+    async def list_policies(self) -> dict[str, bytes]:
+        return {k.decode(): v for k, v in (await self._client.hgetall(self._key("policies"))).items()}

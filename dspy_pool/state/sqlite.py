@@ -1,14 +1,22 @@
 """The embedded default: one SQLite file, WAL, every call on one dedicated thread.
 
-    coroutine ──run_in_executor──> the store's one thread ──> sqlite3 connection ──> state.db (+ -wal)
+    coroutine ──queue──> the store's one thread ──> sqlite3 connection ──> state.db (+ -wal)
+              <──one wake-up per batch of results──
 
-The connection lives on a single-thread executor and is only ever touched
+The connection lives on one thread (_StoreThread) and is only ever touched
 there, so the event loop never waits on disk and calls never interleave
 inside the connection: each method is one function run on that thread, and
 each one that changes state is one transaction committed before its
 coroutine returns (DESIGN.md hard rule 11). BEGIN IMMEDIATE takes the write
 lock up front, so a read-modify-write (the next version number, the session
-cap) cannot be raced by another process sharing the file either.
+cap) cannot be raced by another process sharing the file either. The thread
+hands results back in batches (one wake-up of the event loop for all the
+calls it ran since it last found its queue empty), which is most of what a
+session call used to cost the loop; transactions are never batched.
+
+The session hot path: open_session of a session used within the last second
+(state.policy.open_touches) and without its turns is one SELECT, no write;
+the append that ends the call is the call's one write transaction.
 
 The schema is versioned: `meta.schema_version`, and MIGRATIONS[n] takes a
 file from version n to n+1 inside the same transaction that records it.
@@ -25,17 +33,19 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import os
+import queue
 import sqlite3
+import threading
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from dspy_pool.state import policy
 from dspy_pool.state.base import (
-    SCHEMA_VERSION, AddedProgram, AppendResult, NewProgram, ProgramRecord, SessionLimits, SessionRecord, StateError,
-    StateStore, StateUnavailable, TurnRecord,
+    SCHEMA_VERSION, AddedProgram, AppendResult, DatasetInfo, ExampleRecord, JobRecord, NewProgram, ProgramRecord,
+    SessionLimits, SessionRecord, StateError, StateStore, StateUnavailable, TurnRecord,
 )
 
 T = TypeVar("T")
@@ -74,14 +84,46 @@ _V1 = (
 )
 
 
-def _create_v1(conn: sqlite3.Connection) -> None:
-    # Statement by statement: executescript() would COMMIT first and break the migration's transaction.
-    for statement in _V1:
-        conn.execute(statement)
+# Version 2: a program version's meta; datasets, optimization jobs, execution policies. Examples and jobs keep a
+# rowid (their rows can be large: WITHOUT ROWID suits small rows only).
+_V2 = (
+    "ALTER TABLE programs ADD COLUMN meta BLOB NOT NULL DEFAULT x''",
+    # total: examples in all splits (the max_examples check); content_hash: state.policy.dataset_hash of the splits.
+    """CREATE TABLE datasets (
+        name TEXT PRIMARY KEY, content_hash TEXT NOT NULL, updated_at REAL NOT NULL, total INTEGER NOT NULL
+    ) WITHOUT ROWID""",
+    # head: the split's running hash (state.policy.chain_examples); count is also the next example's seq.
+    """CREATE TABLE dataset_splits (
+        dataset TEXT NOT NULL REFERENCES datasets (name) ON DELETE CASCADE, split TEXT NOT NULL,
+        count INTEGER NOT NULL, head TEXT NOT NULL, PRIMARY KEY (dataset, split)) WITHOUT ROWID""",
+    """CREATE TABLE examples (
+        dataset TEXT NOT NULL, split TEXT NOT NULL, seq INTEGER NOT NULL, inputs_json TEXT NOT NULL,
+        outputs_json TEXT NOT NULL, source TEXT NOT NULL, created_at REAL NOT NULL, PRIMARY KEY (dataset, split, seq),
+        FOREIGN KEY (dataset, split) REFERENCES dataset_splits (dataset, split) ON DELETE CASCADE)""",
+    """CREATE TABLE jobs (
+        job_id TEXT PRIMARY KEY, dedup_key TEXT NOT NULL, program TEXT NOT NULL, state TEXT NOT NULL,
+        priority INTEGER NOT NULL, created_at REAL NOT NULL, updated_at REAL NOT NULL, request BLOB NOT NULL,
+        progress BLOB NOT NULL, result BLOB NOT NULL, error TEXT NOT NULL, owner TEXT NOT NULL,
+        lease_expires_at REAL NOT NULL)""",
+    # Newest first (state.policy.newest_first): by created_at, then job_id.
+    "CREATE INDEX jobs_newest ON jobs (created_at, job_id)",
+    "CREATE INDEX jobs_by_program ON jobs (program, created_at, job_id)",
+    "CREATE INDEX jobs_by_dedup_key ON jobs (dedup_key, created_at, job_id)",
+    "CREATE TABLE policies (program TEXT PRIMARY KEY, policy BLOB NOT NULL)",
+)
 
 
-# MIGRATIONS[n] takes schema version n to n + 1; version 0 is an empty file.
-MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_create_v1,)
+def _statements(ddl: tuple[str, ...]) -> Callable[[sqlite3.Connection], None]:
+    def migrate(conn: sqlite3.Connection) -> None:
+        # Statement by statement: executescript() would COMMIT first and break the migration's transaction.
+        for statement in ddl:
+            conn.execute(statement)
+    return migrate
+
+
+# MIGRATIONS[n] takes schema version n to n + 1; version 0 is an empty file. Never edit a shipped step: files
+# written by it exist (tests/integration/test_state_sqlite.py builds a version 1 file with MIGRATIONS[0]).
+MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_statements(_V1), _statements(_V2))
 assert len(MIGRATIONS) == SCHEMA_VERSION, "every schema version needs its migration"
 
 
@@ -177,13 +219,13 @@ def _connect(path: str, busy_timeout_s: float) -> sqlite3.Connection:
 
 # -- programs ----------------------------------------------------------------------------------------------------------
 
-_PROGRAM_COLUMNS = "name, version, spec, content_hash, input_names, output_names, takes_history, created_at"
+_PROGRAM_COLUMNS = "name, version, spec, content_hash, input_names, output_names, takes_history, created_at, meta"
 
 
 def _program(row: tuple) -> ProgramRecord:
-    name, version, spec, content_hash, inputs, outputs, takes_history, created_at = row
+    name, version, spec, content_hash, inputs, outputs, takes_history, created_at, meta = row
     return ProgramRecord(name, version, bytes(spec), content_hash, tuple(json.loads(inputs)),
-                         tuple(json.loads(outputs)), bool(takes_history), created_at)
+                         tuple(json.loads(outputs)), bool(takes_history), created_at, bytes(meta))
 
 
 def _bump_revision(conn: sqlite3.Connection) -> None:
@@ -204,10 +246,10 @@ def _add_program(conn: sqlite3.Connection, program: NewProgram, max_programs: in
         conn.execute("INSERT INTO program_names (name, last_version) VALUES (?, ?) "
                      "ON CONFLICT (name) DO UPDATE SET last_version = excluded.last_version", (program.name, version))
         record = ProgramRecord(program.name, version, program.spec, program.content_hash, tuple(program.input_names),
-                               tuple(program.output_names), program.takes_history, program.created_at)
-        conn.execute(f"INSERT INTO programs ({_PROGRAM_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)", (
+                               tuple(program.output_names), program.takes_history, program.created_at, program.meta)
+        conn.execute(f"INSERT INTO programs ({_PROGRAM_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", (
             record.name, record.version, record.spec, record.content_hash, json.dumps(record.input_names),
-            json.dumps(record.output_names), int(record.takes_history), record.created_at))
+            json.dumps(record.output_names), int(record.takes_history), record.created_at, record.meta))
         _bump_revision(conn)
     return AddedProgram(record, created=True)
 
@@ -281,17 +323,26 @@ def _make_room(conn: sqlite3.Connection, now: float, limits: SessionLimits) -> t
     return room.evicted
 
 
-def _open_session(conn: sqlite3.Connection, session_id: str, now: float, limits: SessionLimits) -> AppendResult:
-    with _transaction(conn):
+def _open_session(conn: sqlite3.Connection, session_id: str, now: float, limits: SessionLimits,
+                  with_turns: bool) -> AppendResult:
+    # The hot path: a live session used moments ago (policy.open_touches) needs no write, only a read, and
+    # without its turns that is one SELECT. A snapshot (DEFERRED) keeps the session and its turns consistent.
+    with _transaction(conn, "DEFERRED") if with_turns else contextlib.nullcontext():
+        row = conn.execute("SELECT created_at, last_used_at FROM sessions WHERE id = ?", (session_id,)).fetchone()
+        if (row is not None and not policy.is_expired(row[1], now, limits.ttl_s)
+                and not policy.open_touches(row[1], now, limits)):
+            turns = _turns(conn, session_id) if with_turns else ()
+            return AppendResult(SessionRecord(session_id, row[0], row[1], turns), False, ())
+    with _transaction(conn):  # read again under the write lock: another process may have changed it meanwhile
         created_at, _, started, evicted = _open(conn, session_id, now, limits)
         if not started:
             conn.execute("UPDATE sessions SET last_used_at = ? WHERE id = ?", (now, session_id))
-        turns = () if started else _turns(conn, session_id)
+        turns = _turns(conn, session_id) if with_turns and not started else ()
     return AppendResult(SessionRecord(session_id, created_at, now, turns), started, evicted)
 
 
 def _append_turn(conn: sqlite3.Connection, session_id: str, turn: TurnRecord, now: float,
-                 limits: SessionLimits) -> AppendResult:
+                 limits: SessionLimits, with_turns: bool) -> AppendResult:
     with _transaction(conn):
         created_at, seq, started, evicted = _open(conn, session_id, now, limits)
         conn.execute("INSERT INTO turns (session_id, seq, program, inputs_json, outputs_json) VALUES (?, ?, ?, ?, ?)",
@@ -299,7 +350,7 @@ def _append_turn(conn: sqlite3.Connection, session_id: str, turn: TurnRecord, no
         conn.execute("DELETE FROM turns WHERE session_id = ? AND seq < ?",
                      (session_id, policy.trim_from(seq + 1, limits.max_turns)))
         conn.execute("UPDATE sessions SET last_used_at = ?, next_seq = ? WHERE id = ?", (now, seq + 1, session_id))
-        turns = _turns(conn, session_id)
+        turns = _turns(conn, session_id) if with_turns else ()
     return AppendResult(SessionRecord(session_id, created_at, now, turns), started, evicted)
 
 
@@ -353,7 +404,207 @@ def _cache_expire(conn: sqlite3.Connection, now: float) -> int:
     return conn.execute("DELETE FROM cache WHERE expires_at <= ?", (now,)).rowcount
 
 
+# -- datasets ----------------------------------------------------------------------------------------------------------
+
+def _dataset_info(conn: sqlite3.Connection, name: str, content_hash: str, updated_at: float) -> DatasetInfo:
+    counts = conn.execute("SELECT split, count FROM dataset_splits WHERE dataset = ? AND count > 0 ORDER BY split",
+                          (name,)).fetchall()
+    return DatasetInfo(name, tuple((split, count) for split, count in counts), content_hash, updated_at)
+
+
+def _add_examples(conn: sqlite3.Connection, dataset: str, split: str, examples: list[ExampleRecord],
+                  max_examples: int) -> DatasetInfo:
+    with _transaction(conn):
+        row = conn.execute("SELECT total, updated_at FROM datasets WHERE name = ?", (dataset,)).fetchone()
+        stored, updated_at = row if row is not None else (0, 0.0)
+        if not policy.examples_fit(stored, len(examples), max_examples):
+            raise policy.examples_full(dataset, stored, len(examples), max_examples)
+        if row is None:
+            conn.execute("INSERT INTO datasets (name, content_hash, updated_at, total) VALUES (?, ?, 0.0, 0)",
+                         (dataset, policy.dataset_hash(())))
+        if examples:
+            part = conn.execute("SELECT count, head FROM dataset_splits WHERE dataset = ? AND split = ?",
+                                (dataset, split)).fetchone()
+            count, head = part if part is not None else (0, policy.EMPTY_HEAD)
+            conn.execute("INSERT INTO dataset_splits (dataset, split, count, head) VALUES (?, ?, ?, ?) "
+                         "ON CONFLICT (dataset, split) DO UPDATE SET count = excluded.count, head = excluded.head",
+                         (dataset, split, count + len(examples), policy.chain_examples(head, examples)))
+            conn.executemany(
+                "INSERT INTO examples (dataset, split, seq, inputs_json, outputs_json, source, created_at) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(dataset, split, count + n, e.inputs_json, e.outputs_json, e.source, e.created_at)
+                 for n, e in enumerate(examples)])
+            updated_at = max(updated_at, *(e.created_at for e in examples))
+            splits = conn.execute("SELECT split, count, head FROM dataset_splits WHERE dataset = ?", (dataset,)).fetchall()
+            conn.execute("UPDATE datasets SET content_hash = ?, updated_at = ?, total = ? WHERE name = ?",
+                         (policy.dataset_hash(splits), updated_at, stored + len(examples), dataset))
+        (content_hash,) = conn.execute("SELECT content_hash FROM datasets WHERE name = ?", (dataset,)).fetchone()
+        return _dataset_info(conn, dataset, content_hash, updated_at)
+
+
+def _get_dataset(conn: sqlite3.Connection, dataset: str) -> DatasetInfo | None:
+    with _transaction(conn, "DEFERRED"):  # one snapshot for the dataset and its splits
+        row = conn.execute("SELECT content_hash, updated_at FROM datasets WHERE name = ?", (dataset,)).fetchone()
+        return None if row is None else _dataset_info(conn, dataset, *row)
+
+
+def _list_datasets(conn: sqlite3.Connection) -> list[DatasetInfo]:
+    rows = conn.execute("SELECT d.name, d.content_hash, d.updated_at, s.split, s.count FROM datasets d "
+                        "LEFT JOIN dataset_splits s ON s.dataset = d.name AND s.count > 0 ORDER BY d.name, s.split")
+    found: dict[str, tuple[str, float, list[tuple[str, int]]]] = {}
+    for name, content_hash, updated_at, split, count in rows:
+        counts = found.setdefault(name, (content_hash, updated_at, []))[2]
+        if split is not None:
+            counts.append((split, count))
+    return [DatasetInfo(name, tuple(counts), content_hash, updated_at)
+            for name, (content_hash, updated_at, counts) in found.items()]
+
+
+def _load_examples(conn: sqlite3.Connection, dataset: str, split: str) -> list[ExampleRecord]:
+    rows = conn.execute("SELECT inputs_json, outputs_json, source, created_at FROM examples "
+                        "WHERE dataset = ? AND split = ? ORDER BY seq", (dataset, split))
+    return [ExampleRecord(*row) for row in rows]
+
+
+def _delete_dataset(conn: sqlite3.Connection, dataset: str) -> bool:
+    with _transaction(conn):  # its splits and examples go with it (ON DELETE CASCADE)
+        return conn.execute("DELETE FROM datasets WHERE name = ?", (dataset,)).rowcount > 0
+
+
+# -- jobs ----------------------------------------------------------------------------------------------------------------
+
+_JOB_COLUMNS = ("job_id, dedup_key, program, state, priority, created_at, updated_at, request, progress, result, "
+                "error, owner, lease_expires_at")
+_NEWEST_FIRST = "ORDER BY created_at DESC, job_id DESC"  # state.policy.newest_first
+
+
+def _job(row: tuple) -> JobRecord:
+    job_id, dedup_key, program, state, priority, created_at, updated_at, request, progress, result, error, owner, \
+        lease_expires_at = row
+    return JobRecord(job_id, dedup_key, program, state, priority, created_at, updated_at, bytes(request),
+                     bytes(progress), bytes(result), error, owner, lease_expires_at)
+
+
+def _put_job(conn: sqlite3.Connection, job: JobRecord) -> None:
+    updates = ", ".join(f"{c} = excluded.{c}" for c in _JOB_COLUMNS.split(", ")[1:])
+    conn.execute(f"INSERT INTO jobs ({_JOB_COLUMNS}) VALUES ({', '.join('?' * 13)}) "
+                 f"ON CONFLICT (job_id) DO UPDATE SET {updates}",
+                 (job.job_id, job.dedup_key, job.program, job.state, job.priority, job.created_at, job.updated_at,
+                  job.request, job.progress, job.result, job.error, job.owner, job.lease_expires_at))
+
+
+def _get_job(conn: sqlite3.Connection, job_id: str) -> JobRecord | None:
+    row = conn.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+    return None if row is None else _job(row)
+
+
+def _list_jobs(conn: sqlite3.Connection, program: str, states: tuple[str, ...], limit: int) -> list[JobRecord]:
+    where, args = [], []
+    if program:
+        where.append("program = ?")
+        args.append(program)
+    if states:
+        where.append(f"state IN ({', '.join('?' * len(states))})")
+        args.extend(states)
+    clause = f"WHERE {' AND '.join(where)} " if where else ""
+    rows = conn.execute(f"SELECT {_JOB_COLUMNS} FROM jobs {clause}{_NEWEST_FIRST} LIMIT ?", (*args, max(0, limit)))
+    return [_job(row) for row in rows]
+
+
+def _find_job(conn: sqlite3.Connection, dedup_key: str) -> JobRecord | None:
+    row = conn.execute(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE dedup_key = ? {_NEWEST_FIRST} LIMIT 1",
+                       (dedup_key,)).fetchone()
+    return None if row is None else _job(row)
+
+
+def _claim_job(conn: sqlite3.Connection, job_id: str, owner: str, now: float, lease_s: float) -> bool:
+    with _transaction(conn):  # the write lock first: another process claiming at once waits, then sees our lease
+        row = conn.execute("SELECT owner, lease_expires_at FROM jobs WHERE job_id = ?", (job_id,)).fetchone()
+        if row is None or not policy.can_claim(row[0], row[1], owner, now):
+            return False
+        conn.execute("UPDATE jobs SET owner = ?, lease_expires_at = ? WHERE job_id = ?", (owner, now + lease_s, job_id))
+    return True
+
+
+# -- execution policies -----------------------------------------------------------------------------------------------
+
+def _put_policy(conn: sqlite3.Connection, program: str, policy_bytes: bytes) -> None:
+    with _transaction(conn):
+        conn.execute("INSERT INTO policies (program, policy) VALUES (?, ?) "
+                     "ON CONFLICT (program) DO UPDATE SET policy = excluded.policy", (program, policy_bytes))
+        _bump_revision(conn)
+
+
+def _list_policies(conn: sqlite3.Connection) -> dict[str, bytes]:
+    return {program: bytes(blob) for program, blob in conn.execute("SELECT program, policy FROM policies")}
+
+
 # -- the store ---------------------------------------------------------------------------------------------------------
+
+class _StoreThread:
+    """The store's one thread: operations in a queue, run in order, their results handed back in batches.
+
+        submit() ──SimpleQueue──> thread: run one, then the next queued ... ──call_soon_threadsafe(batch)──> futures
+
+    Results go back when the queue is empty (or every _DELIVER_EVERY operations), so a busy store wakes the
+    event loop once per batch, not once per call. Each operation is still its own function and transaction: the
+    batch shares the hand-off, never a commit.
+    """
+
+    _DELIVER_EVERY = 16
+
+    def __init__(self, name: str) -> None:
+        self._queue: queue.SimpleQueue[tuple[asyncio.AbstractEventLoop, asyncio.Future, Callable[[], Any]] | None] = \
+            queue.SimpleQueue()
+        # A daemon: a store never closed must not keep the interpreter from exiting (SQLite survives being cut short).
+        self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
+        self._thread.start()
+
+    def submit(self, fn: Callable[[], T]) -> asyncio.Future[T]:
+        loop = asyncio.get_running_loop()
+        future = loop.create_future()
+        self._queue.put((loop, future, fn))
+        return future
+
+    def stop(self) -> None:
+        """The thread ends once what is queued before this has run."""
+        self._queue.put(None)
+
+    def _serve(self) -> None:
+        done: list[tuple[asyncio.Future, bool, Any]] = []
+        done_loop: asyncio.AbstractEventLoop | None = None
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            loop, future, fn = item
+            if done and loop is not done_loop:  # (a store used from another loop since: never mix them)
+                self._deliver(done_loop, done)
+                done = []
+            done_loop = loop
+            try:
+                done.append((future, True, fn()))
+            except BaseException as exc:  # handed to its caller, as an executor would
+                done.append((future, False, exc))
+            if len(done) >= self._DELIVER_EVERY or self._queue.empty():
+                self._deliver(loop, done)
+                done = []
+
+    @staticmethod
+    def _deliver(loop: asyncio.AbstractEventLoop, done: list[tuple[asyncio.Future, bool, Any]]) -> None:
+        def settle() -> None:
+            for future, ok, value in done:
+                if future.cancelled():  # its caller stopped waiting; the operation ran (and committed) all the same
+                    continue
+                if ok:
+                    future.set_result(value)
+                else:
+                    future.set_exception(value)
+        try:
+            loop.call_soon_threadsafe(settle)
+        except RuntimeError:  # the loop is closed: nobody is waiting any more
+            pass
+
 
 class SQLiteStore(StateStore):
     durable = True
@@ -362,30 +613,29 @@ class SQLiteStore(StateStore):
         self.path = os.path.abspath(path)
         self.busy_timeout_s = busy_timeout_s
         self.description = f"sqlite://{self.path}"
-        self._executor: ThreadPoolExecutor | None = None
-        self._conn: sqlite3.Connection | None = None  # touched only on the executor's thread
+        self._thread: _StoreThread | None = None
+        self._conn: sqlite3.Connection | None = None  # touched only on the store's thread
 
     async def open(self) -> None:
-        if self._executor is not None:
+        if self._thread is not None:
             return
-        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dspy-pool-sqlite")
+        thread = _StoreThread("dspy-pool-sqlite")
         try:
-            loop = asyncio.get_running_loop()
-            self._conn = await loop.run_in_executor(executor, _connect, self.path, self.busy_timeout_s)
+            self._conn = await thread.submit(functools.partial(_connect, self.path, self.busy_timeout_s))
         except BaseException:
-            executor.shutdown(wait=False)
+            thread.stop()
             raise
-        self._executor = executor
+        self._thread = thread
 
     async def close(self) -> None:
-        executor, self._executor = self._executor, None
-        if executor is None:
+        thread, self._thread = self._thread, None
+        if thread is None:
             return
         try:
             # Queued behind any call still in flight, which finishes (and commits) first.
-            await asyncio.get_running_loop().run_in_executor(executor, self._disconnect)
+            await thread.submit(self._disconnect)
         finally:
-            executor.shutdown(wait=False)
+            thread.stop()
 
     def _disconnect(self) -> None:
         conn, self._conn = self._conn, None
@@ -393,9 +643,9 @@ class SQLiteStore(StateStore):
             conn.close()
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
-        if self._executor is None:
+        if self._thread is None:
             raise StateError(f"{self.description}: the store is not open")
-        return await asyncio.get_running_loop().run_in_executor(self._executor, self._call, fn, args)
+        return await self._thread.submit(functools.partial(self._call, fn, args))
 
     def _call(self, fn: Callable[..., T], args: tuple) -> T:
         """On the store's thread: run one operation, its SQLite errors turned into the state errors callers handle."""
@@ -424,11 +674,13 @@ class SQLiteStore(StateStore):
     async def get_session(self, session_id: str, now: float, limits: SessionLimits) -> SessionRecord | None:
         return await self._run(_get_session, session_id, now, limits)
 
-    async def open_session(self, session_id: str, now: float, limits: SessionLimits) -> AppendResult:
-        return await self._run(_open_session, session_id, now, limits)
+    async def open_session(self, session_id: str, now: float, limits: SessionLimits,
+                           with_turns: bool = True) -> AppendResult:
+        return await self._run(_open_session, session_id, now, limits, with_turns)
 
-    async def append_turn(self, session_id: str, turn: TurnRecord, now: float, limits: SessionLimits) -> AppendResult:
-        return await self._run(_append_turn, session_id, turn, now, limits)
+    async def append_turn(self, session_id: str, turn: TurnRecord, now: float, limits: SessionLimits,
+                          with_turns: bool = False) -> AppendResult:
+        return await self._run(_append_turn, session_id, turn, now, limits, with_turns)
 
     async def delete_session(self, session_id: str) -> SessionRecord | None:
         return await self._run(_delete_session, session_id)
@@ -450,3 +702,40 @@ class SQLiteStore(StateStore):
 
     async def cache_expire(self, now: float) -> int:
         return await self._run(_cache_expire, now)
+
+    async def add_examples(self, dataset: str, split: str, examples: list[ExampleRecord],
+                           max_examples: int) -> DatasetInfo:
+        return await self._run(_add_examples, dataset, split, list(examples), max_examples)
+
+    async def get_dataset(self, dataset: str) -> DatasetInfo | None:
+        return await self._run(_get_dataset, dataset)
+
+    async def list_datasets(self) -> list[DatasetInfo]:
+        return await self._run(_list_datasets)
+
+    async def load_examples(self, dataset: str, split: str) -> list[ExampleRecord]:
+        return await self._run(_load_examples, dataset, split)
+
+    async def delete_dataset(self, dataset: str) -> bool:
+        return await self._run(_delete_dataset, dataset)
+
+    async def put_job(self, job: JobRecord) -> None:
+        await self._run(_put_job, job)
+
+    async def get_job(self, job_id: str) -> JobRecord | None:
+        return await self._run(_get_job, job_id)
+
+    async def list_jobs(self, program: str = "", states: tuple[str, ...] = (), limit: int = 100) -> list[JobRecord]:
+        return await self._run(_list_jobs, program, tuple(states), limit)
+
+    async def find_job(self, dedup_key: str) -> JobRecord | None:
+        return await self._run(_find_job, dedup_key)
+
+    async def claim_job(self, job_id: str, owner: str, now: float, lease_s: float) -> bool:
+        return await self._run(_claim_job, job_id, owner, now, lease_s)
+
+    async def put_policy(self, program: str, policy: bytes) -> None:
+        await self._run(_put_policy, program, policy)
+
+    async def list_policies(self) -> dict[str, bytes]:
+        return await self._run(_list_policies)

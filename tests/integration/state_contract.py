@@ -20,6 +20,7 @@ import pytest
 
 from dspy_pool.errors import ResourceExhausted
 from dspy_pool.state import NewProgram, SessionLimits, TurnRecord
+from dspy_pool.state.base import ExampleRecord, JobRecord
 
 T0 = 4_000_000_000.0  # the year 2096
 LIMITS = SessionLimits(ttl_s=100.0, max_turns=50, max_sessions=10, protect_s=60.0)
@@ -162,6 +163,17 @@ async def test_max_programs_still_returns_the_existing_version(store):
     assert again.created is False
 
 
+async def test_meta_round_trips(store):
+    """A version's meta bytes come back as given, from add_program and list_programs; none is b""."""
+    meta = bytes(range(256))  # every byte value, NUL included
+    added = await store.add_program(dataclasses.replace(_program("a"), meta=meta), MAX_PROGRAMS)
+    plain = await store.add_program(_program("b"), MAX_PROGRAMS)
+    assert added.record.meta == meta and plain.record.meta == b""
+    assert [p.meta for p in await store.list_programs()] == [meta, b""]
+    again = await store.add_program(dataclasses.replace(_program("a"), meta=b"other"), MAX_PROGRAMS)
+    assert again.created is False and again.record.meta == meta  # the existing version, as stored
+
+
 async def test_max_programs_counts_after_delete(store):
     """A deleted version frees its place under max_programs."""
     await store.add_program(_program("a"), 1)
@@ -178,7 +190,7 @@ async def test_unknown_session_is_none(store):
 
 async def test_first_append_starts_the_session(store):
     """The first append creates the session (started=True) holding that turn."""
-    result = await store.append_turn("s1", _turn(1), T0, LIMITS)
+    result = await store.append_turn("s1", _turn(1), T0, LIMITS, with_turns=True)
     assert result.started and result.evicted == ()
     assert result.session.session_id == "s1"
     assert (result.session.created_at, result.session.last_used_at) == (T0, T0)
@@ -188,7 +200,7 @@ async def test_first_append_starts_the_session(store):
 async def test_later_appends_continue_the_session(store):
     """Appending to a live session keeps earlier turns, in order, with started=False."""
     await store.append_turn("s1", _turn(1), T0, LIMITS)
-    result = await store.append_turn("s1", _turn(2), T0 + 1, LIMITS)
+    result = await store.append_turn("s1", _turn(2), T0 + 1, LIMITS, with_turns=True)
     assert not result.started
     assert result.session.turns == (_turn(1), _turn(2))
     assert await store.get_session("s1", T0 + 1, LIMITS) == result.session
@@ -198,7 +210,7 @@ async def test_append_trims_to_max_turns(store):
     """Only the last max_turns turns are kept, oldest dropped first."""
     limits = _limits(max_turns=3)
     for n in range(5):
-        result = await store.append_turn("s1", _turn(n), T0 + n, limits)
+        result = await store.append_turn("s1", _turn(n), T0 + n, limits, with_turns=True)
     assert result.session.turns == (_turn(2), _turn(3), _turn(4))
     assert (await store.get_session("s1", T0 + 5, limits)).turns == result.session.turns
 
@@ -234,6 +246,49 @@ async def test_open_session_touches_and_returns_the_history(store):
     assert (await store.get_session("s1", T0 + 30, LIMITS)).last_used_at == T0 + 30
 
 
+async def test_append_returns_no_turns_by_default(store):
+    """append_turn answers without the session's turns unless asked: the hot path only needs started/evicted."""
+    await store.append_turn("s1", _turn(1), T0, LIMITS)
+    result = await store.append_turn("s1", _turn(2), T0 + 1, LIMITS)
+    assert not result.started and result.session.turns == ()
+    assert (result.session.created_at, result.session.last_used_at) == (T0, T0 + 1)
+    assert (await store.get_session("s1", T0 + 1, LIMITS)).turns == (_turn(1), _turn(2))
+
+
+async def test_open_session_without_turns_reads_none(store):
+    """open_session(with_turns=False) returns the live session without its history, and keeps the history."""
+    await store.append_turn("s1", _turn(1), T0, LIMITS)
+    result = await store.open_session("s1", T0 + 30, LIMITS, with_turns=False)
+    assert not result.started and result.session.turns == ()
+    assert (result.session.created_at, result.session.last_used_at) == (T0, T0 + 30)
+    assert (await store.get_session("s1", T0 + 30, LIMITS)).turns == (_turn(1),)
+
+
+async def test_open_session_without_turns_starts_and_caps_alike(store):
+    """With or without turns, open_session creates a new session under the same cap."""
+    limits = _limits(max_sessions=1)
+    assert (await store.open_session("a", T0, limits, with_turns=False)).started
+    with pytest.raises(ResourceExhausted):
+        await store.open_session("b", T0 + 1, limits, with_turns=False)
+    result = await store.open_session("b", T0 + 60, limits, with_turns=False)
+    assert result.started and result.evicted == ("a",)
+
+
+async def test_open_right_after_a_use_leaves_the_touch_to_the_append(store):
+    """An open within a moment (policy.open_touches) of the last use does not write; the append then touches."""
+    await store.append_turn("s1", _turn(1), T0, LIMITS)
+    for with_turns in (False, True):
+        opened = await store.open_session("s1", T0 + 0.25, LIMITS, with_turns=with_turns)
+        assert not opened.started and opened.session.last_used_at == T0
+    assert (await store.open_session("s1", T0 + 0.25, LIMITS)).session.turns == (_turn(1),)
+    assert (await store.get_session("s1", T0 + 0.25, LIMITS)).last_used_at == T0
+    appended = await store.append_turn("s1", _turn(2), T0 + 0.5, LIMITS)
+    assert appended.session.last_used_at == T0 + 0.5
+    # The TTL counts from the append: live exactly ttl_s after it, gone a moment later.
+    assert (await store.get_session("s1", T0 + 100.5, LIMITS)).turns == (_turn(1), _turn(2))
+    assert await store.get_session("s1", T0 + 100.75, LIMITS) is None
+
+
 async def test_session_idle_exactly_its_ttl_is_live(store):
     """Idle for exactly ttl_s is still live; a moment longer is expired."""
     await store.append_turn("s1", _turn(1), T0, LIMITS)
@@ -252,7 +307,7 @@ async def test_get_deletes_an_expired_session(store):
 async def test_append_to_an_expired_session_starts_afresh(store):
     """An append to an expired session starts a new one without the old turns."""
     await store.append_turn("s1", _turn(1), T0, LIMITS)
-    result = await store.append_turn("s1", _turn(2), T0 + 101, LIMITS)
+    result = await store.append_turn("s1", _turn(2), T0 + 101, LIMITS, with_turns=True)
     assert result.started and result.session.created_at == T0 + 101
     assert result.session.turns == (_turn(2),)
 
@@ -334,7 +389,7 @@ async def test_cap_does_not_stop_a_live_session(store):
     """A session already open keeps working at the cap: only creating one is refused."""
     limits = _limits(max_sessions=1)
     await store.append_turn("a", _turn(1), T0, limits)
-    result = await store.append_turn("a", _turn(2), T0 + 1, limits)
+    result = await store.append_turn("a", _turn(2), T0 + 1, limits, with_turns=True)
     assert not result.started and len(result.session.turns) == 2
 
 
@@ -358,7 +413,7 @@ async def test_a_deleted_session_starts_afresh(store):
     """An append after delete starts a new session with no old turns."""
     await store.append_turn("s1", _turn(1), T0, LIMITS)
     await store.delete_session("s1")
-    result = await store.append_turn("s1", _turn(2), T0 + 1, LIMITS)
+    result = await store.append_turn("s1", _turn(2), T0 + 1, LIMITS, with_turns=True)
     assert result.started and result.session.turns == (_turn(2),)
 
 
@@ -368,6 +423,22 @@ async def test_concurrent_appends_to_one_session_keep_every_turn(store):
     assert sum(r.started for r in results) == 1
     session = await store.get_session("s1", T0 + 1, LIMITS)
     assert sorted(t.inputs_json for t in session.turns) == sorted(_turn(n).inputs_json for n in range(50))
+
+
+async def test_calls_at_once_each_get_their_own_answer(store):
+    """Calls made together (batched by a backend or not) each get their own result or error."""
+    limits = _limits(max_sessions=1)
+    await store.append_turn("a", _turn(1), T0, limits)
+    await store.cache_put(b"k", b"v", T0 + 10)
+    results = await asyncio.gather(
+        store.open_session("b", T0 + 1, limits), store.append_turn("a", _turn(2), T0 + 2, limits, with_turns=True),
+        store.cache_get(b"k", T0), store.cache_get(b"missing", T0), store.open_session("a", T0 + 3, limits),
+        return_exceptions=True)
+    refused, appended, hit, miss, opened = results
+    assert isinstance(refused, ResourceExhausted)
+    assert appended.session.turns == (_turn(1), _turn(2))
+    assert (hit, miss) == (b"v", None)
+    assert not opened.started and opened.session.turns == (_turn(1), _turn(2))
 
 
 # -- result cache ------------------------------------------------------------------------------------------------------
@@ -445,3 +516,202 @@ async def test_cache_top_leaves_out_expired_entries(store):
     await _put_with_hits(store, {b"popular": 5}, expires_at=T0 + 10)
     await _put_with_hits(store, {b"quiet": 0})
     assert [key for key, _, _ in await store.cache_top(10, 10_000, T0 + 20)] == [b"quiet"]
+
+
+# -- datasets ----------------------------------------------------------------------------------------------------------
+
+def _example(n: int, at: float = T0) -> ExampleRecord:
+    return ExampleRecord(json.dumps({"question": f"q{n}"}), json.dumps({"answer": f"a{n}"}), "client", at)
+
+
+async def test_examples_round_trip_in_order_per_split(store):
+    """Examples come back as added, in insertion order, each split on its own; counts are per split, sorted."""
+    await store.add_examples("ds", "train", [_example(1), _example(2)], 100)
+    await store.add_examples("ds", "dev", [_example(10)], 100)
+    feedback = dataclasses.replace(_example(3, T0 + 5), source="feedback")
+    info = await store.add_examples("ds", "train", [feedback], 100)
+    assert await store.load_examples("ds", "train") == [_example(1), _example(2), feedback]
+    assert await store.load_examples("ds", "dev") == [_example(10)]
+    assert info.name == "ds" and info.counts == (("dev", 1), ("train", 3)) and info.updated_at == T0 + 5
+    assert await store.get_dataset("ds") == info
+
+
+async def test_unknown_dataset_or_split_is_empty(store):
+    """An unknown dataset has no info and no examples; an unknown split of a known one has no examples."""
+    assert await store.get_dataset("nope") is None
+    assert await store.load_examples("nope", "train") == []
+    await store.add_examples("ds", "train", [_example(1)], 100)
+    assert await store.load_examples("ds", "dev") == []
+
+
+async def test_content_hash_is_equal_for_equal_content(store):
+    """Two datasets given the same examples per split, in the same order, have the same hash (times and sources aside)."""
+    await store.add_examples("a", "train", [_example(1), _example(2)], 100)
+    await store.add_examples("a", "dev", [_example(3)], 100)
+    await store.add_examples("b", "dev", [dataclasses.replace(_example(3), source="feedback")], 100)
+    await store.add_examples("b", "train", [_example(1, T0 + 9)], 100)
+    await store.add_examples("b", "train", [_example(2)], 100)
+    a, b = await store.get_dataset("a"), await store.get_dataset("b")
+    assert a.content_hash == b.content_hash and len(a.content_hash) == 64
+
+
+async def test_content_hash_changes_with_content(store):
+    """Every append changes the hash, and so do order and split: equal only for equal content."""
+    seen = set()
+    for n in range(3):
+        seen.add((await store.add_examples("ds", "train", [_example(n)], 100)).content_hash)
+    await store.add_examples("swapped", "train", [_example(1), _example(0), _example(2)], 100)
+    await store.add_examples("other_split", "dev", [_example(0), _example(1), _example(2)], 100)
+    seen.add((await store.get_dataset("swapped")).content_hash)
+    seen.add((await store.get_dataset("other_split")).content_hash)
+    assert len(seen) == 5
+
+
+async def test_max_examples_refuses_atomically(store):
+    """A batch that would pass max_examples in the whole dataset raises ResourceExhausted and adds none of it."""
+    await store.add_examples("ds", "train", [_example(1), _example(2)], 4)
+    before = await store.add_examples("ds", "dev", [_example(3)], 4)
+    with pytest.raises(ResourceExhausted):
+        await store.add_examples("ds", "train", [_example(4), _example(5)], 4)
+    assert await store.get_dataset("ds") == before
+    assert await store.load_examples("ds", "train") == [_example(1), _example(2)]
+    assert (await store.add_examples("ds", "train", [_example(4)], 4)).counts == (("dev", 1), ("train", 3))
+
+
+async def test_list_datasets_by_name(store):
+    """list_datasets returns every dataset, by name, as get_dataset describes it."""
+    for name in ("b", "a", "c"):
+        await store.add_examples(name, "train", [_example(1)], 100)
+    listed = await store.list_datasets()
+    assert [d.name for d in listed] == ["a", "b", "c"]
+    assert listed == [await store.get_dataset(name) for name in ("a", "b", "c")]
+
+
+async def test_delete_dataset(store):
+    """delete_dataset removes the dataset and its examples of every split; a new one of that name starts empty."""
+    await store.add_examples("ds", "train", [_example(1)], 100)
+    await store.add_examples("ds", "dev", [_example(2)], 100)
+    await store.add_examples("kept", "train", [_example(1)], 100)
+    assert await store.delete_dataset("ds") is True
+    assert await store.delete_dataset("ds") is False
+    assert await store.get_dataset("ds") is None and await store.load_examples("ds", "dev") == []
+    assert [d.name for d in await store.list_datasets()] == ["kept"]
+    again = await store.add_examples("ds", "train", [_example(5)], 100)
+    assert again.counts == (("train", 1),) and await store.load_examples("ds", "train") == [_example(5)]
+
+
+async def test_concurrent_adds_to_one_dataset_keep_every_example(store):
+    """20 adds to one split at once all land, and the hash is that of the order they landed in."""
+    await asyncio.gather(*(store.add_examples("ds", "train", [_example(n)], 100) for n in range(20)))
+    landed = await store.load_examples("ds", "train")
+    assert sorted(e.inputs_json for e in landed) == sorted(_example(n).inputs_json for n in range(20))
+    await store.add_examples("copy", "train", landed, 100)
+    assert (await store.get_dataset("copy")).content_hash == (await store.get_dataset("ds")).content_hash
+
+
+# -- jobs ----------------------------------------------------------------------------------------------------------------
+
+def _job(job_id: str, created_at: float = T0, **changes) -> JobRecord:
+    job = JobRecord(job_id=job_id, dedup_key=f"key-{job_id}", program="qa", state="queued", priority=0,
+                    created_at=created_at, updated_at=created_at, request=b"\x00req" + job_id.encode())
+    return dataclasses.replace(job, **changes)
+
+
+async def test_job_round_trips(store):
+    """put_job stores every field, get_job returns it as given; an unknown id is None."""
+    job = _job("j1", progress=b"\x01p", result=b"\x02r", error="boom", owner="replica-a", lease_expires_at=T0 + 30,
+               state="running", priority=-3, updated_at=T0 + 1.5)
+    await store.put_job(job)
+    assert await store.get_job("j1") == job
+    assert await store.get_job("nobody") is None
+
+
+async def test_put_job_replaces_by_id(store):
+    """A second put_job of an id replaces the job, in get_job and in every listing (no duplicate)."""
+    await store.put_job(_job("j1"))
+    done = _job("j1", state="succeeded", updated_at=T0 + 9, result=b"best")
+    await store.put_job(done)
+    assert await store.get_job("j1") == done
+    assert await store.list_jobs() == [done]
+    assert await store.list_jobs(states=("queued",)) == []
+
+
+async def test_list_jobs_newest_first_with_filters(store):
+    """list_jobs orders by created_at newest first (ties by job_id, descending), filters by program and states,
+    and stops at limit."""
+    await store.put_job(_job("a", T0 + 1))
+    await store.put_job(_job("b", T0 + 3, state="running"))
+    await store.put_job(_job("c", T0 + 2, program="other"))
+    await store.put_job(_job("d", T0 + 3, state="failed"))
+    assert [j.job_id for j in await store.list_jobs()] == ["d", "b", "c", "a"]
+    assert [j.job_id for j in await store.list_jobs(program="qa")] == ["d", "b", "a"]
+    assert [j.job_id for j in await store.list_jobs(states=("queued", "running"))] == ["b", "c", "a"]
+    assert [j.job_id for j in await store.list_jobs(program="qa", states=("queued",))] == ["a"]
+    assert [j.job_id for j in await store.list_jobs(limit=2)] == ["d", "b"]
+    assert await store.list_jobs(program="nothing") == []
+
+
+async def test_list_jobs_follows_a_changed_program(store):
+    """A job put again under another program is listed under the new one only."""
+    await store.put_job(_job("j1"))
+    await store.put_job(_job("j1", program="other"))
+    assert await store.list_jobs(program="qa") == []
+    assert [j.job_id for j in await store.list_jobs(program="other")] == ["j1"]
+
+
+async def test_find_job_returns_the_newest_with_the_key(store):
+    """find_job returns the newest job with a dedup key, None when there is none."""
+    await store.put_job(_job("old", T0, dedup_key="k"))
+    await store.put_job(_job("new", T0 + 5, dedup_key="k"))
+    await store.put_job(_job("else", T0 + 9, dedup_key="other"))
+    assert (await store.find_job("k")).job_id == "new"
+    assert await store.find_job("missing") is None
+    await store.put_job(_job("new", T0 + 5, dedup_key="changed"))
+    assert (await store.find_job("k")).job_id == "old"
+
+
+async def test_claim_job_one_owner_until_the_lease_expires(store):
+    """Two owners claiming one job: exactly one wins, the owner renews, the other wins only after expiry."""
+    await store.put_job(_job("j1"))
+    won = await asyncio.gather(store.claim_job("j1", "a", T0, 30), store.claim_job("j1", "b", T0, 30))
+    assert sorted(won) == [False, True]
+    winner, loser = ("a", "b") if won[0] else ("b", "a")
+    job = await store.get_job("j1")
+    assert (job.owner, job.lease_expires_at) == (winner, T0 + 30)
+    assert await store.claim_job("j1", loser, T0 + 29.5, 30) is False
+    assert await store.claim_job("j1", winner, T0 + 20, 30) is True  # a renewal moves the lease
+    assert (await store.get_job("j1")).lease_expires_at == T0 + 50
+    assert await store.claim_job("j1", loser, T0 + 49.5, 30) is False
+    assert await store.claim_job("j1", loser, T0 + 50, 30) is True  # held while now < lease_expires_at
+    assert (await store.get_job("j1")).owner == loser
+    assert await store.claim_job("j1", winner, T0 + 51, 30) is False
+
+
+async def test_claim_job_takes_a_free_job_and_not_a_missing_one(store):
+    """A job whose owner is "" is free whatever its lease says; an unknown job cannot be claimed."""
+    await store.put_job(_job("j1", owner="", lease_expires_at=T0 + 1000))
+    assert await store.claim_job("j1", "a", T0, 30) is True
+    assert await store.claim_job("nobody", "a", T0, 30) is False
+    assert await store.get_job("nobody") is None
+
+
+async def test_claim_job_keeps_the_rest_of_the_job(store):
+    """A claim changes only the owner and the lease."""
+    job = _job("j1", state="running", progress=b"half")
+    await store.put_job(job)
+    await store.claim_job("j1", "a", T0, 30)
+    assert await store.get_job("j1") == dataclasses.replace(job, owner="a", lease_expires_at=T0 + 30)
+
+
+# -- execution policies -----------------------------------------------------------------------------------------------
+
+async def test_policies_round_trip_and_move_the_revision(store):
+    """put_policy stores or replaces a program's policy bytes, and every put moves program_revision."""
+    assert await store.list_policies() == {}
+    before = await store.program_revision()
+    await store.put_policy("qa", b"\x00mode=optimized")
+    first = await store.program_revision()
+    await store.put_policy("other", b"x")
+    await store.put_policy("qa", b"mode=hybrid")
+    assert before < first < await store.program_revision()
+    assert await store.list_policies() == {"qa": b"mode=hybrid", "other": b"x"}

@@ -10,6 +10,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from dspy_pool.state import SCHEMA_VERSION, StateError, StateUnavailable, make_store
+from dspy_pool.state.base import JobRecord
 from dspy_pool.state.redis_store import RedisStore, mask_url
 from tests.redis_server import free_port
 
@@ -98,6 +99,24 @@ async def test_concurrent_appends_from_two_replicas_keep_all_turns(replicas):
     assert len(session.turns) == 100 and set(session.turns) == expected
 
 
+async def test_replicas_claiming_one_job_exactly_one_wins(replicas):
+    """Ten claims of one job from each replica at once, each with its own owner: exactly one is granted."""
+    a, b = replicas
+    await a.put_job(JobRecord("j1", "k", "qa", "queued", 0, T0, T0))
+    won = await asyncio.gather(*(store.claim_job("j1", f"{i}-{n}", T0, 30) for n in range(10)
+                                 for i, store in enumerate((a, b))))
+    assert sum(won) == 1
+    assert (await b.get_job("j1")).owner == [f"{i}-{n}" for n in range(10) for i in range(2)][won.index(True)]
+
+
+async def test_replicas_see_each_others_policies(replicas):
+    """A policy one replica puts moves the revision the other polls, and shows in its list."""
+    a, b = replicas
+    before = await b.program_revision()
+    await a.put_policy("qa", b"p")
+    assert await b.program_revision() > before and await b.list_policies() == {"qa": b"p"}
+
+
 # -- what Redis does by itself ------------------------------------------------------------------------------------------
 
 async def test_session_keys_carry_a_redis_ttl(store, raw):
@@ -113,6 +132,24 @@ async def test_cache_entries_expire_in_redis_at_their_expiry(store, raw):
     """A cache entry's key expires (PEXPIREAT) at its expires_at."""
     await store.cache_put(b"k1", b"v1", T0 + 10)
     assert await raw.pexpiretime(store._prefix + b"cache:k1") == int((T0 + 10) * 1000)
+
+
+async def test_calls_batched_after_the_scripts_were_flushed_all_run_once(store, raw):
+    """Scripts Redis forgot (SCRIPT FLUSH, as after a restart) are loaded again: 20 appends at once (one pipeline,
+    each answered NOSCRIPT) all land exactly once."""
+    await store.append_turn("s1", _turn(0), T0, LIMITS)
+    await raw.script_flush()
+    await asyncio.gather(*(store.append_turn("s1", _turn(n), T0 + n / 1000, LIMITS) for n in range(1, 21)))
+    session = await store.get_session("s1", T0 + 1, LIMITS)
+    assert sorted(t.inputs_json for t in session.turns) == sorted(_turn(n).inputs_json for n in range(21))
+
+
+async def test_a_cancelled_call_still_runs(store):
+    """A caller that stops waiting does not stop its call; the next calls are answered as usual."""
+    task = asyncio.create_task(store.append_turn("s1", _turn(1), T0, LIMITS))
+    await asyncio.sleep(0)
+    task.cancel()
+    assert (await store.append_turn("s1", _turn(2), T0 + 1, LIMITS, with_turns=True)).session.turns == (_turn(1), _turn(2))
 
 
 # -- opening ----------------------------------------------------------------------------------------------------------
@@ -142,6 +179,30 @@ async def test_newer_schema_is_refused_and_left_alone(redis_server, raw):
     assert "99" in message and f"version {SCHEMA_VERSION}" in message
     assert await raw.get(f"{prefix}schema_version") == b"99"
     assert await raw.get(f"{prefix}program_revision") == b"7"
+
+
+async def test_a_version_1_database_is_migrated_and_keeps_its_programs(redis_server, raw):
+    """A database written by schema version 1 (programs without meta) opens, is recorded as the current version,
+    and its programs read back with meta b"" and keep their version counter."""
+    prefix = _prefix()
+    await raw.set(f"{prefix}schema_version", "1")
+    await raw.hset(f"{prefix}program:1:qa", mapping={
+        "spec": b"\x0a\x02qa", "content_hash": "abc", "input_names": '["question"]', "output_names": '["answer"]',
+        "takes_history": "1", "created_at": repr(T0)})
+    await raw.zadd(f"{prefix}program_versions:qa", {"1": 1})
+    await raw.sadd(f"{prefix}programs", "1:qa")
+    await raw.set(f"{prefix}program_next:qa", "1")
+    await raw.set(f"{prefix}program_revision", "1")
+    store = RedisStore(redis_server.url, prefix=prefix)
+    await store.open()
+    try:
+        assert await raw.get(f"{prefix}schema_version") == str(SCHEMA_VERSION).encode()
+        [program] = await store.list_programs()
+        assert (program.name, program.version, program.spec, program.takes_history, program.meta) == \
+               ("qa", 1, b"\x0a\x02qa", True, b"")
+        assert (await store.add_program(_program(content="new"), MAX_PROGRAMS)).record.version == 2
+    finally:
+        await store.close()
 
 
 async def test_unreadable_schema_version_is_refused_and_left_alone(redis_server, raw):

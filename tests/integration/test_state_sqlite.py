@@ -11,8 +11,9 @@ import textwrap
 
 import pytest
 
-from dspy_pool.state import SCHEMA_VERSION, StateError, StateUnavailable, make_store
-from dspy_pool.state.sqlite import SQLiteStore
+from dspy_pool.state import SCHEMA_VERSION, StateError, StateUnavailable, TurnRecord, make_store
+from dspy_pool.state.base import ExampleRecord, JobRecord
+from dspy_pool.state.sqlite import MIGRATIONS, SQLiteStore
 
 from .state_contract import *  # noqa: F403
 from .state_contract import LIMITS, MAX_PROGRAMS, T0, _program, _turn
@@ -71,6 +72,65 @@ async def test_open_creates_the_folder_and_records_the_schema_version(tmp_path):
         assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (str(SCHEMA_VERSION),)
         assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
     conn.close()
+
+
+def _write_v1_file(path) -> None:
+    """A state file exactly as schema version 1 left it: its DDL (MIGRATIONS[0], never edited once shipped) and
+    rows written with version 1's columns: a program whose name has used two versions, a revision, a session."""
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("BEGIN IMMEDIATE")
+        MIGRATIONS[0](conn)
+        conn.execute("INSERT INTO meta (key, value) VALUES ('schema_version', '1')")
+        conn.execute("INSERT INTO program_names (name, last_version) VALUES ('qa', 2)")
+        conn.execute("INSERT INTO programs (name, version, spec, content_hash, input_names, output_names, takes_history, "
+                     "created_at) VALUES ('qa', 1, x'0a027161', 'abc', '[\"question\"]', '[\"answer\"]', 1, ?)", (T0,))
+        conn.execute("UPDATE counters SET value = 3 WHERE name = 'program_revision'")
+        conn.execute("INSERT INTO sessions (id, created_at, last_used_at, next_seq) VALUES ('s1', ?, ?, 2)", (T0, T0))
+        conn.execute("INSERT INTO turns (session_id, seq, program, inputs_json, outputs_json) "
+                     "VALUES ('s1', 1, 'qa', '{}', '{}')")
+        conn.execute("COMMIT")
+    finally:
+        conn.close()
+
+
+async def test_a_version_1_file_is_migrated_and_keeps_its_state(tmp_path):
+    """A file written by schema version 1 opens, is recorded as the current version, and keeps its programs
+    (meta b""), revision, version counter and sessions; the new tables work at once."""
+    path = tmp_path / "state.db"
+    _write_v1_file(path)
+    store = await _reopened(path)
+    try:
+        [program] = await store.list_programs()
+        assert (program.name, program.version, program.spec, program.input_names, program.meta) == \
+               ("qa", 1, b"\x0a\x02qa", ("question",), b"")
+        assert await store.program_revision() == 3
+        assert (await store.add_program(_program(content="new"), MAX_PROGRAMS)).record.version == 3
+        assert (await store.get_session("s1", T0, LIMITS)).turns == (TurnRecord("qa", "{}", "{}"),)
+        assert (await store.add_examples("ds", "train", [ExampleRecord("{}", "{}")], 10)).counts == (("train", 1),)
+        await store.put_policy("qa", b"p")
+        assert await store.list_policies() == {"qa": b"p"}
+    finally:
+        await store.close()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchone() == (str(SCHEMA_VERSION),)
+    conn.close()
+
+
+async def test_a_migrated_file_reopens_as_it_is(tmp_path):
+    """Reopening a migrated file runs no migration again and finds what it held."""
+    path = tmp_path / "state.db"
+    _write_v1_file(path)
+    store = await _reopened(path)
+    await store.put_job(JobRecord("j1", "k", "qa", "queued", 0, T0, T0))
+    await store.close()
+    store = await _reopened(path)
+    try:
+        assert [p.version for p in await store.list_programs()] == [1]
+        assert (await store.get_job("j1")).state == "queued"
+    finally:
+        await store.close()
 
 
 async def test_a_file_from_a_newer_schema_is_refused_and_left_alone(tmp_path):
@@ -184,6 +244,38 @@ async def test_a_lock_held_too_long_is_unavailable(tmp_path):
     finally:
         other.close()
         await store.close()
+
+
+async def test_two_stores_on_one_file_claiming_one_job_exactly_one_wins(tmp_path):
+    """Two stores (two connections, as two processes would have) claiming one job at once: one lease is granted."""
+    path = tmp_path / "state.db"
+    a, b = await _reopened(path), await _reopened(path)
+    try:
+        await a.put_job(JobRecord("j1", "k", "qa", "queued", 0, T0, T0))
+        won = await asyncio.gather(*(store.claim_job("j1", f"{i}-{n}", T0, 30) for n in range(10)
+                                     for i, store in enumerate((a, b))))
+        assert sum(won) == 1
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_a_cancelled_call_still_commits(store):
+    """A caller that stops waiting does not stop its operation: it runs to its commit, before later calls."""
+    task = asyncio.create_task(store.append_turn("s1", _turn(1), T0, LIMITS))
+    await asyncio.sleep(0)  # queued for the store's thread
+    task.cancel()
+    assert (await store.get_session("s1", T0, LIMITS)).turns == (_turn(1),)
+    assert task.cancelled()
+
+
+async def test_errors_reach_only_their_own_callers(store):
+    """Of many calls handed back together, the one that failed raises and the others answer."""
+    await store.add_examples("ds", "train", [ExampleRecord("{}", "{}")], 1)
+    results = await asyncio.gather(*(store.add_examples(f"d{n}", "train", [ExampleRecord("{}", "{}")], 1)
+                                     for n in range(10)), store.add_examples("ds", "train", [ExampleRecord("{}", "{}")], 1),
+                                   return_exceptions=True)
+    assert [type(r).__name__ for r in results] == ["DatasetInfo"] * 10 + ["ResourceExhausted"]
 
 
 async def test_close_is_idempotent_and_later_calls_fail_cleanly(tmp_path):

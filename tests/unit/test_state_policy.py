@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from dspy_pool.errors import ErrorKind
-from dspy_pool.state.base import SessionLimits
+from dspy_pool.state.base import ExampleRecord, JobRecord, SessionLimits
 from dspy_pool.state.policy import (
-    Room, entry_bytes, is_expired, make_room, pick_top, programs_full, sessions_full, trim_from,
+    EMPTY_HEAD, Room, can_claim, chain_examples, dataset_hash, entry_bytes, examples_fit, examples_full, is_expired,
+    make_room, newest_first, open_touch_slack_s, open_touches, pick_top, programs_full, sessions_full, trim_from,
 )
 
 LIMITS = SessionLimits(ttl_s=100.0, max_turns=5, max_sessions=2, protect_s=60.0)
@@ -127,3 +130,70 @@ def test_programs_full_names_the_bound():
     """A version past max_programs is RESOURCE_EXHAUSTED and says what the bound is."""
     error = programs_full(7)
     assert error.kind is ErrorKind.RESOURCE_EXHAUSTED and "7 program versions" in error.message
+
+
+def test_open_touches_a_session_not_used_within_the_slack():
+    """An open writes last_used_at only when the last use is at least the slack (a second) ago."""
+    limits = SessionLimits(ttl_s=3600.0, max_turns=5, max_sessions=2, protect_s=60.0)
+    assert open_touch_slack_s(limits) == 1.0
+    assert not open_touches(100.0, 100.5, limits)
+    assert open_touches(100.0, 101.0, limits)
+
+
+def test_touch_slack_is_a_tenth_of_small_limits():
+    """Small TTLs or protect_s shrink the slack to a tenth of them, so an open can never skip the touch of a session
+    about to expire or become evictable; protect_s 0 always touches."""
+    assert open_touch_slack_s(SessionLimits(ttl_s=5.0, max_turns=5, max_sessions=2, protect_s=60.0)) == 0.5
+    assert open_touch_slack_s(SessionLimits(ttl_s=100.0, max_turns=5, max_sessions=2, protect_s=2.0)) == 0.2
+    never = SessionLimits(ttl_s=100.0, max_turns=5, max_sessions=2, protect_s=0.0)
+    assert open_touches(100.0, 100.0, never)
+
+
+def _example(n: int, **changes) -> ExampleRecord:
+    return dataclasses.replace(ExampleRecord(f'{{"q": {n}}}', f'{{"a": {n}}}'), **changes)
+
+
+def test_chain_appends_equal_one_pass():
+    """A split's head is the same whether its examples came in one batch or several."""
+    examples = [_example(n) for n in range(5)]
+    assert chain_examples(chain_examples(EMPTY_HEAD, examples[:2]), examples[2:]) == chain_examples(EMPTY_HEAD, examples)
+    assert chain_examples(EMPTY_HEAD, []) == EMPTY_HEAD
+
+
+def test_chain_covers_inputs_outputs_and_order_only():
+    """Source and time do not change the head; order, inputs and outputs do."""
+    head = chain_examples(EMPTY_HEAD, [_example(1), _example(2)])
+    assert chain_examples(EMPTY_HEAD, [_example(1, source="feedback", created_at=9.0), _example(2)]) == head
+    assert chain_examples(EMPTY_HEAD, [_example(2), _example(1)]) != head
+    assert chain_examples(EMPTY_HEAD, [_example(1, outputs_json='{"a": 0}'), _example(2)]) != head
+    # The encoding is unambiguous: moving text between inputs and outputs is a different example.
+    assert chain_examples(EMPTY_HEAD, [ExampleRecord('{"q": 1', '}')]) != chain_examples(EMPTY_HEAD, [ExampleRecord('{"q": ', '1}')])
+
+
+def test_dataset_hash_sorts_splits_and_ignores_empty_ones():
+    """The dataset hash does not depend on the order splits are listed in, nor on splits with no examples."""
+    train, dev = ("train", 2, "aa"), ("dev", 1, "bb")
+    assert dataset_hash([train, dev]) == dataset_hash([dev, train]) == dataset_hash([dev, ("x", 0, ""), train])
+    assert dataset_hash([train, dev]) != dataset_hash([train, ("test", 1, "bb")])
+    assert len(dataset_hash([])) == 64
+
+
+def test_examples_fit_the_whole_dataset():
+    """max_examples bounds the dataset; adding none always fits, even past a lowered bound."""
+    assert examples_fit(8, 2, 10) and not examples_fit(8, 3, 10) and examples_fit(12, 0, 10)
+    error = examples_full("ds", 8, 3, 10)
+    assert error.kind is ErrorKind.RESOURCE_EXHAUSTED and "'ds'" in error.message and "10" in error.message
+
+
+def test_a_lease_is_held_while_now_is_before_its_expiry():
+    """Free, expired or already the claimant's: granted; another owner's live lease: refused."""
+    assert can_claim("", 200.0, "a", 100.0)
+    assert can_claim("a", 200.0, "a", 100.0)
+    assert not can_claim("b", 200.0, "a", 199.9)
+    assert can_claim("b", 200.0, "a", 200.0)
+
+
+def test_newest_first_orders_by_time_then_id():
+    """Jobs sort by created_at, then job_id, both descending."""
+    jobs = [JobRecord(i, "", "p", "queued", 0, at, at) for i, at in [("a", 1.0), ("c", 2.0), ("b", 2.0)]]
+    assert [j.job_id for j in sorted(jobs, key=newest_first, reverse=True)] == ["c", "b", "a"]
