@@ -16,6 +16,10 @@ the zygote through `--programs MODULE`, adds its own:
 Clients can only name kinds and set the options a kind declares, each typed
 and bounded; anything else in `module_options` is INVALID_ARGUMENT. They never
 send code.
+
+Metric kinds for optimization jobs work the same way (`register_metric`,
+`metric_names`): a factory `(fields, **options) -> metric(example,
+prediction, trace=None)`, next to the built-in kinds of optimize.catalog.
 """
 
 from __future__ import annotations
@@ -89,6 +93,61 @@ def run_worker_start_hooks() -> None:
 
 def names() -> list[str]:
     return sorted(_kinds)
+
+
+# -- metric kinds (optimization jobs) -------------------------------------------
+@dataclass(frozen=True)
+class MetricKind:
+    name: str
+    factory: Factory  # (fields: tuple[str, ...], **options) -> metric(example, prediction, trace=None) -> float | bool
+    options: Mapping[str, Option] = field(default_factory=dict)
+
+
+_metrics: dict[str, MetricKind] = {}
+
+
+def register_metric(name: str, factory: Factory | None = None, *, options: Mapping[str, Option] | None = None):
+    """Register a metric kind optimization jobs may name; usable as a decorator.
+
+        @kinds.register_metric("bleu", options={"max_order": Option(int, default=4, min=1, max=8)})
+        def make_bleu(fields, max_order):
+            return lambda example, prediction, trace=None: bleu(example, prediction, fields, max_order)
+
+    `fields` are the output fields the job compares (every expected output
+    field when the job names none). The metric returns a score in [0, 1] (or a
+    bool). The built-in kinds (exact_match, f1, ...) cannot be replaced.
+    """
+    from dspy_pool.optimize.catalog import METRICS
+
+    if not _KIND_NAME.fullmatch(name):
+        raise ValueError(f"metric kind {name!r} must match {_KIND_NAME.pattern}")
+    if name in METRICS:
+        raise ValueError(f"metric kind {name!r} is built in")
+    declared = dict(options or {})
+    for option_name, option in declared.items():
+        if not _OPTION_NAME.fullmatch(option_name) or not isinstance(option, Option):
+            raise ValueError(f"metric kind {name!r}: option {option_name!r} must be an identifier mapped to an Option")
+
+    def _add(fn: Factory) -> Factory:
+        existing = _metrics.get(name)
+        if existing is not None and existing.factory is not fn:
+            raise ValueError(f"metric kind {name!r} is already registered")
+        _metrics[name] = MetricKind(name, fn, MappingProxyType(declared))
+        return fn
+
+    return _add(factory) if factory is not None else _add
+
+
+def lookup_metric(name: str) -> MetricKind:
+    try:
+        return _metrics[name]
+    except KeyError:
+        raise KeyError(f"unknown metric kind {name!r}; registered metric kinds: {', '.join(sorted(_metrics)) or 'none'}") from None
+
+
+def metric_names() -> list[str]:
+    """The operator's metric kinds (the built-in ones are in optimize.catalog.METRICS)."""
+    return sorted(_metrics)
 
 
 def _register_builtins() -> None:

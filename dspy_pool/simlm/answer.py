@@ -8,6 +8,9 @@ request whose response_format asks for JSON).
 
 Everything here is pure: the same messages always give the same text, so
 tests can assert on answers and benchmarks measure the pool, not a model.
+One task family (`learnable.py`: `word -> code` and instruction proposals
+about it) is answered by a hidden rule with an accuracy that rises with
+demos and a key phrase, so optimizers have something measurable to improve.
 The field types come from DSPy's own prompt: the `(type)` after each output
 field name, and the `# note: ...` DSPy appends for non-str fields (a JSON
 schema for lists, dicts and models; "one of: ..." for enums).
@@ -22,6 +25,8 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
+
+from dspy_pool.simlm import learnable
 
 ECHO_MARKER = "SIM_ECHO"
 
@@ -54,11 +59,13 @@ def complete(messages: list[dict], response_format: dict | None = None) -> str:
     # A plain chat (no DSPy input blocks) is answered about its whole last message.
     inputs = parse_inputs(last_user) or ({"message": last_user} if last_user else {})
     seed = conversation_digest(messages)
-    values = {f.name: field_value(f, seed, inputs) for f in fields}
+    # The learnable task family (learnable.py) decides its own fields; None for every other prompt.
+    learned = learnable.field_values(messages, system, fields, inputs) if fields else None
+    values = {f.name: learned[f.name] if learned and f.name in learned else field_value(f, seed, inputs) for f in fields}
     if wants_json(response_format, system, last_user):
         return json.dumps(values or {"answer": sentence(seed, "answer", inputs)}, ensure_ascii=False)
     if not fields:
-        return sentence(seed, "answer", inputs)
+        return learnable.plain_reply(messages, last_user) or sentence(seed, "answer", inputs)
     return render_chat(values)
 
 
