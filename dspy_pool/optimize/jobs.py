@@ -31,6 +31,7 @@ from dspy_pool import errors, structs
 from dspy_pool.optimize import catalog
 from dspy_pool.optimize.promotion import Outcome, should_promote
 from dspy_pool.optimize.task import Budget, Example, MetricSpec, OptimizeResult, OptimizeTask, Progress
+from dspy_pool.optimize.triggers import Observation, TriggerConfig, TriggerState, decide
 from dspy_pool.state import ExampleRecord, JobRecord, StateStore, StateUnavailable
 from dspy_pool.v1 import dspy_pool_pb2 as pb
 
@@ -49,6 +50,7 @@ class JobSettings:
     allowed_lms: tuple[str, ...] = ()  # models a judge or reflection LM may name
     num_threads: int = 4
     lm: str = ""  # the serving LM, recorded in each optimized version's provenance
+    trigger_tick_s: float = 5.0  # how often automatic optimization checks its thresholds
 
 
 def dedup_key(base_key: str, dataset_hash: str, request: pb.StartOptimizationRequest) -> str:
@@ -81,12 +83,15 @@ def _examples(records: list[ExampleRecord]) -> tuple[Example, ...]:
 
 class JobManager:
     def __init__(self, store: StateStore, registry, pool, settings: JobSettings,
-                 register_version: Callable[[pb.ProgramSpec, pb.ProgramMeta], Awaitable[pb.Program]]) -> None:
+                 register_version: Callable[[pb.ProgramSpec, pb.ProgramMeta], Awaitable[pb.Program]],
+                 observe: Callable[[str], Observation] | None = None) -> None:
         self.store = store
         self.registry = registry
         self.pool = pool
         self.settings = settings
         self._register_version = register_version
+        self._observe = observe  # what the triggers see of a program (the service's statistics)
+        self._triggers: dict[str, TriggerState] = {}
         self._queue: list[tuple[int, int, str]] = []  # (-priority, order, job_id)
         self._order = itertools.count()
         self._wakeup = asyncio.Event()
@@ -108,6 +113,8 @@ class JobManager:
         self._tasks = [loop.create_task(self._run_forever()) for _ in range(max(0, runners))]
         if self.store.shared:
             self._tasks.append(loop.create_task(self._sweep_abandoned()))
+        if self._observe is not None:
+            self._tasks.append(loop.create_task(self._watch_triggers()))
 
     async def _interrupt_abandoned(self, everything: bool) -> None:
         now = time.time()
@@ -197,6 +204,31 @@ class JobManager:
             self._watchers[job_id].remove(queue)
             if not self._watchers[job_id]:
                 del self._watchers[job_id]
+
+    def active(self, program: str) -> bool:
+        """A job for this program is queued or running here."""
+        return bool(self._active.get(program))
+
+    async def _watch_triggers(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.trigger_tick_s)
+            for name, policy in list(self.registry.policies.items()):
+                if policy.HasField("auto_optimize") and policy.auto_optimize.job.optimizer:
+                    try:
+                        await self._tick_trigger(name, policy.auto_optimize)
+                    except (errors.PoolError, StateUnavailable) as error:
+                        log.warning("auto_optimize_failed", program=name, error=str(getattr(error, "message", error))[:300])
+
+    async def _tick_trigger(self, name: str, auto: pb.AutoOptimize) -> None:
+        config = TriggerConfig(auto.after_feedback_examples, auto.on_score_drop, auto.on_error_rate, auto.min_interval_s or 3600.0)
+        reason, self._triggers[name] = decide(config, self._triggers.get(name, TriggerState()), self._observe(name), time.time())
+        if not reason:
+            return
+        request = pb.StartOptimizationRequest()
+        request.CopyFrom(auto.job)
+        request.program = name
+        job = await self.start_job(request)
+        log.info("auto_optimize_started", program=name, reason=reason, job_id=job.job_id, reused=job.reused)
 
     async def wait_for_job(self, program: str, timeout_s: float) -> bool:
         """Wait up to `timeout_s` for this program's queued or running job to finish here; False if none or in time."""

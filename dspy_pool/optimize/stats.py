@@ -43,6 +43,30 @@ class ArmView:
 class ProgramStats:
     def __init__(self) -> None:
         self._arms: dict[tuple[str, int, str], _Arm] = {}
+        self._feedback: dict[tuple[str, int], list[float]] = {}  # (program, version) -> [count, score sum]
+        self.feedback_examples: dict[str, int] = {}  # program -> examples feedback added (a counter)
+
+    def record_feedback(self, program: str, version: int, score: float | None, example_added: bool) -> None:
+        if score is not None:
+            entry = self._feedback.setdefault((program, version), [0, 0.0])
+            entry[0] += 1
+            entry[1] += score
+        if example_added:
+            self.feedback_examples[program] = self.feedback_examples.get(program, 0) + 1
+
+    def feedback(self, program: str, version: int) -> tuple[int, float]:
+        """(scores received, their mean) for one version."""
+        count, total = self._feedback.get((program, version), (0, 0.0))
+        return int(count), (total / count if count else 0.0)
+
+    def totals(self, program: str, version: int) -> tuple[int, float]:
+        """(calls, error rate) of one version over every arm it served."""
+        calls = errors = 0
+        for (name, number, _), entry in self._arms.items():
+            if name == program and number == version:
+                calls += entry.calls
+                errors += entry.errors
+        return calls, (errors / calls if calls else 0.0)
 
     def record(self, program: str, version: int, arm: str, latency_ms: float, failed: bool) -> None:
         entry = self._arms.setdefault((program, version, arm), _Arm())

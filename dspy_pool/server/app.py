@@ -184,8 +184,9 @@ class App:
         self.jobs = JobManager(
             self.store, registry, pool,
             JobSettings(max_queue=optimize.optimization_max_queue, owner=uuid.uuid4().hex, allowed_lms=optimize.optimizer_lms,
-                        num_threads=optimize.optimizer_threads, lm=self.config.lm.model),
+                        num_threads=optimize.optimizer_threads, lm=self.config.lm.model, trigger_tick_s=optimize.auto_optimize_tick_s),
             register_version=lambda spec, meta: self.service.register_optimized(spec, meta),
+            observe=lambda program: self.service.observe(program),
         ) if optimize.optimizer_workers else None
         self.service = DSPyPoolService(self.config, pool, registry, self.sessions, breakers, self.cache, lm_up=self._sim_up,
                                        datasets=datasets, jobs=self.jobs)

@@ -20,8 +20,10 @@ import structlog
 from google.protobuf import struct_pb2
 
 from dspy_pool import errors, logs, structs
-from dspy_pool.optimize import routing
+from dspy_pool.optimize import catalog, routing
+from dspy_pool.optimize.feedback import Captured, Captures, sampled
 from dspy_pool.optimize.stats import ProgramStats
+from dspy_pool.optimize.triggers import Observation
 from dspy_pool.pool.api import Pool, WarmupProgram
 from dspy_pool.server import config as config_module
 from dspy_pool.server.breaker import AsyncBreakerGuard, BreakerConfig, BreakerState
@@ -84,14 +86,29 @@ def parse_fallback_lms(entries: tuple[str, ...]) -> dict[str, str]:
 
 
 def warmup_programs(registry: ProgramRegistry, breakers: AsyncBreakerGuard) -> list[WarmupProgram]:
-    """The latest version of every program, for a worker to build (and warm up) before it takes traffic.
+    """What a joining worker builds (and warms up) before it takes traffic: every version a call may be routed to
+    (the latest, the base a traditional call runs, the promoted one), so a promotion never lands on a cold worker.
 
     Programs whose breaker is not closed are built but not called: their
     LM is failing, and a warm-up call would only hold the new worker back.
     """
     failing = {key.program for key, snapshot in breakers.snapshots().items() if snapshot.state is not BreakerState.CLOSED}
-    return [WarmupProgram(entry.ref.key, entry.ref.spec, () if entry.name in failing else tuple(entry.program.spec.warmup_inputs))
-            for entry in registry.list(all_versions=False)]
+    out, seen = [], set()
+    for latest in registry.list(all_versions=False):
+        policy = registry.policy(latest.name)
+        candidates = [latest, registry.base_version(latest.name)]
+        for number in (policy.base_version, policy.optimized_version):
+            if number:
+                try:
+                    candidates.append(registry.get(latest.name, number))
+                except errors.NotFound:
+                    pass
+        for entry in candidates:
+            if entry.key not in seen:
+                seen.add(entry.key)
+                calls = () if entry.name in failing else tuple(entry.program.spec.warmup_inputs)
+                out.append(WarmupProgram(entry.ref.key, entry.ref.spec, calls))
+    return out
 
 
 def _check_struct(message, max_depth: int, where: str) -> None:
@@ -122,6 +139,7 @@ class DSPyPoolService(pb_grpc.DSPyPoolServicer):
         self.datasets = datasets
         self.jobs = jobs  # None when optimization is off
         self.stats = ProgramStats()
+        self.captures = Captures()
         self.lm_up = lm_up  # False while a supervised local LM (the sim) is down and being restarted
         self.pool = pool
         self.registry = registry
@@ -292,6 +310,10 @@ class DSPyPoolService(pb_grpc.DSPyPoolServicer):
         result = served.result
         total_ms = (loop.time() - received) * 1000.0
         self.stats.record(program.name, program.program.version, route.label, total_ms, False)
+        capture = program.program.spec.capture
+        if capture.sample_rate > 0 and sampled(request_id, capture.sample_rate):
+            self.captures.keep(request_id, Captured(program.name, program.program.version, structs.struct_to_dict(request.inputs),
+                                                    structs.struct_to_dict(result.outputs)), capture.max_examples or 1000)
         worker = result.worker
         response = pb.ExecuteResponse(
             program=program.name,
@@ -401,6 +423,14 @@ class DSPyPoolService(pb_grpc.DSPyPoolServicer):
             raise errors.InvalidArgument(f"promotion {checked.promotion!r} must be manual or auto")
         if not 0 <= checked.hybrid_percent <= 100:
             raise errors.InvalidArgument("hybrid_percent must be within 0..100")
+        if checked.HasField("auto_optimize") and checked.auto_optimize.job.optimizer:
+            template = checked.auto_optimize.job
+            try:
+                catalog.check_optimizer(template.optimizer, structs.struct_to_dict(template.options))
+            except ValueError as exc:
+                raise errors.InvalidArgument(f"auto_optimize.job: {exc}") from None
+            if not template.dataset:
+                raise errors.InvalidArgument("auto_optimize.job.dataset is required")
         for field, version in (("base_version", checked.base_version), ("optimized_version", checked.optimized_version)):
             if version:
                 try:
@@ -408,6 +438,45 @@ class DSPyPoolService(pb_grpc.DSPyPoolServicer):
                 except errors.NotFound:
                     raise errors.InvalidArgument(f"{field} {version}: program {policy.program!r} has no such version") from None
         return checked
+
+    async def RecordFeedback(self, request: pb.RecordFeedbackRequest, context):
+        try:
+            return await self.record_feedback(request)
+        except errors.PoolError as error:
+            await self._abort(context, error)
+
+    async def record_feedback(self, request: pb.RecordFeedbackRequest) -> pb.RecordFeedbackResponse:
+        """Feedback on a captured call: its score to the version's statistics; expected outputs (or a good score) to a dataset."""
+        captured = self.captures.take(request.request_id)
+        if captured is None:
+            raise errors.NotFound(f"no captured call {request.request_id!r} here: the program does not capture it (ProgramSpec.capture), "
+                                  "it was not sampled, its feedback was given already, or it aged out")
+        capture = self.registry.get(captured.program, captured.version).program.spec.capture
+        expected = structs.struct_to_dict(request.expected_outputs) if request.HasField("expected_outputs") else None
+        if expected is None and request.has_score and request.score >= (capture.good_score or 1.0):
+            expected = captured.outputs  # a good answer is an example as it stands
+        response = pb.RecordFeedbackResponse(program=captured.program, version=captured.version)
+        if expected:
+            example = pb.Example()
+            example.inputs.update(captured.inputs)
+            example.outputs.update(expected)
+            dataset = capture.dataset or f"{captured.program}-feedback"
+            await self.datasets.add(pb.AddExamplesRequest(dataset=dataset, split=capture.split or "train", examples=[example]))
+            response.example_added, response.dataset = True, dataset
+        self.stats.record_feedback(captured.program, captured.version, request.score if request.has_score else None,
+                                   response.example_added)
+        return response
+
+    def observe(self, program: str) -> Observation:
+        """What the optimization triggers see of a program: its served version's feedback, errors and dev score."""
+        policy = self.registry.policy(program)
+        version = policy.optimized_version or self.registry.base_version(program).program.version
+        entry = self.registry.get(program, version)
+        count, mean = self.stats.feedback(program, version)
+        calls, error_rate = self.stats.totals(program, version)
+        dev_score = entry.program.meta.optimized_score if entry.program.meta.job_id else 0.0
+        return Observation(self.stats.feedback_examples.get(program, 0), count, mean, dev_score, calls, error_rate,
+                           job_active=self.jobs is not None and self.jobs.active(program))
 
     async def GetProgramStats(self, request: pb.GetProgramStatsRequest, context):
         try:
@@ -417,8 +486,9 @@ class DSPyPoolService(pb_grpc.DSPyPoolServicer):
             return
         stats = pb.ProgramStats(program=request.program, policy=self.registry.policy(request.program))
         for arm in self.stats.view(request.program):
+            count, mean = self.stats.feedback(request.program, arm.version)
             stats.arms.add(version=arm.version, arm=arm.arm, calls=arm.calls, errors=arm.errors, latency_p50_ms=arm.p50_ms,
-                           latency_p95_ms=arm.p95_ms, error_rate=arm.error_rate)
+                           latency_p95_ms=arm.p95_ms, error_rate=arm.error_rate, feedback_count=count, feedback_score_mean=mean)
         return stats
 
     async def _session_count(self) -> int:

@@ -139,6 +139,11 @@ class DSPyPoolStub:
                 request_serializer=dspy__pool_dot_v1_dot_dspy__pool__pb2.GetProgramStatsRequest.SerializeToString,
                 response_deserializer=dspy__pool_dot_v1_dot_dspy__pool__pb2.ProgramStats.FromString,
                 _registered_method=True)
+        self.RecordFeedback = channel.unary_unary(
+                '/dspy_pool.v1.DSPyPool/RecordFeedback',
+                request_serializer=dspy__pool_dot_v1_dot_dspy__pool__pb2.RecordFeedbackRequest.SerializeToString,
+                response_deserializer=dspy__pool_dot_v1_dot_dspy__pool__pb2.RecordFeedbackResponse.FromString,
+                _registered_method=True)
 
 
 class DSPyPoolServicer:
@@ -276,7 +281,16 @@ class DSPyPoolServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetProgramStats(self, request, context):
-        """Per version and per hybrid arm: calls, latency, errors.
+        """Per version and per hybrid arm: calls, latency, errors, feedback.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def RecordFeedback(self, request, context):
+        """Feedback on a call a program captured (ProgramSpec.capture): a score, the
+        outputs it should have given, or both; expected outputs (or a good score)
+        turn the call into a dataset example.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -389,6 +403,11 @@ def add_DSPyPoolServicer_to_server(servicer, server):
                     servicer.GetProgramStats,
                     request_deserializer=dspy__pool_dot_v1_dot_dspy__pool__pb2.GetProgramStatsRequest.FromString,
                     response_serializer=dspy__pool_dot_v1_dot_dspy__pool__pb2.ProgramStats.SerializeToString,
+            ),
+            'RecordFeedback': grpc.unary_unary_rpc_method_handler(
+                    servicer.RecordFeedback,
+                    request_deserializer=dspy__pool_dot_v1_dot_dspy__pool__pb2.RecordFeedbackRequest.FromString,
+                    response_serializer=dspy__pool_dot_v1_dot_dspy__pool__pb2.RecordFeedbackResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -958,6 +977,33 @@ class DSPyPool:
             '/dspy_pool.v1.DSPyPool/GetProgramStats',
             dspy__pool_dot_v1_dot_dspy__pool__pb2.GetProgramStatsRequest.SerializeToString,
             dspy__pool_dot_v1_dot_dspy__pool__pb2.ProgramStats.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def RecordFeedback(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/dspy_pool.v1.DSPyPool/RecordFeedback',
+            dspy__pool_dot_v1_dot_dspy__pool__pb2.RecordFeedbackRequest.SerializeToString,
+            dspy__pool_dot_v1_dot_dspy__pool__pb2.RecordFeedbackResponse.FromString,
             options,
             channel_credentials,
             insecure,

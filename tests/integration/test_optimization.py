@@ -42,7 +42,8 @@ def _examples(split: str) -> list[pb.Example]:
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def server():
-    async with running_app(optimizer_workers=1, sim_latency="fixed:0", worker_concurrency=64, max_queue=1000) as running:
+    async with running_app(optimizer_workers=1, sim_latency="fixed:0", worker_concurrency=64, max_queue=1000,
+                           auto_optimize_tick_s=0.1) as running:
         app, stub, _ = running
         await stub.RegisterProgram(pb.RegisterProgramRequest(spec=SPEC), timeout=30)
         for split in ("train", "dev"):
@@ -275,3 +276,34 @@ async def test_a_job_running_when_the_server_stops_is_interrupted_after_a_restar
             assert job.state == "interrupted" and "restarted" in job.error
     finally:
         await restarted.stop()
+
+
+async def test_feedback_on_captured_calls_becomes_examples_and_triggers_an_optimization(server):
+    """A capturing program: feedback with expected outputs adds examples, scores reach the stats, and after 3 examples
+    the policy's auto_optimize starts its job by itself."""
+    _, stub, _ = server
+    spec = pb.ProgramSpec(name="coder_fb", signature="word -> code", capture=pb.CapturePolicy(sample_rate=1.0, dataset="fb"))
+    await stub.RegisterProgram(pb.RegisterProgramRequest(spec=spec), timeout=30)
+    template = pb.StartOptimizationRequest(dataset="words", optimizer="labeled_few_shot", metric=METRIC)
+    await stub.SetExecutionPolicy(pb.SetExecutionPolicyRequest(policy=pb.ExecutionPolicy(
+        program="coder_fb", auto_optimize=pb.AutoOptimize(job=template, after_feedback_examples=3, min_interval_s=1))), timeout=10)
+    for n, word in enumerate(("melon", "grape", "lemon")):
+        request = execute_request("coder_fb", word=word)
+        request.request_id = f"fb-{n}"
+        await stub.Execute(request, timeout=30)
+        feedback = pb.RecordFeedbackRequest(request_id=f"fb-{n}", score=0.0, has_score=True)
+        feedback.expected_outputs.update({"code": word[::-1].upper() + str(len(word))})
+        reply = await stub.RecordFeedback(feedback, timeout=10)
+        assert (reply.example_added, reply.dataset, reply.version) == (True, "fb", 1)
+    assert dict((await stub.GetDataset(pb.GetDatasetRequest(name="fb"), timeout=10)).counts) == {"train": 3}
+    error = await _error(stub.RecordFeedback(pb.RecordFeedbackRequest(request_id="fb-0", score=1, has_score=True), timeout=10))
+    assert error.code() == grpc.StatusCode.NOT_FOUND  # one feedback per captured call
+    stats = await stub.GetProgramStats(pb.GetProgramStatsRequest(program="coder_fb"), timeout=10)
+    assert any(arm.feedback_count == 3 and arm.feedback_score_mean == 0.0 for arm in stats.arms)
+
+    async def auto_started():
+        jobs = await stub.ListOptimizations(pb.ListOptimizationsRequest(program="coder_fb"), timeout=10)
+        return jobs.jobs
+
+    (job,) = await eventually(auto_started, timeout_s=20, interval_s=0.1)
+    assert job.request.optimizer == "labeled_few_shot"

@@ -28,6 +28,20 @@ class CachePolicy(_message.Message):
     ttl_s: float
     def __init__(self, mode: _Optional[str] = ..., ttl_s: _Optional[float] = ...) -> None: ...
 
+class CapturePolicy(_message.Message):
+    __slots__ = ("sample_rate", "max_examples", "dataset", "split", "good_score")
+    SAMPLE_RATE_FIELD_NUMBER: _ClassVar[int]
+    MAX_EXAMPLES_FIELD_NUMBER: _ClassVar[int]
+    DATASET_FIELD_NUMBER: _ClassVar[int]
+    SPLIT_FIELD_NUMBER: _ClassVar[int]
+    GOOD_SCORE_FIELD_NUMBER: _ClassVar[int]
+    sample_rate: float
+    max_examples: int
+    dataset: str
+    split: str
+    good_score: float
+    def __init__(self, sample_rate: _Optional[float] = ..., max_examples: _Optional[int] = ..., dataset: _Optional[str] = ..., split: _Optional[str] = ..., good_score: _Optional[float] = ...) -> None: ...
+
 class FallbackSpec(_message.Message):
     __slots__ = ("chain", "lm", "lm_api_base", "program", "static_outputs")
     CHAIN_FIELD_NUMBER: _ClassVar[int]
@@ -43,7 +57,7 @@ class FallbackSpec(_message.Message):
     def __init__(self, chain: _Optional[_Iterable[str]] = ..., lm: _Optional[str] = ..., lm_api_base: _Optional[str] = ..., program: _Optional[str] = ..., static_outputs: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
 
 class ProgramSpec(_message.Message):
-    __slots__ = ("name", "signature", "input_fields", "output_fields", "module", "instructions", "demos", "state_json", "module_options", "fallback", "description", "warmup_inputs", "lm_options", "cache")
+    __slots__ = ("name", "signature", "input_fields", "output_fields", "module", "instructions", "demos", "state_json", "module_options", "fallback", "description", "warmup_inputs", "lm_options", "cache", "capture")
     NAME_FIELD_NUMBER: _ClassVar[int]
     SIGNATURE_FIELD_NUMBER: _ClassVar[int]
     INPUT_FIELDS_FIELD_NUMBER: _ClassVar[int]
@@ -58,6 +72,7 @@ class ProgramSpec(_message.Message):
     WARMUP_INPUTS_FIELD_NUMBER: _ClassVar[int]
     LM_OPTIONS_FIELD_NUMBER: _ClassVar[int]
     CACHE_FIELD_NUMBER: _ClassVar[int]
+    CAPTURE_FIELD_NUMBER: _ClassVar[int]
     name: str
     signature: str
     input_fields: _containers.RepeatedCompositeFieldContainer[FieldSpec]
@@ -72,7 +87,8 @@ class ProgramSpec(_message.Message):
     warmup_inputs: _containers.RepeatedCompositeFieldContainer[_struct_pb2.Struct]
     lm_options: _struct_pb2.Struct
     cache: CachePolicy
-    def __init__(self, name: _Optional[str] = ..., signature: _Optional[str] = ..., input_fields: _Optional[_Iterable[_Union[FieldSpec, _Mapping]]] = ..., output_fields: _Optional[_Iterable[_Union[FieldSpec, _Mapping]]] = ..., module: _Optional[str] = ..., instructions: _Optional[str] = ..., demos: _Optional[_Iterable[_Union[_struct_pb2.Struct, _Mapping]]] = ..., state_json: _Optional[str] = ..., module_options: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., fallback: _Optional[_Union[FallbackSpec, _Mapping]] = ..., description: _Optional[str] = ..., warmup_inputs: _Optional[_Iterable[_Union[_struct_pb2.Struct, _Mapping]]] = ..., lm_options: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., cache: _Optional[_Union[CachePolicy, _Mapping]] = ...) -> None: ...
+    capture: CapturePolicy
+    def __init__(self, name: _Optional[str] = ..., signature: _Optional[str] = ..., input_fields: _Optional[_Iterable[_Union[FieldSpec, _Mapping]]] = ..., output_fields: _Optional[_Iterable[_Union[FieldSpec, _Mapping]]] = ..., module: _Optional[str] = ..., instructions: _Optional[str] = ..., demos: _Optional[_Iterable[_Union[_struct_pb2.Struct, _Mapping]]] = ..., state_json: _Optional[str] = ..., module_options: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., fallback: _Optional[_Union[FallbackSpec, _Mapping]] = ..., description: _Optional[str] = ..., warmup_inputs: _Optional[_Iterable[_Union[_struct_pb2.Struct, _Mapping]]] = ..., lm_options: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., cache: _Optional[_Union[CachePolicy, _Mapping]] = ..., capture: _Optional[_Union[CapturePolicy, _Mapping]] = ...) -> None: ...
 
 class Program(_message.Message):
     __slots__ = ("spec", "version", "content_hash", "created_at", "input_names", "output_names", "created", "meta")
@@ -450,7 +466,7 @@ class CancelOptimizationRequest(_message.Message):
     def __init__(self, job_id: _Optional[str] = ...) -> None: ...
 
 class ExecutionPolicy(_message.Message):
-    __slots__ = ("program", "mode", "base_version", "optimized_version", "hybrid_percent", "sticky_sessions", "promotion", "min_improvement", "min_dev_examples")
+    __slots__ = ("program", "mode", "base_version", "optimized_version", "hybrid_percent", "sticky_sessions", "promotion", "min_improvement", "min_dev_examples", "auto_optimize")
     PROGRAM_FIELD_NUMBER: _ClassVar[int]
     MODE_FIELD_NUMBER: _ClassVar[int]
     BASE_VERSION_FIELD_NUMBER: _ClassVar[int]
@@ -460,6 +476,7 @@ class ExecutionPolicy(_message.Message):
     PROMOTION_FIELD_NUMBER: _ClassVar[int]
     MIN_IMPROVEMENT_FIELD_NUMBER: _ClassVar[int]
     MIN_DEV_EXAMPLES_FIELD_NUMBER: _ClassVar[int]
+    AUTO_OPTIMIZE_FIELD_NUMBER: _ClassVar[int]
     program: str
     mode: str
     base_version: int
@@ -469,7 +486,46 @@ class ExecutionPolicy(_message.Message):
     promotion: str
     min_improvement: float
     min_dev_examples: int
-    def __init__(self, program: _Optional[str] = ..., mode: _Optional[str] = ..., base_version: _Optional[int] = ..., optimized_version: _Optional[int] = ..., hybrid_percent: _Optional[float] = ..., sticky_sessions: _Optional[bool] = ..., promotion: _Optional[str] = ..., min_improvement: _Optional[float] = ..., min_dev_examples: _Optional[int] = ...) -> None: ...
+    auto_optimize: AutoOptimize
+    def __init__(self, program: _Optional[str] = ..., mode: _Optional[str] = ..., base_version: _Optional[int] = ..., optimized_version: _Optional[int] = ..., hybrid_percent: _Optional[float] = ..., sticky_sessions: _Optional[bool] = ..., promotion: _Optional[str] = ..., min_improvement: _Optional[float] = ..., min_dev_examples: _Optional[int] = ..., auto_optimize: _Optional[_Union[AutoOptimize, _Mapping]] = ...) -> None: ...
+
+class AutoOptimize(_message.Message):
+    __slots__ = ("job", "after_feedback_examples", "on_score_drop", "on_error_rate", "min_interval_s")
+    JOB_FIELD_NUMBER: _ClassVar[int]
+    AFTER_FEEDBACK_EXAMPLES_FIELD_NUMBER: _ClassVar[int]
+    ON_SCORE_DROP_FIELD_NUMBER: _ClassVar[int]
+    ON_ERROR_RATE_FIELD_NUMBER: _ClassVar[int]
+    MIN_INTERVAL_S_FIELD_NUMBER: _ClassVar[int]
+    job: StartOptimizationRequest
+    after_feedback_examples: int
+    on_score_drop: float
+    on_error_rate: float
+    min_interval_s: float
+    def __init__(self, job: _Optional[_Union[StartOptimizationRequest, _Mapping]] = ..., after_feedback_examples: _Optional[int] = ..., on_score_drop: _Optional[float] = ..., on_error_rate: _Optional[float] = ..., min_interval_s: _Optional[float] = ...) -> None: ...
+
+class RecordFeedbackRequest(_message.Message):
+    __slots__ = ("request_id", "score", "has_score", "expected_outputs")
+    REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    HAS_SCORE_FIELD_NUMBER: _ClassVar[int]
+    EXPECTED_OUTPUTS_FIELD_NUMBER: _ClassVar[int]
+    request_id: str
+    score: float
+    has_score: bool
+    expected_outputs: _struct_pb2.Struct
+    def __init__(self, request_id: _Optional[str] = ..., score: _Optional[float] = ..., has_score: _Optional[bool] = ..., expected_outputs: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
+
+class RecordFeedbackResponse(_message.Message):
+    __slots__ = ("example_added", "dataset", "program", "version")
+    EXAMPLE_ADDED_FIELD_NUMBER: _ClassVar[int]
+    DATASET_FIELD_NUMBER: _ClassVar[int]
+    PROGRAM_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    example_added: bool
+    dataset: str
+    program: str
+    version: int
+    def __init__(self, example_added: _Optional[bool] = ..., dataset: _Optional[str] = ..., program: _Optional[str] = ..., version: _Optional[int] = ...) -> None: ...
 
 class SetExecutionPolicyRequest(_message.Message):
     __slots__ = ("policy",)
@@ -490,7 +546,7 @@ class GetProgramStatsRequest(_message.Message):
     def __init__(self, program: _Optional[str] = ...) -> None: ...
 
 class ArmStats(_message.Message):
-    __slots__ = ("version", "arm", "calls", "errors", "latency_p50_ms", "latency_p95_ms", "error_rate")
+    __slots__ = ("version", "arm", "calls", "errors", "latency_p50_ms", "latency_p95_ms", "error_rate", "feedback_count", "feedback_score_mean")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     ARM_FIELD_NUMBER: _ClassVar[int]
     CALLS_FIELD_NUMBER: _ClassVar[int]
@@ -498,6 +554,8 @@ class ArmStats(_message.Message):
     LATENCY_P50_MS_FIELD_NUMBER: _ClassVar[int]
     LATENCY_P95_MS_FIELD_NUMBER: _ClassVar[int]
     ERROR_RATE_FIELD_NUMBER: _ClassVar[int]
+    FEEDBACK_COUNT_FIELD_NUMBER: _ClassVar[int]
+    FEEDBACK_SCORE_MEAN_FIELD_NUMBER: _ClassVar[int]
     version: int
     arm: str
     calls: int
@@ -505,7 +563,9 @@ class ArmStats(_message.Message):
     latency_p50_ms: float
     latency_p95_ms: float
     error_rate: float
-    def __init__(self, version: _Optional[int] = ..., arm: _Optional[str] = ..., calls: _Optional[int] = ..., errors: _Optional[int] = ..., latency_p50_ms: _Optional[float] = ..., latency_p95_ms: _Optional[float] = ..., error_rate: _Optional[float] = ...) -> None: ...
+    feedback_count: int
+    feedback_score_mean: float
+    def __init__(self, version: _Optional[int] = ..., arm: _Optional[str] = ..., calls: _Optional[int] = ..., errors: _Optional[int] = ..., latency_p50_ms: _Optional[float] = ..., latency_p95_ms: _Optional[float] = ..., error_rate: _Optional[float] = ..., feedback_count: _Optional[int] = ..., feedback_score_mean: _Optional[float] = ...) -> None: ...
 
 class ProgramStats(_message.Message):
     __slots__ = ("program", "arms", "policy")
