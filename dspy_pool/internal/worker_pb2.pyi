@@ -168,7 +168,7 @@ class OptimizeExample(_message.Message):
     def __init__(self, inputs: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., outputs: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
 
 class OptimizeWork(_message.Message):
-    __slots__ = ("spec", "train", "dev", "optimizer", "options", "metric_kind", "metric_fields", "metric_options", "max_lm_calls", "max_seconds", "seed", "num_threads")
+    __slots__ = ("spec", "train", "dev", "optimizer", "options", "metric_kind", "metric_fields", "metric_options", "max_lm_calls", "max_seconds", "seed", "num_threads", "allowed_lms")
     SPEC_FIELD_NUMBER: _ClassVar[int]
     TRAIN_FIELD_NUMBER: _ClassVar[int]
     DEV_FIELD_NUMBER: _ClassVar[int]
@@ -181,6 +181,7 @@ class OptimizeWork(_message.Message):
     MAX_SECONDS_FIELD_NUMBER: _ClassVar[int]
     SEED_FIELD_NUMBER: _ClassVar[int]
     NUM_THREADS_FIELD_NUMBER: _ClassVar[int]
+    ALLOWED_LMS_FIELD_NUMBER: _ClassVar[int]
     spec: bytes
     train: _containers.RepeatedCompositeFieldContainer[OptimizeExample]
     dev: _containers.RepeatedCompositeFieldContainer[OptimizeExample]
@@ -193,7 +194,8 @@ class OptimizeWork(_message.Message):
     max_seconds: float
     seed: int
     num_threads: int
-    def __init__(self, spec: _Optional[bytes] = ..., train: _Optional[_Iterable[_Union[OptimizeExample, _Mapping]]] = ..., dev: _Optional[_Iterable[_Union[OptimizeExample, _Mapping]]] = ..., optimizer: _Optional[str] = ..., options: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., metric_kind: _Optional[str] = ..., metric_fields: _Optional[_Iterable[str]] = ..., metric_options: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., max_lm_calls: _Optional[int] = ..., max_seconds: _Optional[float] = ..., seed: _Optional[int] = ..., num_threads: _Optional[int] = ...) -> None: ...
+    allowed_lms: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, spec: _Optional[bytes] = ..., train: _Optional[_Iterable[_Union[OptimizeExample, _Mapping]]] = ..., dev: _Optional[_Iterable[_Union[OptimizeExample, _Mapping]]] = ..., optimizer: _Optional[str] = ..., options: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., metric_kind: _Optional[str] = ..., metric_fields: _Optional[_Iterable[str]] = ..., metric_options: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., max_lm_calls: _Optional[int] = ..., max_seconds: _Optional[float] = ..., seed: _Optional[int] = ..., num_threads: _Optional[int] = ..., allowed_lms: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class OptimizeProgress(_message.Message):
     __slots__ = ("phase", "trials_done", "trials_planned", "best_score", "has_best_score", "lm_calls", "elapsed_s")

@@ -144,9 +144,10 @@ class JobManager:
     async def start_job(self, request: pb.StartOptimizationRequest) -> pb.OptimizationJob:
         base = self._base(request)
         try:
-            catalog.check_optimizer(request.optimizer, structs.struct_to_dict(request.options), self.settings.allowed_lms)
+            allowed = tuple(entry.partition("@")[0] for entry in self.settings.allowed_lms)
+            catalog.check_optimizer(request.optimizer, structs.struct_to_dict(request.options), allowed)
             catalog.check_metric(request.metric.kind, tuple(request.metric.fields), structs.struct_to_dict(request.metric.options),
-                                 tuple(self.pool.metric_kinds), self.settings.allowed_lms)
+                                 tuple(self.pool.metric_kinds), allowed)
         except ValueError as exc:
             raise errors.InvalidArgument(str(exc)) from None
         dataset = await self._dataset(request.dataset)
@@ -347,7 +348,7 @@ class JobManager:
             options=structs.struct_to_dict(request.options),
             metric=MetricSpec(request.metric.kind, tuple(request.metric.fields), structs.struct_to_dict(request.metric.options)),
             budget=Budget(request.budget.max_lm_calls, request.budget.max_seconds), seed=request.seed,
-            num_threads=self.settings.num_threads,
+            num_threads=self.settings.num_threads, allowed_lms=self.settings.allowed_lms,
         )
 
     async def _keep_lease(self, job_id: str) -> None:

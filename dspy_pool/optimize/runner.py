@@ -56,6 +56,7 @@ passes programs.check_saved_state (hard rule 9).
 from __future__ import annotations
 
 import copy
+import importlib.util
 import json
 import random
 import threading
@@ -68,7 +69,7 @@ import dspy
 from dspy.utils.callback import BaseCallback
 
 from dspy_pool import kinds
-from dspy_pool.errors import InvalidArgument
+from dspy_pool.errors import ErrorKind, InvalidArgument, PoolError
 from dspy_pool.optimize import catalog
 from dspy_pool.optimize.metrics import Metric, build_metric
 from dspy_pool.optimize.task import Budget, Cancelled, Example, OptimizeResult, OptimizeTask, Progress
@@ -115,7 +116,9 @@ class _Budget:
         return self  # shared by design: LM copies in copied programs still count against it
 
     def cancel(self) -> None:
-        self.cancel_event.set()
+        """No call is admitted once this returns (take() checks under the same lock)."""
+        with self._lock:
+            self.cancel_event.set()
 
     def _check_cancel(self) -> None:
         if self.cancel_event.is_set() or self._cancelled():
@@ -124,8 +127,8 @@ class _Budget:
 
     def take(self, phase: "_Phase", units: int = 1) -> None:
         """Count `units` calls for `phase`, or raise: cancelled, phase over, cap or deadline reached."""
-        self._check_cancel()
         with self._lock:
+            self._check_cancel()
             if phase.closed:
                 raise _BudgetReached(f"the {phase.name} phase is over")
             if phase.cap and self.used + units > phase.cap:
@@ -526,6 +529,10 @@ def _prepare(task: OptimizeTask, lm: Any, lm_for: LMResolver | None, rules: prog
     if lm is None:
         raise RuntimeError("no LM configured for the optimizer worker (dspy.configure(lm=...) or lm=)")
     options = catalog.check_optimizer(task.optimizer, task.options, _AnyModel())
+    if task.optimizer == "mipro_v2" and importlib.util.find_spec("optuna") is None:
+        # MIPROv2 imports it only after bootstrapping and proposing: refuse before spending those calls.
+        raise PoolError("optimizer 'mipro_v2' needs the optuna package, which this server does not have installed",
+                        kind=ErrorKind.FAILED_PRECONDITION)
     kinds.load_builtins()  # already done in a zygote's children; idempotent
     spec = pb.ProgramSpec.FromString(task.spec)
     base = programs.build(spec, rules)
@@ -625,7 +632,7 @@ class _Runner:
                    self.num_threads, phase, lambda model: gated(self.p.lms[model], phase), self.status)
         refused_before = self.budget.refused
         try:
-            with dspy.context(lm=lm, callbacks=[recorder]):
+            with dspy.context(lm=lm, callbacks=[*(dspy.settings.get("callbacks") or []), recorder]):
                 program = _OPTIMIZERS[name](job)
             stopped = False
         except _BudgetReached:

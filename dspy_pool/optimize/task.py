@@ -43,6 +43,7 @@ class OptimizeTask:
     budget: Budget = Budget()
     seed: int = 0
     num_threads: int = 4  # concurrent LM calls of this job (the optimizer worker's own cap)
+    allowed_lms: tuple[str, ...] = ()  # "MODEL" or "MODEL@API_BASE": the LMs a judge or GEPA's reflection may use
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,6 +13,7 @@ answering pings and the cancel.
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
 from typing import Any
 
@@ -35,7 +36,22 @@ def task_from_wire(work: wire.OptimizeWork) -> OptimizeTask:
         options=structs.struct_to_dict(work.options),
         metric=MetricSpec(work.metric_kind, tuple(work.metric_fields), structs.struct_to_dict(work.metric_options)),
         budget=Budget(work.max_lm_calls, work.max_seconds), seed=work.seed, num_threads=work.num_threads or 4,
+        allowed_lms=tuple(work.allowed_lms),
     )
+
+
+def lm_resolver(worker: Any, allowed_lms: tuple[str, ...]):
+    """model name -> the LM to call for it: only the operator's allow-listed models (or the serving LM itself)."""
+    endpoints = {entry.partition("@")[0]: entry.partition("@")[2] for entry in allowed_lms}
+
+    def lm_for(model: str):
+        if model in endpoints:
+            return worker.extra_lms.get(model, endpoints[model])
+        if worker.lm is not None and getattr(worker.lm, "model", None) == model:
+            return worker.lm
+        raise PoolError(f"LM {model!r} is not on the operator's allow-list (--optimizer-lms)", kind=ErrorKind.INVALID_ARGUMENT)
+
+    return lm_for
 
 
 def progress_to_wire(progress: Progress) -> wire.OptimizeProgress:
@@ -66,7 +82,9 @@ async def run_job(worker: Any, request_id: int, payload: bytes, cancel: threadin
         task = task_from_wire(wire.OptimizeWork.FromString(payload))
         from dspy_pool.optimize import runner  # imports DSPy's optimizers: only optimizer workers pay for it
 
-        result = await loop.run_in_executor(None, runner.run, task, on_progress, cancel.is_set)
+        call = functools.partial(runner.run, task, on_progress, cancel.is_set, lm_for=lm_resolver(worker, task.allowed_lms),
+                                 rules=worker.rules)
+        result = await loop.run_in_executor(None, call)
         worker.send(FrameType.OPTIMIZED, request_id, reply_to_wire(result).SerializeToString())
     except Cancelled:
         worker.send_error(request_id, PoolError("the optimization was cancelled", kind=ErrorKind.CANCELLED))

@@ -31,7 +31,7 @@ def task_to_wire(task: OptimizeTask) -> wire.OptimizeWork:
     work = wire.OptimizeWork(
         spec=task.spec, optimizer=task.optimizer, metric_kind=task.metric.kind, metric_fields=list(task.metric.fields),
         max_lm_calls=task.budget.max_lm_calls, max_seconds=task.budget.max_seconds, seed=task.seed,
-        num_threads=task.num_threads,
+        num_threads=task.num_threads, allowed_lms=list(task.allowed_lms),
     )
     for examples, target in ((task.train, work.train), (task.dev, work.dev)):
         for example in examples:
