@@ -83,5 +83,9 @@ class ProgramStats:
         return out
 
     def all(self) -> dict[tuple[str, int, str], ArmView]:
-        return {key: view for name in {k[0] for k in self._arms} for view in self.view(name)
-                for key in [(name, view.version, view.arm)]}
+        """Every (program, version, arm) with its figures (for Prometheus)."""
+        out = {}
+        for program in sorted({key[0] for key in self._arms}):
+            for view in self.view(program):
+                out[(program, view.version, view.arm)] = view
+        return out

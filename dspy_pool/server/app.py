@@ -169,7 +169,7 @@ class App:
         sessions = self.config.sessions
         self.sessions = SessionStore(self.store, SessionLimits(sessions.ttl_s, sessions.max_turns, sessions.max_sessions, sessions.protect_s))
         exporter = PoolExporter(self.registry, self.metrics, breakers=breakers, scale_counts=lambda: pool.scale_counts(),
-                                cache_levels=lambda: self.cache.levels())
+                                cache_levels=lambda: self.cache.levels(), program_arms=lambda: self.service.stats.all())
         pool = self.pool = Pool(
             pool_settings(self.config), worker_settings(self.config, self.sim), scaling_settings(self.config), self.metrics,
             warmup_source=lambda: warmup_programs(registry, breakers), on_health_change=self._on_health_change,

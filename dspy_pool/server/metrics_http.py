@@ -186,14 +186,16 @@ class PoolExporter(Collector):
 
     def __init__(self, registry: CollectorRegistry, metrics: PoolMetrics, *,
                  scale_counts: Callable[[], tuple[dict[str, int], dict[str, int]]] | None = None, breakers: Any = None,
-                 cache_levels: Callable[[], list[tuple[str, Any]]] | None = None) -> None:
+                 cache_levels: Callable[[], list[tuple[str, Any]]] | None = None,
+                 program_arms: Callable[[], dict] | None = None) -> None:
         self.metrics = metrics
         self.scale_counts = scale_counts
         self.breakers = breakers
         self.cache_levels = cache_levels  # () -> [(level, CacheStats)]
+        self.program_arms = program_arms  # () -> {(program, version, arm): ArmView}
         self._lock = threading.Lock()
-        self._published: tuple[PoolSnapshot | None, WaitHistogram, dict[str, int], dict[str, int], tuple, tuple] = (
-            None, metrics.wait_histogram(), {}, {}, (), ())
+        self._published: tuple[PoolSnapshot | None, WaitHistogram, dict[str, int], dict[str, int], tuple, tuple, tuple] = (
+            None, metrics.wait_histogram(), {}, {}, (), (), ())
         registry.register(self)
 
     def observe(self, snapshot: PoolSnapshot) -> None:
@@ -206,7 +208,8 @@ class PoolExporter(Collector):
                 for key, snap in self.breakers.snapshots().items()
             )
         caches = tuple(self.cache_levels()) if self.cache_levels is not None else ()
-        published = (snapshot, self.metrics.wait_histogram(), scale_events, recycled, breakers, caches)
+        arms = tuple(self.program_arms().items()) if self.program_arms is not None else ()
+        published = (snapshot, self.metrics.wait_histogram(), scale_events, recycled, breakers, caches, arms)
         with self._lock:
             self._published = published
 
@@ -221,7 +224,7 @@ class PoolExporter(Collector):
 
     def collect(self) -> Iterable:
         with self._lock:
-            snapshot, histogram, scale_events, recycled, breakers, caches = self._published
+            snapshot, histogram, scale_events, recycled, breakers, caches, arms = self._published
         yield _histogram("dspy_pool_queue_wait_seconds", "Time calls waited in the queue before reaching a worker.", histogram)
         scales = CounterMetricFamily("dspy_pool_scale_events", "Pool resizes applied by the controller.", labels=["direction"])
         for direction in ("up", "down"):
@@ -242,6 +245,7 @@ class PoolExporter(Collector):
         yield breaker_state
         yield breaker_opened
         yield from _cache_families(caches)
+        yield from _arm_families(arms)
         if snapshot is None:
             return
         workers = GaugeMetricFamily("dspy_pool_workers", "Workers by state.", labels=["state"])
@@ -271,6 +275,22 @@ class PoolExporter(Collector):
         calls.add_metric(["rejected"], snapshot.rejected)
         calls.add_metric(["expired_in_queue"], snapshot.expired_in_queue)
         yield calls
+
+
+def _arm_families(arms: tuple) -> Iterable:
+    """Per program, version and arm (traditional, optimized, hybrid:..., evaluation, version): what GetProgramStats says."""
+    labels = ["program", "version", "arm"]
+    calls = CounterMetricFamily("dspy_pool_program_calls", "Calls per program version and execution arm.", labels=labels)
+    failed = CounterMetricFamily("dspy_pool_program_errors", "Failed calls per program version and execution arm.", labels=labels)
+    p50 = GaugeMetricFamily("dspy_pool_program_latency_p50_seconds", "Latency p50 over the last calls.", labels=labels)
+    p95 = GaugeMetricFamily("dspy_pool_program_latency_p95_seconds", "Latency p95 over the last calls.", labels=labels)
+    for (program, version, arm), view in arms:
+        key = [program, str(version), arm]
+        calls.add_metric(key, view.calls)
+        failed.add_metric(key, view.errors)
+        p50.add_metric(key, view.p50_ms / 1000.0)
+        p95.add_metric(key, view.p95_ms / 1000.0)
+    yield from (calls, failed, p50, p95)
 
 
 def _cache_families(caches: tuple) -> Iterable:

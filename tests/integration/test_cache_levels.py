@@ -88,7 +88,7 @@ async def test_an_invalid_cache_policy_is_invalid_argument():
 
 
 async def test_cache_levels_reach_prometheus():
-    """The metrics endpoint exports hits, misses and bytes per cache level."""
+    """The metrics endpoint exports hits, misses and bytes per cache level, and calls per program version and arm."""
     import urllib.request
 
     from .harness import eventually
@@ -110,7 +110,8 @@ async def test_cache_levels_reach_prometheus():
 
         async def exported():
             text = await asyncio.to_thread(scrape)
-            return 'dspy_pool_cache_hits_total{level="memory"} 1.0' in text and 'dspy_pool_cache_bytes{level="memory"}' in text
+            return ('dspy_pool_cache_hits_total{level="memory"} 1.0' in text and 'dspy_pool_cache_bytes{level="memory"}' in text
+                    and 'dspy_pool_program_calls_total{arm="traditional",program="metered",version="1"} 2.0' in text)
 
         await eventually(exported, timeout_s=10, interval_s=0.2)
     finally:
