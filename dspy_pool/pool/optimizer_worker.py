@@ -45,9 +45,12 @@ def lm_resolver(worker: Any, allowed_lms: tuple[str, ...]):
     endpoints = {entry.partition("@")[0]: entry.partition("@")[2] for entry in allowed_lms}
 
     def lm_for(model: str):
+        own = worker.lm is not None and getattr(worker.lm, "model", None) == model
+        if own and not endpoints.get(model):
+            return worker.lm  # the serving LM itself, at its own endpoint (not the provider's default one)
         if model in endpoints:
             return worker.extra_lms.get(model, endpoints[model])
-        if worker.lm is not None and getattr(worker.lm, "model", None) == model:
+        if own:
             return worker.lm
         raise PoolError(f"LM {model!r} is not on the operator's allow-list (--optimizer-lms)", kind=ErrorKind.INVALID_ARGUMENT)
 
