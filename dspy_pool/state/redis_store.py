@@ -850,12 +850,12 @@ class RedisStore(StateStore):
         fields = await self._client.hgetall(self._key("job:", job_id))
         return _job(job_id, fields) if fields else None
 
-    async def _newest_jobs(self, index: bytes, keep: Callable[[JobRecord], bool], limit: int) -> list[JobRecord]:
-        """Jobs of a zset index, newest first, that `keep` accepts, at most `limit`: read in batches."""
+    async def _newest_jobs(self, index: bytes, states: tuple[str, ...], limit: int) -> list[JobRecord]:
+        """Jobs of a zset index, newest first, in `states` (any when empty), at most `limit`: read in batches."""
         found: list[JobRecord] = []
-        start = 0
+        start, batch = 0, limit if not states else max(limit, _JOB_SCAN_BATCH)
         while len(found) < limit:
-            ids = await self._client.zrevrange(index, start, start + max(limit, _JOB_SCAN_BATCH) - 1)
+            ids = await self._client.zrevrange(index, start, start + batch - 1)
             if not ids:
                 break
             start += len(ids)
@@ -863,21 +863,18 @@ class RedisStore(StateStore):
                 for job_id in ids:
                     pipe.hgetall(self._key("job:", job_id))
                 replies = await pipe.execute()
-            for job_id, fields in zip(ids, replies):
-                if fields:
-                    job = _job(job_id.decode(), fields)
-                    if keep(job):
-                        found.append(job)
+            found.extend(job for job in (_job(i.decode(), f) for i, f in zip(ids, replies) if f)
+                         if not states or job.state in states)
         return found[:max(0, limit)]
 
     @_translated
     async def list_jobs(self, program: str = "", states: tuple[str, ...] = (), limit: int = 100) -> list[JobRecord]:
         index = self._key("jobs_by_program:", program) if program else self._key("jobs")
-        return await self._newest_jobs(index, lambda job: not states or job.state in states, limit)
+        return await self._newest_jobs(index, tuple(states), limit)
 
     @_translated
     async def find_job(self, dedup_key: str) -> JobRecord | None:
-        found = await self._newest_jobs(self._key("jobs_by_dedup:", dedup_key), lambda job: True, 1)
+        found = await self._newest_jobs(self._key("jobs_by_dedup:", dedup_key), (), 1)
         return found[0] if found else None
 
     @_translated

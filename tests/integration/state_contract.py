@@ -651,6 +651,16 @@ async def test_list_jobs_newest_first_with_filters(store):
     assert await store.list_jobs(program="nothing") == []
 
 
+async def test_list_jobs_finds_old_jobs_behind_many_newer_ones(store):
+    """A state filter finds the jobs in it however many newer jobs in other states come first."""
+    await store.put_job(_job("old", T0))
+    for n in range(150):
+        await store.put_job(_job(f"done{n:03}", T0 + 1 + n, state="succeeded"))
+    assert [j.job_id for j in await store.list_jobs(states=("queued",))] == ["old"]
+    assert [j.job_id for j in await store.list_jobs(program="qa", states=("queued",), limit=1)] == ["old"]
+    assert len(await store.list_jobs(limit=1000)) == 151
+
+
 async def test_list_jobs_follows_a_changed_program(store):
     """A job put again under another program is listed under the new one only."""
     await store.put_job(_job("j1"))
