@@ -5,14 +5,17 @@
 #
 # --spawn starts `dspy-pool serve --lm dummy` on HOST:PORT first and stops it on exit.
 # Reports go to bench/results/ghz/<profile>.json (override with GHZ_REPORTS=dir).
+# ghz exits 0 even when every call failed, so each JSON report is checked by
+# check_report.py: any status other than OK, or no successful call, fails the run (exit 1).
 # Exits 0 with a message when ghz is not on PATH (it is a Go binary this project
 # cannot install from its registries): https://ghz.sh/docs/install
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
+root="$(cd "$here/../.." && pwd)"
 spawn=0
 if [[ "${1:-}" == "--spawn" ]]; then spawn=1; shift; fi
 target="${1:-127.0.0.1:50051}"
-reports="${GHZ_REPORTS:-$here/../../bench/results/ghz}"   # bench/results/ is git-ignored
+reports="${GHZ_REPORTS:-$root/bench/results/ghz}"   # bench/results/ is git-ignored
 python="${PYTHON:-python3}"
 
 if ! command -v ghz >/dev/null 2>&1; then
@@ -42,13 +45,18 @@ fi
 
 "$python" "$here/register.py" --target "$target"
 mkdir -p "$reports"
-cd "$here"   # execute-proto.json names the proto relative to this folder
+reports="$(cd "$reports" && pwd)"
+cd "$root"   # ghz resolves "proto" and "import-paths" against the working directory (execute-proto.json)
 status=0
 for profile in execute execute-proto sessions; do
-  echo "ghz: $profile -> $reports/$profile.json"
+  report="$reports/$profile.json"
+  echo "ghz: $profile -> $report"
+  rm -f "$report"   # a stale report must not pass for this run's
   # the positional host overrides the config's "host"; -O/-o choose the JSON report
-  if ! ghz --config "$here/$profile.json" -O json -o "$reports/$profile.json" "$target"; then
-    echo "ghz $profile failed" >&2
+  if ! ghz --config "$here/$profile.json" -O json -o "$report" "$target"; then
+    echo "ghz $profile failed to run" >&2
+    status=1
+  elif ! "$python" "$here/check_report.py" "$report"; then
     status=1
   fi
 done

@@ -16,7 +16,6 @@ import uuid
 import grpc
 import structlog
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
 
 from prometheus_client import CollectorRegistry
 
@@ -30,6 +29,7 @@ from dspy_pool.server.cache import TieredCache
 from dspy_pool.server.config import ServerConfig, public_view, worker_bounds
 from dspy_pool.server.handlers import add_service
 from dspy_pool.server.metrics_http import MetricsInterceptor, PoolExporter, start_metrics_server, stop_metrics_server
+from dspy_pool.server import reflection
 from dspy_pool.server.registry import ProgramRegistry
 from dspy_pool.server.result_cache import ResultCache
 from dspy_pool.server.service import DSPyPoolService, breaker_config, resilience_settings, warmup_programs
@@ -192,7 +192,7 @@ class App:
                                        datasets=datasets, jobs=self.jobs)
         add_service(self.service, self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        reflection.enable_server_reflection((SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), self.server)
+        reflection.enable_server_reflection((SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name), self.server)
         await self._set_health(False)
         self.port = self.server.add_insecure_port(self.config.server.listen)
         if self.port == 0 and not self.config.server.listen.startswith("unix:"):
