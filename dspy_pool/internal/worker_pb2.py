@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import struct_pb2 as google_dot_protobuf_dot_struct__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x64spy_pool/internal/worker.proto\x12\x12\x64spy_pool.internal\x1a\x1cgoogle/protobuf/struct.proto\"\xc0\x02\n\x0cZygoteConfig\x12\n\n\x02lm\x18\x01 \x01(\t\x12\x13\n\x0blm_api_base\x18\x02 \x01(\t\x12\x12\n\nlm_api_key\x18\x03 \x01(\t\x12\x16\n\x0elm_num_retries\x18\x04 \x01(\x05\x12\x18\n\x10lm_cache_entries\x18\x05 \x01(\x05\x12\x14\n\x0clm_timeout_s\x18\x06 \x01(\x01\x12\x1a\n\x12worker_concurrency\x18\x07 \x01(\x05\x12\x17\n\x0fprogram_modules\x18\x08 \x03(\t\x12\x17\n\x0fmax_frame_bytes\x18\t \x01(\x05\x12\x1d\n\x15program_cache_entries\x18\n \x01(\x05\x12\x15\n\rlm_max_tokens\x18\x0b \x01(\x05\x12\x16\n\x0elm_temperature\x18\x0c \x01(\x01\x12\x17\n\x0flm_call_options\x18\r \x03(\t\"X\n\x0bZygoteReady\x12\x0b\n\x03pid\x18\x01 \x01(\x05\x12\x10\n\x08import_s\x18\x02 \x01(\x01\x12\x14\n\x0cmodule_kinds\x18\x03 \x03(\t\x12\x14\n\x0cmetric_kinds\x18\x04 \x03(\t\".\n\x0bSpawnWorker\x12\x11\n\tworker_id\x18\x01 \x01(\x05\x12\x0c\n\x04role\x18\x02 \x01(\t\"/\n\rWorkerSpawned\x12\x11\n\tworker_id\x18\x01 \x01(\x05\x12\x0b\n\x03pid\x18\x02 \x01(\x05\"A\n\x0cWorkerExited\x12\x11\n\tworker_id\x18\x01 \x01(\x05\x12\x0b\n\x03pid\x18\x02 \x01(\x05\x12\x11\n\texit_code\x18\x03 \x01(\x05\"\x1e\n\x0bZygoteError\x12\x0f\n\x07message\x18\x01 \x01(\t\">\n\x0bWorkerHello\x12\x11\n\tworker_id\x18\x01 \x01(\x05\x12\x0b\n\x03pid\x18\x02 \x01(\x05\x12\x0f\n\x07\x62oot_ms\x18\x03 \x01(\x01\"\x80\x02\n\x0bWorkRequest\x12\x13\n\x0bprogram_key\x18\x01 \x01(\t\x12\x0c\n\x04spec\x18\x02 \x01(\x0c\x12\'\n\x06inputs\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12+\n\x07history\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.ListValue\x12\x13\n\x0bhas_history\x18\x05 \x01(\x08\x12\x11\n\ttimeout_s\x18\x06 \x01(\x01\x12\x12\n\nrequest_id\x18\x07 \x01(\t\x12\x15\n\rvalidate_only\x18\x08 \x01(\x08\x12\x10\n\x08lm_model\x18\t \x01(\t\x12\x13\n\x0blm_api_base\x18\n \x01(\t\"\xd5\x01\n\tWorkReply\x12(\n\x07outputs\x18\x01 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x14\n\x0c\x65xecution_ms\x18\x02 \x01(\x01\x12\x15\n\rprompt_tokens\x18\x03 \x01(\x03\x12\x19\n\x11\x63ompletion_tokens\x18\x04 \x01(\x03\x12\x14\n\x0ctotal_tokens\x18\x05 \x01(\x03\x12\x13\n\x0binput_names\x18\x06 \x03(\t\x12\x14\n\x0coutput_names\x18\x07 \x03(\t\x12\x15\n\rtakes_history\x18\x08 \x01(\x08\"K\n\tWorkError\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x11\n\ttraceback\x18\x04 \x01(\t\"\\\n\x0bWorkerStats\x12\x11\n\trss_bytes\x18\x01 \x01(\x03\x12\x11\n\tin_flight\x18\x02 \x01(\x05\x12\x0e\n\x06served\x18\x03 \x01(\x03\x12\x17\n\x0fprograms_loaded\x18\x04 \x01(\x05\"d\n\x0fOptimizeExample\x12\'\n\x06inputs\x18\x01 \x01(\x0b\x32\x17.google.protobuf.Struct\x12(\n\x07outputs\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\"\xff\x02\n\x0cOptimizeWork\x12\x0c\n\x04spec\x18\x01 \x01(\x0c\x12\x32\n\x05train\x18\x02 \x03(\x0b\x32#.dspy_pool.internal.OptimizeExample\x12\x30\n\x03\x64\x65v\x18\x03 \x03(\x0b\x32#.dspy_pool.internal.OptimizeExample\x12\x11\n\toptimizer\x18\x04 \x01(\t\x12(\n\x07options\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x13\n\x0bmetric_kind\x18\x06 \x01(\t\x12\x15\n\rmetric_fields\x18\x07 \x03(\t\x12/\n\x0emetric_options\x18\x08 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x14\n\x0cmax_lm_calls\x18\t \x01(\x05\x12\x13\n\x0bmax_seconds\x18\n \x01(\x01\x12\x0c\n\x04seed\x18\x0b \x01(\x05\x12\x13\n\x0bnum_threads\x18\x0c \x01(\x05\x12\x13\n\x0b\x61llowed_lms\x18\r \x03(\t\"\x9f\x01\n\x10OptimizeProgress\x12\r\n\x05phase\x18\x01 \x01(\t\x12\x13\n\x0btrials_done\x18\x02 \x01(\x05\x12\x16\n\x0etrials_planned\x18\x03 \x01(\x05\x12\x12\n\nbest_score\x18\x04 \x01(\x01\x12\x16\n\x0ehas_best_score\x18\x05 \x01(\x08\x12\x10\n\x08lm_calls\x18\x06 \x01(\x05\x12\x11\n\telapsed_s\x18\x07 \x01(\x01\"\xa7\x01\n\rOptimizeReply\x12\x12\n\nstate_json\x18\x01 \x01(\t\x12\x16\n\x0e\x62\x61seline_score\x18\x02 \x01(\x01\x12\x17\n\x0foptimized_score\x18\x03 \x01(\x01\x12\x14\n\x0c\x64\x65v_examples\x18\x04 \x01(\x05\x12\x10\n\x08lm_calls\x18\x05 \x01(\x05\x12\x16\n\x0e\x62udget_limited\x18\x06 \x01(\x08\x12\x11\n\telapsed_s\x18\x07 \x01(\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1f\x64spy_pool/internal/worker.proto\x12\x12\x64spy_pool.internal\x1a\x1cgoogle/protobuf/struct.proto\"\xd3\x02\n\x0cZygoteConfig\x12\n\n\x02lm\x18\x01 \x01(\t\x12\x13\n\x0blm_api_base\x18\x02 \x01(\t\x12\x12\n\nlm_api_key\x18\x03 \x01(\t\x12\x16\n\x0elm_num_retries\x18\x04 \x01(\x05\x12\x18\n\x10lm_cache_entries\x18\x05 \x01(\x05\x12\x14\n\x0clm_timeout_s\x18\x06 \x01(\x01\x12\x1a\n\x12worker_concurrency\x18\x07 \x01(\x05\x12\x17\n\x0fprogram_modules\x18\x08 \x03(\t\x12\x17\n\x0fmax_frame_bytes\x18\t \x01(\x05\x12\x1d\n\x15program_cache_entries\x18\n \x01(\x05\x12\x15\n\rlm_max_tokens\x18\x0b \x01(\x05\x12\x16\n\x0elm_temperature\x18\x0c \x01(\x01\x12\x17\n\x0flm_call_options\x18\r \x03(\t\x12\x11\n\tlm_engine\x18\x0e \x01(\t\"X\n\x0bZygoteReady\x12\x0b\n\x03pid\x18\x01 \x01(\x05\x12\x10\n\x08import_s\x18\x02 \x01(\x01\x12\x14\n\x0cmodule_kinds\x18\x03 \x03(\t\x12\x14\n\x0cmetric_kinds\x18\x04 \x03(\t\".\n\x0bSpawnWorker\x12\x11\n\tworker_id\x18\x01 \x01(\x05\x12\x0c\n\x04role\x18\x02 \x01(\t\"/\n\rWorkerSpawned\x12\x11\n\tworker_id\x18\x01 \x01(\x05\x12\x0b\n\x03pid\x18\x02 \x01(\x05\"A\n\x0cWorkerExited\x12\x11\n\tworker_id\x18\x01 \x01(\x05\x12\x0b\n\x03pid\x18\x02 \x01(\x05\x12\x11\n\texit_code\x18\x03 \x01(\x05\"\x1e\n\x0bZygoteError\x12\x0f\n\x07message\x18\x01 \x01(\t\">\n\x0bWorkerHello\x12\x11\n\tworker_id\x18\x01 \x01(\x05\x12\x0b\n\x03pid\x18\x02 \x01(\x05\x12\x0f\n\x07\x62oot_ms\x18\x03 \x01(\x01\"\x80\x02\n\x0bWorkRequest\x12\x13\n\x0bprogram_key\x18\x01 \x01(\t\x12\x0c\n\x04spec\x18\x02 \x01(\x0c\x12\'\n\x06inputs\x18\x03 \x01(\x0b\x32\x17.google.protobuf.Struct\x12+\n\x07history\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.ListValue\x12\x13\n\x0bhas_history\x18\x05 \x01(\x08\x12\x11\n\ttimeout_s\x18\x06 \x01(\x01\x12\x12\n\nrequest_id\x18\x07 \x01(\t\x12\x15\n\rvalidate_only\x18\x08 \x01(\x08\x12\x10\n\x08lm_model\x18\t \x01(\t\x12\x13\n\x0blm_api_base\x18\n \x01(\t\"\xd5\x01\n\tWorkReply\x12(\n\x07outputs\x18\x01 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x14\n\x0c\x65xecution_ms\x18\x02 \x01(\x01\x12\x15\n\rprompt_tokens\x18\x03 \x01(\x03\x12\x19\n\x11\x63ompletion_tokens\x18\x04 \x01(\x03\x12\x14\n\x0ctotal_tokens\x18\x05 \x01(\x03\x12\x13\n\x0binput_names\x18\x06 \x03(\t\x12\x14\n\x0coutput_names\x18\x07 \x03(\t\x12\x15\n\rtakes_history\x18\x08 \x01(\x08\"K\n\tWorkError\x12\x0c\n\x04kind\x18\x01 \x01(\t\x12\x0c\n\x04type\x18\x02 \x01(\t\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x11\n\ttraceback\x18\x04 \x01(\t\"\\\n\x0bWorkerStats\x12\x11\n\trss_bytes\x18\x01 \x01(\x03\x12\x11\n\tin_flight\x18\x02 \x01(\x05\x12\x0e\n\x06served\x18\x03 \x01(\x03\x12\x17\n\x0fprograms_loaded\x18\x04 \x01(\x05\"d\n\x0fOptimizeExample\x12\'\n\x06inputs\x18\x01 \x01(\x0b\x32\x17.google.protobuf.Struct\x12(\n\x07outputs\x18\x02 \x01(\x0b\x32\x17.google.protobuf.Struct\"\xff\x02\n\x0cOptimizeWork\x12\x0c\n\x04spec\x18\x01 \x01(\x0c\x12\x32\n\x05train\x18\x02 \x03(\x0b\x32#.dspy_pool.internal.OptimizeExample\x12\x30\n\x03\x64\x65v\x18\x03 \x03(\x0b\x32#.dspy_pool.internal.OptimizeExample\x12\x11\n\toptimizer\x18\x04 \x01(\t\x12(\n\x07options\x18\x05 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x13\n\x0bmetric_kind\x18\x06 \x01(\t\x12\x15\n\rmetric_fields\x18\x07 \x03(\t\x12/\n\x0emetric_options\x18\x08 \x01(\x0b\x32\x17.google.protobuf.Struct\x12\x14\n\x0cmax_lm_calls\x18\t \x01(\x05\x12\x13\n\x0bmax_seconds\x18\n \x01(\x01\x12\x0c\n\x04seed\x18\x0b \x01(\x05\x12\x13\n\x0bnum_threads\x18\x0c \x01(\x05\x12\x13\n\x0b\x61llowed_lms\x18\r \x03(\t\"\x9f\x01\n\x10OptimizeProgress\x12\r\n\x05phase\x18\x01 \x01(\t\x12\x13\n\x0btrials_done\x18\x02 \x01(\x05\x12\x16\n\x0etrials_planned\x18\x03 \x01(\x05\x12\x12\n\nbest_score\x18\x04 \x01(\x01\x12\x16\n\x0ehas_best_score\x18\x05 \x01(\x08\x12\x10\n\x08lm_calls\x18\x06 \x01(\x05\x12\x11\n\telapsed_s\x18\x07 \x01(\x01\"\xa7\x01\n\rOptimizeReply\x12\x12\n\nstate_json\x18\x01 \x01(\t\x12\x16\n\x0e\x62\x61seline_score\x18\x02 \x01(\x01\x12\x17\n\x0foptimized_score\x18\x03 \x01(\x01\x12\x14\n\x0c\x64\x65v_examples\x18\x04 \x01(\x05\x12\x10\n\x08lm_calls\x18\x05 \x01(\x05\x12\x16\n\x0e\x62udget_limited\x18\x06 \x01(\x08\x12\x11\n\telapsed_s\x18\x07 \x01(\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,33 +33,33 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'dspy_pool.internal.worker_p
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_ZYGOTECONFIG']._serialized_start=86
-  _globals['_ZYGOTECONFIG']._serialized_end=406
-  _globals['_ZYGOTEREADY']._serialized_start=408
-  _globals['_ZYGOTEREADY']._serialized_end=496
-  _globals['_SPAWNWORKER']._serialized_start=498
-  _globals['_SPAWNWORKER']._serialized_end=544
-  _globals['_WORKERSPAWNED']._serialized_start=546
-  _globals['_WORKERSPAWNED']._serialized_end=593
-  _globals['_WORKEREXITED']._serialized_start=595
-  _globals['_WORKEREXITED']._serialized_end=660
-  _globals['_ZYGOTEERROR']._serialized_start=662
-  _globals['_ZYGOTEERROR']._serialized_end=692
-  _globals['_WORKERHELLO']._serialized_start=694
-  _globals['_WORKERHELLO']._serialized_end=756
-  _globals['_WORKREQUEST']._serialized_start=759
-  _globals['_WORKREQUEST']._serialized_end=1015
-  _globals['_WORKREPLY']._serialized_start=1018
-  _globals['_WORKREPLY']._serialized_end=1231
-  _globals['_WORKERROR']._serialized_start=1233
-  _globals['_WORKERROR']._serialized_end=1308
-  _globals['_WORKERSTATS']._serialized_start=1310
-  _globals['_WORKERSTATS']._serialized_end=1402
-  _globals['_OPTIMIZEEXAMPLE']._serialized_start=1404
-  _globals['_OPTIMIZEEXAMPLE']._serialized_end=1504
-  _globals['_OPTIMIZEWORK']._serialized_start=1507
-  _globals['_OPTIMIZEWORK']._serialized_end=1890
-  _globals['_OPTIMIZEPROGRESS']._serialized_start=1893
-  _globals['_OPTIMIZEPROGRESS']._serialized_end=2052
-  _globals['_OPTIMIZEREPLY']._serialized_start=2055
-  _globals['_OPTIMIZEREPLY']._serialized_end=2222
+  _globals['_ZYGOTECONFIG']._serialized_end=425
+  _globals['_ZYGOTEREADY']._serialized_start=427
+  _globals['_ZYGOTEREADY']._serialized_end=515
+  _globals['_SPAWNWORKER']._serialized_start=517
+  _globals['_SPAWNWORKER']._serialized_end=563
+  _globals['_WORKERSPAWNED']._serialized_start=565
+  _globals['_WORKERSPAWNED']._serialized_end=612
+  _globals['_WORKEREXITED']._serialized_start=614
+  _globals['_WORKEREXITED']._serialized_end=679
+  _globals['_ZYGOTEERROR']._serialized_start=681
+  _globals['_ZYGOTEERROR']._serialized_end=711
+  _globals['_WORKERHELLO']._serialized_start=713
+  _globals['_WORKERHELLO']._serialized_end=775
+  _globals['_WORKREQUEST']._serialized_start=778
+  _globals['_WORKREQUEST']._serialized_end=1034
+  _globals['_WORKREPLY']._serialized_start=1037
+  _globals['_WORKREPLY']._serialized_end=1250
+  _globals['_WORKERROR']._serialized_start=1252
+  _globals['_WORKERROR']._serialized_end=1327
+  _globals['_WORKERSTATS']._serialized_start=1329
+  _globals['_WORKERSTATS']._serialized_end=1421
+  _globals['_OPTIMIZEEXAMPLE']._serialized_start=1423
+  _globals['_OPTIMIZEEXAMPLE']._serialized_end=1523
+  _globals['_OPTIMIZEWORK']._serialized_start=1526
+  _globals['_OPTIMIZEWORK']._serialized_end=1909
+  _globals['_OPTIMIZEPROGRESS']._serialized_start=1912
+  _globals['_OPTIMIZEPROGRESS']._serialized_end=2071
+  _globals['_OPTIMIZEREPLY']._serialized_start=2074
+  _globals['_OPTIMIZEREPLY']._serialized_end=2241
 # @@protoc_insertion_point(module_scope)

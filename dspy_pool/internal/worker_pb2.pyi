@@ -8,7 +8,7 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class ZygoteConfig(_message.Message):
-    __slots__ = ("lm", "lm_api_base", "lm_api_key", "lm_num_retries", "lm_cache_entries", "lm_timeout_s", "worker_concurrency", "program_modules", "max_frame_bytes", "program_cache_entries", "lm_max_tokens", "lm_temperature", "lm_call_options")
+    __slots__ = ("lm", "lm_api_base", "lm_api_key", "lm_num_retries", "lm_cache_entries", "lm_timeout_s", "worker_concurrency", "program_modules", "max_frame_bytes", "program_cache_entries", "lm_max_tokens", "lm_temperature", "lm_call_options", "lm_engine")
     LM_FIELD_NUMBER: _ClassVar[int]
     LM_API_BASE_FIELD_NUMBER: _ClassVar[int]
     LM_API_KEY_FIELD_NUMBER: _ClassVar[int]
@@ -22,6 +22,7 @@ class ZygoteConfig(_message.Message):
     LM_MAX_TOKENS_FIELD_NUMBER: _ClassVar[int]
     LM_TEMPERATURE_FIELD_NUMBER: _ClassVar[int]
     LM_CALL_OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    LM_ENGINE_FIELD_NUMBER: _ClassVar[int]
     lm: str
     lm_api_base: str
     lm_api_key: str
@@ -35,7 +36,8 @@ class ZygoteConfig(_message.Message):
     lm_max_tokens: int
     lm_temperature: float
     lm_call_options: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, lm: _Optional[str] = ..., lm_api_base: _Optional[str] = ..., lm_api_key: _Optional[str] = ..., lm_num_retries: _Optional[int] = ..., lm_cache_entries: _Optional[int] = ..., lm_timeout_s: _Optional[float] = ..., worker_concurrency: _Optional[int] = ..., program_modules: _Optional[_Iterable[str]] = ..., max_frame_bytes: _Optional[int] = ..., program_cache_entries: _Optional[int] = ..., lm_max_tokens: _Optional[int] = ..., lm_temperature: _Optional[float] = ..., lm_call_options: _Optional[_Iterable[str]] = ...) -> None: ...
+    lm_engine: str
+    def __init__(self, lm: _Optional[str] = ..., lm_api_base: _Optional[str] = ..., lm_api_key: _Optional[str] = ..., lm_num_retries: _Optional[int] = ..., lm_cache_entries: _Optional[int] = ..., lm_timeout_s: _Optional[float] = ..., worker_concurrency: _Optional[int] = ..., program_modules: _Optional[_Iterable[str]] = ..., max_frame_bytes: _Optional[int] = ..., program_cache_entries: _Optional[int] = ..., lm_max_tokens: _Optional[int] = ..., lm_temperature: _Optional[float] = ..., lm_call_options: _Optional[_Iterable[str]] = ..., lm_engine: _Optional[str] = ...) -> None: ...
 
 class ZygoteReady(_message.Message):
     __slots__ = ("pid", "import_s", "module_kinds", "metric_kinds")

@@ -30,7 +30,7 @@ from dspy_pool.pool.supervisor import PoolSettings, WorkerPool
 from dspy_pool.pool.warmup import WARMUP_MODES, WarmupProgram, WarmupSettings
 
 __all__ = [
-    "WARMUP_MODES", "CallRequest", "CallResult", "LMChoice", "OptimizationRun", "OptimizeResult", "OptimizeTask", "Pool", "PoolSettings", "PoolView", "ProgramRef", "ProgramShape",
+    "LM_ENGINES", "WARMUP_MODES", "CallRequest", "CallResult", "LMChoice", "OptimizationRun", "OptimizeResult", "OptimizeTask", "Pool", "PoolSettings", "PoolView", "ProgramRef", "ProgramShape",
     "RecycleConfig", "ScalerConfig", "ScalingSettings", "Usage", "WarmupProgram", "WarmupSettings", "WorkerRef",
     "WorkerSettings", "WorkerView",
 ]
@@ -131,6 +131,10 @@ class PoolView:
         return sum(1 for worker in self.workers if worker.state == WorkerState.WARMING.value)
 
 
+# --lm-engine: dspy-pool's OpenAI-compatible client, DSPy's two engines, or lean where it fits (pool/lms.py).
+LM_ENGINES = ("lean", "lm15", "litellm", "auto")
+
+
 @dataclass(frozen=True, slots=True)
 class WorkerSettings:
     """What every worker is started with: the operator's LM (endpoint, model, key) and its bounds.
@@ -147,6 +151,7 @@ class WorkerSettings:
     lm_max_tokens: int = 0
     lm_temperature: float = 0.0
     lm_call_options: tuple[str, ...] = ()
+    lm_engine: str = "auto"  # one of LM_ENGINES (pool/lms.py chooses)
     worker_concurrency: int = 64
     program_modules: tuple[str, ...] = ()
     max_frame_bytes: int = 64 * 1024 * 1024
@@ -155,7 +160,7 @@ class WorkerSettings:
         return wire.ZygoteConfig(
             lm=self.lm, lm_api_base=self.lm_api_base, lm_api_key=self.lm_api_key, lm_num_retries=self.lm_num_retries,
             lm_cache_entries=self.lm_cache_entries, lm_timeout_s=self.lm_timeout_s, lm_max_tokens=self.lm_max_tokens,
-            lm_temperature=self.lm_temperature, lm_call_options=list(self.lm_call_options),
+            lm_temperature=self.lm_temperature, lm_call_options=list(self.lm_call_options), lm_engine=self.lm_engine,
             worker_concurrency=self.worker_concurrency, program_modules=list(self.program_modules),
             max_frame_bytes=self.max_frame_bytes,
         )

@@ -32,6 +32,7 @@ _LAZY_MODULES = (
     "dspy.clients.execution",
     "dspy._vendor.lm15.cloud.hosts",
     "dspy._vendor.lm15.cloud.sigv4",
+    "dspy_pool.pool.lean_lm",  # a fallback LM a worker builds on its loop may be a lean one
     "uvloop",
 )
 
@@ -60,6 +61,9 @@ def _build_configured_lm(config: wire.ZygoteConfig) -> None:
     sample = {name: option.min if option.min is not None else option.choices[0]
               for name, option in parse_lm_rules(config.lm_call_options).items()}
     lms.prepare_engine(lm, sample)
+    warm = getattr(lm, "warm", None)
+    if callable(warm):  # the lean engine: its capability answers and TLS context, computed once here (no socket)
+        warm()
 
 
 def _import_lazy_modules(config: wire.ZygoteConfig) -> None:

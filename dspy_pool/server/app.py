@@ -56,7 +56,7 @@ def worker_settings(config: ServerConfig, sim: SimLMProcess | None) -> WorkerSet
     return WorkerSettings(
         lm=lm, lm_api_base=api_base, lm_api_key=api_key, lm_num_retries=config.lm.num_retries,
         lm_cache_entries=config.lm.cache_entries, lm_timeout_s=config.lm.timeout_s, lm_max_tokens=config.lm.max_tokens,
-        lm_temperature=config.lm.temperature, lm_call_options=config.lm.call_options,
+        lm_temperature=config.lm.temperature, lm_call_options=config.lm.call_options, lm_engine=config.lm.engine,
         worker_concurrency=config.pool.worker_concurrency, program_modules=config.pool.programs,
         max_frame_bytes=config.server.max_message_bytes * 2 + 65536,
     )

@@ -29,7 +29,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, Iterator, Mapping
 
 from dspy_pool.options import DEFAULT_LM_CALL_OPTIONS, parse_lm_rule
-from dspy_pool.pool.api import WARMUP_MODES
+from dspy_pool.pool.api import LM_ENGINES, WARMUP_MODES
 
 ENV_PREFIX = "DSPY_POOL_"
 PROFILES_DIR = pathlib.Path(__file__).resolve().parent.parent / "profiles"
@@ -119,6 +119,9 @@ class LMSection(_Section):
     timeout_s: float = setting(0.0, "per-request LM timeout (0: derived from each call's deadline)", unit="s", flat="lm_timeout_s", minimum=0)
     max_tokens: int = setting(0, "max_tokens sent with every request (0: provider default)", flat="lm_max_tokens", minimum=0)
     temperature: float = setting(0.0, "temperature sent with every request (0: provider default)", flat="lm_temperature", minimum=0, maximum=2)
+    engine: str = setting("auto", "LM client: lean (dspy-pool's OpenAI-compatible client), DSPy's lm15 or litellm engine, or auto "
+                                  "(lean for OpenAI-compatible endpoints not behind a proxy, DSPy's choice otherwise)",
+                          flat="lm_engine", choices=LM_ENGINES)
     sim_latency: str = setting("fixed:20", "simulated LM latency: fixed:MS, uniform:LO:HI, lognormal:MEDIAN:SIGMA, exp:MEAN")
     fallback_lms: tuple[str, ...] = setting((), "LMs a fallback may name, MODEL or MODEL@API_BASE; clients name only the model", repeatable=True)
     call_options: tuple[str, ...] = setting(DEFAULT_LM_CALL_OPTIONS, "what a spec's lm_options may set: NAME=MIN:MAX or NAME=A|B|C "
