@@ -239,7 +239,7 @@ async def test_cancelling_an_in_flight_call_closes_its_request(sim, faults, engi
 async def test_64_concurrent_calls_share_one_pool(sim, faults, engine):
     """64 calls at once all answer; lean's one pool opens 64 connections once and reuses them for the next 64."""
     await faults(latency="fixed:50")
-    lm = build(sim, engine)
+    lm = build(sim, engine, lm_timeout_s=30.0)  # 64 connections at once to one sim on a loaded machine: not the short test timeout
     predict = dspy.Predict("question -> answer")
     for burst in range(2):
         answers = await asyncio.gather(*(run(lm, predict, question=f"q{burst}-{i}") for i in range(64)))
