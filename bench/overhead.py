@@ -421,6 +421,14 @@ def run(args) -> dict:
     }
     result["targets_met"] = {name: all(figure["met"] is True for figure in figures.values())
                              for name, figures in result["vs_floor"].items()}
+    result["setup"] = {
+        "floor": f"bench/floor.py --workers {args.workers} --concurrency {args.concurrency}: grpc.aio front and forked workers "
+                 "(uvloop), dspy.Predict on simlm.engine.make_dummy_lm, DSPy cache off, track_usage on, acall",
+        "dspy_pool": f"dspy-pool serve --lm dummy --workers {args.workers} --fixed-workers {args.workers} --state memory "
+                     f"--optimizer-workers 0 {' '.join(args.pool_arg)}".strip(),
+        "cpu_us_per_call": "psutil cpu_times per call completed: front = the front process (all its threads), workers = the "
+                           "worker processes (zygote left out), client = the load generator (its own process)",
+    }
     if "dspy_pool_before" in runs:  # after / before, per repeat
         after, before = runs["dspy_pool"], runs["dspy_pool_before"]
         result["after_vs_before"] = {

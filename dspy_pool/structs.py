@@ -85,21 +85,18 @@ def check_struct(message: struct_pb2.Struct | struct_pb2.ListValue, max_depth: i
     Reads the raw Value messages: converting to Python (`.items()`) is what
     raises protobuf's bare "Value not set", with no hint of where.
     """
+    # Runs on every call: paths are only spelled out for containers and for the Value at fault.
     stack: list[tuple[Any, int, str]] = [(message, 1, where)]
     while stack:
         node, depth, path = stack.pop()
         if depth > max_depth:
             raise ValueError(f"{path}: nested deeper than {max_depth} levels")
-        children = (
-            ((f"{path}.{key}", value) for key, value in node.fields.items())
-            if isinstance(node, struct_pb2.Struct)
-            else ((f"{path}[{index}]", value) for index, value in enumerate(node.values))
-        )
-        for child_path, value in children:
+        is_struct = isinstance(node, struct_pb2.Struct)
+        for key, value in node.fields.items() if is_struct else enumerate(node.values):
             kind = value.WhichOneof("kind")
-            if kind is None:
-                raise ValueError(f"{child_path}: value has no kind set (null, number, string, bool, struct or list)")
-            if kind == "struct_value":
-                stack.append((value.struct_value, depth + 1, child_path))
-            elif kind == "list_value":
-                stack.append((value.list_value, depth + 1, child_path))
+            if kind == "struct_value" or kind == "list_value":
+                child = f"{path}.{key}" if is_struct else f"{path}[{key}]"
+                stack.append((value.struct_value if kind == "struct_value" else value.list_value, depth + 1, child))
+            elif kind is None:
+                child = f"{path}.{key}" if is_struct else f"{path}[{key}]"
+                raise ValueError(f"{child}: value has no kind set (null, number, string, bool, struct or list)")

@@ -74,6 +74,7 @@ class WorkerHandle(asyncio.Protocol):
         self._on_dead = on_dead
         self._on_slot_free = on_slot_free
         self._transport: asyncio.Transport | None = None
+        self._outbox: list[bytes] = []  # frames written this turn of the loop, sent by _flush
         self._next_request_id = 1
         self._ping_sent_at: float | None = None
         self._output: list[WorkerOutputLog] = []
@@ -217,8 +218,17 @@ class WorkerHandle(asyncio.Protocol):
             self._write(FrameType.SHUTDOWN, 0)
 
     def _write(self, frame_type: FrameType, request_id: int, payload: bytes = b"") -> None:
+        # Frames written in one turn of the loop leave together, in order, at its end: under load many calls
+        # start per turn, and one write (one syscall, one wake-up of the worker) carries them all.
         if self._transport is not None and not self._transport.is_closing():
-            self._transport.write(encode(frame_type, request_id, payload))
+            self._outbox.append(encode(frame_type, request_id, payload))
+            if len(self._outbox) == 1:
+                asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        frames, self._outbox = self._outbox, []
+        if frames and self._transport is not None and not self._transport.is_closing():
+            self._transport.write(frames[0] if len(frames) == 1 else b"".join(frames))
 
     # -- death --------------------------------------------------------------
     def kill(self, reason: str, exit_code: int | None = None) -> None:

@@ -48,7 +48,7 @@ class FrameType(enum.IntEnum):
     ZYGOTE_ERROR = 25
 
 
-_KNOWN_TYPES = frozenset(int(t) for t in FrameType)
+_BY_CODE = {int(t): t for t in FrameType}  # a dict lookup per frame instead of an enum call
 
 
 class ProtocolError(Exception):
@@ -85,13 +85,14 @@ class FrameDecoder:
             length, type_code, request_id = _HEADER.unpack_from(buffer, offset)
             if length < HEADER_BYTES - _LENGTH_BYTES or length > self._max_frame_bytes:
                 raise ProtocolError(f"frame length {length} out of bounds")
-            if type_code not in _KNOWN_TYPES:
+            frame_type = _BY_CODE.get(type_code)
+            if frame_type is None:
                 raise ProtocolError(f"unknown frame type {type_code}")
             end = offset + _LENGTH_BYTES + length
             if len(buffer) < end:
                 break
             payload = bytes(buffer[offset + HEADER_BYTES : end])
-            frames.append(Frame(FrameType(type_code), request_id, payload))
+            frames.append(Frame(frame_type, request_id, payload))
             offset = end
         if offset:
             del buffer[:offset]

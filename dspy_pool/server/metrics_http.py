@@ -121,18 +121,27 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
                                   labels, buckets=HANDLING_BUCKETS_S, registry=registry)
         self._clock = clock
         self._methods: dict[tuple[str, str, str], _MethodMetrics] = {}
+        # Method path -> (the handler grpc found, its wrapper): generic handlers hand back the same handler object
+        # for a method on every call, so it is wrapped once, not once per call.
+        self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
 
     async def intercept_service(self, continuation, handler_call_details):
         handler = await continuation(handler_call_details)
         if handler is None:
             return None  # unknown method: grpc answers UNIMPLEMENTED itself
+        full_method = handler_call_details.method
+        wrapped = self._wrapped.get(full_method)
+        if wrapped is not None and wrapped[0] is handler:
+            return wrapped[1]
         rpc_type = _rpc_type(handler)
-        service, method = _split_method(handler_call_details.method)
+        service, method = _split_method(full_method)
         key = (rpc_type, service, method)
         metrics = self._methods.get(key)
         if metrics is None:
             metrics = self._methods[key] = _MethodMetrics(self, key)
-        return self._wrap(handler, rpc_type, metrics)
+        wrapper = self._wrap(handler, rpc_type, metrics)
+        self._wrapped[full_method] = (handler, wrapper)
+        return wrapper
 
     def _wrap(self, handler: grpc.RpcMethodHandler, rpc_type: str, metrics: _MethodMetrics) -> grpc.RpcMethodHandler:
         clock = self._clock

@@ -72,6 +72,15 @@ def chain_for(spec: pb.ProgramSpec, default_chain: tuple[str, ...]) -> FallbackC
 _CRASHES_REMEMBERED = 1024
 
 
+@dataclass(frozen=True, slots=True)
+class _ProgramFacts:
+    """What the hot path needs of a program version, worked out once per content (program key)."""
+
+    cache_policy: Policy
+    chain: FallbackChain | None  # None: the spec's chain is invalid (refused at registration; never expected here)
+    breaker_key: BreakerKey
+
+
 class ResilientExecutor:
     def __init__(self, executor, registry: ProgramRegistry, settings: ResilienceSettings, lm_endpoint: str,
                  breakers: AsyncBreakerGuard | None = None, cache: TieredCache | None = None) -> None:
@@ -81,7 +90,7 @@ class ResilientExecutor:
         self.lm_endpoint = lm_endpoint
         self.breakers = breakers if breakers is not None else AsyncBreakerGuard(BreakerRegistry(settings.breaker))
         self.cache = cache if cache is not None else TieredCache(ResultCache(settings.cache_entries, settings.cache_max_bytes), None)
-        self._policies: dict[str, Policy] = {}
+        self._facts: dict[str, _ProgramFacts] = {}
         self.retry_budget = retry_policy.RetryBudget(ratio=settings.retry_ratio)
         self.fallback_budget = FallbackBudget(settings.fallback_concurrency)
         self._rng = random.Random()
@@ -102,11 +111,10 @@ class ResilientExecutor:
                 self._crashes_counted.popitem(last=False)
         return outcome
 
-    def _primary_deadline(self, program: ProgramVersion, deadline: float) -> float:
+    def _primary_deadline(self, facts: _ProgramFacts, deadline: float) -> float:
         """The deadline less the fallback chain's reserve, so a hanging LM is cut off while the chain can still answer."""
-        try:
-            chain = chain_for(program.program.spec, self.settings.default_chain)
-        except ValueError:
+        chain = facts.chain
+        if chain is None or not chain.steps:  # no chain: nothing to keep back (reserve_s would say 0)
             return deadline
         return deadline - fallback_policy.reserve_s(chain, deadline - asyncio.get_running_loop().time())
 
@@ -124,14 +132,22 @@ class ResilientExecutor:
     def _cache_key(self, program: ProgramVersion, request: pb.ExecuteRequest) -> bytes:
         return cache_key(program.program.spec.name, program.program.version, request.inputs.SerializeToString(deterministic=True))
 
-    def cache_policy(self, program: ProgramVersion) -> Policy:
-        """The program's cache policy (validated at registration), worked out once per version."""
-        policy = self._policies.get(program.key)
-        if policy is None:
+    def _program_facts(self, program: ProgramVersion) -> _ProgramFacts:
+        facts = self._facts.get(program.key)
+        if facts is None:
             spec = program.program.spec
             has_cache_step = Step.CACHE.value in (tuple(spec.fallback.chain) or self.settings.default_chain)
-            policy = self._policies[program.key] = policy_for(spec, self.settings.cache_ttl_s, has_cache_step)
-        return policy
+            try:
+                chain = chain_for(spec, self.settings.default_chain)
+            except ValueError:
+                chain = None
+            facts = self._facts[program.key] = _ProgramFacts(policy_for(spec, self.settings.cache_ttl_s, has_cache_step), chain,
+                                                             BreakerKey(spec.name, self.lm_endpoint))
+        return facts
+
+    def cache_policy(self, program: ProgramVersion) -> Policy:
+        """The program's cache policy (validated at registration), worked out once per version."""
+        return self._program_facts(program).cache_policy
 
     async def _served_from_cache(self, program: ProgramVersion, request: pb.ExecuteRequest) -> Served | None:
         """An identical earlier call's result, for programs that serve from the cache (never within a session)."""
@@ -143,12 +159,13 @@ class ResilientExecutor:
         return Served(CallResult(struct_pb2.Struct.FromString(hit.value)), served_by="cache", cache_level=hit.level)
 
     async def execute(self, program: ProgramVersion, request: pb.ExecuteRequest, request_id: str, deadline: float) -> Served:
-        policy = self.cache_policy(program)
+        facts = self._program_facts(program)
+        policy = facts.cache_policy
         if policy.mode is Mode.SERVE:
             cached = await self._served_from_cache(program, request)
             if cached is not None:
                 return cached
-        key = BreakerKey(program.program.spec.name, self.lm_endpoint)
+        key = facts.breaker_key
         permit = self.breakers.acquire(key)
         if permit is None:
             return await self._fall_back(program, request, deadline, "breaker_open", errors.Unavailable(
@@ -157,7 +174,7 @@ class ResilientExecutor:
             # A half-open probe asks "is the LM back?" once; retrying it would multiply load on a sick provider.
             attempts = 1 if permit.probe else self.settings.max_attempts
             # The worker gets the primary's deadline as its timeout and cancels the LM request there.
-            served = await self._primary_with_retries(program, request, request_id, self._primary_deadline(program, deadline), attempts)
+            served = await self._primary_with_retries(program, request, request_id, self._primary_deadline(facts, deadline), attempts)
         except errors.PoolError as error:
             self.breakers.record(key, permit, self._outcome_for(key.program, error))
             reason = fallback_policy.classify(error.kind.value)

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import time
-import uuid
+from dataclasses import dataclass
 from typing import Callable
 
 import grpc
@@ -30,7 +31,7 @@ from dspy_pool.server.breaker import AsyncBreakerGuard, BreakerConfig, BreakerSt
 from dspy_pool.server.cache import TieredCache, policy_for
 from dspy_pool.server.config import ServerConfig
 from dspy_pool.server.executor import Executor
-from dspy_pool.server.registry import ProgramRegistry, ProgramVersion, check_inputs, check_spec, program_ref
+from dspy_pool.server.registry import HISTORY_INPUT, ProgramRegistry, ProgramVersion, check_inputs, check_spec, program_ref
 from dspy_pool.server.fallback import Step
 from dspy_pool.server.resilience import ResilienceSettings, ResilientExecutor, chain_for
 from dspy_pool.server.sessions import SessionStore, check_session_id
@@ -41,6 +42,7 @@ from dspy_pool.v1 import dspy_pool_pb2_grpc as pb_grpc
 log = structlog.get_logger("dspy_pool.server")
 
 _REQUEST_ID_MAX = 128
+_SHAPES_KEPT = 4096  # program versions whose _CallShape is kept; past it they are worked out again as calls come
 _VALIDATE_TIMEOUT_S = 60.0
 
 
@@ -111,6 +113,14 @@ def warmup_programs(registry: ProgramRegistry, breakers: AsyncBreakerGuard) -> l
     return out
 
 
+@dataclass(frozen=True, slots=True)
+class _CallShape:
+    """What Execute reads of a program version on every call, read from its spec once per content (program key)."""
+
+    input_names: frozenset[str]
+    capture_rate: float  # ProgramSpec.capture.sample_rate
+
+
 def _check_struct(message, max_depth: int, where: str) -> None:
     try:
         structs.check_struct(message, max_depth, where)
@@ -150,6 +160,7 @@ class DSPyPoolService(pb_grpc.DSPyPoolServicer):
         self.started_at = time.monotonic()
         self._register_lock = asyncio.Lock()
         self._failure_log = logs.RateLimiter()
+        self._shapes: dict[str, _CallShape] = {}  # program key (its content) -> what every call checks of it
 
     async def _abort(self, context: grpc.aio.ServicerContext, error: errors.PoolError) -> None:
         await context.abort_with_status(to_grpc_status(error))
@@ -245,13 +256,34 @@ class DSPyPoolService(pb_grpc.DSPyPoolServicer):
             raise errors.InvalidArgument("max_optimization_wait_ms must be >= 0")
         _check_struct(request.inputs, self.config.server.max_input_depth, "inputs")
 
+    def _shape(self, program: ProgramVersion) -> _CallShape:
+        shape = self._shapes.get(program.key)
+        if shape is None:
+            if len(self._shapes) >= _SHAPES_KEPT:
+                self._shapes.clear()
+            shape = self._shapes[program.key] = _CallShape(frozenset(program.program.input_names),
+                                                          program.program.spec.capture.sample_rate)
+        return shape
+
+    def _check_inputs(self, request: pb.ExecuteRequest, program: ProgramVersion, shape: _CallShape) -> None:
+        """check_inputs, answered at once when the call names exactly the program's inputs (the usual case)."""
+        given = set(request.inputs.fields)
+        if given != shape.input_names or HISTORY_INPUT in given:
+            check_inputs(request.program, given, program.input_names, program.takes_history)
+
     async def _route(self, request: pb.ExecuteRequest, request_id: str) -> tuple[ProgramVersion, routing.Route, str]:
         """The version this call runs (the policy, the call's mode, its session), and a fallback reason if any."""
         if request.version:
             program = await self.registry.find(request.program, request.version)
             return program, routing.Route(program.program.version, "version"), ""
-        await self.registry.find(request.program)  # refreshes once if another replica registered it
+        try:
+            self.registry.get(request.program)
+        except errors.NotFound:
+            await self.registry.find(request.program)  # refreshes once if another replica registered it
         base = self.registry.base_version(request.program)
+        if not request.mode and request.program not in self.registry.policies:
+            # No policy and no mode asked for: traditional, the base version (what routing.route answers then).
+            return base, routing.Route(base.program.version, routing.Mode.TRADITIONAL.value), ""
         policy = self.registry.policy(request.program)
         try:
             view = routing.PolicyView(routing.parse_mode(policy.mode or "traditional"), policy.base_version or base.program.version,
@@ -290,46 +322,59 @@ class DSPyPoolService(pb_grpc.DSPyPoolServicer):
         loop = asyncio.get_running_loop()
         received = loop.time()
         deadline = _deadline(context, self.config, loop)
-        request_id = request.request_id or uuid.uuid4().hex
-        with structlog.contextvars.bound_contextvars(request_id=request_id, program=request.program):
-            program = route = None
-            try:
-                self._check_request(request)
-                program, route, pending = await self._route(request, request_id)
-                check_inputs(request.program, request.inputs.keys(), program.input_names, program.takes_history)
-                compare = (asyncio.ensure_future(self._compare(request, route.compare_with, request_id, deadline))
-                           if route.compare_with else None)
-                served = await self.resilient.execute(program, request, request_id, deadline)
-                evaluation = await compare if compare is not None else None
-            except errors.PoolError as error:
-                if route is not None and not error.meaning.caller_fault:
-                    self.stats.record(program.name, program.program.version, route.label, (loop.time() - received) * 1000.0, True)
-                self._log_failure(error)
-                await self._abort(context, error)
-                return
+        # 128 random bits as 32 hex digits, like uuid4().hex without building a UUID (this runs on every call).
+        request_id = request.request_id or os.urandom(16).hex()
+        # bind + reset by token: what bound_contextvars does, without its snapshot of every bound variable.
+        bound = structlog.contextvars.bind_contextvars(request_id=request_id, program=request.program)
+        program = route = None
+        try:
+            self._check_request(request)
+            program, route, pending = await self._route(request, request_id)
+            shape = self._shape(program)
+            self._check_inputs(request, program, shape)
+            compare = (asyncio.ensure_future(self._compare(request, route.compare_with, request_id, deadline))
+                       if route.compare_with else None)
+            served = await self.resilient.execute(program, request, request_id, deadline)
+            evaluation = await compare if compare is not None else None
+        except errors.PoolError as error:
+            if route is not None and not error.meaning.caller_fault:
+                self.stats.record(program.name, program.program.version, route.label, (loop.time() - received) * 1000.0, True)
+            self._log_failure(error)
+            await self._abort(context, error)
+            return
+        finally:
+            structlog.contextvars.reset_contextvars(**bound)
         result = served.result
         total_ms = (loop.time() - received) * 1000.0
-        self.stats.record(program.name, program.program.version, route.label, total_ms, False)
-        capture = program.program.spec.capture
-        if capture.sample_rate > 0 and sampled(request_id, capture.sample_rate):
-            self.captures.keep(request_id, Captured(program.name, program.program.version, structs.struct_to_dict(request.inputs),
+        name, version = program.name, program.program.version
+        self.stats.record(name, version, route.label, total_ms, False)
+        if shape.capture_rate > 0 and sampled(request_id, shape.capture_rate):
+            capture = program.program.spec.capture
+            self.captures.keep(request_id, Captured(name, version, structs.struct_to_dict(request.inputs),
                                                     structs.struct_to_dict(result.outputs)), capture.max_examples or 1000)
+        # Scalars through the constructor, sub-messages filled in place (no temporary messages to copy);
+        # fields left at their defaults are not set at all.
+        response = pb.ExecuteResponse(program=name, program_version=version, request_id=request_id, served_by=served.served_by,
+                                      execution_mode=route.label)
         worker = result.worker
-        response = pb.ExecuteResponse(
-            program=program.name,
-            program_version=program.program.version,
-            request_id=request_id,
-            worker=pb.WorkerRef(id=worker.id, pid=worker.pid) if worker is not None else None,
-            timings=pb.Timings(queue_wait_ms=max(0.0, total_ms - result.execution_ms), execution_ms=result.execution_ms, total_ms=total_ms),
-            usage=pb.Usage(prompt_tokens=result.usage.prompt_tokens, completion_tokens=result.usage.completion_tokens, total_tokens=result.usage.total_tokens),
-            served_by=served.served_by,
-            fallback_reason=served.fallback_reason or pending,
-            session_id=request.session_id,
-            session_started=served.session.started,
-            session_lost=served.session.lost,
-            cache_level=served.cache_level,
-            execution_mode=route.label,
-        )
+        if worker is not None:
+            response.worker.id, response.worker.pid = worker.id, worker.pid
+        timings = response.timings
+        timings.queue_wait_ms, timings.execution_ms, timings.total_ms = max(0.0, total_ms - result.execution_ms), result.execution_ms, total_ms
+        usage, tokens = response.usage, result.usage
+        usage.prompt_tokens, usage.completion_tokens, usage.total_tokens = tokens.prompt_tokens, tokens.completion_tokens, tokens.total_tokens
+        fallback_reason = served.fallback_reason or pending
+        if fallback_reason:
+            response.fallback_reason = fallback_reason
+        session = served.session
+        if request.session_id:
+            response.session_id = request.session_id
+        if session.started:
+            response.session_started = True
+        if session.lost:
+            response.session_lost = session.lost
+        if served.cache_level:
+            response.cache_level = served.cache_level
         response.outputs.CopyFrom(result.outputs)
         if evaluation is not None:
             response.evaluation.CopyFrom(evaluation)
