@@ -15,6 +15,7 @@ answers; watchers get each change as it is committed.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hashlib
 import heapq
 import itertools
@@ -278,7 +279,7 @@ class JobManager:
             event.set()
 
     async def _update(self, record: JobRecord, **changes) -> JobRecord:
-        record = JobRecord(**{**{f: getattr(record, f) for f in record.__dataclass_fields__}, **changes, "updated_at": time.time()})
+        record = dataclasses.replace(record, **changes, updated_at=time.time())
         await self.store.put_job(record)
         self._notify(record)
         return record
@@ -367,9 +368,9 @@ class JobManager:
             lm_calls=progress.lm_calls, elapsed_s=progress.elapsed_s,
         )
         record = state["record"]
-        record = JobRecord(**{**{f: getattr(record, f) for f in record.__dataclass_fields__},
-                              "progress": message.SerializeToString(), "updated_at": time.time(),
-                              "lease_expires_at": time.time() + self.settings.lease_s})
+        now = time.time()
+        record = dataclasses.replace(record, progress=message.SerializeToString(), updated_at=now,
+                                     lease_expires_at=now + self.settings.lease_s)
         state["record"] = record
         self._notify(record)
         if time.monotonic() - state["written_at"] >= _PROGRESS_WRITE_S:

@@ -3,16 +3,13 @@
 The CLI runs in-process through `dspy_pool.cli.main` on a thread (its gRPC channel is
 synchronous; the server shares this module's loop), with stdout and stderr captured; one
 test runs `optimize` as a subprocess in a pseudo-terminal, as a user would. The server has
-one serving worker and one optimizer worker. Tests that need a job to run skip, saying
-why, while the optimizer parts are not importable yet; the pure helpers are tested first.
+one serving worker and one optimizer worker; the pure helpers are tested first.
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
-import importlib
-import importlib.util
 import io
 import json
 import os
@@ -35,33 +32,8 @@ pytestmark = pytest.mark.timeout(120)
 on_server_loop = pytest.mark.asyncio(loop_scope="module")  # the async tests share the module's server and loop
 
 
-def server_missing() -> str | None:
-    """Why no server can start here, or None. Only a missing optimizer module is a reason to skip."""
-    try:
-        importlib.import_module("dspy_pool.server.app")
-    except ImportError as exc:
-        if "dspy_pool.optimize" in str(exc) or (exc.name or "").startswith("dspy_pool.optimize"):
-            return f"the server does not import yet (the optimizer parts are being finished): {exc}"
-        raise
-    return None
-
-
-def optimizer_missing() -> str | None:
-    """Why no optimization job can run here, or None."""
-    try:
-        importlib.import_module("dspy_pool.optimize.catalog")
-    except ImportError as exc:
-        return f"dspy_pool.optimize.catalog does not import yet ({exc}): no optimization can run"
-    if importlib.util.find_spec("dspy_pool.optimize.runner") is None:
-        return "dspy_pool.optimize.runner is not there yet: an optimizer worker cannot run a job"
-    return None
-
-
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def server():
-    reason = server_missing()
-    if reason:
-        pytest.skip(reason)
     from .harness import running_app
 
     # The server logs in this process, to the stdout the tests capture: keep its lines out.
@@ -302,9 +274,6 @@ DEV = (("What is 3+3?", "6"), ("What is the capital of Italy?", "Rome"))
 @on_server_loop
 async def test_optimize_waits_and_prints_the_new_version_then_jobs_show_it(cli, tmp_path):
     """`optimize` with labeled_few_shot waits, prints the new version and scores; jobs list/get/watch/cancel see the job."""
-    reason = optimizer_missing()
-    if reason:
-        pytest.skip(reason)
     await _register(cli, tmp_path, "cli_opt")
     path = _write(tmp_path, "opt.jsonl", _jsonl(_rows("train", *TRAIN) + _rows("dev", *DEV)))
     assert (await cli("datasets", "add", "cli_opt_ds", path)).code == 0
@@ -340,9 +309,6 @@ async def test_optimize_waits_and_prints_the_new_version_then_jobs_show_it(cli, 
 @on_server_loop
 async def test_optimize_in_a_terminal_draws_a_live_line_then_the_result(target, tmp_path, cli):
     """`python -m dspy_pool.cli optimize` in a terminal redraws one progress line, prints the result, exits 0."""
-    reason = optimizer_missing()
-    if reason:
-        pytest.skip(reason)
     await _register(cli, tmp_path, "cli_tty")
     path = _write(tmp_path, "tty.jsonl", _jsonl(_rows("train", *TRAIN) + _rows("dev", *DEV)))
     assert (await cli("datasets", "add", "cli_tty_ds", path)).code == 0

@@ -3,13 +3,10 @@
 Datasets, execution policies, per-arm stats, `execute(mode=...)` and its `execution_mode`,
 and `optimize(...)`. The client is imported from the source tree (clients/python on
 sys.path). One server with one serving worker and one optimizer worker, on this module's
-event loop, so the blocking Client runs in a thread. Tests that need a job to run skip,
-saying why, while the optimizer parts are not importable yet.
+event loop, so the blocking Client runs in a thread.
 """
 
 import asyncio
-import importlib
-import importlib.util
 import io
 import pathlib
 import sys
@@ -36,33 +33,8 @@ on_server_loop = pytest.mark.asyncio(loop_scope="module")  # the async tests sha
 QA = "question -> answer"
 
 
-def server_missing() -> str | None:
-    """Why no server can start here, or None. Only a missing optimizer module is a reason to skip."""
-    try:
-        importlib.import_module("dspy_pool.server.app")
-    except ImportError as exc:
-        if "dspy_pool.optimize" in str(exc) or (exc.name or "").startswith("dspy_pool.optimize"):
-            return f"the server does not import yet (the optimizer parts are being finished): {exc}"
-        raise
-    return None
-
-
-def optimizer_missing() -> str | None:
-    """Why no optimization job can run here, or None."""
-    try:
-        importlib.import_module("dspy_pool.optimize.catalog")
-    except ImportError as exc:
-        return f"dspy_pool.optimize.catalog does not import yet ({exc}): no optimization can run"
-    if importlib.util.find_spec("dspy_pool.optimize.runner") is None:
-        return "dspy_pool.optimize.runner is not there yet: an optimizer worker cannot run a job"
-    return None
-
-
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def target():
-    reason = server_missing()
-    if reason:
-        pytest.skip(reason)
     from .harness import running_app
 
     async with running_app(workers=1, optimizer_workers=1) as (app, _stub, _channel):
@@ -304,9 +276,6 @@ async def test_program_stats_count_calls_per_version_and_arm(target):
 @on_server_loop
 async def test_start_optimization_checks_program_and_dataset(target):
     """StartOptimization: an unknown dataset is NOT_FOUND; one without dev examples is INVALID_ARGUMENT."""
-    reason = optimizer_missing()
-    if reason and "catalog" in reason:
-        pytest.skip(reason)
     async with AsyncClient(target, default_timeout=20) as client:
         await client.register_program("py_checks", QA)
         await client.add_examples("py_train_only", "train", examples(("q", "a")))
@@ -321,9 +290,6 @@ async def test_start_optimization_checks_program_and_dataset(target):
 @on_server_loop
 async def test_optimize_labeled_few_shot_returns_a_new_version(target):
     """optimize() waits for a labeled_few_shot job on a tiny dataset and returns it with a new, scored version."""
-    reason = optimizer_missing()
-    if reason:
-        pytest.skip(reason)
     train = examples(("What is 2+2?", "4"), ("What is the capital of France?", "Paris"), ("What color is the sky?", "blue"))
     dev = examples(("What is 3+3?", "6"), ("What is the capital of Italy?", "Rome"))
     with Client(target, default_timeout=20) as client:
@@ -350,9 +316,6 @@ async def test_optimize_labeled_few_shot_returns_a_new_version(target):
 @on_server_loop
 async def test_async_watch_follows_a_job_to_its_end(target):
     """AsyncClient: start_optimization returns a queued or running job; watch_optimization yields it until it ends."""
-    reason = optimizer_missing()
-    if reason:
-        pytest.skip(reason)
     async with AsyncClient(target, default_timeout=20) as client:
         base = await client.register_program("py_watch", QA)
         await client.add_examples("py_watch_ds", "train", examples(("2+2?", "4"), ("3+3?", "6")))
