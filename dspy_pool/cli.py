@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import json
 import sys
+from dataclasses import dataclass
 
 from dspy_pool import client_cli, logs
 from dspy_pool.server import config as config_module
@@ -36,19 +37,31 @@ def _serve(args: argparse.Namespace) -> int:
             if args.demo:
                 demos.append(asyncio.ensure_future(_demo_call(config.server.listen)))
 
-        await serve(config, on_serving)
+        if config.server.front_processes > 1:
+            from dspy_pool.fronts.supervisor import serve_group
+
+            await serve_group(config, lambda port: on_serving(_Bound(port)))
+        else:
+            await serve(config, on_serving)
         for demo in demos:
             demo.cancel()
 
     try:
-        _run(run())
+        run_loop(run())
     except Exception as exc:
         print(f"dspy-pool: failed: {exc}", file=sys.stderr)
         return 1
     return 0
 
 
-def _run(coro) -> None:
+@dataclass(frozen=True)
+class _Bound:
+    """What the serving hint needs of a server: its bound port."""
+
+    port: int
+
+
+def run_loop(coro) -> None:
     try:
         import uvloop
 

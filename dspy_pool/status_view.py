@@ -50,15 +50,24 @@ def summary(status: pb.PoolStatus) -> Table:
                             f"   cpu {status.worker_cpu_percent:.0f}%")
     grid.add_row("sessions", f"{status.sessions}   {status.sessions_evicted} evicted   {status.sessions_refused} refused")
     grid.add_row("programs", f"{status.programs}   warm-up {status.warmup_calls} calls, {status.warmup_failures} failed")
+    if status.fronts:
+        grid.add_row("fronts", "   ".join(_front_cell(front) for front in status.fronts))
     return grid
+
+
+def _front_cell(front: pb.FrontStatus) -> str:
+    state = "serving" if front.serving else "NOT serving"
+    return f"{front.index}{'*' if front.answered else ''} pid {front.pid} {state}, {front.in_flight} in flight"
 
 
 def workers_table(status: pb.PoolStatus) -> Table:
     table = Table(title="workers", title_justify="left", box=None, header_style="bold")
-    for column in ("id", "pid", "state", "in flight", "served", "failed", "RSS MiB", "uptime"):
+    columns = (("front",) if status.fronts else ()) + ("id", "pid", "state", "in flight", "served", "failed", "RSS MiB", "uptime")
+    for column in columns:
         table.add_column(column, justify="left" if column == "state" else "right")
-    for worker in sorted(status.workers, key=lambda w: w.id):
-        table.add_row(str(worker.id), str(worker.pid), Text(worker.state, style=_STATE_STYLE.get(worker.state, "")),
+    for worker in sorted(status.workers, key=lambda w: (w.front, w.id)):
+        front = (str(worker.front),) if status.fronts else ()
+        table.add_row(*front, str(worker.id), str(worker.pid), Text(worker.state, style=_STATE_STYLE.get(worker.state, "")),
                       str(worker.in_flight), str(worker.served), str(worker.failed),
                       f"{worker.rss_bytes / _MIB:.1f}", duration(worker.uptime_s))
     return table

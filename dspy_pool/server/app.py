@@ -29,6 +29,7 @@ from dspy_pool.server.cache import TieredCache
 from dspy_pool.server.config import ServerConfig, public_view, worker_bounds
 from dspy_pool.server.handlers import add_service
 from dspy_pool.server.metrics_http import MetricsInterceptor, PoolExporter, start_metrics_server, stop_metrics_server
+from dspy_pool.server.peers import FrontGroup, Peers
 from dspy_pool.server import reflection
 from dspy_pool.server.registry import ProgramRegistry
 from dspy_pool.server.result_cache import ResultCache
@@ -78,7 +79,7 @@ def scaling_settings(config: ServerConfig) -> ScalingSettings:
     return ScalingSettings(scaler_config(config), config.scaling.controller_interval_s, config.pool.fixed_workers or None, recycle)
 
 
-def grpc_options(config: ServerConfig) -> list[tuple[str, int]]:
+def grpc_options(config: ServerConfig, share_port: bool = False) -> list[tuple[str, int]]:
     # grpc core queues calls the application has not picked up yet and, past
     # 1,000 (3,000 hard), cancels them before our own queue bound can answer
     # RESOURCE_EXHAUSTED with a retry hint. Let our queue govern: lift core's
@@ -88,7 +89,9 @@ def grpc_options(config: ServerConfig) -> list[tuple[str, int]]:
     return [
         ("grpc.max_receive_message_length", config.server.max_message_bytes * 2),
         ("grpc.max_send_message_length", config.server.max_message_bytes * 2),
-        ("grpc.so_reuseport", 0),
+        # Off, so a second server on a taken port fails instead of silently sharing it;
+        # on only for the fronts of one group, which share the port on purpose.
+        ("grpc.so_reuseport", 1 if share_port else 0),
         ("grpc.server.max_pending_requests", pending),
         ("grpc.server.max_pending_requests_hard_limit", pending * 2),
     ]
@@ -126,14 +129,16 @@ def warn_if_keyless(config: ServerConfig) -> None:
 
 
 class App:
-    def __init__(self, config: ServerConfig) -> None:
+    def __init__(self, config: ServerConfig, front: FrontGroup | None = None) -> None:
         validate(config)
         self.config = config
+        self.front = front  # this process's place among --front-processes N, or None when it is the only front
         self.sim: SimLMProcess | None = None
         self.pool: Pool | None = None
         self.store: StateStore | None = None
         self.cache: TieredCache | None = None
         self.jobs: JobManager | None = None
+        self.service: DSPyPoolService | None = None
         self.server: grpc.aio.Server | None = None
         self.health: health.aio.HealthServicer | None = None
         self.port = 0
@@ -153,7 +158,7 @@ class App:
         # Read before anything starts: a bad file stops start-up naming the file, the entry and the field.
         file_specs = load_specs(self.config.state.programs_file) if self.config.state.programs_file else []
         # The store first: one that cannot be opened safely stops start-up before any child process exists.
-        self.store = await open_store(self.config.state.url, self.config.state.dir)
+        self.store = await open_store(self.config.state.url, self.config.state.dir, shared=self.front is not None)
         log.info("state_opened", store=self.store.description, durable=self.store.durable)
         if not self.store.durable:
             log.warning("state_in_memory", hint="programs and sessions end with this process; use --state sqlite (the default) or redis://")
@@ -178,7 +183,9 @@ class App:
         )
         await pool.launch()  # exec'd before any gRPC object exists; it imports while we set up
         self.health = health.aio.HealthServicer()
-        self.server = grpc.aio.server(interceptors=[MetricsInterceptor(self.registry)], options=grpc_options(self.config))
+        # No metrics endpoint, no interceptor: it would cost every RPC a wrapper for counts nobody reads.
+        interceptors = [MetricsInterceptor(self.registry)] if self.config.observe.metrics_port >= 0 else []
+        self.server = grpc.aio.server(interceptors=interceptors, options=grpc_options(self.config, self.front is not None))
         optimize = self.config.optimize
         datasets = Datasets(self.store, optimize.dataset_max_examples, optimize.example_max_bytes, self.config.server.max_input_depth)
         self.jobs = JobManager(
@@ -189,7 +196,7 @@ class App:
             observe=lambda program: self.service.observe(program),
         ) if optimize.optimizer_workers else None
         self.service = DSPyPoolService(self.config, pool, registry, self.sessions, breakers, self.cache, lm_up=self._sim_up,
-                                       datasets=datasets, jobs=self.jobs)
+                                       datasets=datasets, jobs=self.jobs, peers=Peers(self.front) if self.front else None)
         add_service(self.service, self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection((SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name), self.server)
@@ -197,6 +204,8 @@ class App:
         self.port = self.server.add_insecure_port(self.config.server.listen)
         if self.port == 0 and not self.config.server.listen.startswith("unix:"):
             raise RuntimeError(f"cannot listen on {self.config.server.listen}")
+        if self.front is not None:  # where the other fronts reach this one (the shared port lands anywhere)
+            self.server.add_insecure_port(self.front.own_socket)
         await self.server.start()
         try:
             await pool.start()
@@ -287,6 +296,8 @@ class App:
                 ))
         if self.server is not None:
             await self.server.stop(1.0)
+        if self.service is not None and self.service.peers is not None:
+            await self.service.peers.close()
         if self.pool is not None:
             await self.pool.stop()
         if self.sim is not None:
@@ -304,9 +315,9 @@ class App:
         await self._stopped.wait()
 
 
-async def serve(config: ServerConfig, on_serving=None) -> None:
+async def serve(config: ServerConfig, on_serving=None, front: FrontGroup | None = None) -> None:
     """Run until SIGTERM/SIGINT, then shut down gracefully. Signal handlers only set an event."""
-    app = App(config)
+    app = App(config, front)
     stop_requested = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -78,6 +78,8 @@ class ServerSection(_Section):
     default_deadline_s: float = setting(30.0, "deadline for calls that set none", unit="s", minimum=0.001)
     max_deadline_s: float = setting(600.0, "longest deadline a call may ask for", unit="s", minimum=0.001)
     drain_grace_s: float = setting(10.0, "time to finish calls on SIGTERM/SIGINT before they end UNAVAILABLE", unit="s", minimum=0)
+    front_processes: int = setting(1, "front processes sharing the listening port (SO_REUSEPORT), each with its share of the workers; "
+                                      "they share sessions and programs through the state store", minimum=1, maximum=64)
 
     def problems(self) -> list[str]:
         listen = check_listen(self.listen)
@@ -231,6 +233,23 @@ class ServerConfig:
     optimize: OptimizeSection = field(default_factory=OptimizeSection)
     scaling: ScalingSection = field(default_factory=ScalingSection)
     observe: ObserveSection = field(default_factory=ObserveSection)
+
+    def __post_init__(self) -> None:
+        problems = front_group_problems(self)
+        if problems:
+            raise ValueError("invalid configuration: " + "; ".join(problems))
+
+
+def front_group_problems(config: ServerConfig) -> list[str]:
+    """Several front processes share one TCP port and see each other's programs and sessions only through a shared store."""
+    if config.server.front_processes == 1:
+        return []
+    problems = []
+    if config.server.listen.startswith("unix:"):
+        problems.append("front_processes > 1 needs a TCP listen address (SO_REUSEPORT), not a unix: socket")
+    if config.state.url == "memory":
+        problems.append("front_processes > 1 needs a state store the fronts share: sqlite (the default) or redis://, not memory")
+    return problems
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,7 @@ from dspy_pool.server.config import ServerConfig
 from dspy_pool.server.executor import Executor
 from dspy_pool.server.registry import HISTORY_INPUT, ProgramRegistry, ProgramVersion, check_inputs, check_spec, program_ref
 from dspy_pool.server.fallback import Step
+from dspy_pool.server.peers import SCOPE_FRONT, SCOPE_KEY, Peers, merge as merge_status
 from dspy_pool.server.resilience import ResilienceSettings, ResilientExecutor, chain_for
 from dspy_pool.server.sessions import SessionStore, check_session_id
 from dspy_pool.server.status import to_grpc_status
@@ -144,8 +145,9 @@ def check_spec_values(spec: pb.ProgramSpec, max_depth: int) -> None:
 class DSPyPoolService(pb_grpc.DSPyPoolServicer):
     def __init__(self, config: ServerConfig, pool: Pool, registry: ProgramRegistry, sessions: SessionStore,
                  breakers: AsyncBreakerGuard, cache: TieredCache, lm_up: Callable[[], bool] = lambda: True,
-                 datasets=None, jobs=None) -> None:
+                 datasets=None, jobs=None, peers: Peers | None = None) -> None:
         self.config = config
+        self.peers = peers  # the other front processes (--front-processes N), or None
         self.datasets = datasets
         self.jobs = jobs  # None when optimization is off
         self.stats = ProgramStats()
@@ -580,13 +582,22 @@ class DSPyPoolService(pb_grpc.DSPyPoolServicer):
     async def WatchPoolStatus(self, request: pb.WatchPoolStatusRequest, context):
         interval = min(60.0, max(0.1, request.interval_s or 1.0))
         while True:
-            yield await self.pool_status()
+            yield await self.group_status()
             await asyncio.sleep(interval)
 
     async def GetPoolStatus(self, request: pb.GetPoolStatusRequest, context):
-        return await self.pool_status()
+        if self.peers is not None and (SCOPE_KEY, SCOPE_FRONT) in (context.invocation_metadata() or ()):
+            return await self.pool_status(answered=False)  # a peer asking for this front alone
+        return await self.group_status()
 
-    async def pool_status(self) -> pb.PoolStatus:
+    async def group_status(self) -> pb.PoolStatus:
+        """This front's status, merged with the other fronts' when there are several."""
+        if self.peers is None:
+            return await self.pool_status()
+        local, peers = await asyncio.gather(self.pool_status(), self.peers.statuses())
+        return merge_status(local, peers)
+
+    async def pool_status(self, answered: bool = True) -> pb.PoolStatus:
         view = self.pool.view()
         _, minimum, maximum = config_module.worker_bounds(self.config)
         status = pb.PoolStatus(
@@ -619,7 +630,11 @@ class DSPyPoolService(pb_grpc.DSPyPoolServicer):
                 calls_in_window=breaker.calls_in_window, opened_total=breaker.opened_total,
                 half_opened_total=breaker.half_opened_total, closed_total=breaker.closed_total,
             )
+        front = self.peers.group.index if self.peers is not None else 0
         for worker in view.workers:
             status.workers.add(id=worker.id, pid=worker.pid, state=worker.state, in_flight=worker.in_flight, served=worker.served,
-                               failed=worker.failed, rss_bytes=worker.rss_bytes, uptime_s=worker.uptime_s)
+                               failed=worker.failed, rss_bytes=worker.rss_bytes, uptime_s=worker.uptime_s, front=front)
+        if self.peers is not None:
+            status.fronts.add(index=front, pid=os.getpid(), serving=status.serving, workers=len(view.workers),
+                              in_flight=view.in_flight, completed=view.completed, answered=answered)
         return status

@@ -25,7 +25,7 @@ __all__ = [
 SQLITE_FILE = "state.db"
 
 
-def make_store(url: str, state_dir: str) -> StateStore:
+def make_store(url: str, state_dir: str, shared: bool = False) -> StateStore:
     """The backend for a --state value: memory, sqlite (a file in state_dir), sqlite:///PATH, redis://..."""
     if url == "memory":
         from dspy_pool.state.memory import MemoryStore
@@ -36,7 +36,7 @@ def make_store(url: str, state_dir: str) -> StateStore:
 
         # sqlite:///var/lib/x.db and sqlite:////var/lib/x.db both name /var/lib/x.db
         path = os.path.join(state_dir, SQLITE_FILE) if url == "sqlite" else "/" + url[len("sqlite:///"):].lstrip("/")
-        return SQLiteStore(path)
+        return SQLiteStore(path, shared=shared)  # shared: several front processes on one file
     if url.startswith(("redis://", "rediss://", "unix://")):
         from dspy_pool.state.redis_store import RedisStore
 
@@ -44,7 +44,7 @@ def make_store(url: str, state_dir: str) -> StateStore:
     raise StateError(f"state {url!r}: expected memory, sqlite, sqlite:///PATH or redis://HOST:PORT/DB")
 
 
-async def open_store(url: str, state_dir: str) -> StateStore:
-    store = make_store(url, state_dir)
+async def open_store(url: str, state_dir: str, shared: bool = False) -> StateStore:
+    store = make_store(url, state_dir, shared)
     await store.open()
     return store

@@ -609,8 +609,9 @@ class _StoreThread:
 class SQLiteStore(StateStore):
     durable = True
 
-    def __init__(self, path: str, busy_timeout_s: float = BUSY_TIMEOUT_S) -> None:
+    def __init__(self, path: str, busy_timeout_s: float = BUSY_TIMEOUT_S, shared: bool = False) -> None:
         self.path = os.path.abspath(path)
+        self.shared = shared  # other processes (fronts of one group) write the same file: job leases decide who runs what
         self.busy_timeout_s = busy_timeout_s
         self.description = f"sqlite://{self.path}"
         self._thread: _StoreThread | None = None

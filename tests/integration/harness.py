@@ -9,6 +9,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 
 import grpc
@@ -67,12 +68,14 @@ async def eventually(predicate, timeout_s: float = 10.0, interval_s: float = 0.0
 
 
 _PORT = re.compile(rb"server_serving.*?port=(\d+)")
+FRONTS_SERVING = re.compile(rb"fronts_serving.*? port=(\d+)")  # --front-processes N: every front serves
 
 
 class ServeProcess:
     """`dspy-pool serve` as a real process, in its own process group, on 127.0.0.1:0."""
 
-    def __init__(self, *args: str) -> None:
+    def __init__(self, *args: str, ready: re.Pattern = None) -> None:
+        self.ready = ready or _PORT  # the log line that says it serves, with the port
         self.process = subprocess.Popen(
             [sys.executable, "-m", "dspy_pool.cli", "serve", "--lm", "dummy", "--workers", "1", "--listen", "127.0.0.1:0",
              "--programs", "tests.fixtures.chaos_kinds", "--drain-grace-s", "1", *args],
@@ -85,13 +88,20 @@ class ServeProcess:
         def wait() -> int:
             for line in self.process.stderr:
                 self.log += line
-                match = _PORT.search(line)
+                match = self.ready.search(line)
                 if match:
                     return int(match.group(1))
             raise AssertionError(f"server exited before serving:\n{self.log.decode(errors='replace')[-3000:]}")
 
         self.port = await asyncio.wait_for(asyncio.to_thread(wait), 60)
+        # Keep reading, so a chatty server never blocks on a full stderr pipe (and the log stays readable).
+        threading.Thread(target=self._drain, daemon=True).start()
         return self
+
+    def _drain(self) -> None:
+        with contextlib.suppress(ValueError, OSError):  # closed by stop()
+            for line in self.process.stderr:
+                self.log += line
 
     async def failed(self) -> tuple[int, str]:
         """Wait for a start that must fail; (exit code, what it printed)."""

@@ -134,3 +134,15 @@ def test_status_view_shows_workers_breakers_and_quarantine():
 def test_durations_are_short(seconds, shown):
     """Uptimes fit a table column."""
     assert status_view.duration(seconds) == shown
+
+
+def test_status_view_of_a_front_group_shows_each_front_and_which_runs_each_worker():
+    status = pb.PoolStatus(serving=True, config=pb.PoolConfig(max_queue=100),
+                           workers=[pb.WorkerStatus(id=1, pid=111, state="ready", front=1), pb.WorkerStatus(id=1, pid=222, state="ready")],
+                           fronts=[pb.FrontStatus(index=0, pid=10, serving=True, answered=True), pb.FrontStatus(index=1, pid=11, in_flight=3)])
+    console = Console(file=io.StringIO(), width=160)
+    console.print(status_view.render(status, "127.0.0.1:1"))
+    text = console.file.getvalue()
+    assert "0* pid 10 serving, 0 in flight" in text and "1 pid 11 NOT serving, 3 in flight" in text
+    rows = [line.split() for line in text.splitlines()]
+    assert ["0", "1", "222", "ready"] in [row[:4] for row in rows] and ["1", "1", "111", "ready"] in [row[:4] for row in rows]

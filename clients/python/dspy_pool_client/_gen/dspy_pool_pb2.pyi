@@ -630,7 +630,7 @@ class WatchPoolStatusRequest(_message.Message):
     def __init__(self, interval_s: _Optional[float] = ...) -> None: ...
 
 class WorkerStatus(_message.Message):
-    __slots__ = ("id", "pid", "state", "in_flight", "served", "failed", "rss_bytes", "uptime_s")
+    __slots__ = ("id", "pid", "state", "in_flight", "served", "failed", "rss_bytes", "uptime_s", "front")
     ID_FIELD_NUMBER: _ClassVar[int]
     PID_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
@@ -639,6 +639,7 @@ class WorkerStatus(_message.Message):
     FAILED_FIELD_NUMBER: _ClassVar[int]
     RSS_BYTES_FIELD_NUMBER: _ClassVar[int]
     UPTIME_S_FIELD_NUMBER: _ClassVar[int]
+    FRONT_FIELD_NUMBER: _ClassVar[int]
     id: int
     pid: int
     state: str
@@ -647,7 +648,8 @@ class WorkerStatus(_message.Message):
     failed: int
     rss_bytes: int
     uptime_s: float
-    def __init__(self, id: _Optional[int] = ..., pid: _Optional[int] = ..., state: _Optional[str] = ..., in_flight: _Optional[int] = ..., served: _Optional[int] = ..., failed: _Optional[int] = ..., rss_bytes: _Optional[int] = ..., uptime_s: _Optional[float] = ...) -> None: ...
+    front: int
+    def __init__(self, id: _Optional[int] = ..., pid: _Optional[int] = ..., state: _Optional[str] = ..., in_flight: _Optional[int] = ..., served: _Optional[int] = ..., failed: _Optional[int] = ..., rss_bytes: _Optional[int] = ..., uptime_s: _Optional[float] = ..., front: _Optional[int] = ...) -> None: ...
 
 class PoolConfig(_message.Message):
     __slots__ = ("workers", "min_workers", "max_workers", "worker_concurrency", "max_queue", "default_deadline_s", "lm", "module_kinds")
@@ -690,7 +692,7 @@ class BreakerStatus(_message.Message):
     def __init__(self, program: _Optional[str] = ..., lm_endpoint: _Optional[str] = ..., state: _Optional[str] = ..., failure_rate: _Optional[float] = ..., calls_in_window: _Optional[int] = ..., opened_total: _Optional[int] = ..., half_opened_total: _Optional[int] = ..., closed_total: _Optional[int] = ...) -> None: ...
 
 class PoolStatus(_message.Message):
-    __slots__ = ("serving", "workers", "queue_depth", "in_flight", "completed", "failed", "rejected", "worker_restarts", "sessions", "programs", "config", "uptime_s", "breakers", "retries", "fallbacks_served", "recycled_workers", "scale_events", "queue_wait_p95_ms", "health_score", "calls_per_s", "workers_warming", "warmup_calls", "warmup_failures", "worker_cpu_percent", "quarantined_programs", "sessions_evicted", "sessions_refused", "cache_levels")
+    __slots__ = ("serving", "workers", "queue_depth", "in_flight", "completed", "failed", "rejected", "worker_restarts", "sessions", "programs", "config", "uptime_s", "breakers", "retries", "fallbacks_served", "recycled_workers", "scale_events", "queue_wait_p95_ms", "health_score", "calls_per_s", "workers_warming", "warmup_calls", "warmup_failures", "worker_cpu_percent", "quarantined_programs", "sessions_evicted", "sessions_refused", "cache_levels", "fronts")
     SERVING_FIELD_NUMBER: _ClassVar[int]
     WORKERS_FIELD_NUMBER: _ClassVar[int]
     QUEUE_DEPTH_FIELD_NUMBER: _ClassVar[int]
@@ -719,6 +721,7 @@ class PoolStatus(_message.Message):
     SESSIONS_EVICTED_FIELD_NUMBER: _ClassVar[int]
     SESSIONS_REFUSED_FIELD_NUMBER: _ClassVar[int]
     CACHE_LEVELS_FIELD_NUMBER: _ClassVar[int]
+    FRONTS_FIELD_NUMBER: _ClassVar[int]
     serving: bool
     workers: _containers.RepeatedCompositeFieldContainer[WorkerStatus]
     queue_depth: int
@@ -747,7 +750,26 @@ class PoolStatus(_message.Message):
     sessions_evicted: int
     sessions_refused: int
     cache_levels: _containers.RepeatedCompositeFieldContainer[CacheLevelStatus]
-    def __init__(self, serving: _Optional[bool] = ..., workers: _Optional[_Iterable[_Union[WorkerStatus, _Mapping]]] = ..., queue_depth: _Optional[int] = ..., in_flight: _Optional[int] = ..., completed: _Optional[int] = ..., failed: _Optional[int] = ..., rejected: _Optional[int] = ..., worker_restarts: _Optional[int] = ..., sessions: _Optional[int] = ..., programs: _Optional[int] = ..., config: _Optional[_Union[PoolConfig, _Mapping]] = ..., uptime_s: _Optional[float] = ..., breakers: _Optional[_Iterable[_Union[BreakerStatus, _Mapping]]] = ..., retries: _Optional[int] = ..., fallbacks_served: _Optional[int] = ..., recycled_workers: _Optional[int] = ..., scale_events: _Optional[int] = ..., queue_wait_p95_ms: _Optional[float] = ..., health_score: _Optional[float] = ..., calls_per_s: _Optional[float] = ..., workers_warming: _Optional[int] = ..., warmup_calls: _Optional[int] = ..., warmup_failures: _Optional[int] = ..., worker_cpu_percent: _Optional[float] = ..., quarantined_programs: _Optional[_Iterable[str]] = ..., sessions_evicted: _Optional[int] = ..., sessions_refused: _Optional[int] = ..., cache_levels: _Optional[_Iterable[_Union[CacheLevelStatus, _Mapping]]] = ...) -> None: ...
+    fronts: _containers.RepeatedCompositeFieldContainer[FrontStatus]
+    def __init__(self, serving: _Optional[bool] = ..., workers: _Optional[_Iterable[_Union[WorkerStatus, _Mapping]]] = ..., queue_depth: _Optional[int] = ..., in_flight: _Optional[int] = ..., completed: _Optional[int] = ..., failed: _Optional[int] = ..., rejected: _Optional[int] = ..., worker_restarts: _Optional[int] = ..., sessions: _Optional[int] = ..., programs: _Optional[int] = ..., config: _Optional[_Union[PoolConfig, _Mapping]] = ..., uptime_s: _Optional[float] = ..., breakers: _Optional[_Iterable[_Union[BreakerStatus, _Mapping]]] = ..., retries: _Optional[int] = ..., fallbacks_served: _Optional[int] = ..., recycled_workers: _Optional[int] = ..., scale_events: _Optional[int] = ..., queue_wait_p95_ms: _Optional[float] = ..., health_score: _Optional[float] = ..., calls_per_s: _Optional[float] = ..., workers_warming: _Optional[int] = ..., warmup_calls: _Optional[int] = ..., warmup_failures: _Optional[int] = ..., worker_cpu_percent: _Optional[float] = ..., quarantined_programs: _Optional[_Iterable[str]] = ..., sessions_evicted: _Optional[int] = ..., sessions_refused: _Optional[int] = ..., cache_levels: _Optional[_Iterable[_Union[CacheLevelStatus, _Mapping]]] = ..., fronts: _Optional[_Iterable[_Union[FrontStatus, _Mapping]]] = ...) -> None: ...
+
+class FrontStatus(_message.Message):
+    __slots__ = ("index", "pid", "serving", "workers", "in_flight", "completed", "answered")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    PID_FIELD_NUMBER: _ClassVar[int]
+    SERVING_FIELD_NUMBER: _ClassVar[int]
+    WORKERS_FIELD_NUMBER: _ClassVar[int]
+    IN_FLIGHT_FIELD_NUMBER: _ClassVar[int]
+    COMPLETED_FIELD_NUMBER: _ClassVar[int]
+    ANSWERED_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    pid: int
+    serving: bool
+    workers: int
+    in_flight: int
+    completed: int
+    answered: bool
+    def __init__(self, index: _Optional[int] = ..., pid: _Optional[int] = ..., serving: _Optional[bool] = ..., workers: _Optional[int] = ..., in_flight: _Optional[int] = ..., completed: _Optional[int] = ..., answered: _Optional[bool] = ...) -> None: ...
 
 class CacheLevelStatus(_message.Message):
     __slots__ = ("level", "hits", "misses", "entries", "bytes", "evictions")

@@ -1,0 +1,225 @@
+"""The front supervisor: `dspy-pool serve --front-processes N` as N front processes on one port.
+
+    supervisor (no gRPC; exec's each front; owns --metrics-port)
+      ├─ front 0 ─ zygote ─ its share of the workers    all listen on HOST:PORT (SO_REUSEPORT) and on a
+      ├─ front 1 ─ zygote ─ its share of the workers    private unix socket; programs and sessions live
+      └─ ...                                            in the shared state store (SQLite file or Redis)
+
+One front process tops out near one core of gRPC and Python; N of them let
+the kernel spread connections over N cores. Front 0 starts first (it creates
+or migrates the store and registers --programs-file), then the others at once.
+A front that dies loses only its own in-flight calls: the kernel stops
+handing it connections, the others keep serving, and it is started again
+with the helpers' restart policy (backoff; a front that keeps dying is left
+down and logged as a crash loop). SIGTERM or SIGINT to the supervisor is
+passed on to every front, which drains as a lone server does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import structlog
+
+from dspy_pool.fronts import plan
+from dspy_pool.restarts import RestartPolicy, RestartState, after_failure, after_start
+from dspy_pool.server import config as config_module
+from dspy_pool.server.config import ServerConfig
+
+log = structlog.get_logger("dspy_pool.fronts")
+
+__all__ = ["FrontSupervisor", "FrontFailed", "reserve_port"]
+
+_STOP_MARGIN_S = 15.0  # past the drain grace: stopping workers and the zygote, flushing the store
+
+
+class FrontFailed(RuntimeError):
+    """A front did not get to serving."""
+
+
+@dataclass(frozen=True, slots=True)
+class FrontInfo:
+    """What a serving front reported on its ready pipe."""
+
+    index: int
+    pid: int
+    port: int
+    metrics_port: int
+
+
+def reserve_port(listen: str) -> socket.socket:
+    """Bind (not listen) the group's address with SO_REUSEPORT: it fixes port 0 to one port and holds it across restarts."""
+    host, port = listen.rpartition(":")[0].strip("[]"), plan.port_of(listen)
+    family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        raise OSError(f"cannot listen on {listen}: {exc.strerror or exc}") from None
+    return sock
+
+
+def _read_line(fd: int) -> bytes:
+    with os.fdopen(fd, "rb") as pipe:
+        return pipe.readline()
+
+
+class FrontSupervisor:
+    def __init__(self, config: ServerConfig, policy: RestartPolicy = RestartPolicy(), on_serving: Callable[[int], None] | None = None) -> None:
+        self.config = config
+        self.count = config.server.front_processes
+        self.policy = policy
+        self.on_serving = on_serving
+        self.ready_timeout_s = config.pool.boot_timeout_s + 60.0  # imports, the store, the zygote, the first workers
+        self.socket_dir = ""
+        self.port = 0
+        self.restarts = 0
+        self._processes: dict[int, asyncio.subprocess.Process] = {}
+        self._info: dict[int, FrontInfo] = {}
+        self._stopping = False
+
+    # -- one front -------------------------------------------------------------------
+    async def _start(self, index: int) -> FrontInfo:
+        read_fd, write_fd = os.pipe()
+        try:
+            process = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "dspy_pool.fronts.child", "--index", str(index), "--count", str(self.count),
+                "--socket-dir", self.socket_dir, "--ready-fd", str(write_fd), "--supervisor-pid", str(os.getpid()),
+                stdin=asyncio.subprocess.PIPE, pass_fds=(write_fd,),
+            )
+        except BaseException:
+            os.close(read_fd)
+            raise
+        finally:
+            os.close(write_fd)  # the child holds the only write end: EOF when it exits
+        self._processes[index] = process
+        values = config_module.flat(plan.front_config(self.config, self.port))
+        process.stdin.write(json.dumps(values).encode())  # the key travels on a pipe, never in argv
+        await process.stdin.drain()
+        process.stdin.close()
+        try:
+            line = await asyncio.wait_for(asyncio.to_thread(_read_line, read_fd), self.ready_timeout_s)
+        except asyncio.TimeoutError:
+            process.kill()
+            raise FrontFailed(f"front {index} was not serving within {self.ready_timeout_s:.0f} s") from None
+        if not line:
+            code = await process.wait()
+            raise FrontFailed(f"front {index} exited (status {code}) before serving; its log is above")
+        info = FrontInfo(**json.loads(line))
+        self._info[index] = info
+        log.info("front_serving", index=index, pid=info.pid)
+        return info
+
+    async def _keep(self, index: int) -> None:
+        """Restart front `index` whenever it dies, until the group stops or it is a crash loop."""
+        state = after_start(RestartState(), time.monotonic())
+        while True:
+            code = await self._processes[index].wait()
+            self._info.pop(index, None)
+            if self._stopping:
+                return
+            log.warning("front_died", index=index, status=code)
+            while True:
+                delay, state = after_failure(self.policy, state, time.monotonic())
+                if delay is None:
+                    log.error("front_crash_loop", index=index, hint="this front keeps dying; the others keep serving. See its log above")
+                    return
+                await asyncio.sleep(delay)
+                if self._stopping:
+                    return
+                try:
+                    await self._start(index)
+                except (FrontFailed, OSError) as exc:
+                    log.warning("front_restart_failed", index=index, error=str(exc))
+                    continue
+                self.restarts += 1
+                state = after_start(state, time.monotonic())
+                break
+
+    # -- the group -------------------------------------------------------------------
+    def metrics_ports(self) -> dict[int, int]:
+        return {index: info.metrics_port for index, info in self._info.items() if info.metrics_port > 0}
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Start the group, keep it up until `stop` is set, then stop every front. Raises FrontFailed if it never served."""
+        self.socket_dir = tempfile.mkdtemp(prefix="dspy-pool-fronts-")  # 0700: only this user reaches the peer sockets
+        reservation = reserve_port(self.config.server.listen)
+        self.port = reservation.getsockname()[1]
+        metrics = None
+        keepers: list[asyncio.Task] = []
+        try:
+            await self._start(0)  # first: it creates or migrates the store and registers --programs-file
+            await asyncio.gather(*(self._start(index) for index in range(1, self.count)))
+            keepers = [asyncio.ensure_future(self._keep(index)) for index in range(self.count)]
+            metrics = self._serve_metrics()
+            log.info("fronts_serving", port=self.port, fronts=self.count, pids=[self._info[i].pid for i in sorted(self._info)],
+                     metrics_port=metrics[1] if metrics else -1)
+            if self.on_serving is not None:
+                self.on_serving(self.port)
+            await stop.wait()
+        finally:
+            self._stopping = True
+            await self._stop_fronts()
+            for keeper in keepers:
+                keeper.cancel()
+            if metrics is not None:
+                await asyncio.to_thread(_stop_http, metrics[0])
+            reservation.close()
+            shutil.rmtree(self.socket_dir, ignore_errors=True)
+
+    def _serve_metrics(self):
+        if self.config.observe.metrics_port < 0:
+            return None
+        from prometheus_client import CollectorRegistry, start_http_server
+
+        from dspy_pool.fronts.metrics import FrontsCollector
+
+        registry = CollectorRegistry(auto_describe=False)
+        registry.register(FrontsCollector(self.metrics_ports, lambda: self.restarts))
+        server, _thread = start_http_server(self.config.observe.metrics_port, addr=self.config.observe.metrics_addr, registry=registry)
+        return server, server.server_address[1]
+
+    async def _stop_fronts(self) -> None:
+        """SIGTERM every front (each drains), SIGKILL what is still there past the grace."""
+        live = [process for process in self._processes.values() if process.returncode is None]
+        for process in live:
+            with contextlib.suppress(ProcessLookupError):
+                process.send_signal(signal.SIGTERM)
+        waiting = [asyncio.ensure_future(process.wait()) for process in live]
+        if not waiting:
+            return
+        _, pending = await asyncio.wait(waiting, timeout=self.config.server.drain_grace_s + _STOP_MARGIN_S)
+        for process in live:
+            if process.returncode is None:
+                log.warning("front_killed", pid=process.pid, hint="it did not stop within the drain grace")
+                with contextlib.suppress(ProcessLookupError):
+                    process.kill()
+        if pending:
+            await asyncio.wait(pending, timeout=5.0)
+
+
+def _stop_http(server) -> None:
+    server.shutdown()
+    server.server_close()
+
+
+async def serve_group(config: ServerConfig, on_serving: Callable[[int], None] | None = None) -> None:
+    """Run the group until SIGTERM/SIGINT."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await FrontSupervisor(config, on_serving=on_serving).run(stop)
