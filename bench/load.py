@@ -255,8 +255,9 @@ async def spawn_app(workers: int = 2, lm: str = "dummy", worker_concurrency: int
     from dspy_pool.server.config import build as server_config
 
     logs.configure("console", log_level)
-    config = server_config(state="memory", listen="127.0.0.1:0", workers=workers, worker_concurrency=worker_concurrency, max_queue=max_queue,
-                          lm=lm, sim_latency=sim_latency, log_level=log_level, **overrides)
+    settings = {"state": "memory", "optimizer_workers": 0, **overrides}  # a bench may name a durable store (state=, state_dir=)
+    config = server_config(listen="127.0.0.1:0", workers=workers, worker_concurrency=worker_concurrency, max_queue=max_queue,
+                          lm=lm, sim_latency=sim_latency, log_level=log_level, **settings)
     app = App(config)
     await app.start()
     return app

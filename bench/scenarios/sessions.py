@@ -17,6 +17,8 @@ import argparse
 import asyncio
 import os
 import random
+import shutil
+import tempfile
 import time
 
 import grpc
@@ -38,10 +40,13 @@ async def main() -> None:
     parser.add_argument("--duration", type=float, default=60.0, help="upper bound on the run, seconds")
     parser.add_argument("--timeout", type=float, default=30.0)
     parser.add_argument("--check", type=int, default=50, help="sessions whose history is checked on the server")
+    parser.add_argument("--state", default="memory", help="memory, sqlite (a file in a temporary folder) or redis://...")
     args = parser.parse_args()
 
+    state_dir = tempfile.mkdtemp(prefix="bench-sessions-")
     app = await load.spawn_app(args.workers, args.lm, args.worker_concurrency, max_queue=args.sessions + 100,
-                               max_sessions=max(10_000, 2 * args.sessions), session_max_turns=max(50, args.turns))
+                               max_sessions=max(10_000, 2 * args.sessions), session_max_turns=max(50, args.turns),
+                               state=args.state, state_dir=state_dir)
     try:
         target = f"127.0.0.1:{app.port}"
         await load.register(target, "chat", "question, history: dspy.History -> answer")
@@ -73,9 +78,10 @@ async def main() -> None:
             left = (await stub.GetPoolStatus(pb.GetPoolStatusRequest(), timeout=10)).sessions
     finally:
         await app.stop(grace_s=1.0)
+        shutil.rmtree(state_dir, ignore_errors=True)
     emit({
         "bench": "scenario_sessions", "sessions": args.sessions, "turns": args.turns, "workers": args.workers,
-        "lm": args.lm, "processes": args.processes, "cpus": os.cpu_count(),
+        "lm": args.lm, "state": args.state, "processes": args.processes, "cpus": os.cpu_count(),
         **load.public_figures(merged),
         "server_sessions_after_run": held,
         "history_checked": len(sample),
