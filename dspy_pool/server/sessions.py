@@ -9,6 +9,11 @@ replica and the limits hold across restarts. Per call:
     ... the call runs ...
     record_turn(...)  ──> store.append_turn: committed before Execute answers
 
+A call that wants no history, of a session this front appended to less than
+the open slack ago (state.policy.open_needless), skips the open: the store
+would only have answered "live, not started", and the append re-checks all
+of that atomically. A busy session's call is then one store round trip.
+
 When the store is full, expired sessions go first, then the least recently
 used one, but only if it has been idle for at least `protect_s`: a session in
 active use is never pushed out, so one client opening thousands of ids cannot
@@ -32,7 +37,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from dspy_pool.errors import InvalidArgument, NotFound, ResourceExhausted, Unavailable
-from dspy_pool.state import SessionLimits, SessionRecord, StateStore, StateUnavailable, TurnRecord
+from dspy_pool.state import SessionLimits, SessionRecord, StateStore, StateUnavailable, TurnRecord, policy
 
 SESSION_ID_PATTERN = re.compile(r"[A-Za-z0-9_.:\-]{1,128}")
 
@@ -48,6 +53,8 @@ class LocalSession:
 
     in_flight: int = 0
     preferred_worker: int = -1
+    committed_at: float = 0.0  # when this front's last append of it committed (its clock); 0: none yet
+    created_at: float = 0.0  # as that append returned it
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +127,11 @@ class SessionStore:
     async def open(self, session_id: str, now: float, with_turns: bool = True) -> OpenedSession:
         """The session a call runs in: its history, created if new (RESOURCE_EXHAUSTED when the cap allows none)."""
         check_session_id(session_id)
+        local = self._local.get(session_id)
+        if not with_turns and local is not None and policy.open_needless(local.committed_at, now, self.limits):
+            self._local.move_to_end(session_id)
+            record = SessionRecord(session_id, local.created_at, local.committed_at)
+            return OpenedSession(session_id, record, False, "", local)
         try:
             async with _store_errors():
                 opened = await self.store.open_session(session_id, now, self.limits, with_turns=with_turns)
@@ -135,6 +147,9 @@ class SessionStore:
         """Append the call's turn; committed when this returns."""
         async with _store_errors():
             appended = await self.store.append_turn(session_id, turn, now, self.limits)
+        local = self._local.get(session_id)
+        if local is not None:
+            local.committed_at, local.created_at = now, appended.session.created_at
         self.evicted += len(appended.evicted)
         self._forget(appended.evicted, LostReason.EVICTED)
 

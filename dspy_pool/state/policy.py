@@ -42,6 +42,18 @@ def open_touch_slack_s(limits: SessionLimits) -> float:
     return min(OPEN_TOUCH_SLACK_S, limits.ttl_s / 10, limits.protect_s / 10)
 
 
+def open_needless(committed_at: float, now: float, limits: SessionLimits) -> bool:
+    """Whether a call may skip open_session (history not wanted) because this front committed a turn of the
+    session at `committed_at` (its clock; 0: never).
+
+    Within the open slack the store's open would be a pure read answering "live, not started" (open_touches
+    is false and the TTL cannot have run out), so skipping it changes nothing the store holds: the append that
+    ends the call is still one atomic step that re-checks liveness and the cap, and creates the session again
+    if another process closed it meanwhile, exactly as when that close lands between an open and its append.
+    """
+    return committed_at > 0 and not open_touches(committed_at, now, limits)
+
+
 def trim_from(next_seq: int, max_turns: int) -> int:
     """The lowest turn sequence number kept once turn `next_seq - 1` is the newest: the last `max_turns` survive."""
     return next_seq - max(0, max_turns)

@@ -77,7 +77,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, ReadOnlyError, RedisError
+from redis.exceptions import NoScriptError, ReadOnlyError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from dspy_pool.errors import ResourceExhausted
@@ -454,14 +454,17 @@ def _job(job_id: str, fields: dict[bytes, bytes]) -> JobRecord:
 class _Pipeliner:
     """Script calls made at about the same time share one round trip (the session and cache hot path).
 
-        caller ──run(script, keys, args)──> pending ──> one pipeline of EVALSHAs (at most WINDOW in flight) ──> futures
+        caller ──run(script, keys, args)──> pending ──> EVALSHAs packed into one write (at most WINDOW in flight) ──> futures
 
-    Pending calls go out together on one connection as a pipeline (transaction=False: each script is still its
-    own atomic unit, run in order): one write, one read and one connection from the pool for all of them instead
-    of one each. At most WINDOW batches are in flight; calls made meanwhile wait for the next one (at most a
-    round trip), which is what makes batches form under load: measured with bench/state.py on 2 cores, one
-    batch in flight gave the largest batches and the least CPU per call (the front's loop and redis-server's)
-    of 1, 2 or none. A lone call goes out as it would without this.
+    Pending calls go out together on one connection as a pipeline (no MULTI: each script is still its own atomic
+    unit, run in order): one write and one read for all of them instead of one each. At most WINDOW batches are
+    in flight; calls made meanwhile wait for the next one (at most a round trip), which is what makes batches form
+    under load: measured with bench/state.py on 2 cores, one batch in flight gave the largest batches and the least
+    CPU per call (the front's loop and redis-server's) of 1, 2 or none. A lone call goes out as it would without this.
+    With one batch in flight one connection is enough, so the pipeliner keeps one out of the pool and talks to it
+    directly: redis-py's Pipeline and the pool's lend/return cost more per batch than the round trip's own work
+    (measured: ~25 us of ~95 us for a lone call). Before each batch it is checked as the pool checks a connection
+    it lends (a server restarted since is reconnected to, not failed on), and a failed one is dropped.
     A script the server has forgotten (it was restarted) answers NOSCRIPT without running: such a call goes
     again through redis-py's Script, which loads it. A connection that fails fails every call of its batch
     (StateUnavailable: each may have run; none is retried). A caller that stops waiting does not stop its call;
@@ -475,6 +478,8 @@ class _Pipeliner:
         self._pending: list[tuple[Any, list, list, asyncio.Future]] = []
         self._sending: set[asyncio.Task] = set()
         self._scheduled = False
+        self._conn: Any = None  # the connection taken from the pool, or None (none yet, or dropped)
+        self._pool: Any = None
 
     async def run(self, script: Any, keys: list, args: list) -> Any:
         future = asyncio.get_running_loop().create_future()
@@ -500,22 +505,43 @@ class _Pipeliner:
         self._sending.discard(task)
         self._schedule()
 
+    async def _connection(self, client: aioredis.Redis) -> Any:
+        if self._conn is None:
+            self._pool = client.connection_pool
+            self._conn = await self._pool.get_connection()
+        else:
+            await self._pool.ensure_connection(self._conn)
+        return self._conn
+
+    async def _drop(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            await conn.disconnect()
+            await self._pool.release(conn)
+
+    async def _roundtrip(self, batch: list[tuple[Any, list, list, asyncio.Future]]) -> list[Any]:
+        conn = await self._connection(batch[0][0].registered_client)
+        await conn.send_packed_command(conn.pack_commands(
+            [("EVALSHA", script.sha, len(keys), *keys, *args) for script, keys, args, _ in batch]), check_health=False)
+        replies: list[Any] = []
+        for _ in batch:
+            try:
+                replies.append(await conn.read_response())
+            except ResponseError as exc:  # that script's own error; the connection reads on
+                replies.append(exc)
+        return replies
+
     async def _send(self, batch: list[tuple[Any, list, list, asyncio.Future]]) -> None:
         replies: list[Any]
         try:
-            if len(batch) == 1:
-                script, keys, args, _ = batch[0]
-                replies = [await script(keys=keys, args=args)]
-            else:
-                async with batch[0][0].registered_client.pipeline(transaction=False) as pipe:
-                    for script, keys, args, _ in batch:
-                        pipe.evalsha(script.sha, len(keys), *keys, *args)
-                    replies = await pipe.execute(raise_on_error=False)
+            replies = await self._roundtrip(batch)
         except asyncio.CancelledError:
+            await asyncio.shield(self._drop())  # replies half read: the connection cannot be reused
             for *_, future in batch:
                 future.cancel()
             raise
         except Exception as exc:  # the connection failed: every call of the batch
+            await self._drop()
             replies = [exc] * len(batch)
         for (script, keys, args, future), reply in zip(batch, replies):
             if isinstance(reply, NoScriptError):  # not run: load the script and run the call now
@@ -531,12 +557,15 @@ class _Pipeliner:
                 future.set_result(reply)
 
     async def drain(self) -> None:
-        """Wait until every call made so far has had its answer (before the connections close)."""
+        """Wait until every call made so far has had its answer, then give the connection back (before the pool closes)."""
         while self._pending or self._sending:
             self._schedule()
             await asyncio.sleep(0)
             if self._sending:
                 await asyncio.gather(*self._sending, return_exceptions=True)
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            await self._pool.release(conn)
 
 
 class RedisStore(StateStore):

@@ -12,7 +12,9 @@ lock up front, so a read-modify-write (the next version number, the session
 cap) cannot be raced by another process sharing the file either. The thread
 hands results back in batches (one wake-up of the event loop for all the
 calls it ran since it last found its queue empty), which is most of what a
-session call used to cost the loop; transactions are never batched.
+session call used to cost the loop. Session appends found queued together
+share one transaction (a group commit, each in its own savepoint): their
+commit was most of an append's cost; each caller still hears only after it.
 
 The session hot path: open_session of a session used within the last second
 (state.policy.open_touches) and without its turns is one SELECT, no write;
@@ -129,7 +131,15 @@ assert len(MIGRATIONS) == SCHEMA_VERSION, "every schema version needs its migrat
 
 @contextlib.contextmanager
 def _transaction(conn: sqlite3.Connection, mode: str = "IMMEDIATE") -> Iterator[None]:
-    """One transaction: committed when the block ends, rolled back when it raises."""
+    """One transaction: committed when the block ends, rolled back when it raises.
+
+    Inside a group commit (_group_commit) it is a savepoint of the group's transaction instead: rolled back
+    alone when it raises, committed with the group.
+    """
+    if conn.in_transaction:
+        with _savepoint(conn):
+            yield
+        return
     conn.execute(f"BEGIN {mode}")
     try:
         yield
@@ -138,6 +148,50 @@ def _transaction(conn: sqlite3.Connection, mode: str = "IMMEDIATE") -> Iterator[
         if conn.in_transaction:  # some errors (disk full) have rolled back already
             conn.execute("ROLLBACK")
         raise
+
+
+@contextlib.contextmanager
+def _savepoint(conn: sqlite3.Connection) -> Iterator[None]:
+    conn.execute("SAVEPOINT op")
+    try:
+        yield
+    except BaseException:
+        if conn.in_transaction:  # an error that rolled back the whole transaction took the savepoint with it
+            conn.execute("ROLLBACK TO op")
+            conn.execute("RELEASE op")
+        raise
+    conn.execute("RELEASE op")
+
+
+Outcome = tuple[bool, Any]  # (True, result) or (False, the exception)
+
+
+def _outcome(op: Callable[[], Any]) -> Outcome:
+    try:
+        return True, op()
+    except BaseException as exc:  # handed to its caller, as an executor would
+        return False, exc
+
+
+def _group_commit(conn: sqlite3.Connection, ops: list[Callable[[], Any]]) -> list[Outcome]:
+    """Write operations in one transaction, each in its own savepoint: one BEGIN and one COMMIT (the WAL write,
+    most of an append's cost) for them all. One that raises is rolled back alone; if the group's transaction
+    is lost (SQLite rolled it back: disk full, I/O error) or its COMMIT fails, every operation of the group
+    fails with that error, so no caller is told OK for a write that is not committed.
+    """
+    conn.execute("BEGIN IMMEDIATE")
+    outcomes: list[Outcome] = []
+    try:
+        for op in ops:
+            outcomes.append(_outcome(op))
+            if not conn.in_transaction:
+                raise sqlite3.OperationalError("the group's transaction was rolled back")
+        conn.execute("COMMIT")
+    except sqlite3.DatabaseError as exc:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
+        return [(False, exc)] * len(ops)
+    return outcomes
 
 
 # -- opening -----------------------------------------------------------------------------------------------------------
@@ -547,23 +601,27 @@ class _StoreThread:
         submit() ──SimpleQueue──> thread: run one, then the next queued ... ──call_soon_threadsafe(batch)──> futures
 
     Results go back when the queue is empty (or every _DELIVER_EVERY operations), so a busy store wakes the
-    event loop once per batch, not once per call. Each operation is still its own function and transaction: the
-    batch shares the hand-off, never a commit.
+    event loop once per batch, not once per call. Each operation is its own function and transaction, except
+    that operations submitted with `group=True` (session appends) found queued one after another run through
+    `run_group` (_group_commit: one transaction for them all); their results, like every result, go back only
+    after that commit.
     """
 
     _DELIVER_EVERY = 16
+    _GROUP_MAX = 32
 
-    def __init__(self, name: str) -> None:
-        self._queue: queue.SimpleQueue[tuple[asyncio.AbstractEventLoop, asyncio.Future, Callable[[], Any]] | None] = \
+    def __init__(self, name: str, run_group: Callable[[list[Callable[[], Any]]], list[Outcome]] | None = None) -> None:
+        self._queue: queue.SimpleQueue[tuple[asyncio.AbstractEventLoop, asyncio.Future, Callable[[], Any], bool] | None] = \
             queue.SimpleQueue()
+        self._run_group = run_group
         # A daemon: a store never closed must not keep the interpreter from exiting (SQLite survives being cut short).
         self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
         self._thread.start()
 
-    def submit(self, fn: Callable[[], T]) -> asyncio.Future[T]:
+    def submit(self, fn: Callable[[], T], group: bool = False) -> asyncio.Future[T]:
         loop = asyncio.get_running_loop()
         future = loop.create_future()
-        self._queue.put((loop, future, fn))
+        self._queue.put((loop, future, fn, group and self._run_group is not None))
         return future
 
     def stop(self) -> None:
@@ -573,22 +631,42 @@ class _StoreThread:
     def _serve(self) -> None:
         done: list[tuple[asyncio.Future, bool, Any]] = []
         done_loop: asyncio.AbstractEventLoop | None = None
+        held: list = []  # an item taken while gathering a group that does not belong to it: the next one to run
         while True:
-            item = self._queue.get()
+            item = held.pop() if held else self._queue.get()
             if item is None:
+                if done:
+                    self._deliver(done_loop, done)
                 return
-            loop, future, fn = item
+            loop, future, fn, group = item
             if done and loop is not done_loop:  # (a store used from another loop since: never mix them)
                 self._deliver(done_loop, done)
                 done = []
             done_loop = loop
-            try:
-                done.append((future, True, fn()))
-            except BaseException as exc:  # handed to its caller, as an executor would
-                done.append((future, False, exc))
-            if len(done) >= self._DELIVER_EVERY or self._queue.empty():
+            if group:
+                items = self._gather_group(item, held)
+                outcomes = self._run_group([fn for _, _, fn, _ in items])
+                done.extend((f, ok, value) for (_, f, _, _), (ok, value) in zip(items, outcomes))
+            else:
+                done.append((future, *_outcome(fn)))
+            if len(done) >= self._DELIVER_EVERY or (not held and self._queue.empty()):
                 self._deliver(loop, done)
                 done = []
+
+    def _gather_group(self, first: tuple, held: list) -> list[tuple]:
+        """`first` and the group items queued right behind it (same loop), up to _GROUP_MAX; the first other
+        item met goes to `held`."""
+        items = [first]
+        while len(items) < self._GROUP_MAX:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is None or not item[3] or item[0] is not first[0]:
+                held.append(item)
+                break
+            items.append(item)
+        return items
 
     @staticmethod
     def _deliver(loop: asyncio.AbstractEventLoop, done: list[tuple[asyncio.Future, bool, Any]]) -> None:
@@ -616,11 +694,12 @@ class SQLiteStore(StateStore):
         self.description = f"sqlite://{self.path}"
         self._thread: _StoreThread | None = None
         self._conn: sqlite3.Connection | None = None  # touched only on the store's thread
+        self._grouping = False  # on the store's thread: a group's transaction is open (_call_group)
 
     async def open(self) -> None:
         if self._thread is not None:
             return
-        thread = _StoreThread("dspy-pool-sqlite")
+        thread = _StoreThread("dspy-pool-sqlite", self._call_group)
         try:
             self._conn = await thread.submit(functools.partial(_connect, self.path, self.busy_timeout_s))
         except BaseException:
@@ -643,10 +722,10 @@ class SQLiteStore(StateStore):
         if conn is not None:
             conn.close()
 
-    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+    async def _run(self, fn: Callable[..., T], *args: Any, group: bool = False) -> T:
         if self._thread is None:
             raise StateError(f"{self.description}: the store is not open")
-        return await self._thread.submit(functools.partial(self._call, fn, args))
+        return await self._thread.submit(functools.partial(self._call, fn, args), group)
 
     def _call(self, fn: Callable[..., T], args: tuple) -> T:
         """On the store's thread: run one operation, its SQLite errors turned into the state errors callers handle."""
@@ -654,11 +733,35 @@ class SQLiteStore(StateStore):
         if conn is None:
             raise StateError(f"{self.description}: the store is closed")
         try:
+            if conn.in_transaction and not self._grouping:
+                # Left open by an operation whose ROLLBACK failed (its caller had the error): never let the next one
+                # run as a savepoint of it (_transaction nests inside an open transaction) and be silently lost.
+                conn.execute("ROLLBACK")
             return fn(conn, *args)
-        except sqlite3.OperationalError as exc:  # locked past busy_timeout, disk full, I/O error: may pass
-            raise StateUnavailable(f"{self.description}: {exc}") from exc
-        except sqlite3.DatabaseError as exc:  # corrupt, or a constraint we broke: will not pass by retrying
-            raise StateError(f"{self.description}: {exc}") from exc
+        except sqlite3.DatabaseError as exc:
+            raise self._translated(exc) from exc
+
+    def _call_group(self, ops: list[Callable[[], Any]]) -> list[Outcome]:
+        """On the store's thread: operations queued together (each a _call) committed as one (_group_commit)."""
+        conn = self._conn
+        if conn is None or len(ops) == 1:
+            return [_outcome(op) for op in ops]
+        self._grouping = True
+        try:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")  # as in _call
+            outcomes = _group_commit(conn, ops)
+        except sqlite3.DatabaseError as exc:  # BEGIN failed (locked past busy_timeout): none ran
+            outcomes = [(False, exc)] * len(ops)
+        finally:
+            self._grouping = False
+        return [(False, self._translated(value)) if not ok and isinstance(value, sqlite3.DatabaseError) else (ok, value)
+                for ok, value in outcomes]
+
+    def _translated(self, exc: sqlite3.DatabaseError) -> StateError:
+        if isinstance(exc, sqlite3.OperationalError):  # locked past busy_timeout, disk full, I/O error: may pass
+            return StateUnavailable(f"{self.description}: {exc}")
+        return StateError(f"{self.description}: {exc}")  # corrupt, or a constraint we broke: will not pass by retrying
 
     async def add_program(self, program: NewProgram, max_programs: int) -> AddedProgram:
         return await self._run(_add_program, program, max_programs)
@@ -681,7 +784,8 @@ class SQLiteStore(StateStore):
 
     async def append_turn(self, session_id: str, turn: TurnRecord, now: float, limits: SessionLimits,
                           with_turns: bool = False) -> AppendResult:
-        return await self._run(_append_turn, session_id, turn, now, limits, with_turns)
+        # Appends queued together commit together (_group_commit): most of an append's cost is its commit.
+        return await self._run(_append_turn, session_id, turn, now, limits, with_turns, group=True)
 
     async def delete_session(self, session_id: str) -> SessionRecord | None:
         return await self._run(_delete_session, session_id)

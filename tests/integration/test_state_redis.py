@@ -240,6 +240,21 @@ def test_description_masks_passwords():
 
 # -- an outage ------------------------------------------------------------------------------------------------------
 
+async def test_a_restart_while_idle_costs_no_call(redis_server):
+    """Redis restarted between two session calls: the next one reconnects and succeeds (the hot path's held
+    connection is checked before each batch, as the pool checks one it lends)."""
+    store = RedisStore(redis_server.url, prefix=_prefix())
+    await store.open()
+    try:
+        await store.append_turn("s1", _turn(1), T0, LIMITS)
+        redis_server.stop()
+        redis_server.start()
+        await asyncio.sleep(0.1)  # a serving front's loop runs meanwhile and sees the old connection close
+        assert (await store.append_turn("s1", _turn(2), T0 + 1, LIMITS)).started  # persistence off: a fresh session
+    finally:
+        await store.close()
+
+
 async def test_outage_raises_unavailable_and_recovers_without_reopening(redis_server):
     """Redis stopped: calls raise StateUnavailable naming the URL; started again: the same store works at once."""
     store = RedisStore(redis_server.url, prefix=_prefix())

@@ -13,7 +13,8 @@ import pytest
 
 from dspy_pool.state import SCHEMA_VERSION, StateError, StateUnavailable, TurnRecord, make_store
 from dspy_pool.state.base import ExampleRecord, JobRecord
-from dspy_pool.state.sqlite import MIGRATIONS, SQLiteStore
+from dspy_pool.state import sqlite as sqlite_store
+from dspy_pool.state.sqlite import MIGRATIONS, SQLiteStore, _group_commit
 
 from .state_contract import *  # noqa: F403
 from .state_contract import LIMITS, MAX_PROGRAMS, T0, _program, _turn
@@ -276,6 +277,54 @@ async def test_errors_reach_only_their_own_callers(store):
                                      for n in range(10)), store.add_examples("ds", "train", [ExampleRecord("{}", "{}")], 1),
                                    return_exceptions=True)
     assert [type(r).__name__ for r in results] == ["DatasetInfo"] * 10 + ["ResourceExhausted"]
+
+
+async def test_appends_queued_together_commit_together_and_all_land(tmp_path, monkeypatch):
+    """Appends queued at once share one transaction (a group commit); every turn is in the file for another connection."""
+    groups = []
+
+    def counted(conn, ops):
+        groups.append(len(ops))
+        return _group_commit(conn, ops)
+
+    monkeypatch.setattr(sqlite_store, "_group_commit", counted)
+    path = tmp_path / "state.db"
+    a, b = await _reopened(path), await _reopened(path)
+    try:
+        await asyncio.gather(*(a.append_turn(f"s{n % 8}", _turn(n), T0 + n / 1000, LIMITS) for n in range(40)))
+        assert max(groups) > 1 and sum(groups) <= 40
+        for n in range(8):
+            session = await b.get_session(f"s{n}", T0 + 1, LIMITS)
+            assert sorted(t.inputs_json for t in session.turns) == sorted(_turn(m).inputs_json for m in range(n, 40, 8))
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_a_refused_append_in_a_group_leaves_the_others_committed(tmp_path):
+    """At the cap, the appends of one group that are refused are rolled back alone; the rest are committed."""
+    path = tmp_path / "state.db"
+    a, b = await _reopened(path), await _reopened(path)
+    try:
+        results = await asyncio.gather(*(a.append_turn(f"s{n}", _turn(n), T0, LIMITS) for n in range(12)),
+                                       return_exceptions=True)
+        assert [type(r).__name__ for r in results] == ["AppendResult"] * 10 + ["ResourceExhausted"] * 2
+        assert await b.count_sessions() == 10
+    finally:
+        await a.close()
+        await b.close()
+
+
+def test_a_group_whose_transaction_is_lost_fails_every_operation(tmp_path):
+    """If SQLite rolls the group's transaction back midway, no operation of the group reports success."""
+    conn = sqlite3.connect(tmp_path / "g.db", isolation_level=None)
+    conn.execute("CREATE TABLE t (n INTEGER)")
+    ops = [lambda: conn.execute("INSERT INTO t VALUES (1)"), lambda: conn.execute("ROLLBACK"),
+           lambda: conn.execute("INSERT INTO t VALUES (3)")]
+    assert [ok for ok, _ in _group_commit(conn, ops)] == [False, False, False]
+    assert conn.execute("SELECT count(*) FROM t").fetchone() == (0,)
+    assert not conn.in_transaction
+    conn.close()
 
 
 async def test_close_is_idempotent_and_later_calls_fail_cleanly(tmp_path):

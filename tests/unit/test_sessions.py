@@ -101,3 +101,64 @@ def test_bad_session_ids_rejected(session_id):
     """Ids outside [A-Za-z0-9_.:-]{1,128} are INVALID_ARGUMENT."""
     with pytest.raises(InvalidArgument):
         check_session_id(session_id)
+
+
+class CountingStore(MemoryStore):
+    """A MemoryStore that counts open_session calls (the round trip a busy session's call may skip)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.opens = 0
+
+    async def open_session(self, *args, **kwargs):
+        self.opens += 1
+        return await super().open_session(*args, **kwargs)
+
+
+def counted(**limits) -> tuple[SessionStore, CountingStore]:
+    store = CountingStore()
+    defaults = {"ttl_s": 60.0, "max_turns": 3, "max_sessions": 10, "protect_s": 30.0}
+    return SessionStore(store, SessionLimits(**{**defaults, **limits})), store
+
+
+async def test_an_open_without_history_right_after_this_fronts_append_skips_the_store():
+    """Within the open slack of this front's last append, open(with_turns=False) reads nothing; the turn still lands."""
+    sessions_, store = counted()
+    await sessions_.open("s1", now=100.0, with_turns=False)
+    await sessions_.record_turn("s1", turn_record("qa", {"q": 1}, {"a": 1}), now=100.0)
+    again = await sessions_.open("s1", now=100.5, with_turns=False)
+    assert (again.started, again.lost, again.record.created_at, store.opens) == (False, "", 100.0, 1)
+    await sessions_.record_turn("s1", turn_record("qa", {"q": 2}, {"a": 2}), now=100.5)
+    assert len((await sessions_.get("s1", now=101.0)).turns) == 2
+
+
+async def test_an_open_that_wants_history_or_comes_after_the_slack_asks_the_store():
+    """History is always read from the store (other fronts append too), and so is a session idle past the slack."""
+    sessions_, store = counted()
+    await sessions_.open("s1", now=100.0, with_turns=False)
+    await sessions_.record_turn("s1", turn_record("qa", {"q": 1}, {"a": 1}), now=100.0)
+    assert (await sessions_.open("s1", now=100.5)).history_messages() == [{"q": 1, "a": 1}]
+    await sessions_.open("s1", now=102.0, with_turns=False)
+    assert store.opens == 3
+
+
+async def test_a_session_closed_elsewhere_is_started_again_by_the_append():
+    """Closed by another front after this one's append: the skipped open's call still keeps its turn, in a new session."""
+    sessions_, store = counted()
+    await sessions_.open("s1", now=100.0, with_turns=False)
+    await sessions_.record_turn("s1", turn_record("qa", {"q": 1}, {"a": 1}), now=100.0)
+    await store.delete_session("s1")  # another front's CloseSession, straight on the shared store
+    await sessions_.open("s1", now=100.2, with_turns=False)
+    await sessions_.record_turn("s1", turn_record("qa", {"q": 2}, {"a": 2}), now=100.2)
+    record = await sessions_.get("s1", now=100.3)
+    assert (record.created_at, [t.inputs_json for t in record.turns]) == (100.2, ['{"q": 2}'])
+
+
+async def test_a_session_this_front_closed_is_opened_from_the_store():
+    """After close(), the next open asks the store and says started, even within the slack."""
+    sessions_, store = counted()
+    await sessions_.open("s1", now=100.0, with_turns=False)
+    await sessions_.record_turn("s1", turn_record("qa", {"q": 1}, {"a": 1}), now=100.0)
+    await sessions_.close("s1")
+    assert (await sessions_.open("s1", now=100.1, with_turns=False)).started is True
+    assert store.opens == 2

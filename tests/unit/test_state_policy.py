@@ -8,7 +8,7 @@ from dspy_pool.errors import ErrorKind
 from dspy_pool.state.base import ExampleRecord, JobRecord, SessionLimits
 from dspy_pool.state.policy import (
     EMPTY_HEAD, Room, can_claim, chain_examples, dataset_hash, entry_bytes, examples_fit, examples_full, is_expired,
-    make_room, newest_first, open_touch_slack_s, open_touches, pick_top, programs_full, sessions_full, trim_from,
+    make_room, newest_first, open_needless, open_touch_slack_s, open_touches, pick_top, programs_full, sessions_full, trim_from,
 )
 
 LIMITS = SessionLimits(ttl_s=100.0, max_turns=5, max_sessions=2, protect_s=60.0)
@@ -147,6 +147,15 @@ def test_touch_slack_is_a_tenth_of_small_limits():
     assert open_touch_slack_s(SessionLimits(ttl_s=100.0, max_turns=5, max_sessions=2, protect_s=2.0)) == 0.2
     never = SessionLimits(ttl_s=100.0, max_turns=5, max_sessions=2, protect_s=0.0)
     assert open_touches(100.0, 100.0, never)
+
+
+def test_an_open_is_needless_only_within_the_slack_of_this_fronts_own_commit():
+    """A session this front appended to within the slack needs no open; never appended, or longer ago, does."""
+    limits = SessionLimits(ttl_s=3600.0, max_turns=5, max_sessions=2, protect_s=60.0)
+    assert open_needless(100.0, 100.5, limits)
+    assert not open_needless(100.0, 101.0, limits)
+    assert not open_needless(0.0, 0.5, limits)
+    assert not open_needless(100.0, 100.0, SessionLimits(ttl_s=100.0, max_turns=5, max_sessions=2, protect_s=0.0))
 
 
 def _example(n: int, **changes) -> ExampleRecord:
