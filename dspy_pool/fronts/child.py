@@ -10,7 +10,6 @@ gets there, the pipe closes when it exits and the supervisor sees why.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import sys

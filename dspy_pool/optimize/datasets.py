@@ -7,7 +7,8 @@ import re
 import time
 
 from dspy_pool import errors, structs
-from dspy_pool.state import DatasetInfo, ExampleRecord, StateStore, StateUnavailable
+from dspy_pool.state import DatasetInfo, ExampleRecord, StateStore
+from dspy_pool.state.unreachable import unavailable_while_down
 from dspy_pool.v1 import dspy_pool_pb2 as pb
 
 SPLITS = ("train", "dev")
@@ -54,10 +55,8 @@ class Datasets:
         if not request.examples:
             raise errors.InvalidArgument("no examples given")
         records = self._records(request)
-        try:
+        async with unavailable_while_down("examples were not added"):
             info = await self.store.add_examples(request.dataset, request.split, records, self.max_examples)
-        except StateUnavailable as exc:
-            raise errors.Unavailable(f"the state store is unreachable ({exc}); examples were not added") from None
         return to_message(info)
 
     async def get(self, name: str) -> pb.Dataset:
@@ -75,7 +74,5 @@ class Datasets:
         return True
 
     async def _call(self, awaitable):
-        try:
+        async with unavailable_while_down("datasets cannot be read or changed until it is back"):
             return await awaitable
-        except StateUnavailable as exc:
-            raise errors.Unavailable(f"the state store is unreachable ({exc})") from None

@@ -9,7 +9,6 @@ the one it replaces.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import re
 import time
@@ -23,7 +22,8 @@ from google.protobuf import timestamp_pb2
 from dspy_pool import fields as spec_fields
 from dspy_pool.errors import InvalidArgument, NotFound, Unavailable
 from dspy_pool.pool.api import ProgramRef
-from dspy_pool.state import NewProgram, ProgramRecord, StateStore, StateUnavailable
+from dspy_pool.state import NewProgram, ProgramRecord, StateStore
+from dspy_pool.state.unreachable import unavailable_while_down
 from dspy_pool.v1 import dspy_pool_pb2 as pb
 
 log = structlog.get_logger("dspy_pool.registry")
@@ -267,11 +267,6 @@ def _version(record: ProgramRecord, created: bool) -> ProgramVersion:
     return ProgramVersion(program, program_ref(spec), record.takes_history)
 
 
-@contextlib.asynccontextmanager
-async def _store_errors():
+def _store_errors():
     """The store unreachable is UNAVAILABLE for the caller, with what to expect."""
-    try:
-        yield
-    except StateUnavailable as exc:
-        raise Unavailable(f"the state store is unreachable ({exc}); programs already known keep serving, "
-                          "changes are refused until it is back") from None
+    return unavailable_while_down("programs already known keep serving, changes are refused until it is back")

@@ -30,14 +30,14 @@ gone and why.
 from __future__ import annotations
 
 import collections
-import contextlib
 import json
 import re
 from dataclasses import dataclass
 from typing import Any
 
-from dspy_pool.errors import InvalidArgument, NotFound, ResourceExhausted, Unavailable
-from dspy_pool.state import SessionLimits, SessionRecord, StateStore, StateUnavailable, TurnRecord, policy
+from dspy_pool.errors import InvalidArgument, NotFound, ResourceExhausted
+from dspy_pool.state import SessionLimits, SessionRecord, StateStore, TurnRecord, policy
+from dspy_pool.state.unreachable import unavailable_while_down
 
 SESSION_ID_PATTERN = re.compile(r"[A-Za-z0-9_.:\-]{1,128}")
 
@@ -79,12 +79,8 @@ def turn_record(program: str, inputs: dict[str, Any], outputs: dict[str, Any]) -
     return TurnRecord(program, json.dumps(inputs, ensure_ascii=False), json.dumps(outputs, ensure_ascii=False))
 
 
-@contextlib.asynccontextmanager
-async def _store_errors():
-    try:
-        yield
-    except StateUnavailable as exc:
-        raise Unavailable(f"the state store is unreachable ({exc}); session calls are refused until it is back") from None
+def _store_errors():
+    return unavailable_while_down("session calls are refused until it is back")
 
 
 class SessionStore:

@@ -1,0 +1,20 @@
+"""What an unreachable store means to a caller: UNAVAILABLE, saying what is refused until it is back."""
+
+from __future__ import annotations
+
+import contextlib
+from typing import AsyncIterator
+
+from dspy_pool.errors import Unavailable
+from dspy_pool.state.base import StateUnavailable
+
+__all__ = ["unavailable_while_down"]
+
+
+@contextlib.asynccontextmanager
+async def unavailable_while_down(consequence: str) -> AsyncIterator[None]:
+    """Turn StateUnavailable into errors.Unavailable("the state store is unreachable (why); <consequence>")."""
+    try:
+        yield
+    except StateUnavailable as exc:
+        raise Unavailable(f"the state store is unreachable ({exc}); {consequence}") from None
