@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import json
 import sys
-from dataclasses import dataclass
 
 from dspy_pool import client_cli, logs
 from dspy_pool.server import config as config_module
@@ -31,18 +30,18 @@ def _serve(args: argparse.Namespace) -> int:
 
     async def run() -> None:
         demos: list[asyncio.Future] = []
-        def on_serving(app) -> None:
+        def on_serving(port: int) -> None:
             # The next thing a new user can type, with no other tool installed.
-            print(client_cli.serving_hint(config.server.listen, app.port, args.demo), flush=True)
+            print(client_cli.serving_hint(config.server.listen, port, args.demo), flush=True)
             if args.demo:
-                demos.append(asyncio.ensure_future(_demo_call(config.server.listen)))
+                demos.append(asyncio.ensure_future(_demo_call(client_cli.client_target(config.server.listen, port))))
 
         if config.server.front_processes > 1:
             from dspy_pool.fronts.supervisor import serve_group
 
-            await serve_group(config, lambda port: on_serving(_Bound(port)))
+            await serve_group(config, on_serving)
         else:
-            await serve(config, on_serving)
+            await serve(config, lambda app: on_serving(app.port))
         for demo in demos:
             demo.cancel()
 
@@ -52,13 +51,6 @@ def _serve(args: argparse.Namespace) -> int:
         print(f"dspy-pool: failed: {exc}", file=sys.stderr)
         return 1
     return 0
-
-
-@dataclass(frozen=True)
-class _Bound:
-    """What the serving hint needs of a server: its bound port."""
-
-    port: int
 
 
 def run_loop(coro) -> None:
