@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 _WINDOW = 1000
 
 
-@dataclass
+@dataclass(slots=True)
 class _Arm:
     calls: int = 0
     errors: int = 0
@@ -69,7 +69,10 @@ class ProgramStats:
         return calls, (errors / calls if calls else 0.0)
 
     def record(self, program: str, version: int, arm: str, latency_ms: float, failed: bool) -> None:
-        entry = self._arms.setdefault((program, version, arm), _Arm())
+        key = (program, version, arm)
+        entry = self._arms.get(key)
+        if entry is None:  # not setdefault: that would build an _Arm and its deque on every call
+            entry = self._arms[key] = _Arm()
         entry.calls += 1
         entry.errors += failed
         entry.latencies_ms.append(latency_ms)

@@ -8,7 +8,11 @@
                         +------------- slot freed: pump() ----------+
 
 A job's deadline covers queue wait plus execution. Expired or cancelled jobs
-in the queue are skipped lazily when popped. A job that reached a worker is
+in the queue are skipped lazily when popped. Deadlines live in one heap with
+one loop timer armed for the earliest (not a timer per call: arming and
+cancelling a loop timer per call costs more than the rest of dispatching);
+finished jobs leave the heap lazily, and it is compacted before they
+outweigh the live ones. A job that reached a worker is
 never run twice: if its worker dies, it fails with WorkerCrashed. Jobs still
 queued are untouched by a crash. Session affinity is a hint: the preferred
 worker is used when it has a free slot, otherwise the least loaded one.
@@ -19,6 +23,8 @@ from __future__ import annotations
 import asyncio
 import collections
 import enum
+import heapq
+import itertools
 import time
 from typing import Any, Callable, Iterable
 
@@ -38,7 +44,7 @@ class Job:
 
     __slots__ = (
         "program_key", "spec", "request", "deadline", "affinity", "future", "state",
-        "enqueued_at", "started_at", "handle", "request_id", "timer", "_dispatcher", "resent",
+        "enqueued_at", "started_at", "handle", "request_id", "_dispatcher", "resent",
     )
 
     def __init__(self, program_key: str, spec: bytes, request: wire.WorkRequest, deadline: float, affinity: int = -1) -> None:
@@ -47,13 +53,12 @@ class Job:
         self.request = request
         self.deadline = deadline
         self.affinity = affinity
-        self.future: asyncio.Future[tuple[wire.WorkReply, WorkerHandle]] = asyncio.get_running_loop().create_future()
+        self.future: asyncio.Future[tuple[wire.WorkReply, WorkerHandle]] | None = None  # made by Dispatcher.run
         self.state = JobState.QUEUED
         self.enqueued_at = time.monotonic()
         self.started_at = 0.0
         self.handle: WorkerHandle | None = None
         self.request_id = 0
-        self.timer: asyncio.TimerHandle | None = None
         self._dispatcher: Dispatcher | None = None
         self.resent = False
 
@@ -72,9 +77,7 @@ class Job:
 
     def _finish(self, reply=None, error: BaseException | None = None) -> None:
         self.state = JobState.DONE
-        if self.timer is not None:
-            self.timer.cancel()
-        if not self.future.done():
+        if self.future is not None and not self.future.done():
             if error is not None:
                 self.future.set_exception(error)
             else:
@@ -101,6 +104,13 @@ class Dispatcher:
         # (no worker can exist while the zygote is down, a quarantined program), or None.
         self.refuse: Callable[[str], errors.PoolError | None] | None = None
         self._activity = asyncio.Event()  # set whenever a call finishes, a slot frees or a worker leaves
+        self._loop: asyncio.AbstractEventLoop | None = None  # the loop run() last ran on (one per pool)
+        # (deadline, tie-breaker, job) for every job run() waits on, finished ones included until popped or compacted.
+        self._deadlines: list[tuple[float, int, Job]] = []
+        self._timed = 0  # jobs run() still waits on: the live entries of _deadlines
+        self._sequence = itertools.count()
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0  # when _timer fires
 
     # -- workers ------------------------------------------------------------
     def add_worker(self, handle: WorkerHandle) -> None:
@@ -137,9 +147,12 @@ class Dispatcher:
         if refusal is not None:
             raise refusal
         job._dispatcher = self
-        loop = asyncio.get_running_loop()
+        loop = self._loop
+        if loop is None or not loop.is_running():  # asking for the running loop costs a getpid syscall on 3.11
+            loop = self._on_loop(asyncio.get_running_loop())
         if job.deadline <= loop.time():
             raise errors.DeadlineExceeded("deadline passed before the call was queued")
+        job.future = loop.create_future()
         handle = self._pick(job.affinity) if not self._queued else None
         if handle is not None:
             self._start(job, handle)
@@ -154,7 +167,7 @@ class Dispatcher:
             self._queued += 1
             if self._queued == 1 and self.on_backlog is not None:
                 self.on_backlog()
-        job.timer = loop.call_at(job.deadline, self._expire, job)
+        self._watch(job, loop)
         try:
             result = await job.future
         except asyncio.CancelledError:
@@ -167,6 +180,7 @@ class Dispatcher:
             raise
         finally:
             self._activity.set()
+            self._unwatch()
         self.completed += 1
         if self.metrics is not None:
             self.metrics.job_finished(job, time.monotonic())
@@ -177,6 +191,65 @@ class Dispatcher:
         while self._queued or self.in_flight:
             self._activity.clear()
             await self._activity.wait()
+
+    def _on_loop(self, loop: asyncio.AbstractEventLoop) -> asyncio.AbstractEventLoop:
+        """Run on `loop` from now on; a previous loop's deadline timer and entries go (their calls cannot be awaited)."""
+        if loop is not self._loop:
+            if self._timer is not None:
+                self._timer.cancel()
+                self._timer = None
+            self._deadlines, self._timed = [], 0
+            self._loop = loop
+        return loop
+
+    def _watch(self, job: Job, loop: asyncio.AbstractEventLoop) -> None:
+        """Expire `job` at its deadline: one heap entry, and the timer re-armed only if it is now the earliest."""
+        deadline = job.deadline
+        heapq.heappush(self._deadlines, (deadline, next(self._sequence), job))
+        self._timed += 1
+        if self._timer is None or deadline < self._timer_at:
+            if self._timer is not None:
+                self._timer.cancel()
+            self._timer_at = deadline
+            self._timer = loop.call_at(deadline, self._on_deadline)
+
+    def _unwatch(self) -> None:
+        """A job run() waited on is done: drop finished entries from the top, and compact once they outweigh live ones.
+
+        A finished job left in the heap keeps its future, request and reply alive; held long, they outlive
+        young-generation collections and make every later one dearer. Calls mostly finish in the order
+        they came, so the top is usually the one that just finished.
+        """
+        self._timed = max(0, self._timed - 1)
+        heap = self._deadlines
+        while heap and heap[0][2].state is JobState.DONE:
+            heapq.heappop(heap)
+        if len(heap) > 2 * self._timed + 64:
+            self._deadlines = [entry for entry in heap if entry[2].state is not JobState.DONE]
+            heapq.heapify(self._deadlines)
+
+    def _on_deadline(self) -> None:
+        """The earliest deadline came: expire every job past its deadline, then arm for the next live one."""
+        self._timer = None
+        loop = self._loop
+        heap = self._deadlines
+        # As asyncio's own timers: a deadline within the clock's resolution of now is due (the timer may fire a hair early).
+        now = loop.time() + 0.001
+        try:
+            while heap:
+                deadline, _, job = heap[0]
+                if job.state is JobState.DONE:
+                    heapq.heappop(heap)
+                elif deadline <= now:
+                    heapq.heappop(heap)
+                    self._expire(job)
+                else:
+                    break
+        finally:  # even if one expiry raised, the others still get their timer
+            heap = self._deadlines
+            if heap and self._timer is None:
+                self._timer_at = heap[0][0]
+                self._timer = loop.call_at(self._timer_at, self._on_deadline)
 
     def _expire(self, job: Job) -> None:
         queued = job.state is JobState.QUEUED
@@ -219,7 +292,7 @@ class Dispatcher:
             request.CopyFrom(job.request)
             request.spec = job.spec
             handle.loaded_programs.add(job.program_key)
-        request.timeout_s = max(0.001, job.deadline - asyncio.get_running_loop().time())
+        request.timeout_s = max(0.001, job.deadline - self._loop.time())
         job.state = JobState.RUNNING
         job.handle = handle
         job.started_at = time.monotonic()

@@ -68,7 +68,10 @@ class WorkerHandle(asyncio.Protocol):
         self.death_reason = ""
         self.responsive = True  # False from a missed ping to the next pong: no new calls meanwhile
         self.drained = False  # asked to finish and exit: its exit is expected, never a restart
-        self.hello: asyncio.Future[wire.WorkerHello] = asyncio.get_running_loop().create_future()
+        # A handle lives on the loop that made it (its transport does); kept because asking for the running loop
+        # costs a getpid syscall per call on Python 3.11, and frames are written on every call.
+        self._loop = asyncio.get_running_loop()
+        self.hello: asyncio.Future[wire.WorkerHello] = self._loop.create_future()
         self._decoder = FrameDecoder(max_frame_bytes)
         self._cancel_grace_s = cancel_grace_s
         self._on_dead = on_dead
@@ -82,7 +85,7 @@ class WorkerHandle(asyncio.Protocol):
     # -- wiring -----------------------------------------------------------
     async def attach(self, pid: int, channel: socket.socket, stdout_fd: int, stderr_fd: int) -> None:
         self.pid = pid
-        loop = asyncio.get_running_loop()
+        loop = self._loop
         channel.setblocking(False)
         await loop.connect_accepted_socket(lambda: self, channel)
         for fd, stream in ((stdout_fd, "stdout"), (stderr_fd, "stderr")):
@@ -178,7 +181,7 @@ class WorkerHandle(asyncio.Protocol):
         if request_id not in self.in_flight or self.state is WorkerState.STOPPED:
             return
         self._write(FrameType.CANCEL, request_id)
-        asyncio.get_running_loop().call_later(self._cancel_grace_s, self._check_cancelled, request_id)
+        self._loop.call_later(self._cancel_grace_s, self._check_cancelled, request_id)
 
     def _check_cancelled(self, request_id: int) -> None:
         if request_id in self.in_flight:
@@ -220,10 +223,12 @@ class WorkerHandle(asyncio.Protocol):
     def _write(self, frame_type: FrameType, request_id: int, payload: bytes = b"") -> None:
         # Frames written in one turn of the loop leave together, in order, at its end: under load many calls
         # start per turn, and one write (one syscall, one wake-up of the worker) carries them all.
-        if self._transport is not None and not self._transport.is_closing():
-            self._outbox.append(encode(frame_type, request_id, payload))
-            if len(self._outbox) == 1:
-                asyncio.get_running_loop().call_soon(self._flush)
+        transport = self._transport
+        if transport is not None and not transport.is_closing():
+            outbox = self._outbox
+            outbox.append(encode(frame_type, request_id, payload))
+            if len(outbox) == 1:
+                self._loop.call_soon(self._flush)
 
     def _flush(self) -> None:
         frames, self._outbox = self._outbox, []

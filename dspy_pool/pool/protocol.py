@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import enum
 import struct
-from dataclasses import dataclass
+from typing import NamedTuple
 
 _HEADER = struct.Struct(">IBQ")
 HEADER_BYTES = _HEADER.size  # 13
@@ -55,8 +55,9 @@ class ProtocolError(Exception):
     """The peer sent bytes that cannot be a frame; the channel is unusable."""
 
 
-@dataclass(frozen=True, slots=True)
-class Frame:
+class Frame(NamedTuple):
+    """One decoded frame (a named tuple: one is built per frame, and a tuple is the cheapest immutable value)."""
+
     type: FrameType
     request_id: int
     payload: bytes = b""

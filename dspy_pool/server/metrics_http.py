@@ -1,8 +1,9 @@
 """Prometheus metrics: gRPC server metrics via an interceptor, pool metrics per tick, an HTTP endpoint.
 
-    grpc.aio server ── MetricsInterceptor ──> grpc_server_started_total
-                        (wraps each handler)   grpc_server_handled_total{grpc_code}
-                                               grpc_server_handling_seconds
+    grpc.aio server ── MetricsInterceptor ──> plain per-method counts (ints, bucket counts)
+                        (wraps each handler;    read at scrape time as grpc_server_started_total,
+                         only when metrics      grpc_server_handled_total{grpc_code},
+                         are served)            grpc_server_handling_seconds
     Controller tick ── PoolExporter.observe(snapshot) ──> an immutable copy
     scrape thread   ── PoolExporter.collect() reads only that copy ──> dspy_pool_* families
     start_metrics_server(port, registry) ──> prometheus_client's HTTP server on 127.0.0.1
@@ -22,15 +23,18 @@ needs on the loop (in `observe`) and the scrape reads only that frozen copy.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import inspect
 import threading
 import time
 from typing import Any, Callable, Iterable
 
 import grpc
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, start_http_server
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
+from prometheus_client.samples import Sample
+from prometheus_client.utils import floatToGoString
 
 from dspy_pool.pool.metrics import PoolMetrics, PoolSnapshot, WaitHistogram
 
@@ -44,6 +48,7 @@ __all__ = [
 
 # LM calls take seconds; the default Prometheus buckets stop at 10 s.
 HANDLING_BUCKETS_S = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
+_BUCKET_NAMES = tuple(floatToGoString(bound) for bound in HANDLING_BUCKETS_S) + ("+Inf",)
 
 _UNARY, _SERVER_STREAM, _CLIENT_STREAM, _BIDI = "unary", "server_stream", "client_stream", "bidi_stream"
 
@@ -90,40 +95,77 @@ def _context_code(context: grpc.aio.ServicerContext) -> grpc.StatusCode | None:
 
 
 class _MethodMetrics:
-    """Pre-bound label children for one method, so a call costs no label lookups."""
+    """One method's counts as plain numbers: the call path only adds to them; the scrape thread reads them.
 
-    __slots__ = ("started", "handling", "_handled", "_labels", "_family")
+    Why not prometheus_client's Counter/Histogram children: each inc()/observe() takes a lock and
+    goes through several method calls, paid on every RPC; these ints cost an attribute add. The
+    scrape reads them at once from its thread (the GIL keeps each read whole), so a scrape that
+    lands mid-call may see one call in `started` and not yet in `handled`, as with any Counter.
+    """
 
-    def __init__(self, interceptor: "MetricsInterceptor", labels: tuple[str, str, str]) -> None:
-        self._labels = labels
-        self._family = interceptor.handled
-        self.started = interceptor.started.labels(*labels)
-        self.handling = interceptor.handling.labels(*labels)
-        self._handled: dict[grpc.StatusCode, Any] = {}
+    __slots__ = ("labels", "started", "handled", "buckets", "seconds_sum", "created")
+
+    def __init__(self, labels: tuple[str, str, str]) -> None:
+        self.labels = labels
+        self.started = 0
+        self.handled: dict[grpc.StatusCode, int] = {}
+        self.buckets = [0] * (len(HANDLING_BUCKETS_S) + 1)  # one per upper bound, then +Inf; not cumulative
+        self.seconds_sum = 0.0
+        self.created = time.time()
 
     def finish(self, code: grpc.StatusCode, seconds: float) -> None:
-        child = self._handled.get(code)
-        if child is None:
-            child = self._handled[code] = self._family.labels(*self._labels, code.name)
-        child.inc()
-        self.handling.observe(seconds)
+        handled = self.handled
+        handled[code] = handled.get(code, 0) + 1
+        self.buckets[bisect.bisect_left(HANDLING_BUCKETS_S, seconds)] += 1  # le: a value on a bound counts in it
+        self.seconds_sum += seconds
+
+
+class _GrpcCollector(Collector):
+    """grpc_server_* families built at scrape time from the interceptor's plain counts."""
+
+    def __init__(self, methods: dict[tuple[str, str, str], _MethodMetrics]) -> None:
+        self._methods = methods
+
+    def describe(self) -> Iterable:
+        return ()
+
+    def collect(self) -> Iterable:
+        labels = ["grpc_type", "grpc_service", "grpc_method"]
+        started = CounterMetricFamily("grpc_server_started", "RPCs started on the server.", labels=labels)
+        handled = CounterMetricFamily("grpc_server_handled", "RPCs completed on the server, regardless of success or failure.",
+                                      labels=labels + ["grpc_code"])
+        handling = HistogramMetricFamily("grpc_server_handling_seconds", "Response latency (seconds) of RPCs handled by the server.",
+                                         labels=labels)
+        for metrics in list(self._methods.values()):  # a copy: the loop may add a method meanwhile
+            key = list(metrics.labels)
+            started.add_metric(key, metrics.started, created=metrics.created)
+            for code, count in list(metrics.handled.items()):
+                handled.add_metric(key + [code.name], count, created=metrics.created)
+            counts, total, cumulative = list(metrics.buckets), metrics.seconds_sum, 0
+            buckets = []
+            for bound, count in zip(_BUCKET_NAMES, counts):
+                cumulative += count
+                buckets.append((bound, cumulative))
+            handling.add_metric(key, buckets, sum_value=total)
+            handling.samples.append(Sample("grpc_server_handling_seconds_created", dict(zip(labels, key)), metrics.created))
+        yield started
+        yield handled
+        yield handling
 
 
 class MetricsInterceptor(grpc.aio.ServerInterceptor):
-    """Counts and times every RPC by type, service, method and final status code."""
+    """Counts and times every RPC by type, service, method and final status code.
+
+    Install it only when metrics are served: it costs every RPC a wrapper, however cheap its counting.
+    """
 
     def __init__(self, registry: CollectorRegistry, clock: Callable[[], float] = time.perf_counter) -> None:
-        labels = ("grpc_type", "grpc_service", "grpc_method")
-        self.started = Counter("grpc_server_started_total", "RPCs started on the server.", labels, registry=registry)
-        self.handled = Counter("grpc_server_handled_total", "RPCs completed on the server, regardless of success or failure.",
-                               labels + ("grpc_code",), registry=registry)
-        self.handling = Histogram("grpc_server_handling_seconds", "Response latency (seconds) of RPCs handled by the server.",
-                                  labels, buckets=HANDLING_BUCKETS_S, registry=registry)
         self._clock = clock
         self._methods: dict[tuple[str, str, str], _MethodMetrics] = {}
         # Method path -> (the handler grpc found, its wrapper): generic handlers hand back the same handler object
         # for a method on every call, so it is wrapped once, not once per call.
         self._wrapped: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+        registry.register(_GrpcCollector(self._methods))
 
     async def intercept_service(self, continuation, handler_call_details):
         handler = await continuation(handler_call_details)
@@ -138,7 +180,7 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
         key = (rpc_type, service, method)
         metrics = self._methods.get(key)
         if metrics is None:
-            metrics = self._methods[key] = _MethodMetrics(self, key)
+            metrics = self._methods[key] = _MethodMetrics(key)
         wrapper = self._wrap(handler, rpc_type, metrics)
         self._wrapped[full_method] = (handler, wrapper)
         return wrapper
@@ -156,7 +198,7 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
 
         if inspect.isasyncgenfunction(behavior):
             async def wrapped(request_or_iterator, context):
-                metrics.started.inc()
+                metrics.started += 1
                 started = clock()
                 try:
                     async for response in behavior(request_or_iterator, context):
@@ -167,7 +209,7 @@ class MetricsInterceptor(grpc.aio.ServerInterceptor):
                 metrics.finish(_context_code(context) or grpc.StatusCode.OK, clock() - started)
         else:
             async def wrapped(request_or_iterator, context):  # type: ignore[misc]
-                metrics.started.inc()
+                metrics.started += 1
                 started = clock()
                 try:
                     result = behavior(request_or_iterator, context)

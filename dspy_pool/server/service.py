@@ -163,6 +163,7 @@ class DSPyPoolService(pb_grpc.DSPyPoolServicer):
         self._register_lock = asyncio.Lock()
         self._failure_log = logs.RateLimiter()
         self._shapes: dict[str, _CallShape] = {}  # program key (its content) -> what every call checks of it
+        self._loop: asyncio.AbstractEventLoop | None = None  # the loop Execute last ran on
 
     async def _abort(self, context: grpc.aio.ServicerContext, error: errors.PoolError) -> None:
         await context.abort_with_status(to_grpc_status(error))
@@ -321,7 +322,9 @@ class DSPyPoolService(pb_grpc.DSPyPoolServicer):
         return arm
 
     async def Execute(self, request: pb.ExecuteRequest, context):
-        loop = asyncio.get_running_loop()
+        loop = self._loop
+        if loop is None or not loop.is_running():  # asking for the running loop costs a getpid syscall on 3.11
+            loop = self._loop = asyncio.get_running_loop()
         received = loop.time()
         deadline = _deadline(context, self.config, loop)
         # 128 random bits as 32 hex digits, like uuid4().hex without building a UUID (this runs on every call).
