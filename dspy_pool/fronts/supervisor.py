@@ -161,8 +161,8 @@ class FrontSupervisor:
         metrics = None
         keepers: list[asyncio.Task] = []
         try:
-            await self._start(0)  # first: it creates or migrates the store and registers --programs-file
-            await asyncio.gather(*(self._start(index) for index in range(1, self.count)))
+            if not await _unless_stopped(self._start_all(), stop):
+                return  # SIGTERM while starting: stop what started
             keepers = [asyncio.ensure_future(self._keep(index)) for index in range(self.count)]
             metrics = self._serve_metrics()
             log.info("fronts_serving", port=self.port, fronts=self.count, pids=[self._info[i].pid for i in sorted(self._info)],
@@ -179,6 +179,10 @@ class FrontSupervisor:
                 await asyncio.to_thread(_stop_http, metrics[0])
             reservation.close()
             shutil.rmtree(self.socket_dir, ignore_errors=True)
+
+    async def _start_all(self) -> None:
+        await self._start(0)  # first: it creates or migrates the store and registers --programs-file
+        await asyncio.gather(*(self._start(index) for index in range(1, self.count)))
 
     def _serve_metrics(self):
         if self.config.observe.metrics_port < 0:
@@ -209,6 +213,20 @@ class FrontSupervisor:
                     process.kill()
         if pending:
             await asyncio.wait(pending, timeout=5.0)
+
+
+async def _unless_stopped(work, stop: asyncio.Event) -> bool:
+    """Run `work` unless `stop` is set first (then cancel it); True when it finished."""
+    task, stopped = asyncio.ensure_future(work), asyncio.ensure_future(stop.wait())
+    await asyncio.wait((task, stopped), return_when=asyncio.FIRST_COMPLETED)
+    stopped.cancel()
+    if task.done():
+        task.result()  # a front that failed to start stops the group
+        return True
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    return False
 
 
 def _stop_http(server) -> None:
