@@ -174,3 +174,15 @@ async def test_sigterm_drains_every_front_and_leaves_no_process(group):
         await eventually(lambda: all(gone(pid) for pid in pids), timeout_s=10)
     finally:
         await close_all(connections)
+
+
+async def test_sigterm_while_the_fronts_start_stops_the_group(tmp_path):
+    server = ServeProcess("--front-processes", "2", "--state-dir", str(tmp_path), "--optimizer-workers", "0",
+                          ready=re.compile(rb"server_starting.*?(\d+)"))  # front 0 is on its way: stop before the group serves
+    try:
+        await server.serving()
+        server.process.send_signal(signal.SIGTERM)
+        assert await asyncio.to_thread(server.process.wait, 30) == 0
+        assert b"fronts_serving" not in server.log
+    finally:
+        server.stop()
