@@ -28,12 +28,13 @@ import json
 import os
 import pathlib
 import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+
+from load_child import LoadChild, free_port  # bench/ is sys.path[0] when run as a script
 
 HERE = pathlib.Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -125,36 +126,7 @@ async def _load_child() -> None:
         print(json.dumps(answer), flush=True)
 
 
-class LoadChild:
-    def __init__(self) -> None:
-        self.process = subprocess.Popen([sys.executable, str(pathlib.Path(__file__).resolve()), "--load-child"],
-                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT)
-
-    def ask(self, **command) -> dict:
-        self.process.stdin.write(json.dumps(command) + "\n")
-        self.process.stdin.flush()
-        line = self.process.stdout.readline()
-        if not line:
-            raise RuntimeError("the load generator died")
-        answer = json.loads(line)
-        if not answer.get("ok"):
-            raise RuntimeError(f"load generator: {command['op']}: {answer.get('error')}")
-        return answer
-
-    def close(self) -> None:
-        with contextlib.suppress(Exception):
-            self.ask(op="quit")
-        if self.process.poll() is None:
-            self.process.kill()
-
-
 # -- servers --------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 class Server:
     def __init__(self, name: str, fronts: int, args, workdir: str) -> None:
         self.name = name
@@ -224,7 +196,7 @@ def run(args) -> dict:
     phases = [int(part) for part in args.in_flight.split(",")]
     with tempfile.TemporaryDirectory(prefix="bench-fronts-") as workdir:
         servers = [Server("fronts_1", 1, args, workdir), Server(f"fronts_{args.fronts}", args.fronts, args, workdir)]
-        load = LoadChild()
+        load = LoadChild(__file__, ROOT)
         try:
             pids = {}
             for server in servers:

@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
-import contextlib
 import json
 import os
 import pathlib
@@ -43,6 +42,8 @@ import subprocess
 import sys
 import tempfile
 import time
+
+from load_child import LoadChild, free_port  # bench/ is sys.path[0] when run as a script
 
 HERE = pathlib.Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -167,38 +168,7 @@ async def _load_child() -> None:
         print(json.dumps(answer), flush=True)
 
 
-class LoadChild:
-    def __init__(self) -> None:
-        self.process = subprocess.Popen([sys.executable, str(pathlib.Path(__file__).resolve()), "--load-child"],
-                                        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT)
-
-    def ask(self, **command) -> dict:
-        self.process.stdin.write(json.dumps(command) + "\n")
-        self.process.stdin.flush()
-        line = self.process.stdout.readline()
-        if not line:
-            raise RuntimeError("the load generator died")
-        answer = json.loads(line)
-        if not answer.get("ok"):
-            raise RuntimeError(f"load generator: {command['op']}: {answer.get('error')}")
-        return answer
-
-    def close(self) -> None:
-        with contextlib.suppress(Exception):
-            self.ask(op="quit")
-        with contextlib.suppress(Exception):
-            self.process.wait(5)
-        if self.process.poll() is None:
-            self.process.kill()
-
-
 # -- servers ----------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 class Server:
     """One server process tree; `front` and `workers` are psutil processes once started."""
 
@@ -386,7 +356,7 @@ def run(args) -> dict:
         pools = [start_pool("dspy_pool", args, logdir, None)]
         if args.baseline_tree:
             pools.append(start_pool("dspy_pool_before", args, logdir, pathlib.Path(args.baseline_tree).resolve()))
-        load = LoadChild()
+        load = LoadChild(__file__, ROOT)
         load.ask(op="connect", name="floor", target=f"127.0.0.1:{servers[0].port}", health=False)
         for pool in pools:
             attach_pool(pool, load)
