@@ -40,7 +40,16 @@ log = structlog.get_logger("dspy_pool.optimize")
 
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED, INTERRUPTED = "queued", "running", "succeeded", "failed", "cancelled", "interrupted"
 FINISHED = (SUCCEEDED, FAILED, CANCELLED, INTERRUPTED)
+_WATCH_POLL_S = 1.0  # a watcher with no local news re-reads the store this often
 _PROGRESS_WRITE_S = 0.5  # progress reaches watchers at once, the store at most this often
+
+
+@dataclass(frozen=True, slots=True)
+class Cancelled:
+    """What CancelOptimization answers, and whether the job runs elsewhere (its owner must be asked)."""
+
+    job: pb.OptimizationJob
+    elsewhere: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,15 +191,16 @@ class JobManager:
     async def list(self, program: str) -> list[pb.OptimizationJob]:
         return [to_message(record) for record in await self.store.list_jobs(program=program)]
 
-    async def cancel(self, job_id: str) -> pb.OptimizationJob:
+    async def cancel(self, job_id: str) -> Cancelled:
         record = await self._record(job_id)
         if record.state == QUEUED:
             record = await self._update(record, state=CANCELLED, error="cancelled before it started")
         elif record.state == RUNNING:
             run = self._runs.get(job_id)
-            if run is not None:
-                run.cancel()  # the runner marks it cancelled when the worker confirms (within ~2 s)
-        return to_message(record)
+            if run is None:  # another front (or replica) runs it: only it can stop its optimizer worker
+                return Cancelled(to_message(record), elsewhere=True)
+            run.cancel()  # the runner marks it cancelled when the worker confirms (within ~2 s)
+        return Cancelled(to_message(record), elsewhere=False)
 
     async def watch(self, job_id: str) -> AsyncIterator[pb.OptimizationJob]:
         """The job now, then each change, until it finishes."""
@@ -200,7 +210,13 @@ class JobManager:
             record = await self._record(job_id)
             yield to_message(record)
             while record.state not in FINISHED:
-                record = await queue.get()
+                try:
+                    record = await asyncio.wait_for(queue.get(), _WATCH_POLL_S)
+                except asyncio.TimeoutError:  # no news here: another front or replica may be running it
+                    fresh = await self._record(job_id)
+                    if fresh == record:
+                        continue
+                    record = fresh
                 yield to_message(record)
         finally:
             self._watchers[job_id].remove(queue)

@@ -11,6 +11,8 @@ kernel picks. GetPoolStatus on any front asks the others for their own status
 
 A peer that does not answer within a second is left out (its FrontStatus is
 missing, so a client can tell); the front supervisor restarts a dead one.
+CancelOptimization for a job another front runs is passed to the peers the
+same way: only the front running a job can stop its optimizer worker.
 """
 
 from __future__ import annotations
@@ -86,6 +88,17 @@ class Peers:
     async def statuses(self) -> list[pb.PoolStatus]:
         answers = await asyncio.gather(*(self._status(index) for index in self.group.peer_indexes))
         return [status for status in answers if status is not None]
+
+    async def cancel_optimization(self, job_id: str) -> None:
+        """Ask every other front to cancel `job_id`; the one running it does (the others find it is not theirs)."""
+        async def ask(index: int) -> None:
+            try:
+                await self._stub(index).CancelOptimization(pb.CancelOptimizationRequest(job_id=job_id), timeout=_PEER_TIMEOUT_S,
+                                                           metadata=((SCOPE_KEY, SCOPE_FRONT),))
+            except grpc.RpcError:
+                pass  # down: its lease runs out and the job is marked interrupted
+
+        await asyncio.gather(*(ask(index) for index in self.group.peer_indexes))
 
     async def close(self) -> None:
         for channel in self._channels:

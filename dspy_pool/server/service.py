@@ -437,9 +437,13 @@ class DSPyPoolService(pb_grpc.DSPyPoolServicer):
 
     async def CancelOptimization(self, request: pb.CancelOptimizationRequest, context):
         try:
-            return await self._jobs().cancel(request.job_id)
+            cancelled = await self._jobs().cancel(request.job_id)
         except errors.PoolError as error:
             await self._abort(context, error)
+            return
+        if cancelled.elsewhere and self.peers is not None and not _front_scoped(context):
+            await self.peers.cancel_optimization(request.job_id)  # the front running it stops it
+        return cancelled.job
 
     def _jobs(self):
         if self.jobs is None:
@@ -589,7 +593,7 @@ class DSPyPoolService(pb_grpc.DSPyPoolServicer):
             await asyncio.sleep(interval)
 
     async def GetPoolStatus(self, request: pb.GetPoolStatusRequest, context):
-        if self.peers is not None and (SCOPE_KEY, SCOPE_FRONT) in (context.invocation_metadata() or ()):
+        if self.peers is not None and _front_scoped(context):
             return await self.pool_status(answered=False)  # a peer asking for this front alone
         return await self.group_status()
 
@@ -641,3 +645,8 @@ class DSPyPoolService(pb_grpc.DSPyPoolServicer):
             status.fronts.add(index=front, pid=os.getpid(), serving=status.serving, workers=len(view.workers),
                               in_flight=view.in_flight, completed=view.completed, answered=answered)
         return status
+
+
+def _front_scoped(context) -> bool:
+    """A call from another front of the group, about this front alone."""
+    return (SCOPE_KEY, SCOPE_FRONT) in (context.invocation_metadata() or ())
