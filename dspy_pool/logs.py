@@ -3,10 +3,16 @@
 Every event passes a redaction step last before rendering, so a key that
 reaches any log line (a library's message, an exception) is masked; JSON logs
 render exceptions as text fields so tracebacks survive.
+
+The call being served (request id, program) is bound with `bind_call` and
+`reset_call`: one context variable set per call, merged into an event only when
+a line is actually written (structlog's bind_contextvars costs every call a
+variable per key and a dict of tokens, about 1 us, for lines rarely written).
 """
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import sys
 
@@ -22,11 +28,32 @@ def _redacting(redactor: Redactor):
     return redact
 
 
+_CALL: contextvars.ContextVar[tuple[str, str] | None] = contextvars.ContextVar("dspy_pool_log_call", default=None)
+
+
+def bind_call(request_id: str, program: str) -> contextvars.Token:
+    """Every line logged until `reset_call(token)` in this context (and tasks it starts) carries request_id and program."""
+    return _CALL.set((request_id, program))
+
+
+def reset_call(token: contextvars.Token) -> None:
+    _CALL.reset(token)
+
+
+def merge_call(_logger, _method, event_dict):
+    """The bound call's fields, under what the event itself says (as merge_contextvars does)."""
+    call = _CALL.get()
+    if call is None:
+        return event_dict
+    return {"request_id": call[0], "program": call[1], **event_dict}
+
+
 def configure(log_format: str = "console", level: str = "info", secrets: tuple[str, ...] = ()) -> None:
     level_number = logging.getLevelName(level.upper()) if isinstance(level, str) else level
     json_output = log_format == "json"
     renderer = structlog.processors.JSONRenderer() if json_output else structlog.dev.ConsoleRenderer(colors=False)
     processors = [
+        merge_call,  # first, so the call's fields follow the bound contextvars' (front) as they did when bound with them
         structlog.contextvars.merge_contextvars,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso"),

@@ -85,7 +85,16 @@ def check_struct(message: struct_pb2.Struct | struct_pb2.ListValue, max_depth: i
     Reads the raw Value messages: converting to Python (`.items()`) is what
     raises protobuf's bare "Value not set", with no hint of where.
     """
-    # Runs on every call: paths are only spelled out for containers and for the Value at fault.
+    # Runs on every call. A flat Struct whose values are all set (the usual inputs) is one pass over its values;
+    # anything else takes the walk below, where paths are only spelled out for containers and the Value at fault.
+    if max_depth >= 1 and isinstance(message, struct_pb2.Struct):
+        fields = message.fields
+        for key in fields:  # keys and lookups: the map's values() is a pure-Python view that does the same, slower
+            kind = fields[key].WhichOneof("kind")
+            if kind is None or kind == "struct_value" or kind == "list_value":
+                break
+        else:
+            return
     stack: list[tuple[Any, int, str]] = [(message, 1, where)]
     while stack:
         node, depth, path = stack.pop()

@@ -45,6 +45,20 @@ class Route:
     pending: bool = False  # optimized mode with nothing promoted yet: the caller may wait, then says so
 
 
+_TRADITIONAL_ROUTES: dict[int, Route] = {}  # version -> its traditional Route: most calls take one, none need a new one
+_ROUTES_KEPT = 4096
+
+
+def traditional(version: int) -> Route:
+    """Route(version, "traditional"), built once per version (a Route is immutable)."""
+    route = _TRADITIONAL_ROUTES.get(version)
+    if route is None:
+        if len(_TRADITIONAL_ROUTES) >= _ROUTES_KEPT:
+            _TRADITIONAL_ROUTES.clear()
+        route = _TRADITIONAL_ROUTES[version] = Route(version, Mode.TRADITIONAL.value)
+    return route
+
+
 def parse_mode(name: str) -> Mode:
     try:
         return Mode(name)
@@ -65,7 +79,7 @@ def route(policy: PolicyView, requested_version: int, requested_mode: str, sessi
     mode = parse_mode(requested_mode) if requested_mode else policy.mode
     base, promoted = policy.base_version, policy.optimized_version
     if mode is Mode.TRADITIONAL:
-        return Route(base, Mode.TRADITIONAL.value)
+        return traditional(base)
     if mode is Mode.OPTIMIZED:
         return Route(promoted, Mode.OPTIMIZED.value) if promoted else Route(base, Mode.TRADITIONAL.value, pending=True)
     if mode is Mode.EVALUATION:

@@ -163,14 +163,19 @@ def _config_problems(config: BreakerConfig) -> Iterator[str]:
         yield f"probe_timeout_s must be a finite number > 0, not {config.probe_timeout_s!r}"
 
 
-@dataclass(frozen=True)
-class Permit:
-    """Leave to make one call; hand it back to `record` exactly once."""
+class Permit(NamedTuple):
+    """Leave to make one call; hand it back to `record` exactly once.
+
+    A tuple, not a dataclass: one is issued on every call, and a tuple is the cheapest immutable value to build.
+    """
 
     generation: int  # the breaker's generation when issued; older ones are stale
     serial: int
     issued_at: float
     probe: bool  # issued while half-open
+
+
+_new_permit = tuple.__new__  # Permit's fields in order, without NamedTuple's Python-level __new__
 
 
 @dataclass(frozen=True)
@@ -210,36 +215,59 @@ class _WindowTotals(NamedTuple):
 
 
 class _Window(Protocol):
+    # Running sums, current as of the last add (a time window also as of the last totals()).
+    calls: int
+    failures: int
+    slow: int
+
     def add(self, failed: bool, slow: bool, now: float) -> None: ...
     def totals(self, now: float) -> _WindowTotals: ...
     def reset(self) -> None: ...
 
 
 class _CountWindow:
-    """The last `size` counted results, with running sums so reads are O(1)."""
+    """The last `size` counted results in a ring with running sums: adding and reading are O(1) and build nothing.
+
+    Each result is one byte (bit 0 failed, bit 1 slow); the ring grows up to `size` as results come,
+    so a large window costs memory only once it has filled.
+    """
+
+    __slots__ = ("_size", "_ring", "_next", "calls", "failures", "slow")
 
     def __init__(self, size: int) -> None:
         self._size = size
-        self._results: deque[tuple[bool, bool]] = deque()
-        self._failures = 0
-        self._slow = 0
+        self._ring = bytearray()
+        self._next = 0  # once full: the oldest result, overwritten by the next
+        self.calls = 0
+        self.failures = 0
+        self.slow = 0
 
     def add(self, failed: bool, slow: bool, now: float) -> None:
-        if len(self._results) == self._size:
-            old_failed, old_slow = self._results.popleft()
-            self._failures -= old_failed
-            self._slow -= old_slow
-        self._results.append((failed, slow))
-        self._failures += failed
-        self._slow += slow
+        code = failed + 2 * slow
+        if self.calls < self._size:
+            self._ring.append(code)
+            self.calls += 1
+        else:
+            index = self._next
+            old = self._ring[index]
+            self._ring[index] = code
+            self._next = index + 1 if index + 1 < self._size else 0
+            if old:
+                self.failures -= old & 1
+                self.slow -= old >> 1
+        if code:
+            self.failures += failed
+            self.slow += slow
 
     def totals(self, now: float) -> _WindowTotals:
-        return _WindowTotals(len(self._results), self._failures, self._slow)
+        return _WindowTotals(self.calls, self.failures, self.slow)
 
     def reset(self) -> None:
-        self._results.clear()
-        self._failures = 0
-        self._slow = 0
+        self._ring.clear()
+        self._next = 0
+        self.calls = 0
+        self.failures = 0
+        self.slow = 0
 
 
 class _Bucket:
@@ -264,7 +292,9 @@ class _TimeWindow:
         self._bucket_s = bucket_s
         self._bucket_count = max(1, math.ceil(window_s / bucket_s - 1e-9))
         self._buckets: deque[_Bucket] = deque()
-        self._totals = _WindowTotals(0, 0, 0)
+        self.calls = 0
+        self.failures = 0
+        self.slow = 0
 
     def _index(self, now: float) -> int:
         return math.floor(now / self._bucket_s)
@@ -273,8 +303,9 @@ class _TimeWindow:
         oldest_kept = self._index(now) - self._bucket_count + 1
         while self._buckets and self._buckets[0].index < oldest_kept:
             gone = self._buckets.popleft()
-            calls, failures, slow = self._totals
-            self._totals = _WindowTotals(calls - gone.calls, failures - gone.failures, slow - gone.slow)
+            self.calls -= gone.calls
+            self.failures -= gone.failures
+            self.slow -= gone.slow
 
     def add(self, failed: bool, slow: bool, now: float) -> None:
         self._expire(now)
@@ -286,16 +317,19 @@ class _TimeWindow:
         bucket.calls += 1
         bucket.failures += failed
         bucket.slow += slow
-        calls, failures, slow_calls = self._totals
-        self._totals = _WindowTotals(calls + 1, failures + failed, slow_calls + slow)
+        self.calls += 1
+        self.failures += failed
+        self.slow += slow
 
     def totals(self, now: float) -> _WindowTotals:
         self._expire(now)
-        return self._totals
+        return _WindowTotals(self.calls, self.failures, self.slow)
 
     def reset(self) -> None:
         self._buckets.clear()
-        self._totals = _WindowTotals(0, 0, 0)
+        self.calls = 0
+        self.failures = 0
+        self.slow = 0
 
 
 def _make_window(config: BreakerConfig) -> _Window:
@@ -315,6 +349,11 @@ class CircuitBreaker:
 
     def __init__(self, config: BreakerConfig) -> None:
         self.config = config
+        # Read on every call: copied out of the config once.
+        self._slow_call_duration_s = config.slow_call_duration_s
+        self._minimum_calls = config.minimum_calls
+        self._failure_rate_threshold = config.failure_rate_threshold
+        self._slow_call_rate_threshold = config.slow_call_rate_threshold
         self._state = BreakerState.CLOSED
         self._generation = 0
         self._next_serial = 0
@@ -338,6 +377,9 @@ class CircuitBreaker:
 
     def acquire(self, now: float) -> Permit | None:
         """A permit to call, or None when open or when every probe slot is taken."""
+        if self._state is BreakerState.CLOSED:  # time alone changes nothing while closed: no _advance
+            self._next_serial += 1
+            return _new_permit(Permit, (self._generation, self._next_serial, now, False))
         self._advance(now)
         if self._state is BreakerState.CLOSED:
             return self._issue(now, probe=False)
@@ -352,6 +394,11 @@ class CircuitBreaker:
 
     def record(self, permit: Permit, outcome: Outcome, duration_s: float, now: float) -> None:
         """Count the result of a call made under `permit`; stale permits are dropped."""
+        if self._state is BreakerState.CLOSED:  # the fast path: closed has nothing to advance and no probes to free
+            if permit.generation == self._generation and outcome is not Outcome.IGNORED:
+                self._window.add(outcome is Outcome.FAILURE, duration_s >= self._slow_call_duration_s, now)
+                self._trip_if_rates_exceeded(now)
+            return
         self._advance(now)
         if permit.generation != self._generation:
             return
@@ -360,7 +407,7 @@ class CircuitBreaker:
             self._probes_in_flight.pop(permit.serial, None)
             return
         failed = outcome is Outcome.FAILURE
-        slow = duration_s >= self.config.slow_call_duration_s
+        slow = duration_s >= self._slow_call_duration_s
         if self._state is BreakerState.CLOSED:
             self._window.add(failed, slow, now)
             self._trip_if_rates_exceeded(now)
@@ -397,7 +444,7 @@ class CircuitBreaker:
 
     def _issue(self, now: float, *, probe: bool) -> Permit:
         self._next_serial += 1
-        return Permit(generation=self._generation, serial=self._next_serial, issued_at=now, probe=probe)
+        return _new_permit(Permit, (self._generation, self._next_serial, now, probe))
 
     def _advance(self, now: float) -> None:
         """Apply what the passage of time alone decides: the open wait ending, probes timing out."""
@@ -411,13 +458,16 @@ class CircuitBreaker:
         return any(now - issued_at >= deadline for issued_at in self._probes_in_flight.values())
 
     def _trip_if_rates_exceeded(self, now: float) -> None:
-        totals = self._window.totals(now)
-        failure_rate, slow_rate = _rates(totals, self.config.minimum_calls)
-        if failure_rate is None or slow_rate is None:
+        """Right after an add at `now`: the window's running sums are current, nothing to expire or build."""
+        window = self._window
+        calls = window.calls
+        if calls < self._minimum_calls:
             return
-        if failure_rate >= self.config.failure_rate_threshold:
+        failure_rate = window.failures / calls
+        slow_rate = window.slow / calls
+        if failure_rate >= self._failure_rate_threshold:
             self._open(now, REASON_FAILURE_RATE, failure_rate, slow_rate)
-        elif slow_rate >= self.config.slow_call_rate_threshold:
+        elif slow_rate >= self._slow_call_rate_threshold:
             self._open(now, REASON_SLOW_CALL_RATE, failure_rate, slow_rate)
 
     def _record_probe(self, permit: Permit, failed: bool, slow: bool, now: float) -> None:
@@ -540,13 +590,15 @@ class AsyncBreakerGuard:
         logger: Any | None = None,
     ) -> None:
         self.registry = registry
+        self._breakers = registry._breakers  # the registry's own dict: one lookup per call, no method call
         self._clock = clock
         self._log = logger if logger is not None else structlog.get_logger("dspy_pool.breaker")
 
     def acquire(self, key: Hashable) -> Permit | None:
-        breaker = self.registry.get(key)
+        breaker = self._breakers.get(key) or self.registry.get(key)
         permit = breaker.acquire(self._clock())
-        self._log_transitions(key, breaker)
+        if breaker._transitions:
+            self._log_transitions(key, breaker)
         return permit
 
     def record(self, key: Hashable, permit: Permit, outcome: Outcome, duration_s: float | None = None) -> None:
@@ -554,9 +606,10 @@ class AsyncBreakerGuard:
         now = self._clock()
         if duration_s is None:
             duration_s = now - permit.issued_at
-        breaker = self.registry.get(key)
+        breaker = self._breakers.get(key) or self.registry.get(key)
         breaker.record(permit, outcome, duration_s, now)
-        self._log_transitions(key, breaker)
+        if breaker._transitions:
+            self._log_transitions(key, breaker)
 
     def state(self, key: Hashable) -> BreakerState:
         breaker = self.registry.get(key)

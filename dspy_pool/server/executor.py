@@ -13,7 +13,8 @@ store before Execute answers.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from collections.abc import Awaitable
+from typing import NamedTuple
 
 from google.protobuf import struct_pb2
 
@@ -23,21 +24,31 @@ from dspy_pool.server.registry import ProgramVersion
 from dspy_pool.server.sessions import SessionStore, turn_record
 
 
-@dataclass(frozen=True, slots=True)
-class SessionNote:
+# Small immutable values built on every call: tuples (NamedTuple), the cheapest to build.
+class SessionNote(NamedTuple):
     """What the response tells the client about its session."""
 
     started: bool = False  # this call opened the session
     lost: str = ""  # why an earlier session with this id is gone ("evicted", "expired")
 
 
-@dataclass(frozen=True, slots=True)
-class Served:
+NO_SESSION = SessionNote()
+
+
+class Served(NamedTuple):
     result: CallResult
     served_by: str = "primary"
     fallback_reason: str = ""
-    session: SessionNote = SessionNote()
+    session: SessionNote = NO_SESSION
     cache_level: str = ""  # which cache level answered ("memory", "store"), when one did
+
+
+_new_served = tuple.__new__
+
+
+def primary(result: CallResult) -> Served:
+    """Served(result): what the pool answered, with no session; every field given, so no defaults are filled in."""
+    return _new_served(Served, (result, "primary", "", NO_SESSION, ""))
 
 
 class Executor:
@@ -48,11 +59,15 @@ class Executor:
         self.sessions = sessions
         self.session_max_in_flight = session_max_in_flight
 
+    def call(self, program: ProgramVersion, inputs: struct_pb2.Struct, request_id: str, deadline: float,
+             lm: LMChoice | None = None) -> Awaitable[CallResult]:
+        """A call outside any session: the pool's own awaitable, with no coroutine of ours around it (every call would pay one)."""
+        return self.pool.call(CallRequest(program.ref, inputs, deadline, request_id, None, -1, lm))
+
     async def execute(self, program: ProgramVersion, inputs: struct_pb2.Struct, session_id: str, request_id: str,
                       deadline: float, lm: LMChoice | None = None) -> Served:
         if not session_id:
-            result = await self.pool.call(CallRequest(program.ref, inputs, deadline, request_id, lm=lm))
-            return Served(result)
+            return primary(await self.call(program, inputs, request_id, deadline, lm))
         session = await self.sessions.open(session_id, time.time(), with_turns=program.takes_history)
         local = session.local
         if self.session_max_in_flight and local.in_flight >= self.session_max_in_flight:

@@ -12,7 +12,7 @@ import asyncio
 import hashlib
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterable
 
 import structlog
@@ -36,23 +36,26 @@ MAX_WARMUP_INPUTS = 4  # each is one program call on every worker that joins the
 HISTORY_INPUT = "history"  # filled from the session; never required from the caller
 
 
-@dataclass
+@dataclass(slots=True)
 class ProgramVersion:
     program: pb.Program
     ref: ProgramRef  # what the pool builds and runs
     takes_history: bool
+    # Read on every call: worked out once here rather than through the message (each step of which builds a wrapper).
+    name: str = field(init=False)
+    version: int = field(init=False)
+    key: str = field(init=False)  # the content's key (ref.key): versions with one content share it
+    client_registered: bool = field(init=False)  # not an optimization's result: a candidate for base_version
+
+    def __post_init__(self) -> None:
+        self.name = self.program.spec.name
+        self.version = self.program.version
+        self.key = self.ref.key
+        self.client_registered = not self.program.meta.job_id
 
     @property
     def input_names(self) -> list[str]:
         return list(self.program.input_names)
-
-    @property
-    def name(self) -> str:
-        return self.program.spec.name
-
-    @property
-    def key(self) -> str:
-        return self.ref.key
 
 
 def content_hash(spec: pb.ProgramSpec) -> str:
@@ -117,6 +120,7 @@ class ProgramRegistry:
         self.store = store
         self.max_programs = max_programs
         self._versions: dict[str, dict[int, ProgramVersion]] = {}
+        self._bases: dict[str, ProgramVersion] = {}  # name -> base_version(name), worked out when the versions change
         self._revision: int | None = None
         self.policies: dict[str, pb.ExecutionPolicy] = {}  # program name -> its execution policy
         self._store_down = False
@@ -136,6 +140,7 @@ class ProgramRegistry:
         for record in records:
             versions.setdefault(record.name, {})[record.version] = _version(record, created=False)
         self._versions, self._revision = versions, revision
+        self._bases = {name: _base(entries) for name, entries in versions.items()}
         self.policies = {name: pb.ExecutionPolicy.FromString(data) for name, data in stored_policies.items()}
 
     async def refresh(self) -> bool:
@@ -206,11 +211,14 @@ class ProgramRegistry:
 
     def base_version(self, name: str) -> ProgramVersion:
         """The latest version a client registered (not one an optimization produced): what traditional mode runs."""
-        versions = self._versions.get(name)
-        if not versions:
+        base = self._bases.get(name)
+        if base is None:
             raise NotFound(f"no program named {name!r}")
-        client_versions = [number for number, entry in versions.items() if not entry.program.meta.job_id]
-        return versions[max(client_versions or versions)]
+        return base
+
+    def known_base(self, name: str) -> ProgramVersion | None:
+        """base_version, or None when the snapshot has no such program (the caller may refresh: see find)."""
+        return self._bases.get(name)
 
     def policy(self, name: str) -> pb.ExecutionPolicy:
         return self.policies.get(name) or pb.ExecutionPolicy(program=name, mode="traditional", promotion="manual")
@@ -238,7 +246,9 @@ class ProgramRegistry:
         async with _store_errors():
             added = await self.store.add_program(new, self.max_programs)
         entry = _version(added.record, created=added.created)
-        self._versions.setdefault(spec.name, {})[entry.program.version] = entry
+        versions = self._versions.setdefault(spec.name, {})
+        versions[entry.version] = entry
+        self._bases[spec.name] = _base(versions)
         return entry
 
     async def delete(self, name: str, version: int = 0) -> list[int]:
@@ -249,9 +259,18 @@ class ProgramRegistry:
         versions = self._versions.get(name, {})
         for number in deleted:
             versions.pop(number, None)
-        if not versions:
+        if versions:
+            self._bases[name] = _base(versions)
+        else:
             self._versions.pop(name, None)
+            self._bases.pop(name, None)
         return deleted
+
+
+def _base(versions: dict[int, ProgramVersion]) -> ProgramVersion:
+    """The latest client-registered version, else the latest (a program of optimization results only)."""
+    client_versions = [number for number, entry in versions.items() if entry.client_registered]
+    return versions[max(client_versions or versions)]
 
 
 def _version(record: ProgramRecord, created: bool) -> ProgramVersion:

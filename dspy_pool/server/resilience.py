@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import dataclasses
 import random
 import time
 from dataclasses import dataclass
@@ -34,7 +33,7 @@ from google.protobuf import struct_pb2
 from dspy_pool.pool.api import CallResult, LMChoice
 from dspy_pool.server import fallback as fallback_policy
 from dspy_pool.server import retry as retry_policy
-from dspy_pool.server.executor import Served
+from dspy_pool.server.executor import Served, primary
 from dspy_pool.server.breaker import AsyncBreakerGuard, BreakerConfig, BreakerKey, BreakerRegistry, Outcome
 from dspy_pool.server.breaker import outcome_for as breaker_outcome_for
 from dspy_pool.server.fallback import FallbackBudget, FallbackChain, Step
@@ -79,6 +78,9 @@ class _ProgramFacts:
     cache_policy: Policy
     chain: FallbackChain | None  # None: the spec's chain is invalid (refused at registration; never expected here)
     breaker_key: BreakerKey
+    serves_from_cache: bool  # cache_policy.mode is SERVE
+    writes_cache: bool  # cache_policy.writes
+    reserves: bool  # the chain has steps, so the primary gets less than the whole deadline
 
 
 class ResilientExecutor:
@@ -91,6 +93,7 @@ class ResilientExecutor:
         self.breakers = breakers if breakers is not None else AsyncBreakerGuard(BreakerRegistry(settings.breaker))
         self.cache = cache if cache is not None else TieredCache(ResultCache(settings.cache_entries, settings.cache_max_bytes), None)
         self._facts: dict[str, _ProgramFacts] = {}
+        self._max_attempts = settings.max_attempts
         self.retry_budget = retry_policy.RetryBudget(ratio=settings.retry_ratio)
         self.fallback_budget = FallbackBudget(settings.fallback_concurrency)
         self._rng = random.Random()
@@ -113,10 +116,9 @@ class ResilientExecutor:
 
     def _primary_deadline(self, facts: _ProgramFacts, deadline: float) -> float:
         """The deadline less the fallback chain's reserve, so a hanging LM is cut off while the chain can still answer."""
-        chain = facts.chain
-        if chain is None or not chain.steps:  # no chain: nothing to keep back (reserve_s would say 0)
+        if not facts.reserves:  # no chain: nothing to keep back (reserve_s would say 0)
             return deadline
-        return deadline - fallback_policy.reserve_s(chain, deadline - asyncio.get_running_loop().time())
+        return deadline - fallback_policy.reserve_s(facts.chain, deadline - asyncio.get_running_loop().time())
 
     def check_fallback_lm(self, chain: FallbackChain) -> None:
         """A client may only name a fallback LM the operator allow-listed, and never its endpoint."""
@@ -130,7 +132,7 @@ class ResilientExecutor:
             raise errors.InvalidArgument("fallback lm_api_base is set by the operator, not by clients; leave it empty")
 
     def _cache_key(self, program: ProgramVersion, request: pb.ExecuteRequest) -> bytes:
-        return cache_key(program.program.spec.name, program.program.version, request.inputs.SerializeToString(deterministic=True))
+        return cache_key(program.name, program.version, request.inputs.SerializeToString(deterministic=True))
 
     def _program_facts(self, program: ProgramVersion) -> _ProgramFacts:
         facts = self._facts.get(program.key)
@@ -141,8 +143,10 @@ class ResilientExecutor:
                 chain = chain_for(spec, self.settings.default_chain)
             except ValueError:
                 chain = None
-            facts = self._facts[program.key] = _ProgramFacts(policy_for(spec, self.settings.cache_ttl_s, has_cache_step), chain,
-                                                             BreakerKey(spec.name, self.lm_endpoint))
+            policy = policy_for(spec, self.settings.cache_ttl_s, has_cache_step)
+            facts = self._facts[program.key] = _ProgramFacts(policy, chain, BreakerKey(spec.name, self.lm_endpoint),
+                                                             policy.mode is Mode.SERVE, policy.writes,
+                                                             chain is not None and bool(chain.steps))
         return facts
 
     def cache_policy(self, program: ProgramVersion) -> Policy:
@@ -159,26 +163,30 @@ class ResilientExecutor:
         return Served(CallResult(struct_pb2.Struct.FromString(hit.value)), served_by="cache", cache_level=hit.level)
 
     async def execute(self, program: ProgramVersion, request: pb.ExecuteRequest, request_id: str, deadline: float) -> Served:
-        facts = self._program_facts(program)
-        policy = facts.cache_policy
-        if policy.mode is Mode.SERVE:
+        facts = self._facts.get(program.key) or self._program_facts(program)
+        if facts.serves_from_cache:
             cached = await self._served_from_cache(program, request)
             if cached is not None:
                 return cached
         key = facts.breaker_key
-        permit = self.breakers.acquire(key)
+        breakers = self.breakers
+        permit = breakers.acquire(key)
         if permit is None:
             return await self._fall_back(program, request, deadline, "breaker_open", errors.Unavailable(
-                f"circuit breaker open for {program.program.spec.name!r}; no fallback answered"))
+                f"circuit breaker open for {program.name!r}; no fallback answered"))
         try:
             # A half-open probe asks "is the LM back?" once; retrying it would multiply load on a sick provider.
-            attempts = 1 if permit.probe else self.settings.max_attempts
+            attempts = 1 if permit.probe else self._max_attempts
             # The worker gets the primary's deadline as its timeout and cancels the LM request there.
-            primary_deadline = self._primary_deadline(facts, deadline)
+            primary_deadline = self._primary_deadline(facts, deadline) if facts.reserves else deadline
             self.retry_budget.record_call(time.monotonic())
             failed = None
+            session_id = request.session_id
             try:  # the first attempt inline: one coroutine less on every call; retries only when it failed
-                served = await self.executor.execute(program, request.inputs, request.session_id, request_id, primary_deadline)
+                if session_id:
+                    served = await self.executor.execute(program, request.inputs, session_id, request_id, primary_deadline)
+                else:  # no session: the pool's awaitable itself, not a coroutine around it
+                    served = primary(await self.executor.call(program, request.inputs, request_id, primary_deadline))
             except errors.PoolError as error:
                 if attempts <= 1 or not retry_policy.is_transient(error.kind.value):
                     raise
@@ -186,17 +194,18 @@ class ResilientExecutor:
             if failed is not None:  # out of the except block, so later attempts' errors do not chain to this one
                 served = await self._retry(program, request, request_id, primary_deadline, attempts, failed)
         except errors.PoolError as error:
-            self.breakers.record(key, permit, self._outcome_for(key.program, error))
+            breakers.record(key, permit, self._outcome_for(key.program, error))
             reason = fallback_policy.classify(error.kind.value)
             if reason is None:  # the caller's own fault never falls back
                 raise
             return await self._fall_back(program, request, deadline, reason.value, error)
         except asyncio.CancelledError:
-            self.breakers.record(key, permit, Outcome.IGNORED)
+            breakers.record(key, permit, Outcome.IGNORED)
             raise
-        self.breakers.record(key, permit, Outcome.SUCCESS)
-        if policy.writes:  # only programs whose policy reads the cache pay for serializing and hashing outputs
-            self.cache.put(self._cache_key(program, request), served.result.outputs.SerializeToString(), time.time(), policy.ttl_s)
+        breakers.record(key, permit, Outcome.SUCCESS)
+        if facts.writes_cache:  # only programs whose policy reads the cache pay for serializing and hashing outputs
+            self.cache.put(self._cache_key(program, request), served.result.outputs.SerializeToString(), time.time(),
+                           facts.cache_policy.ttl_s)
         return served
 
     async def _retry(self, program, request, request_id, deadline, max_attempts: int, error: errors.PoolError):
@@ -230,7 +239,7 @@ class ResilientExecutor:
                 served = await self._try_step(step, chain, program, request, deadline)
                 if served is not None:
                     self.fallbacks_served += 1
-                    return dataclasses.replace(served, served_by=step.value, fallback_reason=reason)
+                    return served._replace(served_by=step.value, fallback_reason=reason)
                 if step is Step.FAIL:
                     break
         finally:

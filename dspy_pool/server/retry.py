@@ -53,30 +53,40 @@ def backoff_delay(attempt: int, base_s: float, max_s: float, rng: random.Random)
 
 
 class _BucketCounter:
-    """Events of the last `window_s` seconds, counted in buckets of `bucket_s` that expire by `now`."""
+    """Events of the last `window_s` seconds, counted in buckets of `bucket_s` that expire by `now`.
+
+    Expiry depends only on the bucket `now` falls in, so it runs once per bucket, not once per event:
+    an event within the newest bucket is one increment.
+    """
 
     def __init__(self, window_s: float, bucket_s: float) -> None:
         self._bucket_s = bucket_s
         self._bucket_count = max(1, math.ceil(window_s / bucket_s - 1e-9))
         self._buckets: deque[list[int]] = deque()  # [bucket index, count]
         self._total = 0
+        self._expired_at: int | None = None  # the bucket index of the last expiry
 
     def add(self, now: float) -> None:
-        self._expire(now)
         index = math.floor(now / self._bucket_s)
-        if not self._buckets or self._buckets[-1][0] < index:
-            self._buckets.append([index, 0])
-        self._buckets[-1][1] += 1
+        if index != self._expired_at:
+            self._expire(index)
+        buckets = self._buckets
+        if not buckets or buckets[-1][0] < index:
+            buckets.append([index, 0])
+        buckets[-1][1] += 1
         self._total += 1
 
     def total(self, now: float) -> int:
-        self._expire(now)
+        index = math.floor(now / self._bucket_s)
+        if index != self._expired_at:
+            self._expire(index)
         return self._total
 
-    def _expire(self, now: float) -> None:
-        oldest_kept = math.floor(now / self._bucket_s) - self._bucket_count + 1
+    def _expire(self, index: int) -> None:
+        oldest_kept = index - self._bucket_count + 1
         while self._buckets and self._buckets[0][0] < oldest_kept:
             self._total -= self._buckets.popleft()[1]
+        self._expired_at = index
 
 
 class RetryBudget:

@@ -114,11 +114,36 @@ def warmup_programs(registry: ProgramRegistry, breakers: AsyncBreakerGuard) -> l
     return out
 
 
+class _RequestIds:
+    """Request ids for calls that bring none: 128 random bits as 32 hex digits, like uuid4().hex.
+
+    Drawn from os.urandom (ids name captured calls to RecordFeedback, so they must not be guessable),
+    a buffer at a time: one getrandom syscall per 128 ids rather than one per call. Per servicer,
+    and the front never forks (hard rule 1), so no two processes share a buffer.
+    """
+
+    __slots__ = ("_hex", "_at")
+    _BATCH_BYTES = 2048
+
+    def __init__(self) -> None:
+        self._hex = ""
+        self._at = 0
+
+    def next(self) -> str:
+        at = self._at
+        if at >= len(self._hex):
+            self._hex, at = os.urandom(self._BATCH_BYTES).hex(), 0
+        self._at = at + 32
+        return self._hex[at:at + 32]
+
+
 @dataclass(frozen=True, slots=True)
 class _CallShape:
     """What Execute reads of a program version on every call, read from its spec once per content (program key)."""
 
-    input_names: frozenset[str]
+    # The program's inputs, when a call naming exactly these (and nothing else) is valid as it stands;
+    # None when every call takes the full check (a program with a `history` input).
+    exact_inputs: tuple[str, ...] | None
     capture_rate: float  # ProgramSpec.capture.sample_rate
 
 
@@ -164,6 +189,12 @@ class DSPyPoolService(pb_grpc.DSPyPoolServicer):
         self._failure_log = logs.RateLimiter()
         self._shapes: dict[str, _CallShape] = {}  # program key (its content) -> what every call checks of it
         self._loop: asyncio.AbstractEventLoop | None = None  # the loop Execute last ran on
+        self._request_ids = _RequestIds()
+        # Read on every call: copied out of the config once.
+        self._default_deadline_s = config.server.default_deadline_s
+        self._max_deadline_s = config.server.max_deadline_s
+        self._max_message_bytes = config.server.max_message_bytes
+        self._max_input_depth = config.server.max_input_depth
 
     async def _abort(self, context: grpc.aio.ServicerContext, error: errors.PoolError) -> None:
         await context.abort_with_status(to_grpc_status(error))
@@ -246,39 +277,58 @@ class DSPyPoolService(pb_grpc.DSPyPoolServicer):
             await self._abort(context, error)
 
     # -- execute ------------------------------------------------------------
-    def _check_request(self, request: pb.ExecuteRequest) -> None:
-        if not request.program:
+    def _check_request(self, request: pb.ExecuteRequest, name: str, inputs: struct_pb2.Struct) -> None:
+        if not name:
             raise errors.InvalidArgument("program is required")
-        if request.ByteSize() > self.config.server.max_message_bytes:
-            raise errors.InvalidArgument(f"request is {request.ByteSize()} bytes; the limit is {self.config.server.max_message_bytes}")
+        if request.ByteSize() > self._max_message_bytes:
+            raise errors.InvalidArgument(f"request is {request.ByteSize()} bytes; the limit is {self._max_message_bytes}")
         if len(request.request_id) > _REQUEST_ID_MAX:
             raise errors.InvalidArgument(f"request_id longer than {_REQUEST_ID_MAX} characters")
-        if request.session_id:
-            check_session_id(request.session_id)
+        session_id = request.session_id
+        if session_id:
+            check_session_id(session_id)
         if request.max_optimization_wait_ms < 0:
             raise errors.InvalidArgument("max_optimization_wait_ms must be >= 0")
-        _check_struct(request.inputs, self.config.server.max_input_depth, "inputs")
+        _check_struct(inputs, self._max_input_depth, "inputs")
 
     def _shape(self, program: ProgramVersion) -> _CallShape:
         shape = self._shapes.get(program.key)
         if shape is None:
             if len(self._shapes) >= _SHAPES_KEPT:
                 self._shapes.clear()
-            shape = self._shapes[program.key] = _CallShape(frozenset(program.program.input_names),
+            names = frozenset(program.program.input_names)
+            shape = self._shapes[program.key] = _CallShape(None if HISTORY_INPUT in names else tuple(names),
                                                           program.program.spec.capture.sample_rate)
         return shape
 
-    def _check_inputs(self, request: pb.ExecuteRequest, program: ProgramVersion, shape: _CallShape) -> None:
+    def _check_inputs(self, name: str, inputs: struct_pb2.Struct, program: ProgramVersion, shape: _CallShape) -> None:
         """check_inputs, answered at once when the call names exactly the program's inputs (the usual case)."""
-        given = set(request.inputs.fields)
-        if given != shape.input_names or HISTORY_INPUT in given:
-            check_inputs(request.program, given, program.input_names, program.takes_history)
+        fields = inputs.fields
+        expected = shape.exact_inputs
+        if expected is not None and len(fields) == len(expected):
+            for input_name in expected:
+                if input_name not in fields:
+                    break
+            else:
+                return  # the same names, and no `history` among them
+        check_inputs(name, set(fields), program.input_names, program.takes_history)
+
+    def _default_route(self, request: pb.ExecuteRequest, name: str) -> ProgramVersion | None:
+        """The base version, when the call asks for no version and no mode and its program has no policy (the usual case);
+        else None, and _route decides."""
+        if request.version or request.mode:
+            return None
+        registry = self.registry
+        base = registry.known_base(name)
+        if base is None or name in registry.policies:
+            return None
+        return base
 
     async def _route(self, request: pb.ExecuteRequest, request_id: str) -> tuple[ProgramVersion, routing.Route, str]:
         """The version this call runs (the policy, the call's mode, its session), and a fallback reason if any."""
         if request.version:
             program = await self.registry.find(request.program, request.version)
-            return program, routing.Route(program.program.version, "version"), ""
+            return program, routing.Route(program.version, "version"), ""
         try:
             self.registry.get(request.program)
         except errors.NotFound:
@@ -286,10 +336,10 @@ class DSPyPoolService(pb_grpc.DSPyPoolServicer):
         base = self.registry.base_version(request.program)
         if not request.mode and request.program not in self.registry.policies:
             # No policy and no mode asked for: traditional, the base version (what routing.route answers then).
-            return base, routing.Route(base.program.version, routing.Mode.TRADITIONAL.value), ""
+            return base, routing.traditional(base.version), ""
         policy = self.registry.policy(request.program)
         try:
-            view = routing.PolicyView(routing.parse_mode(policy.mode or "traditional"), policy.base_version or base.program.version,
+            view = routing.PolicyView(routing.parse_mode(policy.mode or "traditional"), policy.base_version or base.version,
                                       policy.optimized_version, policy.hybrid_percent, policy.sticky_sessions)
             route = routing.route(view, 0, request.mode, request.session_id, request_id)
             if route.pending and request.max_optimization_wait_ms and self.jobs is not None:
@@ -326,32 +376,45 @@ class DSPyPoolService(pb_grpc.DSPyPoolServicer):
         if loop is None or not loop.is_running():  # asking for the running loop costs a getpid syscall on 3.11
             loop = self._loop = asyncio.get_running_loop()
         received = loop.time()
-        deadline = _deadline(context, self.config, loop)
-        # 128 random bits as 32 hex digits, like uuid4().hex without building a UUID (this runs on every call).
-        request_id = request.request_id or os.urandom(16).hex()
-        # bind + reset by token: what bound_contextvars does, without its snapshot of every bound variable.
-        bound = structlog.contextvars.bind_contextvars(request_id=request_id, program=request.program)
+        # _deadline, with the config's numbers read once at start-up (this runs on every call).
+        remaining = context.time_remaining()
+        if remaining is None:
+            deadline = received + self._default_deadline_s
+        else:
+            budget = min(remaining, self._max_deadline_s)
+            deadline = received + budget - min(_DEADLINE_MARGIN_S, budget * _DEADLINE_MARGIN_SHARE)
+        request_id = request.request_id or self._request_ids.next()
+        name = request.program
+        bound = logs.bind_call(request_id, name)
         program = route = None
         try:
-            self._check_request(request)
-            program, route, pending = await self._route(request, request_id)
-            shape = self._shape(program)
-            self._check_inputs(request, program, shape)
-            compare = (asyncio.ensure_future(self._compare(request, route.compare_with, request_id, deadline))
-                       if route.compare_with else None)
-            served = await self.resilient.execute(program, request, request_id, deadline)
-            evaluation = await compare if compare is not None else None
+            inputs = request.inputs
+            self._check_request(request, name, inputs)
+            program = self._default_route(request, name)
+            if program is not None:
+                route, pending = routing.traditional(program.version), ""
+            else:
+                program, route, pending = await self._route(request, request_id)
+            shape = self._shapes.get(program.key) or self._shape(program)
+            self._check_inputs(name, inputs, program, shape)
+            if route.compare_with:
+                compare = asyncio.ensure_future(self._compare(request, route.compare_with, request_id, deadline))
+                served = await self.resilient.execute(program, request, request_id, deadline)
+                evaluation = await compare
+            else:
+                served = await self.resilient.execute(program, request, request_id, deadline)
+                evaluation = None
         except errors.PoolError as error:
             if route is not None and not error.meaning.caller_fault:
-                self.stats.record(program.name, program.program.version, route.label, (loop.time() - received) * 1000.0, True)
+                self.stats.record(program.name, program.version, route.label, (loop.time() - received) * 1000.0, True)
             self._log_failure(error)
             await self._abort(context, error)
             return
         finally:
-            structlog.contextvars.reset_contextvars(**bound)
+            logs.reset_call(bound)
         result = served.result
         total_ms = (loop.time() - received) * 1000.0
-        name, version = program.name, program.program.version
+        name, version = program.name, program.version
         self.stats.record(name, version, route.label, total_ms, False)
         if shape.capture_rate > 0 and sampled(request_id, shape.capture_rate):
             capture = program.program.spec.capture
@@ -363,7 +426,8 @@ class DSPyPoolService(pb_grpc.DSPyPoolServicer):
                                       execution_mode=route.label)
         worker = result.worker
         if worker is not None:
-            response.worker.id, response.worker.pid = worker.id, worker.pid
+            worker_info = response.worker
+            worker_info.id, worker_info.pid = worker.id, worker.pid
         timings = response.timings
         timings.queue_wait_ms, timings.execution_ms, timings.total_ms = max(0.0, total_ms - result.execution_ms), result.execution_ms, total_ms
         usage, tokens = response.usage, result.usage

@@ -211,12 +211,15 @@ async def test_a_job_running_on_one_front_is_watched_and_cancelled_from_another(
 
             await eventually(running, timeout_s=60, interval_s=0.1)
             seen: list[str] = []
+            first = asyncio.Event()
 
             async def watch_from_the_other_front():
                 async for job in other.WatchOptimization(pb.GetOptimizationRequest(job_id=started.job_id), timeout=60):
                     seen.append(job.state)
+                    first.set()
 
             watching = asyncio.ensure_future(watch_from_the_other_front())
+            await asyncio.wait_for(first.wait(), 30)  # the stream is open before the cancel
             await other.CancelOptimization(pb.CancelOptimizationRequest(job_id=started.job_id), timeout=10)
             await asyncio.wait_for(watching, 30)
             assert seen[0] == "running" and seen[-1] == "cancelled"

@@ -20,6 +20,7 @@ from dspy_pool.server.breaker import (
     Permit,
     outcome_for,
 )
+from dspy_pool.server.breaker import _CountWindow
 from dspy_pool import errors
 
 FAST = 0.01  # a call duration well under the slow threshold
@@ -568,3 +569,27 @@ def test_outcome_for_is_the_error_tables_column():
     for kind, row in errors.MEANINGS.items():
         expected = Outcome.FAILURE if row.breaker_failure else Outcome.IGNORED
         assert outcome_for(errors.PoolError("x", kind=kind)) is expected
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.integers(min_value=1, max_value=7), st.lists(st.tuples(st.booleans(), st.booleans()), max_size=40),
+       st.integers(min_value=0, max_value=40))
+def test_count_window_ring_matches_the_last_n_results(size, results, reset_at):
+    """The ring's running sums always equal those of the last `size` results, across wraps and a reset."""
+    window = _CountWindow(size)
+    kept: list[tuple[bool, bool]] = []
+    for index, (failed, slow) in enumerate(results):
+        if index == reset_at:
+            window.reset()
+            kept.clear()
+        window.add(failed, slow, 0.0)
+        kept = (kept + [(failed, slow)])[-size:]
+        assert window.totals(0.0) == (len(kept), sum(f for f, _ in kept), sum(s for _, s in kept))
+
+
+def test_closed_permits_carry_the_generation_and_issue_time():
+    """A closed breaker's permit is no probe, carries the current generation, a fresh serial and its issue time."""
+    breaker = CircuitBreaker(BASE)
+    first, second = breaker.acquire(1.0), breaker.acquire(2.0)
+    assert (first.probe, first.issued_at, second.issued_at) == (False, 1.0, 2.0)
+    assert first.generation == second.generation and second.serial == first.serial + 1

@@ -33,3 +33,23 @@ def test_json_logs_keep_tracebacks_and_mask_the_key(capsys):
         structlog.reset_defaults()
     assert "Traceback" in line["exception"] and "RuntimeError" in line["exception"]
     assert "SECRETKEY123" not in json.dumps(line)
+
+
+def test_bound_call_fields_reach_lines_written_during_the_call(capsys):
+    """request_id and program bound with bind_call appear on every line until reset_call, and on none after."""
+    logs.configure("json", "info")
+    try:
+        structlog.contextvars.bind_contextvars(front=1)
+        log = structlog.get_logger("test")
+        token = logs.bind_call("req-1", "qa")
+        log.info("during", program="own")  # the event's own value wins
+        log.info("during_plain")
+        logs.reset_call(token)
+        log.info("after")
+        lines = [json.loads(line) for line in capsys.readouterr().err.strip().splitlines()[-3:]]
+    finally:
+        structlog.contextvars.clear_contextvars()
+        structlog.reset_defaults()
+    assert (lines[0]["request_id"], lines[0]["program"], lines[0]["front"]) == ("req-1", "own", 1)
+    assert (lines[1]["request_id"], lines[1]["program"]) == ("req-1", "qa")
+    assert "request_id" not in lines[2] and "program" not in lines[2]

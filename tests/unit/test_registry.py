@@ -295,3 +295,31 @@ async def test_a_store_that_lost_its_programs_does_not_empty_the_snapshot():
         assert await registry.refresh() is False
     assert registry.get("qa").program.version == 1
     assert [entry["event"] for entry in logs] == ["state_store_reset_detected"]
+
+
+async def test_base_version_is_the_latest_client_version_through_adds_deletes_and_reloads():
+    """base_version skips optimization results, follows adds and deletes, and survives a reload; unknown is NOT_FOUND."""
+    registry = make_registry()
+    await add(registry, spec())
+    await add(registry, spec(signature="q -> a"))
+    await registry.add(spec(signature="q -> a", state_json="{}"), ["q"], ["a"], False, meta=pb.ProgramMeta(job_id="job-1"))
+    assert registry.base_version("qa").program.version == 2
+    assert registry.known_base("qa") is registry.base_version("qa")
+    await registry.delete("qa", 2)
+    assert registry.base_version("qa").program.version == 1
+    await registry.delete("qa", 1)
+    assert registry.base_version("qa").program.version == 3  # only an optimization's result left: the latest
+    reloaded = make_registry(store=registry.store)
+    await reloaded.load()
+    assert reloaded.base_version("qa").program.version == 3
+    await registry.delete("qa")
+    assert registry.known_base("qa") is None
+    with pytest.raises(NotFound):
+        registry.base_version("qa")
+
+
+async def test_a_version_reads_its_name_number_and_key_without_the_message():
+    """A ProgramVersion carries its name, number and content key as plain fields, equal to the message's."""
+    entry = await add(make_registry(), spec())
+    assert (entry.name, entry.version, entry.key) == (entry.program.spec.name, entry.program.version, entry.ref.key)
+    assert entry.client_registered

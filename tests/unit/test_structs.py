@@ -9,7 +9,9 @@ import math
 import pydantic
 from google.protobuf import struct_pb2
 
-from dspy_pool.structs import dict_to_struct, list_to_python, struct_depth, struct_to_dict, to_jsonable
+import pytest
+
+from dspy_pool.structs import check_struct, dict_to_struct, list_to_python, struct_depth, struct_to_dict, to_jsonable
 
 
 class Color(enum.Enum):
@@ -123,3 +125,34 @@ def test_struct_depth_stops_past_limit():
 def test_struct_depth_at_limit_is_exact():
     """A struct exactly as deep as the limit reports its depth."""
     assert struct_depth(dict_to_struct(nested(5)), limit=5) == 5
+
+
+def test_check_struct_accepts_flat_and_nested_values_that_are_set():
+    """A Struct whose every Value has a kind passes, flat or nested within the limit."""
+    check_struct(dict_to_struct({"question": "q", "n": 3, "ok": True, "none": None}), 1, "inputs")
+    check_struct(dict_to_struct({"a": {"b": [1, {"c": "d"}]}}), 4, "inputs")
+
+
+def test_check_struct_names_an_unset_value_at_the_top():
+    """A top-level Value with no kind set is refused, naming its key."""
+    message = dict_to_struct({"question": "q"})
+    message.fields["empty"].Clear()
+    with pytest.raises(ValueError, match=r"^inputs\.empty: value has no kind set"):
+        check_struct(message, 8, "inputs")
+
+
+def test_check_struct_names_an_unset_value_deep_inside():
+    """A nested Value with no kind set is refused with its path."""
+    message = dict_to_struct({"a": {"b": [1, 2]}})
+    message["a"]["b"].values.add()
+    with pytest.raises(ValueError, match=r"^inputs\.a\.b\[2\]: value has no kind set"):
+        check_struct(message, 8, "inputs")
+
+
+def test_check_struct_refuses_nesting_past_the_limit():
+    """Nesting deeper than max_depth is refused; a limit of 0 refuses even a flat Struct."""
+    with pytest.raises(ValueError, match="nested deeper than 2 levels"):
+        check_struct(dict_to_struct(nested(3)), 2, "inputs")
+    check_struct(dict_to_struct(nested(2)), 2, "inputs")
+    with pytest.raises(ValueError, match="nested deeper than 0 levels"):
+        check_struct(dict_to_struct({"question": "q"}), 0, "inputs")
