@@ -30,6 +30,10 @@ from dspy_pool.pool.protocol import Frame, FrameDecoder, FrameType, ProtocolErro
 
 log = structlog.get_logger("dspy_pool.pool")
 
+# Module constants: an enum member read off its class costs a lookup, and these are compared per frame.
+_REPLY, _ERROR, _OPTIMIZED, _REQUEST = FrameType.REPLY, FrameType.ERROR, FrameType.OPTIMIZED, FrameType.REQUEST
+_work_reply = wire.WorkReply.FromString
+
 
 class WorkerState(str, enum.Enum):
     STARTING = "starting"
@@ -57,6 +61,7 @@ class WorkerHandle(asyncio.Protocol):
     ) -> None:
         self.worker_id = worker_id
         self.pid = 0
+        self.worker_ref = None  # the pool API's WorkerRef for this worker, made on its first result (api._result)
         self.state = WorkerState.STARTING
         self.in_flight: dict[int, Call] = {}
         self.loaded_programs: set[str] = set()
@@ -105,14 +110,16 @@ class WorkerHandle(asyncio.Protocol):
         except ProtocolError as exc:
             self.kill(f"protocol_error: {exc}")
             return
+        stopped = WorkerState.STOPPED
         for frame in frames:
-            if self.state is WorkerState.STOPPED:
+            if self.state is stopped:
                 return
             self._on_frame(frame)
 
     # -- frames -------------------------------------------------------------
     def _on_frame(self, frame: Frame) -> None:
-        if frame.type in (FrameType.REPLY, FrameType.ERROR, FrameType.OPTIMIZED):
+        frame_type = frame[0]
+        if frame_type is _REPLY or frame_type is _ERROR or frame_type is _OPTIMIZED:
             self._on_result(frame)
         elif frame.type is FrameType.PROGRESS:
             call = self.in_flight.get(frame.request_id)
@@ -140,15 +147,16 @@ class WorkerHandle(asyncio.Protocol):
             self.kill(f"protocol_error: unexpected {frame.type.name} frame")
 
     def _on_result(self, frame: Frame) -> None:
-        call = self.in_flight.pop(frame.request_id, None)
+        frame_type, request_id, payload = frame
+        call = self.in_flight.pop(request_id, None)
         if call is None:
-            self.kill(f"protocol_error: reply for unknown request {frame.request_id}")
+            self.kill(f"protocol_error: reply for unknown request {request_id}")
             return
         try:
-            if frame.type is FrameType.REPLY:
-                reply, error = wire.WorkReply.FromString(frame.payload), None
+            if frame_type is _REPLY:
+                reply, error = _work_reply(payload), None
                 self.served += 1
-            elif frame.type is FrameType.OPTIMIZED:
+            elif frame_type is _OPTIMIZED:
                 reply, error = wire.OptimizeReply.FromString(frame.payload), None
                 self.served += 1
             else:
@@ -163,7 +171,18 @@ class WorkerHandle(asyncio.Protocol):
 
     # -- requests -----------------------------------------------------------
     def send_request(self, call: Call, request: wire.WorkRequest) -> int:
-        return self._send(FrameType.REQUEST, call, request.SerializeToString())
+        # _send and _write in one: this runs once per call.
+        payload = request.SerializeToString()
+        request_id = self._next_request_id
+        self._next_request_id = request_id + 1
+        self.in_flight[request_id] = call
+        transport = self._transport
+        if transport is not None and not transport.is_closing():
+            outbox = self._outbox
+            outbox.append(encode(_REQUEST, request_id, payload))
+            if len(outbox) == 1:
+                self._loop.call_soon(self._flush)
+        return request_id
 
     def send_optimize(self, call: Call, work: wire.OptimizeWork) -> int:
         """An optimization job (optimizer workers only); `call` also gets `progress(OptimizeProgress)`."""

@@ -26,8 +26,8 @@ what the loop published without locks.
 
 from __future__ import annotations
 
-import bisect
 import math
+from bisect import bisect_left
 from dataclasses import dataclass
 from typing import Any, Iterable
 
@@ -209,7 +209,7 @@ class PoolMetrics:
         if seconds < 0:
             seconds = 0.0
         self._wait.record(now, seconds)
-        self._wait_counts[bisect.bisect_left(self._bounds, seconds)] += 1
+        self._wait_counts[bisect_left(self._bounds, seconds)] += 1
         self._wait_sum += seconds
         self._wait_count += 1
 
@@ -229,17 +229,20 @@ class PoolMetrics:
         The caller's faults (the error table's `caller_fault`: invalid argument,
         not found, cancelled, ...) count as finished, not failed: they say nothing about the pool.
         """
+        # record_execution and record_outcome inlined: this runs once per call.
         started_at = getattr(job, "started_at", 0.0)
         if started_at:
-            self.record_execution(now, now - started_at)
+            seconds = now - started_at
+            self._execution.record(now, seconds if seconds > 0 else 0.0)
         else:
             # It never left the queue (expired there): its whole life was queue wait,
             # the very signal the scaler must not miss.
             enqueued_at = getattr(job, "enqueued_at", None)
             if enqueued_at is not None:
                 self.record_queue_wait(now, now - enqueued_at)
-        ok = error is None or (isinstance(error, errors.PoolError) and error.meaning.caller_fault)
-        self.record_outcome(now, ok)
+        self._finished.record(now)
+        if error is not None and not (isinstance(error, errors.PoolError) and error.meaning.caller_fault):
+            self._errors.record(now)
 
     # -- reads ----------------------------------------------------------------
     def queue_wait(self, now: float) -> LatencySnapshot:

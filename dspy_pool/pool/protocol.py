@@ -63,6 +63,9 @@ class Frame(NamedTuple):
     payload: bytes = b""
 
 
+_new_frame = tuple.__new__  # Frame's own __new__ is a Python function; one is built per frame
+
+
 def encode(frame_type: FrameType, request_id: int, payload: bytes = b"") -> bytes:
     """One frame as bytes, ready to write."""
     return _HEADER.pack(HEADER_BYTES - _LENGTH_BYTES + len(payload), frame_type, request_id) + payload
@@ -78,24 +81,38 @@ class FrameDecoder:
         self._max_frame_bytes = max_frame_bytes
 
     def feed(self, data: bytes) -> list[Frame]:
-        self._buffer += data
-        frames: list[Frame] = []
         buffer = self._buffer
+        # Nothing held over (the usual case: a read ends on a frame boundary): frames are cut straight
+        # out of `data`, one copy per payload, and only an unfinished tail is kept.
+        if buffer or type(data) is not bytes:
+            buffer += data
+            source = buffer
+        else:
+            source = data
+        frames: list[Frame] = []
+        size = len(source)
         offset = 0
-        while len(buffer) - offset >= HEADER_BYTES:
-            length, type_code, request_id = _HEADER.unpack_from(buffer, offset)
+        while size - offset >= HEADER_BYTES:
+            length, type_code, request_id = _HEADER.unpack_from(source, offset)
             if length < HEADER_BYTES - _LENGTH_BYTES or length > self._max_frame_bytes:
+                if source is data:
+                    buffer += data  # held, as if buffered first (the channel is dead anyway)
                 raise ProtocolError(f"frame length {length} out of bounds")
             frame_type = _BY_CODE.get(type_code)
             if frame_type is None:
+                if source is data:
+                    buffer += data
                 raise ProtocolError(f"unknown frame type {type_code}")
             end = offset + _LENGTH_BYTES + length
-            if len(buffer) < end:
+            if size < end:
                 break
-            payload = bytes(buffer[offset + HEADER_BYTES : end])
-            frames.append(Frame(frame_type, request_id, payload))
+            payload = source[offset + HEADER_BYTES : end]
+            frames.append(_new_frame(Frame, (frame_type, request_id, payload if source is data else bytes(payload))))
             offset = end
-        if offset:
+        if source is data:
+            if offset < size:
+                buffer += memoryview(data)[offset:]
+        elif offset:
             del buffer[:offset]
         return frames
 
