@@ -54,3 +54,41 @@ async def closed_loop(stub, in_flight: int, seconds: float, *, program: str = "b
 def percentile_ms(sorted_values: list[float], q: float) -> float | None:
     """The q-th percentile (0..100) rounded to 0.1 ms; None when nothing was measured."""
     return round(percentile(sorted_values, q), 1) if sorted_values else None
+
+
+async def window_loop(stubs: list, in_flight: int, seconds: float, *, program: str = "bench", tag: str = "",
+                      session_of=None) -> dict:
+    """`in_flight` clients calling `program` back to back for `seconds`, client n on stubs[n % len(stubs)]
+    (and, with `session_of`, in session session_of(n)).
+
+    Only calls that ended inside the window count as latencies (every client starts at once, so the
+    drain after the window weighs on nothing); `total_calls` counts every success, for CPU per call.
+    A refused call pauses its client 10 ms, so a full queue is not spun on.
+    """
+    latencies: list[float] = []
+    codes: collections.Counter = collections.Counter()
+    total = 0
+    stop_at = time.monotonic() + seconds
+
+    async def client(number: int) -> None:
+        nonlocal total
+        stub, call = stubs[number % len(stubs)], 0
+        session_id = session_of(number) if session_of else ""
+        while time.monotonic() < stop_at:
+            request = pb.ExecuteRequest(program=program, session_id=session_id)
+            request.inputs.update({"question": f"{tag} c{number} q{call}"})
+            call += 1
+            sent = time.monotonic()
+            try:
+                await stub.Execute(request, timeout=30)
+            except grpc.aio.AioRpcError as error:
+                codes[error.code().name] += 1
+                await asyncio.sleep(0.01)
+                continue
+            ended = time.monotonic()
+            total += 1
+            if ended <= stop_at:
+                latencies.append(round((ended - sent) * 1000, 4))
+
+    await asyncio.gather(*(client(n) for n in range(in_flight)))
+    return {"window_calls": len(latencies), "total_calls": total, "latencies": latencies, "errors": dict(codes)}

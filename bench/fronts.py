@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import collections
 import contextlib
 import json
 import os
@@ -78,33 +77,9 @@ async def _load_child() -> None:
         return {"fronts": [f.pid for f in status.fronts], "workers": [w.pid for w in status.workers]}
 
     async def drive(name: str, in_flight: int, seconds: float) -> dict:
-        latencies: list[float] = []
-        codes: collections.Counter = collections.Counter()
-        total = 0
-        stop_at = time.monotonic() + seconds
-        pool = stubs[name]
+        from closed_loop import window_loop
 
-        async def client(number: int) -> None:
-            nonlocal total
-            stub, call = pool[number % len(pool)], 0
-            while time.monotonic() < stop_at:
-                request = pb.ExecuteRequest(program=PROGRAM)
-                request.inputs.update({"question": f"c{number} q{call}"})
-                call += 1
-                sent = time.monotonic()
-                try:
-                    await stub.Execute(request, timeout=30)
-                except grpc.aio.AioRpcError as error:
-                    codes[error.code().name] += 1
-                    await asyncio.sleep(0.01)
-                    continue
-                ended = time.monotonic()
-                total += 1
-                if ended <= stop_at:
-                    latencies.append((ended - sent) * 1000)
-
-        await asyncio.gather(*(client(n) for n in range(in_flight)))
-        return {"window_calls": len(latencies), "total_calls": total, "latencies": latencies, "errors": dict(codes)}
+        return await window_loop(stubs[name], in_flight, seconds, program=PROGRAM)
 
     while True:
         line = await reader.readline()

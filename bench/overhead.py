@@ -106,33 +106,10 @@ async def _load_child() -> None:
             await asyncio.sleep(0.2)
 
     async def drive(stub, in_flight: int, seconds: float, tag: str) -> dict:
-        latencies: list[float] = []
-        codes: collections.Counter = collections.Counter()
-        total = 0
-        stop_at = time.monotonic() + seconds
+        from closed_loop import window_loop
 
-        async def client(number: int) -> None:
-            nonlocal total
-            call = 0
-            while time.monotonic() < stop_at:
-                request = pb.ExecuteRequest(program=PROGRAM)
-                request.inputs.update({"question": f"{tag} c{number} q{call}"})
-                call += 1
-                sent = time.monotonic()
-                try:
-                    await stub.Execute(request, timeout=30)
-                except grpc.aio.AioRpcError as error:
-                    codes[error.code().name] += 1
-                    await asyncio.sleep(0.01)  # a refused call must not spin
-                    continue
-                ended = time.monotonic()
-                total += 1
-                if ended <= stop_at:
-                    latencies.append(round((ended - sent) * 1000, 4))
-
-        await asyncio.gather(*(client(n) for n in range(in_flight)))
-        return {"window_calls": len(latencies), "total_calls": total, "seconds": seconds, "latencies": latencies,
-                "errors": dict(codes)}
+        figures = await window_loop([stub], in_flight, seconds, program=PROGRAM, tag=tag)
+        return {**figures, "seconds": seconds}
 
     while True:
         line = await reader.readline()

@@ -58,7 +58,7 @@ import psutil
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))  # tests.redis_server
 
-from closed_loop import percentile_ms  # noqa: E402  (bench/, as bench/autoscale.py and bench/profiles.py do)
+from closed_loop import percentile_ms, window_loop  # noqa: E402  (bench/, as bench/autoscale.py and bench/profiles.py do)
 
 from dspy_pool import logs  # noqa: E402
 from dspy_pool.server.app import App  # noqa: E402
@@ -153,31 +153,9 @@ async def drive(stub, in_flight: int, seconds: float, sessions: bool, tag: str) 
     Only calls that ended within the window count (the ramp is instant: every client sends at once), so the
     drain after it (the last calls finishing) weighs on no backend.
     """
-    latencies: list[float] = []
-    codes: collections.Counter = collections.Counter()
-    started = time.monotonic()
-    stop_at = started + seconds
-
-    async def client(number: int) -> None:
-        call = 0
-        session_id = f"s{number}" if sessions else ""
-        while time.monotonic() < stop_at:
-            request = pb.ExecuteRequest(program=PROGRAM, session_id=session_id)
-            request.inputs.update({"question": f"{tag} c{number} q{call}"})
-            call += 1
-            sent = time.monotonic()
-            try:
-                await stub.Execute(request, timeout=30)
-            except grpc.aio.AioRpcError as error:
-                codes[error.code().name] += 1
-                await asyncio.sleep(0.01)  # a refused call must not spin
-                continue
-            ended = time.monotonic()
-            if ended <= stop_at:
-                latencies.append((ended - sent) * 1000)
-
-    await asyncio.gather(*(client(n) for n in range(in_flight)))
-    return {"calls": len(latencies), "seconds": seconds, "latencies": latencies, "errors": codes}
+    figures = await window_loop([stub], in_flight, seconds, program=PROGRAM, tag=tag,
+                                session_of=(lambda number: f"s{number}") if sessions else None)
+    return {"calls": figures["window_calls"], "seconds": seconds, "latencies": figures["latencies"], "errors": figures["errors"]}
 
 
 async def fill_sessions(stub, in_flight: int, turns: int) -> None:
