@@ -356,8 +356,7 @@ class DSPyPoolService(pb_grpc.DSPyPoolServicer):
 
     async def _compare(self, request: pb.ExecuteRequest, version: int, request_id: str, deadline: float) -> pb.EvaluationArm:
         """Evaluation mode's other arm: the same inputs on the other version, outside the session (one turn per call)."""
-        loop = asyncio.get_running_loop()
-        started = loop.time()
+        started = time.perf_counter()  # not loop.time(): uvloop's counts whole milliseconds
         program = self.registry.get(request.program, version)
         other = pb.ExecuteRequest(program=request.program, version=version, request_id=request_id + ":evaluation")
         other.inputs.CopyFrom(request.inputs)
@@ -367,7 +366,7 @@ class DSPyPoolService(pb_grpc.DSPyPoolServicer):
             arm.outputs.CopyFrom(served.result.outputs)
         except errors.PoolError as error:
             arm.error = f"{error.kind.value}: {error.message}"[:500]
-        arm.latency_ms = (loop.time() - started) * 1000.0
+        arm.latency_ms = (time.perf_counter() - started) * 1000.0
         self.stats.record(request.program, version, "evaluation", arm.latency_ms, bool(arm.error))
         return arm
 
