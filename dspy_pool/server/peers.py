@@ -11,8 +11,10 @@ kernel picks. GetPoolStatus on any front asks the others for their own status
 
 A peer that does not answer within a second is left out (its FrontStatus is
 missing, so a client can tell); the front supervisor restarts a dead one.
-CancelOptimization for a job another front runs is passed to the peers the
-same way: only the front running a job can stop its optimizer worker.
+CancelOptimization for a job another front runs, and RecordFeedback for a call
+another front captured, are passed to the peers the same way: only the front
+running a job can stop its optimizer worker, and a capture lives in the memory
+of the front that served the call.
 """
 
 from __future__ import annotations
@@ -99,6 +101,17 @@ class Peers:
                 pass  # down: its lease runs out and the job is marked interrupted
 
         await asyncio.gather(*(ask(index) for index in self.group.peer_indexes))
+
+    async def record_feedback(self, request: pb.RecordFeedbackRequest) -> pb.RecordFeedbackResponse | None:
+        """Feedback on a call another front captured: the front holding it answers (a capture is taken once)."""
+        async def ask(index: int) -> pb.RecordFeedbackResponse | None:
+            try:
+                return await self._stub(index).RecordFeedback(request, timeout=_PEER_TIMEOUT_S * 10, metadata=((SCOPE_KEY, SCOPE_FRONT),))
+            except grpc.RpcError:
+                return None  # not captured there (NOT_FOUND), or down
+
+        answers = await asyncio.gather(*(ask(index) for index in self.group.peer_indexes))
+        return next((answer for answer in answers if answer is not None), None)
 
     async def close(self) -> None:
         for channel in self._channels:

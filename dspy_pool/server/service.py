@@ -562,6 +562,12 @@ class DSPyPoolService(pb_grpc.DSPyPoolServicer):
     async def RecordFeedback(self, request: pb.RecordFeedbackRequest, context):
         try:
             return await self.record_feedback(request)
+        except errors.NotFound as missing:
+            if self.peers is not None and not _front_scoped(context):
+                answer = await self.peers.record_feedback(request)  # the call may have run on another front
+                if answer is not None:
+                    return answer
+            await self._abort(context, missing)
         except errors.PoolError as error:
             await self._abort(context, error)
 

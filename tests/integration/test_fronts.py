@@ -108,6 +108,26 @@ async def test_the_fronts_share_programs_sessions_and_one_status(group):
         await close_all(connections)
 
 
+async def test_feedback_reaches_the_front_that_captured_the_call(group):
+    """A capture lives in the front that served the call; RecordFeedback on another front is passed to it."""
+    connections = await connections_to_each_front(group.port)
+    (_, served), (_, other) = connections[0], connections[1]
+    try:
+        spec = pb.ProgramSpec(name="captured", signature="question -> answer", capture=pb.CapturePolicy(sample_rate=1.0))
+        await served.RegisterProgram(pb.RegisterProgramRequest(spec=spec), timeout=30)
+        reply = await served.Execute(execute_request("captured", question="keep me"), timeout=30)
+        feedback = await other.RecordFeedback(pb.RecordFeedbackRequest(request_id=reply.request_id, score=1.0, has_score=True),
+                                              timeout=30)
+        assert feedback.example_added and feedback.dataset == "captured-feedback"
+        dataset = await served.GetDataset(pb.GetDatasetRequest(name="captured-feedback"), timeout=10)
+        assert dataset.counts["train"] == 1
+        with pytest.raises(grpc.aio.AioRpcError) as again:  # a capture is taken once, wherever the feedback lands
+            await served.RecordFeedback(pb.RecordFeedbackRequest(request_id=reply.request_id, score=1.0, has_score=True), timeout=30)
+        assert again.value.code() == grpc.StatusCode.NOT_FOUND
+    finally:
+        await close_all(connections)
+
+
 async def test_a_killed_front_loses_only_its_own_calls_and_is_started_again(group):
     connections = await connections_to_each_front(group.port)
     (_, doomed), (_, survivor) = connections[0], connections[1]
