@@ -14,7 +14,8 @@ missing, so a client can tell); the front supervisor restarts a dead one.
 CancelOptimization for a job another front runs, and RecordFeedback for a call
 another front captured, are passed to the peers the same way: only the front
 running a job can stop its optimizer worker, and a capture lives in the memory
-of the front that served the call.
+of the front that served the call. GetProgramStats merges every front's counts
+(merge_program_stats): each front counts the calls it served.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ import grpc
 from dspy_pool.v1 import dspy_pool_pb2 as pb
 from dspy_pool.v1 import dspy_pool_pb2_grpc as pb_grpc
 
-__all__ = ["FrontGroup", "Peers", "merge", "SCOPE_KEY", "SCOPE_FRONT"]
+__all__ = ["FrontGroup", "Peers", "merge", "merge_program_stats", "SCOPE_KEY", "SCOPE_FRONT"]
 
 SCOPE_KEY = "x-dspy-pool-scope"
 SCOPE_FRONT = "front"  # this front only: what a peer asks for
@@ -113,6 +114,16 @@ class Peers:
         answers = await asyncio.gather(*(ask(index) for index in self.group.peer_indexes))
         return next((answer for answer in answers if answer is not None), None)
 
+    async def program_stats(self, request: pb.GetProgramStatsRequest) -> list[pb.ProgramStats]:
+        async def ask(index: int) -> pb.ProgramStats | None:
+            try:
+                return await self._stub(index).GetProgramStats(request, timeout=_PEER_TIMEOUT_S, metadata=((SCOPE_KEY, SCOPE_FRONT),))
+            except grpc.RpcError:
+                return None
+
+        answers = await asyncio.gather(*(ask(index) for index in self.group.peer_indexes))
+        return [answer for answer in answers if answer is not None]
+
     async def close(self) -> None:
         for channel in self._channels:
             await channel.close()
@@ -166,3 +177,30 @@ def _merge_breakers(merged: pb.PoolStatus, peer: pb.PoolStatus) -> None:
             merged.breakers.add().CopyFrom(breaker)
         elif _BREAKER_RANK.get(breaker.state, 0) > _BREAKER_RANK.get(current.state, 0):
             current.CopyFrom(breaker)
+
+
+def merge_program_stats(local: pb.ProgramStats, peers: list[pb.ProgramStats]) -> pb.ProgramStats:
+    """One program's statistics over the fronts, per (version, arm): counts summed, means weighted by what they
+    average; the p50 is the calls-weighted mean of the fronts' p50s and the p95 their maximum (percentiles of
+    separate windows do not merge exactly: both are approximations, the p95 a conservative one)."""
+    merged = pb.ProgramStats()
+    merged.CopyFrom(local)
+    arms = {(arm.version, arm.arm): arm for arm in merged.arms}
+    for peer in peers:
+        for arm in peer.arms:
+            mine = arms.get((arm.version, arm.arm))
+            if mine is None:
+                mine = arms[(arm.version, arm.arm)] = merged.arms.add()
+                mine.CopyFrom(arm)
+                continue
+            calls = mine.calls + arm.calls
+            feedback = mine.feedback_count + arm.feedback_count
+            if calls:
+                mine.latency_p50_ms = (mine.latency_p50_ms * mine.calls + arm.latency_p50_ms * arm.calls) / calls
+            if feedback:
+                mine.feedback_score_mean = (mine.feedback_score_mean * mine.feedback_count
+                                            + arm.feedback_score_mean * arm.feedback_count) / feedback
+            mine.latency_p95_ms = max(mine.latency_p95_ms, arm.latency_p95_ms)
+            mine.calls, mine.errors, mine.feedback_count = calls, mine.errors + arm.errors, feedback
+            mine.error_rate = mine.errors / calls if calls else 0.0
+    return merged

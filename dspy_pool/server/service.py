@@ -33,7 +33,7 @@ from dspy_pool.server.config import ServerConfig
 from dspy_pool.server.executor import Executor
 from dspy_pool.server.registry import HISTORY_INPUT, ProgramRegistry, ProgramVersion, check_inputs, check_spec, program_ref
 from dspy_pool.server.fallback import Step
-from dspy_pool.server.peers import SCOPE_FRONT, SCOPE_KEY, Peers, merge as merge_status
+from dspy_pool.server.peers import SCOPE_FRONT, SCOPE_KEY, Peers, merge as merge_status, merge_program_stats
 from dspy_pool.server.resilience import ResilienceSettings, ResilientExecutor, chain_for
 from dspy_pool.server.sessions import SessionStore, check_session_id
 from dspy_pool.server.status import to_grpc_status
@@ -261,7 +261,7 @@ class DSPyPoolService(pb_grpc.DSPyPoolServicer):
 
     async def GetProgram(self, request: pb.GetProgramRequest, context):
         try:
-            return self.registry.get(request.name, request.version).program
+            return (await self.registry.find(request.name, request.version)).program
         except errors.PoolError as error:
             await self._abort(context, error)
 
@@ -518,13 +518,14 @@ class DSPyPoolService(pb_grpc.DSPyPoolServicer):
 
     async def SetExecutionPolicy(self, request: pb.SetExecutionPolicyRequest, context):
         try:
+            await self.registry.find(request.policy.program)  # refreshes once if another front or replica registered it
             return await self.registry.set_policy(self._checked_policy(request.policy))
         except errors.PoolError as error:
             await self._abort(context, error)
 
     async def GetExecutionPolicy(self, request: pb.GetExecutionPolicyRequest, context):
         try:
-            self.registry.get(request.program)
+            await self.registry.find(request.program)  # refreshes once if another front or replica registered it
             return self.registry.policy(request.program)
         except errors.PoolError as error:
             await self._abort(context, error)
@@ -606,7 +607,7 @@ class DSPyPoolService(pb_grpc.DSPyPoolServicer):
 
     async def GetProgramStats(self, request: pb.GetProgramStatsRequest, context):
         try:
-            self.registry.get(request.program)
+            await self.registry.find(request.program)  # refreshes once if another front or replica registered it
         except errors.PoolError as error:
             await self._abort(context, error)
             return
@@ -615,6 +616,8 @@ class DSPyPoolService(pb_grpc.DSPyPoolServicer):
             count, mean = self.stats.feedback(request.program, arm.version)
             stats.arms.add(version=arm.version, arm=arm.arm, calls=arm.calls, errors=arm.errors, latency_p50_ms=arm.p50_ms,
                            latency_p95_ms=arm.p95_ms, error_rate=arm.error_rate, feedback_count=count, feedback_score_mean=mean)
+        if self.peers is not None and not _front_scoped(context):  # each front counts the calls it served
+            stats = merge_program_stats(stats, await self.peers.program_stats(request))
         return stats
 
     async def _session_count(self) -> int:

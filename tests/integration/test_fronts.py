@@ -108,8 +108,9 @@ async def test_the_fronts_share_programs_sessions_and_one_status(group):
         await close_all(connections)
 
 
-async def test_feedback_reaches_the_front_that_captured_the_call(group):
-    """A capture lives in the front that served the call; RecordFeedback on another front is passed to it."""
+async def test_feedback_and_program_stats_reach_across_fronts(group):
+    """A capture lives in the front that served the call; RecordFeedback on another front is passed to it, and
+    GetProgramStats on any front counts every front's calls."""
     connections = await connections_to_each_front(group.port)
     (_, served), (_, other) = connections[0], connections[1]
     try:
@@ -124,6 +125,9 @@ async def test_feedback_reaches_the_front_that_captured_the_call(group):
         with pytest.raises(grpc.aio.AioRpcError) as again:  # a capture is taken once, wherever the feedback lands
             await served.RecordFeedback(pb.RecordFeedbackRequest(request_id=reply.request_id, score=1.0, has_score=True), timeout=30)
         assert again.value.code() == grpc.StatusCode.NOT_FOUND
+        # The call and its feedback were counted on the serving front; any front answers for the group.
+        stats = await other.GetProgramStats(pb.GetProgramStatsRequest(program="captured"), timeout=10)
+        assert [(a.version, a.calls, a.feedback_count) for a in stats.arms] == [(1, 1, 1)]
     finally:
         await close_all(connections)
 

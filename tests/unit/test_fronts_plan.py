@@ -76,3 +76,24 @@ def test_merged_status_sums_counters_and_keeps_the_worst_of_each_breaker():
     levels = {level.level: level for level in merged.cache_levels}
     assert (levels["memory"].hits, levels["memory"].entries, levels["memory"].bytes) == (3, 6, 90)
     assert (levels["store"].hits, levels["store"].entries) == (3, -1)  # one store: its size is not summed
+
+
+def _stats(*arms: tuple) -> pb.ProgramStats:
+    stats = pb.ProgramStats(program="qa")
+    for version, arm, calls, errors, p50, p95, feedback, mean in arms:
+        stats.arms.add(version=version, arm=arm, calls=calls, errors=errors, latency_p50_ms=p50, latency_p95_ms=p95,
+                       error_rate=errors / calls if calls else 0.0, feedback_count=feedback, feedback_score_mean=mean)
+    return stats
+
+
+def test_program_stats_merge_sums_counts_and_weights_means():
+    from dspy_pool.server.peers import merge_program_stats
+
+    merged = merge_program_stats(_stats((1, "traditional", 30, 3, 10.0, 40.0, 2, 1.0)),
+                                 [_stats((1, "traditional", 10, 1, 20.0, 90.0, 6, 0.5), (2, "optimized", 5, 0, 8.0, 9.0, 0, 0.0))])
+    arms = {(arm.version, arm.arm): arm for arm in merged.arms}
+    first = arms[(1, "traditional")]
+    assert (first.calls, first.errors, first.error_rate) == (40, 4, 0.1)
+    assert first.latency_p50_ms == pytest.approx(12.5) and first.latency_p95_ms == 90.0  # weighted p50, worst p95
+    assert (first.feedback_count, first.feedback_score_mean) == (8, pytest.approx(0.625))
+    assert arms[(2, "optimized")].calls == 5  # an arm only a peer served
