@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import gc
 import os
 import signal
@@ -149,6 +150,9 @@ class Worker:
             task = self.tasks.get(frame.request_id)
             if task is not None:
                 task.cancel()
+                # A request and its cancel read together: the task is cancelled before its coroutine
+                # ever runs, so nothing in it answers the front (which then kills us for cancel_timeout).
+                task.add_done_callback(functools.partial(self._answer_if_never_ran, frame.request_id))
         elif frame.type is FrameType.PING:
             self.send(FrameType.PONG, frame.request_id, self.stats().SerializeToString())
         elif frame.type is FrameType.SHUTDOWN:
@@ -156,6 +160,11 @@ class Worker:
             asyncio.get_running_loop().create_task(self._drain_then_stop())
         else:
             self.stop(f"unexpected_frame_{frame.type.name.lower()}")
+
+    def _answer_if_never_ran(self, request_id: int, task: asyncio.Task) -> None:
+        if task.cancelled():  # _run_request answers a cancel itself, so only a task that never started ends cancelled
+            self.tasks.pop(request_id, None)
+            self._send_error(request_id, PoolError("cancelled by the front", kind=ErrorKind.CANCELLED))
 
     def send(self, frame_type: FrameType, request_id: int, payload: bytes = b"") -> None:
         assert self.channel is not None
