@@ -107,9 +107,13 @@ class FrontSupervisor:
             os.close(write_fd)  # the child holds the only write end: EOF when it exits
         self._processes[index] = process
         values = config_module.flat(plan.front_config(self.config, self.port))
-        process.stdin.write(json.dumps(values).encode())  # the key travels on a pipe, never in argv
-        await process.stdin.drain()
-        process.stdin.close()
+        try:
+            process.stdin.write(json.dumps(values).encode())  # the key travels on a pipe, never in argv
+            await process.stdin.drain()
+            process.stdin.close()
+        except OSError:  # it died at once: its exit status says why
+            os.close(read_fd)
+            raise FrontFailed(f"front {index} exited (status {await process.wait()}) before reading its configuration") from None
         try:
             line = await asyncio.wait_for(asyncio.to_thread(_read_line, read_fd), self.ready_timeout_s)
         except asyncio.TimeoutError:
