@@ -8,8 +8,6 @@ tests run it as a subprocess, as a user's shell would (`top` in a pseudo-termina
 from __future__ import annotations
 
 import asyncio
-import dataclasses
-import io
 import json
 import os
 import pty
@@ -17,15 +15,14 @@ import select
 import signal
 import socket
 import sys
-import textwrap
 import time
 
 import pytest
 import pytest_asyncio
 import structlog
 
-from dspy_pool.cli import main
 
+from .cli_runner import Ran, cli_runner, write_file
 from .harness import running_app
 
 pytestmark = [pytest.mark.asyncio(loop_scope="module"), pytest.mark.timeout(90)]
@@ -44,34 +41,11 @@ def target(server) -> str:
     return f"127.0.0.1:{server.port}"
 
 
-@dataclasses.dataclass(frozen=True)
-class Ran:
-    code: int
-    out: str
-    err: str
-
-    def json(self):
-        return json.loads(self.out)
-
-
 @pytest.fixture
 def cli(capsys, monkeypatch, target):
     """Run `dspy-pool ARGS --target <the server>` in-process; stdin text optional."""
+    return cli_runner(capsys, monkeypatch, target)
 
-    async def run(*argv: str, stdin: str = "", at: str | None = None) -> Ran:
-        monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
-        capsys.readouterr()
-        code = await asyncio.to_thread(main, [*argv, "--target", at or target])
-        out, err = capsys.readouterr()
-        return Ran(code, out, err)
-
-    return run
-
-
-def _write(tmp_path, name: str, text: str) -> str:
-    path = tmp_path / name
-    path.write_text(textwrap.dedent(text))
-    return str(path)
 
 
 QA_YAML = """\
@@ -82,7 +56,7 @@ QA_YAML = """\
 
 
 async def _register_qa(cli, tmp_path, name: str) -> Ran:
-    ran = await cli("register", _write(tmp_path, f"{name}.yaml", QA_YAML.format(name=name)))
+    ran = await cli("register", write_file(tmp_path, f"{name}.yaml", QA_YAML.format(name=name)))
     assert ran.code == 0, ran.err
     return ran
 
@@ -114,9 +88,9 @@ async def test_inputs_from_stdin_and_from_files(cli, tmp_path):
     """`-` reads a JSON object from stdin; --inputs-file reads JSON or YAML."""
     await _register_qa(cli, tmp_path, "cli_inputs")
     from_stdin = await cli("call", "cli_inputs", "-", "--json", stdin='{"question": "from stdin"}')
-    yaml_file = _write(tmp_path, "inputs.yaml", "question: from a YAML file\n")
+    yaml_file = write_file(tmp_path, "inputs.yaml", "question: from a YAML file\n")
     from_yaml = await cli("call", "cli_inputs", "--inputs-file", yaml_file, "--json")
-    json_file = _write(tmp_path, "inputs.json", '{"question": "from a JSON file"}')
+    json_file = write_file(tmp_path, "inputs.json", '{"question": "from a JSON file"}')
     from_json = await cli("call", "cli_inputs", "--inputs-file", json_file, "--json")
     for ran in (from_stdin, from_yaml, from_json):
         assert ran.code == 0, ran.err
@@ -125,7 +99,7 @@ async def test_inputs_from_stdin_and_from_files(cli, tmp_path):
 
 async def test_register_reads_every_spec_field_from_toml(cli, tmp_path):
     """A TOML list with typed fields, demos, warm-up inputs, lm_options and a fallback registers as written."""
-    path = _write(tmp_path, "specs.toml", """\
+    path = write_file(tmp_path, "specs.toml", """\
         [[programs]]
         name = "cli_typed"
         signature = "question -> answer"
@@ -159,7 +133,7 @@ async def test_register_reads_every_spec_field_from_toml(cli, tmp_path):
 async def test_programs_list_get_delete(cli, tmp_path):
     """list shows the latest versions (--all-versions every one), get prints a re-registrable spec, delete removes."""
     await _register_qa(cli, tmp_path, "cli_crud")
-    changed = _write(tmp_path, "v2.yaml", QA_YAML.format(name="cli_crud") + "instructions: be brief\n")
+    changed = write_file(tmp_path, "v2.yaml", QA_YAML.format(name="cli_crud") + "instructions: be brief\n")
     assert "version 2 (new version)" in (await cli("register", changed)).out
     listing = await cli("programs", "list")
     assert listing.code == 0 and "cli_crud" in listing.out
@@ -169,7 +143,7 @@ async def test_programs_list_get_delete(cli, tmp_path):
     assert (await cli("programs", "get", "cli_crud", "--version", "1")).out.startswith("# cli_crud version 1")
     shown = await cli("programs", "get", "cli_crud")
     assert shown.out.startswith("# cli_crud version 2") and "instructions: be brief" in shown.out
-    again = await cli("register", _write(tmp_path, "shown.yaml", shown.out))
+    again = await cli("register", write_file(tmp_path, "shown.yaml", shown.out))
     assert "registered cli_crud version 2 (unchanged: same content)" in again.out
 
     deleted = await cli("programs", "delete", "cli_crud", "--version", "2")
@@ -240,7 +214,7 @@ async def test_no_server_says_so(cli):
 
 async def test_bad_spec_file_names_the_entry_and_field(cli, tmp_path):
     """A spec file with a bad field registers nothing and names the file, entry and field, exit 2."""
-    path = _write(tmp_path, "bad.yaml", """\
+    path = write_file(tmp_path, "bad.yaml", """\
         programs:
           - name: cli_fine
             signature: question -> answer
@@ -256,7 +230,7 @@ async def test_bad_spec_file_names_the_entry_and_field(cli, tmp_path):
 
 async def test_refused_spec_names_its_entry_and_what_was_registered(cli, tmp_path):
     """When the server refuses one spec of several, the error names it and the ones registered before it."""
-    path = _write(tmp_path, "mixed.yaml", """\
+    path = write_file(tmp_path, "mixed.yaml", """\
         - {name: cli_first, signature: question -> answer}
         - {name: cli_refused, signature: question -> answer, module: no_such_kind}
         """)
@@ -268,7 +242,7 @@ async def test_refused_spec_names_its_entry_and_what_was_registered(cli, tmp_pat
 
 async def test_call_as_a_subprocess(target, tmp_path):
     """`python -m dspy_pool.cli call` end to end: exit 0, the outputs as JSON on stdout."""
-    spec = _write(tmp_path, "sub.yaml", QA_YAML.format(name="cli_sub"))
+    spec = write_file(tmp_path, "sub.yaml", QA_YAML.format(name="cli_sub"))
     for argv in (["register", spec], ["call", "cli_sub", '{"question": "from a shell"}']):
         process = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "dspy_pool.cli", *argv, "--target", target,
@@ -323,7 +297,7 @@ async def test_programs_export_writes_a_file_that_registers_the_same_versions(cl
     from dspy_pool import spec_files
 
     await _register_qa(cli, tmp_path, "exported")
-    changed = _write(tmp_path, "exported2.yaml", "name: exported\nsignature: question -> answer, confidence\n")
+    changed = write_file(tmp_path, "exported2.yaml", "name: exported\nsignature: question -> answer, confidence\n")
     assert (await cli("register", changed)).code == 0
     output = tmp_path / "registry.yaml"
     ran = await cli("programs", "export", "--all-versions", "--output", str(output))

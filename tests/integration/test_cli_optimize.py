@@ -9,14 +9,12 @@ one serving worker and one optimizer worker; the pure helpers are tested first.
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import io
 import json
 import os
 import pty
 import select
 import sys
-import textwrap
 import time
 
 import pytest
@@ -24,9 +22,10 @@ import pytest_asyncio
 import structlog
 
 from dspy_pool import jobs_view, optimize_cli
-from dspy_pool.cli import main
 from dspy_pool.client_cli import UsageError
 from dspy_pool.v1 import dspy_pool_pb2 as pb
+
+from .cli_runner import cli_runner, write_file
 
 pytestmark = pytest.mark.timeout(120)
 on_server_loop = pytest.mark.asyncio(loop_scope="module")  # the async tests share the module's server and loop
@@ -47,41 +46,11 @@ def target(server) -> str:
     return f"127.0.0.1:{server.port}"
 
 
-@dataclasses.dataclass(frozen=True)
-class Ran:
-    code: int
-    out: str
-    err: str
-
-    def json(self):
-        return json.loads(self.out)
-
-
 @pytest.fixture
 def cli(capsys, monkeypatch, target):
     """Run `dspy-pool ARGS --target <the server>` in-process; stdin text optional."""
+    return cli_runner(capsys, monkeypatch, target)
 
-    async def run(*argv: str, stdin: str = "") -> Ran:
-        monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
-        capsys.readouterr()
-        code = await asyncio.to_thread(_main, [*argv, "--target", target])
-        out, err = capsys.readouterr()
-        return Ran(code, out, err)
-
-    return run
-
-
-def _main(argv: list[str]) -> int:
-    try:
-        return main(argv)
-    except SystemExit as exc:  # argparse refuses the command line
-        return exc.code
-
-
-def _write(tmp_path, name: str, text: str) -> str:
-    path = tmp_path / name
-    path.write_text(textwrap.dedent(text))
-    return str(path)
 
 
 def _rows(split: str | None, *pairs: tuple[str, str]) -> list[dict]:
@@ -94,7 +63,7 @@ def _jsonl(rows: list[dict]) -> str:
 
 
 async def _register(cli, tmp_path, name: str) -> None:
-    ran = await cli("register", _write(tmp_path, f"{name}.yaml", f"name: {name}\nsignature: question -> answer\n"))
+    ran = await cli("register", write_file(tmp_path, f"{name}.yaml", f"name: {name}\nsignature: question -> answer\n"))
     assert ran.code == 0, ran.err
 
 
@@ -103,13 +72,13 @@ async def _register(cli, tmp_path, name: str) -> None:
 
 def test_read_examples_groups_rows_by_split_from_jsonl_json_and_yaml(tmp_path):
     """Rows keep their own split, others take --split; JSONL, a JSON list and YAML {examples: [...]} all read."""
-    jsonl = _write(tmp_path, "d.jsonl", _jsonl(_rows("dev", ("a?", "1")) + _rows(None, ("b?", "2"), ("c?", "3"))))
+    jsonl = write_file(tmp_path, "d.jsonl", _jsonl(_rows("dev", ("a?", "1")) + _rows(None, ("b?", "2"), ("c?", "3"))))
     by_split = optimize_cli.read_examples(jsonl, "train", io.StringIO())
     assert {split: len(rows) for split, rows in by_split.items()} == {"dev": 1, "train": 2}
     assert dict(by_split["train"][1].inputs) == {"question": "c?"} and dict(by_split["train"][1].outputs) == {"answer": "3"}
-    as_json = _write(tmp_path, "d.json", json.dumps(_rows(None, ("a?", "1"))))
+    as_json = write_file(tmp_path, "d.json", json.dumps(_rows(None, ("a?", "1"))))
     assert len(optimize_cli.read_examples(as_json, "dev", io.StringIO())["dev"]) == 1
-    as_yaml = _write(tmp_path, "d.yaml", """\
+    as_yaml = write_file(tmp_path, "d.yaml", """\
         examples:
           - {inputs: {question: "a?"}, outputs: {answer: 1}, split: train}
         """)
@@ -130,7 +99,7 @@ def test_read_examples_groups_rows_by_split_from_jsonl_json_and_yaml(tmp_path):
 ])
 def test_bad_example_files_name_the_row(tmp_path, name, text, split, message):
     """A bad example file is a UsageError naming the file and the row (line N, or examples[i])."""
-    path = _write(tmp_path, name, text)
+    path = write_file(tmp_path, name, text)
     with pytest.raises(UsageError) as raised:
         optimize_cli.read_examples(path, split, io.StringIO())
     assert str(raised.value).startswith(str(tmp_path)) and message in str(raised.value)
@@ -185,7 +154,7 @@ def test_job_rendering_says_progress_result_and_failure():
 @on_server_loop
 async def test_datasets_add_list_get_delete(cli, tmp_path):
     """`datasets add` sends each split, prints the counts; list, get (--json) and delete see the dataset."""
-    path = _write(tmp_path, "qa.jsonl", _jsonl(_rows(None, ("2+2?", "4"), ("3+3?", "6")) + _rows("dev", ("1+1?", "2"))))
+    path = write_file(tmp_path, "qa.jsonl", _jsonl(_rows(None, ("2+2?", "4"), ("3+3?", "6")) + _rows("dev", ("1+1?", "2"))))
     added = await cli("datasets", "add", "cli_ds", path, "--split", "train")
     assert added.code == 0, added.err
     assert added.out.startswith("added 2 examples to train and 1 example to dev; cli_ds: train 2, dev 1, content ")
@@ -204,7 +173,7 @@ async def test_datasets_add_list_get_delete(cli, tmp_path):
 @on_server_loop
 async def test_datasets_add_refuses_a_bad_file_before_sending(cli, tmp_path):
     """A bad row anywhere in the file: exit 2, the row named, and nothing was added."""
-    path = _write(tmp_path, "half.jsonl", _jsonl(_rows(None, ("a", "b"))) + '{"inputs": {"question": "x"}}\n')
+    path = write_file(tmp_path, "half.jsonl", _jsonl(_rows(None, ("a", "b"))) + '{"inputs": {"question": "x"}}\n')
     ran = await cli("datasets", "add", "cli_half", path, "--split", "train")
     assert ran.code == 2 and ran.out == "" and ran.err.startswith(f"dspy-pool: {path}: line 2: outputs")
     assert (await cli("datasets", "get", "cli_half")).code == 1
@@ -233,7 +202,7 @@ async def test_policy_set_changes_only_what_is_named(cli, tmp_path):
 async def test_call_with_a_mode_prints_the_execution_mode_and_stats_count_it(cli, tmp_path):
     """`call --mode` says the mode on stderr (and in --json); evaluation prints the other arm; `stats` counts each arm."""
     await _register(cli, tmp_path, "cli_modes")
-    changed = _write(tmp_path, "v2.yaml", "name: cli_modes\nsignature: question -> answer\ninstructions: be brief\n")
+    changed = write_file(tmp_path, "v2.yaml", "name: cli_modes\nsignature: question -> answer\ninstructions: be brief\n")
     assert (await cli("register", changed)).code == 0
     assert (await cli("policy", "set", "cli_modes", "--base-version", "1", "--optimized-version", "2")).code == 0
     plain = await cli("call", "cli_modes", '{"question": "hi"}', "--mode", "traditional")
@@ -259,7 +228,7 @@ async def test_optimize_refuses_an_unknown_dataset_or_optimizer(cli, tmp_path):
     await _register(cli, tmp_path, "cli_refused")
     missing = await cli("optimize", "cli_refused", "--dataset", "cli_no_such_ds", "--optimizer", "labeled_few_shot")
     assert missing.code == 1 and missing.err.startswith("dspy-pool: NOT_FOUND: ") and "cli_no_such_ds" in missing.err
-    path = _write(tmp_path, "tiny.jsonl", _jsonl(_rows("train", ("a", "b")) + _rows("dev", ("c", "d"))))
+    path = write_file(tmp_path, "tiny.jsonl", _jsonl(_rows("train", ("a", "b")) + _rows("dev", ("c", "d"))))
     assert (await cli("datasets", "add", "cli_refused_ds", path)).code == 0
     unknown = await cli("optimize", "cli_refused", "--dataset", "cli_refused_ds", "--optimizer", "no_such_optimizer")
     assert unknown.code == 1 and unknown.err.startswith("dspy-pool: INVALID_ARGUMENT: ") and "no_such_optimizer" in unknown.err
@@ -275,7 +244,7 @@ DEV = (("What is 3+3?", "6"), ("What is the capital of Italy?", "Rome"))
 async def test_optimize_waits_and_prints_the_new_version_then_jobs_show_it(cli, tmp_path):
     """`optimize` with labeled_few_shot waits, prints the new version and scores; jobs list/get/watch/cancel see the job."""
     await _register(cli, tmp_path, "cli_opt")
-    path = _write(tmp_path, "opt.jsonl", _jsonl(_rows("train", *TRAIN) + _rows("dev", *DEV)))
+    path = write_file(tmp_path, "opt.jsonl", _jsonl(_rows("train", *TRAIN) + _rows("dev", *DEV)))
     assert (await cli("datasets", "add", "cli_opt_ds", path)).code == 0
     ran = await cli("optimize", "cli_opt", "--dataset", "cli_opt_ds", "--optimizer", "labeled_few_shot",
                     "--metric", "exact_match", "--metric-field", "answer", "--option", "k=2", "--max-lm-calls", "500")
@@ -310,7 +279,7 @@ async def test_optimize_waits_and_prints_the_new_version_then_jobs_show_it(cli, 
 async def test_optimize_in_a_terminal_draws_a_live_line_then_the_result(target, tmp_path, cli):
     """`python -m dspy_pool.cli optimize` in a terminal redraws one progress line, prints the result, exits 0."""
     await _register(cli, tmp_path, "cli_tty")
-    path = _write(tmp_path, "tty.jsonl", _jsonl(_rows("train", *TRAIN) + _rows("dev", *DEV)))
+    path = write_file(tmp_path, "tty.jsonl", _jsonl(_rows("train", *TRAIN) + _rows("dev", *DEV)))
     assert (await cli("datasets", "add", "cli_tty_ds", path)).code == 0
     leader, follower = pty.openpty()
     process = await asyncio.create_subprocess_exec(
