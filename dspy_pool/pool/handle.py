@@ -171,18 +171,7 @@ class WorkerHandle(asyncio.Protocol):
 
     # -- requests -----------------------------------------------------------
     def send_request(self, call: Call, request: wire.WorkRequest) -> int:
-        # _send and _write in one: this runs once per call.
-        payload = request.SerializeToString()
-        request_id = self._next_request_id
-        self._next_request_id = request_id + 1
-        self.in_flight[request_id] = call
-        transport = self._transport
-        if transport is not None and not transport.is_closing():
-            outbox = self._outbox
-            outbox.append(encode(_REQUEST, request_id, payload))
-            if len(outbox) == 1:
-                self._loop.call_soon(self._flush)
-        return request_id
+        return self._send(_REQUEST, call, request.SerializeToString())
 
     def send_optimize(self, call: Call, work: wire.OptimizeWork) -> int:
         """An optimization job (optimizer workers only); `call` also gets `progress(OptimizeProgress)`."""
