@@ -71,7 +71,7 @@ import functools
 import json
 import math
 import urllib.parse
-from typing import Any, Awaitable, Callable, TypeVar
+from typing import Any, AsyncIterator, Awaitable, Callable, TypeVar
 
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
@@ -789,24 +789,35 @@ class RedisStore(StateStore):
     async def cache_top(self, limit: int, max_bytes: int, now: float) -> list[tuple[bytes, bytes, float]]:
         # A read for warming, not a snapshot: most-hit first in batches, each through state.policy.pick_top
         # with what is left of the count and the byte budget (the same as one pass over them all).
-        hits_key = self._key("cache_hits")
         picked: list[tuple[bytes, bytes, float]] = []
-        left, start = max_bytes, 0
-        while len(picked) < limit and left > 0:
-            keys = await self._client.zrevrange(hits_key, start, start + _CACHE_SCAN_BATCH - 1)
-            if not keys:
-                break
-            start += len(keys)
-            async with self._client.pipeline(transaction=False) as pipe:
-                for key in keys:
-                    pipe.hmget(self._key("cache:", key), "v", "e")
-                entries = await pipe.execute()
+        left = max_bytes
+        if limit <= 0 or left <= 0:
+            return picked
+        read = lambda pipe, key: pipe.hmget(self._key("cache:", key), "v", "e")  # noqa: E731
+        async for keys, entries in self._ranked(self._key("cache_hits"), _CACHE_SCAN_BATCH, read):
             live = [(key, value, float(expires_at)) for key, (value, expires_at) in zip(keys, entries)
                     if value is not None and now < float(expires_at)]
             for key, value, expires_at in policy.pick_top(live, limit - len(picked), left):
                 picked.append((key, value, expires_at))
                 left -= policy.entry_bytes(key, value)
+            if len(picked) >= limit or left <= 0:
+                break
         return picked
+
+    async def _ranked(self, index: bytes, batch: int, read) -> AsyncIterator[tuple[list[bytes], list]]:
+        """A sorted set's members, highest score first, `batch` at a time, each batch with `read(pipe, member)`'s
+        replies from one pipelined round trip. Stop iterating to stop reading."""
+        start = 0
+        while True:
+            members = await self._client.zrevrange(index, start, start + batch - 1)
+            if not members:
+                return
+            start += len(members)
+            async with self._client.pipeline(transaction=False) as pipe:
+                for member in members:
+                    read(pipe, member)
+                replies = await pipe.execute()
+            yield members, replies
 
     # -- datasets ---------------------------------------------------------------
     def _examples_key(self, dataset: str, split: str) -> bytes:
@@ -882,19 +893,15 @@ class RedisStore(StateStore):
     async def _newest_jobs(self, index: bytes, states: tuple[str, ...], limit: int) -> list[JobRecord]:
         """Jobs of a zset index, newest first, in `states` (any when empty), at most `limit`: read in batches."""
         found: list[JobRecord] = []
-        start, batch = 0, limit if not states else max(limit, _JOB_SCAN_BATCH)
-        while len(found) < limit:
-            ids = await self._client.zrevrange(index, start, start + batch - 1)
-            if not ids:
-                break
-            start += len(ids)
-            async with self._client.pipeline(transaction=False) as pipe:
-                for job_id in ids:
-                    pipe.hgetall(self._key("job:", job_id))
-                replies = await pipe.execute()
+        if limit <= 0:
+            return found
+        read = lambda pipe, job_id: pipe.hgetall(self._key("job:", job_id))  # noqa: E731
+        async for ids, replies in self._ranked(index, limit if not states else max(limit, _JOB_SCAN_BATCH), read):
             found.extend(job for job in (_job(i.decode(), f) for i, f in zip(ids, replies) if f)
                          if not states or job.state in states)
-        return found[:max(0, limit)]
+            if len(found) >= limit:
+                break
+        return found[:limit]
 
     @_translated
     async def list_jobs(self, program: str = "", states: tuple[str, ...] = (), limit: int = 100) -> list[JobRecord]:
