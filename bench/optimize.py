@@ -68,9 +68,11 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "true")
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
 from closed_loop import percentile_ms  # noqa: E402  (bench/, as bench/state.py does)
+from load_stats import spread  # noqa: E402
 
 from dspy_pool import logs  # noqa: E402
 from dspy_pool.optimize import catalog  # noqa: E402
+from dspy_pool.optimize_cli import read_examples  # noqa: E402
 from dspy_pool.server.app import App  # noqa: E402
 from dspy_pool.server.config import build as server_config  # noqa: E402
 from dspy_pool.v1 import dspy_pool_pb2 as pb  # noqa: E402
@@ -103,24 +105,9 @@ def log(message: str) -> None:
     print(f"bench/optimize: {message}", file=sys.stderr, flush=True)
 
 
-def spread(values: list[float], digits: int = 3) -> dict:
-    values = [v for v in values if v is not None]
-    if not values:
-        return {"median": None, "min": None, "max": None, "n": 0}
-    return {"median": round(statistics.median(values), digits), "min": round(min(values), digits),
-            "max": round(max(values), digits), "n": len(values)}
-
 
 def examples(split: str) -> list[pb.Example]:
-    out = []
-    for line in DATASET_FILE.read_text().splitlines():
-        row = json.loads(line)
-        if row["split"] == split:
-            example = pb.Example()
-            example.inputs.update(row["inputs"])
-            example.outputs.update(row["outputs"])
-            out.append(example)
-    return out
+    return read_examples(str(DATASET_FILE), "", None)[split]  # as `dspy-pool datasets add` reads it
 
 
 def cpu_seconds(app: App) -> tuple[float, ...]:

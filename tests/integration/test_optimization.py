@@ -7,7 +7,6 @@ optimizer against the simulated LM's learnable task (dspy_pool/simlm/learnable.p
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import pathlib
 import signal
@@ -17,6 +16,7 @@ import grpc
 import pytest
 import pytest_asyncio
 
+from dspy_pool.optimize_cli import read_examples
 from dspy_pool.v1 import dspy_pool_pb2 as pb
 
 from .harness import eventually, execute_request, running_app
@@ -29,15 +29,7 @@ METRIC = pb.MetricSpec(kind="exact_match", fields=["code"])
 
 
 def _examples(split: str) -> list[pb.Example]:
-    out = []
-    for line in DATASET.read_text().splitlines():
-        row = json.loads(line)
-        if row["split"] == split:
-            example = pb.Example()
-            example.inputs.update(row["inputs"])
-            example.outputs.update(row["outputs"])
-            out.append(example)
-    return out
+    return read_examples(str(DATASET), "", None)[split]  # as `dspy-pool datasets add` reads it
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
