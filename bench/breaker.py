@@ -40,16 +40,11 @@ from dspy_pool.server.app import App
 from dspy_pool.server.config import build as server_config
 from dspy_pool.v1 import dspy_pool_pb2 as pb
 from dspy_pool.v1 import dspy_pool_pb2_grpc as pb_grpc
+from load_stats import spread  # bench/ is sys.path[0] when run as a script
 
 PRIMED = 50  # distinct inputs whose answers the result cache holds before the outage
 MAX_ATTEMPTS = 3
 
-
-def spread(values: list[float]) -> dict:
-    values = [v for v in values if v is not None]
-    if not values:
-        return {"median": None, "min": None, "max": None, "n": 0}
-    return {"median": round(statistics.median(values), 4), "min": round(min(values), 4), "max": round(max(values), 4), "n": len(values)}
 
 
 def percentile(sorted_values: list[float], q: float) -> float | None:
@@ -208,7 +203,7 @@ async def main() -> None:
         await app.stop(grace_s=1.0)
 
     def figure(key: str) -> dict:
-        return spread([r[key] for r in runs])
+        return spread([r[key] for r in runs], 4)
 
     open_p99 = statistics.median(r["open_p99_ms"] for r in runs)
     healthy_p50 = statistics.median(r["healthy_p50_ms"] for r in runs)

@@ -30,7 +30,6 @@ import asyncio
 import json
 import os
 import random
-import statistics
 import subprocess
 import sys
 import time
@@ -44,16 +43,13 @@ import psutil  # noqa: E402
 
 from dspy_pool.internal import worker_pb2 as wire  # noqa: E402
 from dspy_pool.pool import lms  # noqa: E402
+from load_stats import spread  # noqa: E402  (bench/ is sys.path[0] when run as a script)
 
 ENGINES = ("lean", "lm15", "litellm")
 LEVELS = ("lm", "predict")
 MODES = {"sequential": 1, "concurrent_64": 64}
 SIGNATURE = "question -> answer"
 
-
-def spread(values: list[float], digits: int = 1) -> dict:
-    return {"median": round(statistics.median(values), digits), "min": round(min(values), digits),
-            "max": round(max(values), digits), "n": len(values)}
 
 
 def start_sim() -> tuple[subprocess.Popen, int]:
@@ -150,10 +146,10 @@ async def engines_section(api_base: str, sim: psutil.Process, rounds: int, calls
                 runs = samples[engine][level][mode]
                 cpu = [run["cpu_us_per_call"] for run in runs]
                 figures[engine][level][mode] = {
-                    "cpu_us_per_call": spread(cpu),
+                    "cpu_us_per_call": spread(cpu, 1),
                     "calls_per_s_per_core": spread([1e6 / value for value in cpu], 0),
                     "calls_per_s": spread([run["calls_per_s"] for run in runs], 0),
-                    "sim_cpu_us_per_call": spread([run["sim_cpu_us_per_call"] for run in runs]),
+                    "sim_cpu_us_per_call": spread([run["sim_cpu_us_per_call"] for run in runs], 1),
                     "calls_per_run": spread([run["calls"] for run in runs], 0),
                 }
     ratios = {

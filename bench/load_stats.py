@@ -10,12 +10,22 @@ from __future__ import annotations
 
 import ipaddress
 import math
+import statistics
 from dataclasses import dataclass, field
 from typing import Iterable
 
 _GROWTH = 1.01                      # bucket width: 1% of the value
 _LOG_GROWTH = math.log(_GROWTH)
 QUANTILES = (50, 90, 95, 99)
+
+
+def spread(values: list[float | None], digits: int = 3) -> dict:
+    """Median, min and max of the measured values (None: not measured) rounded to `digits`, and how many there were."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return {"median": None, "min": None, "max": None, "n": 0}
+    return {"median": round(statistics.median(values), digits), "min": round(min(values), digits),
+            "max": round(max(values), digits), "n": len(values)}
 
 
 def percentile(sorted_values: list[float], q: float) -> float:

@@ -44,6 +44,7 @@ import tempfile
 import time
 
 from load_child import LoadChild, free_port  # bench/ is sys.path[0] when run as a script
+from load_stats import spread
 
 HERE = pathlib.Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -60,13 +61,6 @@ TARGETS = {  # issue 12, against the floor measured in the same run
 def log(message: str) -> None:
     print(f"bench/overhead: {message}", file=sys.stderr, flush=True)
 
-
-def spread(values: list[float], digits: int = 3) -> dict:
-    values = [v for v in values if v is not None]
-    if not values:
-        return {"median": None, "min": None, "max": None, "n": 0}
-    return {"median": round(statistics.median(values), digits), "min": round(min(values), digits),
-            "max": round(max(values), digits), "n": len(values)}
 
 
 def percentile(sorted_values: list[float], q: float) -> float | None:

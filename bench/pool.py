@@ -29,10 +29,8 @@ from dspy_pool.server.app import App
 from dspy_pool.server.config import build as server_config
 from dspy_pool.v1 import dspy_pool_pb2 as pb
 from dspy_pool.v1 import dspy_pool_pb2_grpc as pb_grpc
+from load_stats import spread  # bench/ is sys.path[0] when run as a script
 
-
-def spread(values: list[float]) -> dict:
-    return {"median": round(statistics.median(values), 4), "min": round(min(values), 4), "max": round(max(values), 4), "n": len(values)}
 
 
 def import_dspy_s() -> float:
@@ -111,10 +109,10 @@ async def main() -> None:
     result = {
         "bench": "pool", "workers": args.workers, "worker_concurrency": args.concurrency, "in_flight": args.in_flight,
         "calls": args.calls, "lm": args.lm, "cpus": psutil.cpu_count(),
-        "import_dspy_s": spread(imports),
-        "time_to_serving_s": spread(serving),
+        "import_dspy_s": spread(imports, 4),
+        "time_to_serving_s": spread(serving, 4),
         "ratio_to_import": round(statistics.median(serving) / statistics.median(imports), 3),
-        **{key: spread([r[key] for r in runs]) for key in ("worker_boot_ms", "calls_per_s", "p50_ms", "p99_ms", "worker_rss_mb", "worker_uss_mb")},
+        **{key: spread([r[key] for r in runs], 4) for key in ("worker_boot_ms", "calls_per_s", "p50_ms", "p99_ms", "worker_rss_mb", "worker_uss_mb")},
         "errors": sum(r["errors"] for r in runs),
     }
     print(json.dumps(result))

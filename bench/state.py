@@ -59,6 +59,7 @@ import psutil
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))  # tests.redis_server
 
 from closed_loop import percentile_ms, window_loop  # noqa: E402  (bench/, as bench/autoscale.py and bench/profiles.py do)
+from load_stats import spread  # noqa: E402
 
 from dspy_pool import logs  # noqa: E402
 from dspy_pool.server.app import App  # noqa: E402
@@ -79,12 +80,6 @@ TARGETS = {  # issue 10: ratio of calls/s against memory, measured in the same r
 def log(message: str) -> None:
     print(f"bench/state: {message}", file=sys.stderr, flush=True)
 
-
-def spread(values: list[float], digits: int = 3) -> dict:
-    if not values:
-        return {"median": None, "min": None, "max": None, "n": 0}
-    return {"median": round(statistics.median(values), digits), "min": round(min(values), digits),
-            "max": round(max(values), digits), "n": len(values)}
 
 
 CPU_PARTS = ("front_loop", "front_threads", "workers", "redis_server")

@@ -9,7 +9,7 @@ import pytest
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2] / "bench"))
 
 import load_stats  # noqa: E402
-from load_stats import LatencyHistogram, Step, Timeline  # noqa: E402
+from load_stats import LatencyHistogram, Step, Timeline, spread  # noqa: E402
 
 
 def _values(n: int, seed: int) -> list[float]:
@@ -161,3 +161,8 @@ def test_per_step_counts_calls_in_each_window():
     series = [(100.0, 10, 0), (100.5, 10, 1), (101.0, 30, 0), (101.5, 30, 0)]
     steps = load_stats.per_step(series, 100.0, [Step(20.0, 1.0), Step(60.0, 1.0)])
     assert [(s["ok"], s["failed"], s["calls_per_s"]) for s in steps] == [(20, 1, 21.0), (60, 0, 60.0)]
+
+
+def test_spread_leaves_out_what_was_not_measured():
+    assert spread([3.0, None, 1.0, 2.0], 1) == {"median": 2.0, "min": 1.0, "max": 3.0, "n": 3}
+    assert spread([None]) == {"median": None, "min": None, "max": None, "n": 0}
