@@ -113,6 +113,35 @@ def test_job_finished_records_execution_and_ignores_caller_faults():
     assert metrics.error_rate(10.6) == pytest.approx(1 / 3)
 
 
+def test_recorded_calls_are_seen_by_every_read_at_once():
+    """Calls are recorded cheaply and folded into the windows when read: any read sees all of them, in order."""
+    metrics = PoolMetrics(window_s=10.0, short_window_s=2.0, bucket_s=0.5)
+    for n in range(10):
+        metrics.record_queue_wait(20.0 + n / 10, 0.001 * (n + 1))
+        metrics.record_done(20.05 + n / 10, 0.010 * (n + 1))
+    assert metrics.queue_wait(21.0).count == 10
+    assert metrics.queue_wait(21.0).max == pytest.approx(0.010)
+    assert metrics.execution(21.0).max == pytest.approx(0.100)
+    assert metrics.wait_histogram().count == 10
+    metrics.record_done(21.0, 0.5)
+    assert metrics.throughput(21.0) > 0 and metrics.execution(21.0).count == 11
+    assert metrics.error_rate(21.0) == 0.0
+    metrics.record_queue_wait(21.0, -0.5)  # a clock step backwards is a wait of 0, as before
+    assert metrics.wait_histogram().sum_s == pytest.approx(sum(0.001 * (n + 1) for n in range(10)))
+
+
+def test_pending_records_stay_bounded_without_reads():
+    """Nothing reads for a long time (no controller): the pending records are folded as they pile up, not kept."""
+    from dspy_pool.pool import metrics as metrics_module
+
+    metrics = PoolMetrics(window_s=10.0, bucket_s=1.0)
+    for n in range(3 * metrics_module._PENDING_MAX + 5):
+        metrics.record_queue_wait(50.0, 0.0)
+        metrics.record_done(50.0, 0.01)
+    assert len(metrics._waits) < metrics_module._PENDING_MAX and len(metrics._done) < metrics_module._PENDING_MAX
+    assert metrics.execution(50.5).count == 3 * metrics_module._PENDING_MAX + 5
+
+
 @pytest.mark.parametrize("kind", list(errors.ErrorKind))
 def test_job_outcome_follows_the_error_tables_caller_fault(kind):
     """A failure counts against the error rate exactly when the error table says it is not the caller's fault."""

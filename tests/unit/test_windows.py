@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from dspy_pool.pool.windows import EwmaGauge, LatencySnapshot, LatencyWindow, RateWindow
@@ -143,6 +145,52 @@ def test_latency_reservoir_is_reproducible_with_a_seed():
         return window.snapshot(0.0)
 
     assert run() == run()
+
+
+def _observations(seed: int, count: int) -> list[tuple[float, float]]:
+    """`count` (time, value) pairs over ~6 s, times non-decreasing, values spread over three orders of magnitude."""
+    rng = random.Random(seed)
+    now, out = 100.0, []
+    for _ in range(count):
+        now += rng.expovariate(count / 6.0)
+        out.append((now, rng.lognormvariate(-4.0, 1.0)))
+    return out
+
+
+@pytest.mark.parametrize("count", [1, 7, 300, 5000])
+def test_latency_record_many_equals_recording_one_at_a_time(count):
+    """A batch folded with record_many leaves the window as record() would, reservoir draws included."""
+    one, many = (LatencyWindow(window_s=4.0, bucket_s=0.5, samples_per_bucket=16, seed=3) for _ in range(2))
+    observations = _observations(count, count)
+    for now, value in observations:
+        one.record(now, value)
+    many.record_many(observations[: count // 2])  # two batches: the second continues the first's buckets
+    many.record_many(observations[count // 2:])
+    end = observations[-1][0]
+    for now in (end, end + 1.0, end + 3.9):
+        a, b = one.snapshot(now), many.snapshot(now)
+        assert (a.count, a.p50, a.p95, a.p99, a.max) == (b.count, b.p50, b.p95, b.p99, b.max)
+        assert a.mean == pytest.approx(b.mean)
+
+
+def test_latency_record_many_drops_values_older_than_the_window():
+    window = LatencyWindow(window_s=2.0, bucket_s=1.0)
+    window.record(10.0, 0.5)
+    window.record_many([(5.0, 9.0), (10.5, 0.25)])
+    assert window.snapshot(10.9).count == 2
+    assert window.snapshot(10.9).max == 0.5
+
+
+def test_rate_record_many_equals_recording_one_at_a_time():
+    one, many = RateWindow(window_s=3.0, bucket_s=0.5), RateWindow(window_s=3.0, bucket_s=0.5)
+    times = [now for now, _ in _observations(11, 2000)]
+    for now in times:
+        one.record(now)
+    many.record_many(times)
+    end = times[-1]
+    for now in (end, end + 1.0, end + 2.9):
+        assert one.count(now) == many.count(now)
+        assert one.rate(now) == many.rate(now)
 
 
 def test_latency_quantile_reads_any_q():
