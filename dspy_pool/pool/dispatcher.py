@@ -78,7 +78,14 @@ class Job:
             self.state = _QUEUED
             self._dispatcher._requeue_front(self)
             return
-        self._finish((reply, handle) if reply is not None else None, error)
+        # _finish, inline for the usual answer (a reply on every call)
+        self.state = _DONE
+        future = self.future
+        if future is not None and not future.done():
+            if error is not None:
+                future.set_exception(error)
+            else:
+                future.set_result((reply, handle))
 
     def _finish(self, reply=None, error: BaseException | None = None) -> None:
         self.state = _DONE
@@ -108,7 +115,8 @@ class Dispatcher:
         # Set by the pool: the error a call fails with at once because it cannot run
         # (no worker can exist while the zygote is down, a quarantined program), or None.
         self.refuse: Callable[[str], errors.PoolError | None] | None = None
-        self._activity = asyncio.Event()  # set whenever a call finishes, a slot frees or a worker leaves
+        self._activity = asyncio.Event()  # set whenever a call finishes, a slot frees or a worker leaves...
+        self._idle_waiters = 0  # ...while wait_idle waits on it (nobody else does; setting it costs every call)
         self._loop: asyncio.AbstractEventLoop | None = None  # the loop run() last ran on (one per pool)
         # (deadline, tie-breaker, job) for every job run() waits on, finished ones included until popped or compacted.
         self._deadlines: list[tuple[float, int, Job]] = []
@@ -144,8 +152,8 @@ class Dispatcher:
                 return job
         return None
 
-    async def run(self, job: Job) -> tuple[wire.WorkReply, WorkerHandle]:
-        """Queue or start `job` and wait for its result within its deadline."""
+    async def run(self, job: Job, convert: Callable[[wire.WorkReply, WorkerHandle], Any] | None = None) -> Any:
+        """Queue or start `job` and wait for its result within its deadline: (reply, handle), or convert(reply, handle)."""
         if self.closed:
             raise errors.Unavailable("the server is draining and takes no new calls")
         refusal = self.refuse(job.program_key) if self.refuse is not None else None
@@ -184,18 +192,24 @@ class Dispatcher:
                 self.metrics.job_finished(job, time.monotonic(), error)
             raise
         finally:
-            self._activity.set()
+            if self._idle_waiters:
+                self._activity.set()
             self._unwatch()
         self.completed += 1
         if self.metrics is not None:
-            self.metrics.job_finished(job, time.monotonic())
-        return result
+            now = time.monotonic()
+            self.metrics.record_done(now, now - job.started_at)
+        return result if convert is None else convert(result[0], result[1])
 
     async def wait_idle(self) -> None:
         """Return once nothing is queued and no worker runs a call (abandoned ones included)."""
-        while self._queued or self.in_flight:
-            self._activity.clear()
-            await self._activity.wait()
+        self._idle_waiters += 1
+        try:
+            while self._queued or self.in_flight:
+                self._activity.clear()
+                await self._activity.wait()
+        finally:
+            self._idle_waiters -= 1
 
     def _on_loop(self, loop: asyncio.AbstractEventLoop) -> asyncio.AbstractEventLoop:
         """Run on `loop` from now on; a previous loop's deadline timer and entries go (their calls cannot be awaited)."""
@@ -312,7 +326,8 @@ class Dispatcher:
 
     def pump(self, _handle: WorkerHandle | None = None) -> None:
         """Start queued jobs while some worker has a free slot."""
-        self._activity.set()
+        if self._idle_waiters:
+            self._activity.set()
         queue = self._queue
         while self._queued:
             job = queue[0]

@@ -26,13 +26,15 @@ import structlog
 from dspy_pool import errors
 from dspy_pool.internal import worker_pb2 as wire
 from dspy_pool.pool.output import WorkerOutputLog
-from dspy_pool.pool.protocol import Frame, FrameDecoder, FrameType, ProtocolError, encode
+from dspy_pool.pool.protocol import HEADER_BYTES, Frame, FrameDecoder, FrameType, ProtocolError, header
 
 log = structlog.get_logger("dspy_pool.pool")
 
 # Module constants: an enum member read off its class costs a lookup, and these are compared per frame.
 _REPLY, _ERROR, _OPTIMIZED, _REQUEST = FrameType.REPLY, FrameType.ERROR, FrameType.OPTIMIZED, FrameType.REQUEST
 _work_reply = wire.WorkReply.FromString
+_pack_header = header.pack
+_HEADER_AFTER_LENGTH = HEADER_BYTES - 4  # a frame's length counts the header after the length itself
 
 
 class WorkerState(str, enum.Enum):
@@ -114,7 +116,10 @@ class WorkerHandle(asyncio.Protocol):
         for frame in frames:
             if self.state is stopped:
                 return
-            self._on_frame(frame)
+            if frame[0] is _REPLY:  # nearly every frame: straight to its call, no _on_frame in between
+                self._on_result(frame)
+            else:
+                self._on_frame(frame)
 
     # -- frames -------------------------------------------------------------
     def _on_frame(self, frame: Frame) -> None:
@@ -234,7 +239,8 @@ class WorkerHandle(asyncio.Protocol):
         transport = self._transport
         if transport is not None and not transport.is_closing():
             outbox = self._outbox
-            outbox.append(encode(frame_type, request_id, payload))
+            # protocol.encode, inline: a frame is written on every call
+            outbox.append(_pack_header(_HEADER_AFTER_LENGTH + len(payload), frame_type, request_id) + payload)
             if len(outbox) == 1:
                 self._loop.call_soon(self._flush)
 

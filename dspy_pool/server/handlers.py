@@ -31,6 +31,18 @@ def _decoder(message_class):
     return decode
 
 
+def checks_decoding(method):
+    """Mark a servicer method that answers an Undecodable request itself (see `undecodable`), so it is registered
+    without the guard: the hot Execute path then runs one coroutine frame less on every suspend and resume."""
+    method.checks_decoding = True
+    return method
+
+
+async def undecodable(request: Undecodable, context) -> None:
+    """The guard's answer, for methods marked `checks_decoding`."""
+    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"request cannot be decoded: {request.reason}")
+
+
 def _guard(method):
     async def handle(request, context):
         if isinstance(request, Undecodable):
@@ -59,10 +71,13 @@ def add_service(servicer, server: grpc.aio.Server) -> None:
         if method.server_streaming:
             make, behaviour = grpc.unary_stream_rpc_method_handler, _guard_stream(behaviour)
         else:
-            make, behaviour = grpc.unary_unary_rpc_method_handler, _guard(behaviour)
+            make = grpc.unary_unary_rpc_method_handler
+            if not getattr(behaviour, "checks_decoding", False):
+                behaviour = _guard(behaviour)
         handlers[method.name] = make(
             behaviour,
             request_deserializer=_decoder(request_class),
-            response_serializer=lambda message: message.SerializeToString(),
+            # The response class's own (C) serializer: no Python frame per response.
+            response_serializer=pb.__dict__[method.output_type.name].SerializeToString,
         )
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service.full_name, handlers),))

@@ -120,7 +120,7 @@ class ProgramRegistry:
         self.store = store
         self.max_programs = max_programs
         self._versions: dict[str, dict[int, ProgramVersion]] = {}
-        self._bases: dict[str, ProgramVersion] = {}  # name -> base_version(name), worked out when the versions change
+        self.bases: dict[str, ProgramVersion] = {}  # name -> base_version(name), worked out when the versions change
         self._revision: int | None = None
         self.policies: dict[str, pb.ExecutionPolicy] = {}  # program name -> its execution policy
         self._store_down = False
@@ -140,7 +140,7 @@ class ProgramRegistry:
         for record in records:
             versions.setdefault(record.name, {})[record.version] = _version(record, created=False)
         self._versions, self._revision = versions, revision
-        self._bases = {name: _base(entries) for name, entries in versions.items()}
+        self.bases = {name: _base(entries) for name, entries in versions.items()}
         self.policies = {name: pb.ExecutionPolicy.FromString(data) for name, data in stored_policies.items()}
 
     async def refresh(self) -> bool:
@@ -211,14 +211,14 @@ class ProgramRegistry:
 
     def base_version(self, name: str) -> ProgramVersion:
         """The latest version a client registered (not one an optimization produced): what traditional mode runs."""
-        base = self._bases.get(name)
+        base = self.bases.get(name)
         if base is None:
             raise NotFound(f"no program named {name!r}")
         return base
 
     def known_base(self, name: str) -> ProgramVersion | None:
         """base_version, or None when the snapshot has no such program (the caller may refresh: see find)."""
-        return self._bases.get(name)
+        return self.bases.get(name)
 
     def policy(self, name: str) -> pb.ExecutionPolicy:
         return self.policies.get(name) or pb.ExecutionPolicy(program=name, mode="traditional", promotion="manual")
@@ -248,7 +248,7 @@ class ProgramRegistry:
         entry = _version(added.record, created=added.created)
         versions = self._versions.setdefault(spec.name, {})
         versions[entry.version] = entry
-        self._bases[spec.name] = _base(versions)
+        self.bases[spec.name] = _base(versions)
         return entry
 
     async def delete(self, name: str, version: int = 0) -> list[int]:
@@ -260,10 +260,10 @@ class ProgramRegistry:
         for number in deleted:
             versions.pop(number, None)
         if versions:
-            self._bases[name] = _base(versions)
+            self.bases[name] = _base(versions)
         else:
             self._versions.pop(name, None)
-            self._bases.pop(name, None)
+            self.bases.pop(name, None)
         return deleted
 
 

@@ -33,6 +33,7 @@ from dspy_pool.server.config import ServerConfig
 from dspy_pool.server.executor import Executor
 from dspy_pool.server.registry import HISTORY_INPUT, ProgramRegistry, ProgramVersion, check_inputs, check_spec, program_ref
 from dspy_pool.server.fallback import Step
+from dspy_pool.server.handlers import Undecodable, checks_decoding, undecodable
 from dspy_pool.server.peers import SCOPE_FRONT, SCOPE_KEY, Peers, merge as merge_status, merge_program_stats
 from dspy_pool.server.resilience import ResilienceSettings, ResilientExecutor, chain_for
 from dspy_pool.server.sessions import SessionStore, check_session_id
@@ -145,6 +146,7 @@ class _CallShape:
     # None when every call takes the full check (a program with a `history` input).
     exact_inputs: tuple[str, ...] | None
     capture_rate: float  # ProgramSpec.capture.sample_rate
+    traditional: routing.Route  # the route of a call that runs this version as the base (no policy, no mode)
 
 
 def _check_struct(message, max_depth: int, where: str) -> None:
@@ -289,7 +291,13 @@ class DSPyPoolService(pb_grpc.DSPyPoolServicer):
             check_session_id(session_id)
         if request.max_optimization_wait_ms < 0:
             raise errors.InvalidArgument("max_optimization_wait_ms must be >= 0")
-        _check_struct(inputs, self._max_input_depth, "inputs")
+        # structs.check_struct's own fast path, inline (this runs on every call): flat inputs, every value set.
+        fields = inputs.fields
+        for key in fields:
+            kind = fields[key].WhichOneof("kind")
+            if kind is None or kind == "struct_value" or kind == "list_value":
+                _check_struct(inputs, self._max_input_depth, "inputs")
+                return
 
     def _shape(self, program: ProgramVersion) -> _CallShape:
         shape = self._shapes.get(program.key)
@@ -298,7 +306,8 @@ class DSPyPoolService(pb_grpc.DSPyPoolServicer):
                 self._shapes.clear()
             names = frozenset(program.program.input_names)
             shape = self._shapes[program.key] = _CallShape(None if HISTORY_INPUT in names else tuple(names),
-                                                          program.program.spec.capture.sample_rate)
+                                                          program.program.spec.capture.sample_rate,
+                                                          routing.traditional(program.version))
         return shape
 
     def _check_inputs(self, name: str, inputs: struct_pb2.Struct, program: ProgramVersion, shape: _CallShape) -> None:
@@ -312,17 +321,6 @@ class DSPyPoolService(pb_grpc.DSPyPoolServicer):
             else:
                 return  # the same names, and no `history` among them
         check_inputs(name, set(fields), program.input_names, program.takes_history)
-
-    def _default_route(self, request: pb.ExecuteRequest, name: str) -> ProgramVersion | None:
-        """The base version, when the call asks for no version and no mode and its program has no policy (the usual case);
-        else None, and _route decides."""
-        if request.version or request.mode:
-            return None
-        registry = self.registry
-        base = registry.known_base(name)
-        if base is None or name in registry.policies:
-            return None
-        return base
 
     async def _route(self, request: pb.ExecuteRequest, request_id: str) -> tuple[ProgramVersion, routing.Route, str]:
         """The version this call runs (the policy, the call's mode, its session), and a fallback reason if any."""
@@ -370,7 +368,10 @@ class DSPyPoolService(pb_grpc.DSPyPoolServicer):
         self.stats.record(request.program, version, "evaluation", arm.latency_ms, bool(arm.error))
         return arm
 
+    @checks_decoding
     async def Execute(self, request: pb.ExecuteRequest, context):
+        if type(request) is Undecodable:
+            await undecodable(request, context)
         loop = self._loop
         if loop is None or not loop.is_running():  # asking for the running loop costs a getpid syscall on 3.11
             loop = self._loop = asyncio.get_running_loop()
@@ -392,12 +393,15 @@ class DSPyPoolService(pb_grpc.DSPyPoolServicer):
         try:
             inputs = request.inputs
             self._check_request(request, name, inputs)
-            program = self._default_route(request, name)
+            registry = self.registry
+            # The usual call, routed here: no version, no mode, a program with no policy runs its base version.
+            program = None if request.version or request.mode or name in registry.policies else registry.bases.get(name)
             if program is not None:
-                route, pending = routing.traditional(program.version), ""
+                shape = self._shapes.get(program.key) or self._shape(program)
+                route, pending = shape.traditional, ""
             else:
                 program, route, pending = await self._route(request, request_id)
-            shape = self._shapes.get(program.key) or self._shape(program)
+                shape = self._shapes.get(program.key) or self._shape(program)
             self._check_inputs(name, inputs, program, shape)
             if route.compare_with:
                 compare = asyncio.ensure_future(self._compare(request, route.compare_with, request_id, deadline))
