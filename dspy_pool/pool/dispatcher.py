@@ -156,16 +156,19 @@ class Dispatcher:
         """Queue or start `job` and wait for its result within its deadline: (reply, handle), or convert(reply, handle)."""
         if self.closed:
             raise errors.Unavailable("the server is draining and takes no new calls")
-        refusal = self.refuse(job.program_key) if self.refuse is not None else None
-        if refusal is not None:
-            raise refusal
+        refuse = self.refuse
+        if refuse is not None:
+            refusal = refuse(job.program_key)
+            if refusal is not None:
+                raise refusal
         job._dispatcher = self
         loop = self._loop
         if loop is None or not loop.is_running():  # asking for the running loop costs a getpid syscall on 3.11
             loop = self._on_loop(asyncio.get_running_loop())
-        if job.deadline <= loop.time():
+        deadline = job.deadline
+        if deadline <= loop.time():
             raise errors.DeadlineExceeded("deadline passed before the call was queued")
-        job.future = loop.create_future()
+        future = job.future = loop.create_future()
         handle = self._pick(job.affinity) if not self._queued else None
         if handle is not None:
             self._start(job, handle)
@@ -180,9 +183,13 @@ class Dispatcher:
             self._queued += 1
             if self._queued == 1 and self.on_backlog is not None:
                 self.on_backlog()
-        self._watch(job, loop)
+        # _watch, inline (every call): one heap entry, the timer re-armed only if this is now the earliest deadline
+        heapq.heappush(self._deadlines, (deadline, next(self._sequence), job))
+        self._timed += 1
+        if self._timer is None or deadline < self._timer_at:
+            self._arm(deadline, loop)
         try:
-            result = await job.future
+            result = await future
         except asyncio.CancelledError:
             self._abandon(job, errors.Cancelled("the caller cancelled"))
             raise
@@ -221,16 +228,12 @@ class Dispatcher:
             self._loop = loop
         return loop
 
-    def _watch(self, job: Job, loop: asyncio.AbstractEventLoop) -> None:
-        """Expire `job` at its deadline: one heap entry, and the timer re-armed only if it is now the earliest."""
-        deadline = job.deadline
-        heapq.heappush(self._deadlines, (deadline, next(self._sequence), job))
-        self._timed += 1
-        if self._timer is None or deadline < self._timer_at:
-            if self._timer is not None:
-                self._timer.cancel()
-            self._timer_at = deadline
-            self._timer = loop.call_at(deadline, self._on_deadline)
+    def _arm(self, deadline: float, loop: asyncio.AbstractEventLoop) -> None:
+        """The deadline timer, for `deadline` (now the earliest of the jobs run() waits on)."""
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = deadline
+        self._timer = loop.call_at(deadline, self._on_deadline)
 
     def _unwatch(self) -> None:
         """A job run() waited on is done: drop finished entries from the top, and compact once they outweigh live ones.
@@ -239,7 +242,8 @@ class Dispatcher:
         young-generation collections and make every later one dearer. Calls mostly finish in the order
         they came, so the top is usually the one that just finished.
         """
-        self._timed = max(0, self._timed - 1)
+        timed = self._timed - 1
+        self._timed = timed if timed > 0 else 0
         heap = self._deadlines
         while heap and heap[0][2].state is _DONE:
             heapq.heappop(heap)
@@ -293,9 +297,10 @@ class Dispatcher:
     def _pick(self, affinity: int) -> WorkerHandle | None:
         limit = self.worker_concurrency
         # An unresponsive worker (a missed ping: stopped, or its loop blocked) gets nothing new.
-        preferred = self.workers.get(affinity)
-        if preferred is not None and preferred.state is _READY and preferred.responsive and len(preferred.in_flight) < limit:
-            return preferred
+        if affinity >= 0:  # a session's worker, if it can take the call (calls outside sessions have none: -1)
+            preferred = self.workers.get(affinity)
+            if preferred is not None and preferred.state is _READY and preferred.responsive and len(preferred.in_flight) < limit:
+                return preferred
         best: WorkerHandle | None = None
         best_load = limit
         for handle in self.workers.values():

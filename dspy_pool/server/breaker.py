@@ -358,6 +358,9 @@ class CircuitBreaker:
         self._generation = 0
         self._next_serial = 0
         self._window = _make_window(config)
+        # In a count window a plain success (not failed, not slow) never raises a rate: past minimum_calls the
+        # trip check after it can be skipped. Not so in a time window, where the add may expire older successes.
+        self._success_cannot_trip = isinstance(self._window, _CountWindow)
         self._open_until: float | None = None
         self._consecutive_trips = 0
         self._opened_total = 0
@@ -396,8 +399,12 @@ class CircuitBreaker:
         """Count the result of a call made under `permit`; stale permits are dropped."""
         if self._state is BreakerState.CLOSED:  # the fast path: closed has nothing to advance and no probes to free
             if permit.generation == self._generation and outcome is not Outcome.IGNORED:
-                self._window.add(outcome is Outcome.FAILURE, duration_s >= self._slow_call_duration_s, now)
-                self._trip_if_rates_exceeded(now)
+                failed = outcome is Outcome.FAILURE
+                slow = duration_s >= self._slow_call_duration_s
+                window = self._window
+                window.add(failed, slow, now)
+                if failed or slow or window.calls <= self._minimum_calls or not self._success_cannot_trip:
+                    self._trip_if_rates_exceeded(now)
             return
         self._advance(now)
         if permit.generation != self._generation:

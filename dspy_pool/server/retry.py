@@ -65,8 +65,15 @@ class _BucketCounter:
         self._buckets: deque[list[int]] = deque()  # [bucket index, count]
         self._total = 0
         self._expired_at: int | None = None  # the bucket index of the last expiry
+        # The newest bucket and the times it covers: an event inside it (nearly every one) is two increments.
+        self._newest: list[int] = [0, 0]
+        self._newest_from = self._newest_until = 0.0
 
     def add(self, now: float) -> None:
+        if self._newest_from <= now < self._newest_until:
+            self._newest[1] += 1
+            self._total += 1
+            return
         index = math.floor(now / self._bucket_s)
         if index != self._expired_at:
             self._expire(index)
@@ -75,6 +82,9 @@ class _BucketCounter:
             buckets.append([index, 0])
         buckets[-1][1] += 1
         self._total += 1
+        if buckets[-1][0] == index:  # `now` is in the newest bucket (not an older, late event)
+            self._newest = buckets[-1]
+            self._newest_from, self._newest_until = index * self._bucket_s, (index + 1) * self._bucket_s
 
     def total(self, now: float) -> int:
         index = math.floor(now / self._bucket_s)
@@ -86,6 +96,8 @@ class _BucketCounter:
         oldest_kept = index - self._bucket_count + 1
         while self._buckets and self._buckets[0][0] < oldest_kept:
             self._total -= self._buckets.popleft()[1]
+        if not self._buckets or self._buckets[-1] is not self._newest:  # the newest went too: no fast path into it
+            self._newest_from = self._newest_until = 0.0
         self._expired_at = index
 
 
@@ -117,10 +129,7 @@ class RetryBudget:
         self.min_retries_per_s = min_retries_per_s
         self._calls = _BucketCounter(window_s, bucket_s)
         self._retries = _BucketCounter(window_s, bucket_s)
-
-    def record_call(self, now: float) -> None:
-        """Count one original call (not a retry)."""
-        self._calls.add(now)
+        self.record_call = self._calls.add  # record_call(now): count one original call (not a retry); no call in between
 
     def try_spend(self, now: float) -> bool:
         """Take one retry from the budget if there is one left."""

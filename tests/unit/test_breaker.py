@@ -593,3 +593,29 @@ def test_closed_permits_carry_the_generation_and_issue_time():
     first, second = breaker.acquire(1.0), breaker.acquire(2.0)
     assert (first.probe, first.issued_at, second.issued_at) == (False, 1.0, 2.0)
     assert first.generation == second.generation and second.serial == first.serial + 1
+
+
+@given(st.lists(st.sampled_from(["ok", "fail", "slow"]), max_size=120))
+@settings(max_examples=200, deadline=None)
+def test_skipping_the_trip_check_after_plain_successes_changes_nothing(outcomes):
+    """A count window checks its rates only after failures, slow calls and the first minimum_calls: it opens exactly
+    when a breaker that checks after every call does (failures before the minimum trip on the call that reaches it)."""
+    lean, checked = CircuitBreaker(BASE), CircuitBreaker(BASE)
+    checked._success_cannot_trip = False  # the reference: the check after every call
+    for number, outcome in enumerate(outcomes):
+        now = number * 0.01
+        for breaker in (lean, checked):
+            permit = breaker.acquire(now)
+            if permit is not None:
+                breaker.record(permit, Outcome.FAILURE if outcome == "fail" else Outcome.SUCCESS,
+                               SLOW if outcome == "slow" else FAST, now)
+        assert lean.state(now) is checked.state(now)
+
+
+def test_failures_before_the_minimum_trip_on_the_success_that_reaches_it():
+    breaker = CircuitBreaker(BASE)  # minimum_calls 4, failure rate threshold 0.5
+    for outcome in (Outcome.FAILURE, Outcome.FAILURE, Outcome.SUCCESS):
+        call(breaker, outcome, 0.0)
+    assert breaker.state(0.0) is BreakerState.CLOSED
+    call(breaker, Outcome.SUCCESS, 0.0)  # 4 calls, 2 failed: 0.5
+    assert breaker.state(0.0) is BreakerState.OPEN

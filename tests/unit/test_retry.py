@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import random
 
+import math
+
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from dspy_pool.errors import MEANINGS, ErrorKind
 from dspy_pool.server.retry import RetryBudget, backoff_delay, is_transient
@@ -148,3 +152,18 @@ def test_budget_rejects_bad_settings():
         RetryBudget(ratio=-0.1)
     with pytest.raises(ValueError, match="bucket_s"):
         RetryBudget(window_s=1.0, bucket_s=2.0)
+
+
+@given(st.lists(st.floats(min_value=0.0, max_value=1.5), max_size=200))
+@settings(max_examples=200, deadline=None)
+def test_budget_counts_calls_as_a_plain_window_would(steps):
+    """Calls at any spacing (many in one bucket, gaps past the window): the recent calls equal a direct count."""
+    budget = RetryBudget(ratio=1.0, window_s=2.0, min_retries_per_s=0.0, bucket_s=0.5)
+    now, kept = 100.0, []
+    for step in steps:
+        now += step
+        budget.record_call(now)
+        kept.append(now)
+        newest = math.floor(now / 0.5)
+        expected = sum(1 for t in kept if math.floor(t / 0.5) > newest - 4)
+        assert budget.available(now) == pytest.approx(expected)
