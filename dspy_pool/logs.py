@@ -40,6 +40,17 @@ def reset_call(token: contextvars.Token) -> None:
     _CALL.reset(token)
 
 
+def without_call() -> contextvars.Context:
+    """The current context with no call bound (everything else bound stays: a front's index, say).
+
+    For work a call sets off that outlives it or is not its own (a deadline timer, a cancel's grace
+    timer, a worker's respawn): scheduled in the call's context, its lines would carry the call's request_id.
+    """
+    context = contextvars.copy_context()
+    context.run(_CALL.set, None)
+    return context
+
+
 def merge_call(_logger, _method, event_dict):
     """The bound call's fields, under what the event itself says (as merge_contextvars does)."""
     call = _CALL.get()

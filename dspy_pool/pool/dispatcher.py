@@ -28,7 +28,7 @@ import itertools
 import time
 from typing import Any, Callable, Iterable
 
-from dspy_pool import errors
+from dspy_pool import errors, logs
 from dspy_pool.internal import worker_pb2 as wire
 from dspy_pool.pool.handle import WorkerHandle, WorkerState
 
@@ -233,7 +233,8 @@ class Dispatcher:
         if self._timer is not None:
             self._timer.cancel()
         self._timer_at = deadline
-        self._timer = loop.call_at(deadline, self._on_deadline)
+        # The timer serves every job, not the call that armed it: its expiries must not log as that call.
+        self._timer = loop.call_at(deadline, self._on_deadline, context=logs.without_call())
 
     def _unwatch(self) -> None:
         """A job run() waited on is done: drop finished entries from the top, and compact once they outweigh live ones.

@@ -23,7 +23,7 @@ from typing import Callable, Protocol
 
 import structlog
 
-from dspy_pool import errors
+from dspy_pool import errors, logs
 from dspy_pool.internal import worker_pb2 as wire
 from dspy_pool.pool.output import WorkerOutputLog
 from dspy_pool.pool.protocol import HEADER_BYTES, Frame, FrameDecoder, FrameType, ProtocolError, header
@@ -194,7 +194,8 @@ class WorkerHandle(asyncio.Protocol):
         if request_id not in self.in_flight or self.state is WorkerState.STOPPED:
             return
         self._write(FrameType.CANCEL, request_id)
-        self._loop.call_later(self._cancel_grace_s, self._check_cancelled, request_id)
+        # Not the cancelled call's context: a kill for cancel_timeout, and the respawn after it, are the worker's.
+        self._loop.call_later(self._cancel_grace_s, self._check_cancelled, request_id, context=logs.without_call())
 
     def _check_cancelled(self, request_id: int) -> None:
         if request_id in self.in_flight:

@@ -35,7 +35,7 @@ from typing import Any, Callable
 
 import structlog
 
-from dspy_pool import errors, restarts
+from dspy_pool import errors, logs, restarts
 from dspy_pool.internal import worker_pb2 as wire
 from dspy_pool.pool import quarantine
 from dspy_pool.pool.dispatcher import Dispatcher
@@ -177,7 +177,8 @@ class WorkerPool:
 
     # -- spawn / replace ----------------------------------------------------
     def _spawn_in_background(self, delay_s: float = 0.0) -> None:
-        task = asyncio.get_running_loop().create_task(self.spawn(delay_s))
+        # A worker dies inside whatever ran at that moment, a call's work included: its replacement is nobody's call.
+        task = asyncio.get_running_loop().create_task(self.spawn(delay_s), context=logs.without_call())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
@@ -356,7 +357,8 @@ class WorkerPool:
         self._boot_failures_in_a_row = 0  # workers it took down while booting were not at fault
         self.dispatcher.fail_queued(errors.Unavailable("the worker zygote died; no worker can run this call until it is relaunched"))
         self._update_ready()
-        self._relaunch_task = asyncio.get_running_loop().create_task(self._relaunch_zygote(reason), name="zygote-relaunch")
+        self._relaunch_task = asyncio.get_running_loop().create_task(self._relaunch_zygote(reason), name="zygote-relaunch",
+                                                                     context=logs.without_call())
         self._tasks.add(self._relaunch_task)
         self._relaunch_task.add_done_callback(self._tasks.discard)
 
