@@ -174,15 +174,16 @@ class ScalingSettings:
     recycle: RecycleConfig = RecycleConfig()
 
 
-def _work_request(call: CallRequest) -> wire.WorkRequest:
-    request = wire.WorkRequest(program_key=call.program.key, request_id=call.request_id)
-    request.inputs.CopyFrom(call.inputs)
+_WorkRequest = wire.WorkRequest
+
+
+def _with_session_or_lm(request: wire.WorkRequest, call: CallRequest) -> None:
+    """What a call in a session or on a fallback LM adds to its work request (Pool.call builds the rest inline)."""
     if call.history is not None:
         request.has_history = True
         request.history.extend(call.history)
     if call.lm is not None:
         request.lm_model, request.lm_api_base = call.lm.model, call.lm.api_base
-    return request
 
 
 _new_tuple = tuple.__new__  # a named tuple's own __new__ is a Python function; the pool builds these per call
@@ -259,8 +260,12 @@ class Pool:
         Returns the dispatcher's own coroutine (it applies _result): no coroutine of ours around it, one frame
         less on every suspend and resume of every call.
         """
-        job = Job(call.program.key, call.program.spec, _work_request(call), call.deadline, call.affinity)
-        return self._workers.dispatcher.run(job, _result)
+        program = call.program
+        request = _WorkRequest(program_key=program.key, request_id=call.request_id)
+        request.inputs.CopyFrom(call.inputs)
+        if call.history is not None or call.lm is not None:
+            _with_session_or_lm(request, call)
+        return self._workers.dispatcher.run(Job(program.key, program.spec, request, call.deadline, call.affinity), _result)
 
     async def validate(self, program: ProgramRef, deadline: float) -> ProgramShape:
         """Build `program` on a worker and run nothing: DSPy itself says whether the spec is valid."""

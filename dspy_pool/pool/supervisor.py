@@ -291,6 +291,8 @@ class WorkerPool:
 
     def _refusal(self, program_key: str) -> errors.PoolError | None:
         """Why a call cannot run at all right now (the dispatcher refuses it at once), or None."""
+        if not (self.crash_looping or self.zygote_down or self._quarantine.quarantined):  # the usual answer, asked per call
+            return None
         if self.crash_looping:
             return errors.Unavailable("no worker can start (crash loop; see crash_loop_detected in the server log)")
         if self.zygote_down:

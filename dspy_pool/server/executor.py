@@ -43,7 +43,7 @@ class Served(NamedTuple):
     cache_level: str = ""  # which cache level answered ("memory", "store"), when one did
 
 
-_new_served = tuple.__new__
+_new_served = tuple.__new__  # a named tuple's own __new__ is a Python function; Served and CallRequest are built per call
 
 
 def primary(result: CallResult) -> Served:
@@ -62,7 +62,7 @@ class Executor:
     def call(self, program: ProgramVersion, inputs: struct_pb2.Struct, request_id: str, deadline: float,
              lm: LMChoice | None = None) -> Awaitable[CallResult]:
         """A call outside any session: the pool's own awaitable, with no coroutine of ours around it (every call would pay one)."""
-        return self.pool.call(CallRequest(program.ref, inputs, deadline, request_id, None, -1, lm))
+        return self.pool.call(_new_served(CallRequest, (program.ref, inputs, deadline, request_id, None, -1, lm)))
 
     async def execute(self, program: ProgramVersion, inputs: struct_pb2.Struct, session_id: str, request_id: str,
                       deadline: float, lm: LMChoice | None = None) -> Served:
