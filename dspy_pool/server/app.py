@@ -197,7 +197,7 @@ class App:
         ) if optimize.optimizer_workers else None
         self.service = DSPyPoolService(self.config, pool, registry, self.sessions, breakers, self.cache, lm_up=self._sim_up,
                                        datasets=datasets, jobs=self.jobs, peers=Peers(self.front) if self.front else None)
-        add_service(self.service, self.server)
+        add_service(self.service, self.server, self.config.server.max_message_bytes)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection((SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name), self.server)
         await self._set_health(False)

@@ -3,7 +3,8 @@
 The generated `add_DSPyPoolServicer_to_server` lets a protobuf DecodeError
 (for example inputs nested past the parser's depth limit) escape as UNKNOWN.
 Here every method decodes through a guard, and a request that cannot be
-decoded is answered INVALID_ARGUMENT with the parser's reason.
+decoded, or is larger than --max-message-bytes (checked on the raw bytes,
+before parsing), is answered INVALID_ARGUMENT with the reason.
 """
 
 from __future__ import annotations
@@ -15,18 +16,22 @@ from dspy_pool.v1 import dspy_pool_pb2 as pb
 
 
 class Undecodable:
+    """A request that will not be handled; `reason` is the whole message the client gets."""
+
     __slots__ = ("reason",)
 
     def __init__(self, reason: str) -> None:
         self.reason = reason
 
 
-def _decoder(message_class):
+def _decoder(message_class, max_bytes: int):
     def decode(data: bytes):
+        if len(data) > max_bytes:  # checked on the bytes grpc hands over, before any parsing
+            return Undecodable(f"request is {len(data)} bytes; the limit is {max_bytes}")
         try:
             return message_class.FromString(data)
         except DecodeError as exc:
-            return Undecodable(str(exc))
+            return Undecodable(f"request cannot be decoded: {exc}")
 
     return decode
 
@@ -40,13 +45,13 @@ def checks_decoding(method):
 
 async def undecodable(request: Undecodable, context) -> None:
     """The guard's answer, for methods marked `checks_decoding`."""
-    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"request cannot be decoded: {request.reason}")
+    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.reason)
 
 
 def _guard(method):
     async def handle(request, context):
         if isinstance(request, Undecodable):
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"request cannot be decoded: {request.reason}")
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.reason)
         return await method(request, context)
 
     return handle
@@ -55,14 +60,15 @@ def _guard(method):
 def _guard_stream(method):
     async def handle(request, context):
         if isinstance(request, Undecodable):
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"request cannot be decoded: {request.reason}")
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, request.reason)
         async for message in method(request, context):
             yield message
 
     return handle
 
 
-def add_service(servicer, server: grpc.aio.Server) -> None:
+def add_service(servicer, server: grpc.aio.Server, max_request_bytes: int) -> None:
+    """Every method of DSPyPool, its requests refused INVALID_ARGUMENT when undecodable or over `max_request_bytes`."""
     service = pb.DESCRIPTOR.services_by_name["DSPyPool"]
     handlers = {}
     for method in service.methods:
@@ -76,7 +82,7 @@ def add_service(servicer, server: grpc.aio.Server) -> None:
                 behaviour = _guard(behaviour)
         handlers[method.name] = make(
             behaviour,
-            request_deserializer=_decoder(request_class),
+            request_deserializer=_decoder(request_class, max_request_bytes),
             # The response class's own (C) serializer: no Python frame per response.
             response_serializer=pb.__dict__[method.output_type.name].SerializeToString,
         )

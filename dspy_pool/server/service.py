@@ -195,7 +195,6 @@ class DSPyPoolService(pb_grpc.DSPyPoolServicer):
         # Read on every call: copied out of the config once.
         self._default_deadline_s = config.server.default_deadline_s
         self._max_deadline_s = config.server.max_deadline_s
-        self._max_message_bytes = config.server.max_message_bytes
         self._max_input_depth = config.server.max_input_depth
 
     async def _abort(self, context: grpc.aio.ServicerContext, error: errors.PoolError) -> None:
@@ -282,8 +281,6 @@ class DSPyPoolService(pb_grpc.DSPyPoolServicer):
     def _check_request(self, request: pb.ExecuteRequest, name: str, inputs: struct_pb2.Struct) -> None:
         if not name:
             raise errors.InvalidArgument("program is required")
-        if request.ByteSize() > self._max_message_bytes:
-            raise errors.InvalidArgument(f"request is {request.ByteSize()} bytes; the limit is {self._max_message_bytes}")
         if len(request.request_id) > _REQUEST_ID_MAX:
             raise errors.InvalidArgument(f"request_id longer than {_REQUEST_ID_MAX} characters")
         session_id = request.session_id

@@ -217,7 +217,9 @@ async def test_a_job_running_on_one_front_is_watched_and_cancelled_from_another(
     from .test_optimization import METRIC, SPEC, _examples
 
     server = ServeProcess("--front-processes", "2", "--state-dir", str(tmp_path), "--optimizer-workers", "1", "--lm", "sim",
-                          "--sim-latency", "fixed:0", ready=FRONTS_SERVING)
+                          # 20 ms per LM call: the job still runs when the cancel comes, even on a loaded machine
+                          # (at 0 ms it could finish first, and the stream would end "succeeded").
+                          "--sim-latency", "fixed:20", ready=FRONTS_SERVING)
     try:
         await server.serving()
         connections = await connections_to_each_front(server.port)

@@ -294,3 +294,12 @@ async def test_arbitrary_specs_and_inputs_get_documented_codes(server):
     await asyncio.to_thread(prop)
     assert "execute OK" in seen and "register OK" in seen  # the strategies reach the happy path too
     await _still_up(stub)
+
+
+async def test_a_request_over_the_size_limit_is_invalid_argument_naming_the_limit(server):
+    """Over --max-message-bytes (4 MiB here; grpc itself takes up to twice that): refused on its raw size, unparsed."""
+    _, stub, _ = server
+    error = await _code(stub.Execute(execute_request("qa", question="x" * (5 * 1024 * 1024)), timeout=20))
+    assert error is not None and error.code() == grpc.StatusCode.INVALID_ARGUMENT, error
+    assert "the limit is 4194304" in error.details()
+    await _still_up(stub)
