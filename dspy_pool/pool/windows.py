@@ -1,11 +1,12 @@
 """Cheap sliding-window statistics for the front's hot path.
 
-The dispatcher records one event per call (arrival, queue wait, execution
-time); the controller reads a summary once per tick and `GetPoolStatus` reads
-one per request. Recording therefore has to be O(1) and allocation-free in the
-common case, and memory has to stay bounded however hard the front is driven.
+The dispatcher notes one event per call (queue wait, execution time, outcome);
+PoolMetrics hands them over in batches (record_many), and the controller reads a
+summary once per tick and `GetPoolStatus` one per request. Recording therefore
+has to cost little per value (a bucket is looked up once per run of values in it),
+and memory has to stay bounded however hard the front is driven.
 
-    dispatcher ── record(now, ...) ──> [bucket][bucket]...[bucket]  (a ring of n time buckets)
+    PoolMetrics ── record_many([(now, ...)]) ──> [bucket][bucket]...[bucket]  (a ring of n time buckets)
     controller ── rate(now) / snapshot(now) ──> sums over the buckets still inside the window
 
 Time is cut into buckets of `bucket_s` seconds; a window of `window_s` seconds
@@ -192,34 +193,8 @@ class LatencyWindow:
         return self._capacity
 
     def record(self, now: float, value: float) -> None:
-        """Record one value observed at time `now`."""
-        index = _floor(now / self._bucket_s)
-        if index == self._newest:  # the common case: the current bucket, already open
-            slot = self._newest_slot
-        else:
-            if index <= self._newest - self._size:
-                return  # older than the window; see RateWindow.record
-            slot = index % self._size
-            if self._indices[slot] != index:
-                self._indices[slot] = index
-                self._seen[slot] = 0
-                self._sums[slot] = 0.0
-                self._maxima[slot] = value
-                self._samples[slot].clear()
-            if index > self._newest:
-                self._newest, self._newest_slot = index, slot
-        seen = self._seen[slot] + 1
-        self._seen[slot] = seen
-        self._sums[slot] += value
-        if value > self._maxima[slot]:
-            self._maxima[slot] = value
-        if seen <= self._capacity:
-            self._samples[slot].append(value)
-        else:
-            # Algorithm R: every value seen so far stays with equal probability.
-            position = int(self._random() * seen)
-            if position < self._capacity:
-                self._samples[slot][position] = value
+        """Record one value observed at time `now` (a batch goes cheaper through record_many)."""
+        self._record_run(_floor(now / self._bucket_s), [value])
 
     def record_many(self, observations: list[tuple[float, float]]) -> None:
         """record(now, value) for each (now, value), in order, with the same result (the same reservoir draws too),
@@ -237,7 +212,8 @@ class LatencyWindow:
             self._record_run(run_index, run)
 
     def _record_run(self, index: int, values: list[float]) -> None:
-        """Values observed in bucket `index`, oldest first (what `record` does for each, once per bucket)."""
+        """Values observed in bucket `index`, oldest first: counts, sums and maxima exact, the samples by Algorithm R
+        (every value seen so far stays with equal probability), the bucket looked up once for the run."""
         if index == self._newest:
             slot = self._newest_slot
         else:
