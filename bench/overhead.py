@@ -1,6 +1,6 @@
 """dspy-pool against the floor forwarder (bench/floor.py), in one run: throughput, latency, CPU per call.
 
-    python bench/overhead.py [--seconds 4] [--repeats 3] [--slice-s 1] [--warmup-s 2] [--in-flight 64]
+    python bench/overhead.py [--seconds 4] [--repeats 5] [--slice-s 1] [--warmup-s 2] [--in-flight 64]
                              [--workers 2] [--baseline-tree DIR] [--pool-arg=--flag ...]
 
 Servers, each its own process tree, all alive together:
@@ -384,7 +384,9 @@ def run(args) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=4.0, help="seconds of load per server, phase and repeat")
-    parser.add_argument("--repeats", type=int, default=3)
+    # 5, not 3: on a shared 2-core machine one repeat's front CPU ratio swings by +-10 %, and the median of 3
+    # moved by ~0.05 between runs of the same code.
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--slice-s", type=float, default=1.0, help="the servers alternate every this many seconds within a phase")
     parser.add_argument("--warmup-s", type=float, default=2.0)
     parser.add_argument("--in-flight", type=int, default=64)
