@@ -42,6 +42,7 @@ QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED, INTERRUPTED = "queued", "running"
 FINISHED = (SUCCEEDED, FAILED, CANCELLED, INTERRUPTED)
 _WATCH_POLL_S = 1.0  # a watcher with no local news re-reads the store this often
 _PROGRESS_WRITE_S = 0.5  # progress reaches watchers at once, the store at most this often
+_CANCEL_POLL_S = 1.0  # a running job asks the store this often whether another process asked to cancel it
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,6 +199,11 @@ class JobManager:
         elif record.state == RUNNING:
             run = self._runs.get(job_id)
             if run is None:  # another front (or replica) runs it: only it can stop its optimizer worker
+                # It polls the store for this (every replica sees it); a front group's peers are also asked at once.
+                try:
+                    await self.store.request_job_cancel(job_id, time.time())
+                except StateUnavailable as exc:
+                    raise errors.Unavailable(f"the state store is unreachable, so the cancel could not be passed on: {exc}") from None
                 return Cancelled(to_message(record), elsewhere=True)
             run.cancel()  # the runner marks it cancelled when the worker confirms (within ~2 s)
         return Cancelled(to_message(record), elsewhere=False)
@@ -340,7 +346,7 @@ class JobManager:
         progress_state = {"record": record, "written_at": 0.0}
         run = self.pool.optimization(lambda progress: self._on_progress(progress_state, progress))
         self._runs[job_id] = run
-        heartbeat = asyncio.get_running_loop().create_task(self._keep_lease(job_id))
+        heartbeat = asyncio.get_running_loop().create_task(self._keep_lease(job_id, run))
         try:
             result = await self.pool.optimize(task, run)
         except errors.PoolError as error:
@@ -368,12 +374,20 @@ class JobManager:
             num_threads=self.settings.num_threads, allowed_lms=self.settings.allowed_lms,
         )
 
-    async def _keep_lease(self, job_id: str) -> None:
-        """Renew the job's lease while it runs, so no other replica takes it for abandoned."""
+    async def _keep_lease(self, job_id: str, run) -> None:
+        """While the job runs: renew its lease, so no other replica takes it for abandoned, and stop it when another
+        front or replica was asked to cancel it (CancelOptimization there records the wish in the store)."""
+        renewed = time.monotonic()
         while True:
-            await asyncio.sleep(self.settings.lease_s / 3)
+            await asyncio.sleep(_CANCEL_POLL_S)
             try:
-                await self.store.claim_job(job_id, self.settings.owner, time.time(), self.settings.lease_s)
+                if await self.store.job_cancel_requested(job_id):
+                    log.info("optimization_cancel_requested_elsewhere", job_id=job_id)
+                    run.cancel()  # the runner marks it cancelled when the worker confirms
+                    return
+                if time.monotonic() - renewed >= self.settings.lease_s / 3:
+                    renewed = time.monotonic()
+                    await self.store.claim_job(job_id, self.settings.owner, time.time(), self.settings.lease_s)
             except StateUnavailable:
                 pass
 

@@ -26,7 +26,7 @@ from __future__ import annotations
 import abc
 from dataclasses import dataclass, field
 
-SCHEMA_VERSION = 2  # bump with a migration in every backend that keeps a schema
+SCHEMA_VERSION = 3  # bump with a migration in every backend that keeps a schema
 
 
 class StateError(Exception):
@@ -289,6 +289,14 @@ class StateStore(abc.ABC):
     async def claim_job(self, job_id: str, owner: str, now: float, lease_s: float) -> bool:
         """Take (or renew) the lease on a job atomically: True if it was free, expired, or already `owner`'s.
         With several replicas on one store exactly one runs a job."""
+
+    @abc.abstractmethod
+    async def request_job_cancel(self, job_id: str, now: float) -> None:
+        """Ask whichever process runs `job_id` to stop it (it reads job_cancel_requested while it runs);
+        committed when this returns, and asking again changes nothing."""
+
+    @abc.abstractmethod
+    async def job_cancel_requested(self, job_id: str) -> bool: ...
 
     # -- execution policies ---------------------------------------------------------------
     @abc.abstractmethod

@@ -67,6 +67,7 @@ class MemoryStore(StateStore):
         self._cache: dict[bytes, _CacheEntry] = {}
         self._datasets: dict[str, _Dataset] = {}
         self._jobs: dict[str, JobRecord] = {}
+        self._job_cancels: set[str] = set()  # job ids asked to stop (request_job_cancel)
         self._policies: dict[str, bytes] = {}
 
     async def open(self) -> None:
@@ -252,6 +253,12 @@ class MemoryStore(StateStore):
             return False
         self._jobs[job_id] = dataclasses.replace(job, owner=owner, lease_expires_at=now + lease_s)
         return True
+
+    async def request_job_cancel(self, job_id: str, now: float) -> None:
+        self._job_cancels.add(job_id)
+
+    async def job_cancel_requested(self, job_id: str) -> bool:
+        return job_id in self._job_cancels
 
     # -- execution policies -------------------------------------------------------
     async def put_policy(self, program: str, policy: bytes) -> None:

@@ -41,6 +41,7 @@ ids are embedded as given, behind a fixed-kind segment, so no two kinds collide)
     jobs                            zset     job id scored by created_at (ZREVRANGE: newest first, then by id)
     jobs_by_program:NAME            zset     the same, of one program
     jobs_by_dedup:KEY               zset     the same, of one dedup key
+    job_cancel:ID                   string   when a cancel was asked of the job (schema 3); expires after a week
     policies                        hash     program -> its execution policy
 
 A dataset's content hash is sha256 (state.policy), which Lua cannot compute: add_examples reads the dataset,
@@ -355,6 +356,7 @@ return 0
 # A dataset changed by another caller between the read and the script: read again, at most this often.
 _ADD_EXAMPLES_TRIES = 100
 _JOB_SCAN_BATCH = 64
+_JOB_CANCEL_TTL_S = 7 * 24 * 3600
 
 
 def mask_url(url: str) -> str:
@@ -650,8 +652,9 @@ class RedisStore(StateStore):
         if stored < 1:
             raise StateError(f"{where} holds schema version {stored}, which no dspy-pool writes; left as it is")
         if stored < SCHEMA_VERSION:
-            # 1 -> 2 rewrites nothing (a program hash without `meta` reads as b""; datasets, jobs and policies are
-            # new keys), so a replica still on version 1 keeps working beside this one. Only the version moves.
+            # 1 -> 2 -> 3 rewrite nothing (a program hash without `meta` reads as b""; datasets, jobs, policies and
+            # job cancels are new keys), so a replica still on an older version keeps working beside this one
+            # (one on version 2 just never sees a cancel asked of a job it runs). Only the version moves.
             try:
                 await client.eval(_MIGRATE_SCHEMA, 1, key, stored, SCHEMA_VERSION)
             except _UNAVAILABLE as exc:
@@ -917,6 +920,15 @@ class RedisStore(StateStore):
     async def claim_job(self, job_id: str, owner: str, now: float, lease_s: float) -> bool:
         return bool(await self._claim_job(keys=[self._key("job:", job_id)],
                                           args=[owner, _text(now), _text(now + lease_s)]))
+
+    @_translated
+    async def request_job_cancel(self, job_id: str, now: float) -> None:
+        # Kept a week: the runner reads it within a second, and a job's id is never reused.
+        await self._client.set(self._key("job_cancel:", job_id), _text(now), ex=_JOB_CANCEL_TTL_S)
+
+    @_translated
+    async def job_cancel_requested(self, job_id: str) -> bool:
+        return bool(await self._client.exists(self._key("job_cancel:", job_id)))
 
     # -- execution policies -------------------------------------------------------
     @_translated

@@ -115,6 +115,12 @@ _V2 = (
 )
 
 
+# Version 3: cancels asked of jobs another process runs (it polls for its own job while it runs).
+_V3 = (
+    "CREATE TABLE job_cancels (job_id TEXT PRIMARY KEY, requested_at REAL NOT NULL) WITHOUT ROWID",
+)
+
+
 def _statements(ddl: tuple[str, ...]) -> Callable[[sqlite3.Connection], None]:
     def migrate(conn: sqlite3.Connection) -> None:
         # Statement by statement: executescript() would COMMIT first and break the migration's transaction.
@@ -125,7 +131,7 @@ def _statements(ddl: tuple[str, ...]) -> Callable[[sqlite3.Connection], None]:
 
 # MIGRATIONS[n] takes schema version n to n + 1; version 0 is an empty file. Never edit a shipped step: files
 # written by it exist (tests/integration/test_state_sqlite.py builds a version 1 file with MIGRATIONS[0]).
-MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_statements(_V1), _statements(_V2))
+MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_statements(_V1), _statements(_V2), _statements(_V3))
 assert len(MIGRATIONS) == SCHEMA_VERSION, "every schema version needs its migration"
 
 
@@ -580,6 +586,15 @@ def _claim_job(conn: sqlite3.Connection, job_id: str, owner: str, now: float, le
     return True
 
 
+def _request_job_cancel(conn: sqlite3.Connection, job_id: str, now: float) -> None:
+    with _transaction(conn):
+        conn.execute("INSERT OR IGNORE INTO job_cancels (job_id, requested_at) VALUES (?, ?)", (job_id, now))
+
+
+def _job_cancel_requested(conn: sqlite3.Connection, job_id: str) -> bool:
+    return conn.execute("SELECT 1 FROM job_cancels WHERE job_id = ?", (job_id,)).fetchone() is not None
+
+
 # -- execution policies -----------------------------------------------------------------------------------------------
 
 def _put_policy(conn: sqlite3.Connection, program: str, policy_bytes: bytes) -> None:
@@ -838,6 +853,12 @@ class SQLiteStore(StateStore):
 
     async def claim_job(self, job_id: str, owner: str, now: float, lease_s: float) -> bool:
         return await self._run(_claim_job, job_id, owner, now, lease_s)
+
+    async def request_job_cancel(self, job_id: str, now: float) -> None:
+        await self._run(_request_job_cancel, job_id, now)
+
+    async def job_cancel_requested(self, job_id: str) -> bool:
+        return await self._run(_job_cancel_requested, job_id)
 
     async def put_policy(self, program: str, policy: bytes) -> None:
         await self._run(_put_policy, program, policy)

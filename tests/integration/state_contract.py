@@ -713,6 +713,17 @@ async def test_claim_job_keeps_the_rest_of_the_job(store):
     assert await store.get_job("j1") == dataclasses.replace(job, owner="a", lease_expires_at=T0 + 30)
 
 
+async def test_a_cancel_asked_of_a_job_is_seen_by_every_reader(store):
+    """request_job_cancel is durable and idempotent; it marks only that job (another replica polls for it)."""
+    await store.put_job(_job("j1", state="running", owner="a"))
+    assert await store.job_cancel_requested("j1") is False
+    await store.request_job_cancel("j1", T0)
+    await store.request_job_cancel("j1", T0 + 1)
+    assert await store.job_cancel_requested("j1") is True
+    assert await store.job_cancel_requested("j2") is False
+    assert (await store.get_job("j1")).state == "running"  # the job itself is the runner's to change
+
+
 # -- execution policies -----------------------------------------------------------------------------------------------
 
 async def test_policies_round_trip_and_move_the_revision(store):

@@ -106,3 +106,49 @@ async def test_two_replicas_share_programs_and_sessions_and_survive_each_other_a
     finally:
         replica_a.stop()
         replica_b.stop()
+
+
+async def test_a_job_running_on_one_replica_is_cancelled_from_another(redis_server):
+    """StartOptimization on A runs there; CancelOptimization on B (no peers between replicas) stops it through the store.
+
+    Before, B answered the job as it stood and A ran it to the end.
+    """
+    from .test_optimization import METRIC, SPEC, _examples
+
+    # Its own database: the test above kills replicas and Redis in its. 20 ms per LM call keeps the job running.
+    args = ("--state", f"redis://127.0.0.1:{redis_server.port}/{REDIS_DB + 1}", "--optimizer-workers", "1",
+            "--lm", "sim", "--sim-latency", "fixed:20")
+    replica_a, replica_b = ServeProcess(*args), None
+    channels = []
+    try:
+        await replica_a.serving()
+        channel_a, stub_a = await _stub_for(replica_a)
+        channels.append(channel_a)
+        await stub_a.RegisterProgram(pb.RegisterProgramRequest(spec=SPEC), timeout=30)
+        for split in ("train", "dev"):
+            await stub_a.AddExamples(pb.AddExamplesRequest(dataset="words", split=split, examples=_examples(split)), timeout=30)
+        started = await stub_a.StartOptimization(pb.StartOptimizationRequest(
+            program="coder", dataset="words", optimizer="mipro_v2", metric=METRIC, seed=11), timeout=10)
+
+        async def running_on_a():
+            job = await stub_a.GetOptimization(pb.GetOptimizationRequest(job_id=started.job_id), timeout=10)
+            return job.state == "running" and job.progress.lm_calls > 0
+
+        await eventually(running_on_a, timeout_s=60, interval_s=0.1)
+        replica_b = ServeProcess(*args)  # started only now: the job is A's, and B's runner never takes a leased job
+        await replica_b.serving()
+        channel_b, stub_b = await _stub_for(replica_b)
+        channels.append(channel_b)
+        await stub_b.CancelOptimization(pb.CancelOptimizationRequest(job_id=started.job_id), timeout=10)
+
+        async def cancelled():
+            job = await stub_b.GetOptimization(pb.GetOptimizationRequest(job_id=started.job_id), timeout=10)
+            return job.state == "cancelled"
+
+        await eventually(cancelled, timeout_s=30, interval_s=0.2)
+    finally:
+        for channel in channels:
+            await channel.close()
+        for replica in (replica_a, replica_b):
+            if replica is not None:
+                replica.stop()
