@@ -214,7 +214,7 @@ async def test_sigterm_while_the_fronts_start_stops_the_group(tmp_path):
 
 async def test_a_job_running_on_one_front_is_watched_and_cancelled_from_another(tmp_path):
     """StartOptimization on front 0 runs there; front 1 streams its progress (from the store) and cancels it (through front 0)."""
-    from .test_optimization import METRIC, SPEC, _examples
+    from .test_optimization import start_running_job
 
     server = ServeProcess("--front-processes", "2", "--state-dir", str(tmp_path), "--optimizer-workers", "1", "--lm", "sim",
                           # 20 ms per LM call: the job still runs when the cancel comes, even on a loaded machine
@@ -225,28 +225,18 @@ async def test_a_job_running_on_one_front_is_watched_and_cancelled_from_another(
         connections = await connections_to_each_front(server.port)
         (_, runner), (_, other) = connections[0], connections[1]
         try:
-            await runner.RegisterProgram(pb.RegisterProgramRequest(spec=SPEC), timeout=30)
-            for split in ("train", "dev"):
-                await runner.AddExamples(pb.AddExamplesRequest(dataset="words", split=split, examples=_examples(split)), timeout=30)
-            started = await runner.StartOptimization(pb.StartOptimizationRequest(
-                program="coder", dataset="words", optimizer="mipro_v2", metric=METRIC, seed=11), timeout=10)
-
-            async def running():
-                job = await other.GetOptimization(pb.GetOptimizationRequest(job_id=started.job_id), timeout=10)
-                return job.state == "running" and job.progress.lm_calls > 0
-
-            await eventually(running, timeout_s=60, interval_s=0.1)
+            job_id = await start_running_job(runner, other, setup=True)
             seen: list[str] = []
             first = asyncio.Event()
 
             async def watch_from_the_other_front():
-                async for job in other.WatchOptimization(pb.GetOptimizationRequest(job_id=started.job_id), timeout=60):
+                async for job in other.WatchOptimization(pb.GetOptimizationRequest(job_id=job_id), timeout=60):
                     seen.append(job.state)
                     first.set()
 
             watching = asyncio.ensure_future(watch_from_the_other_front())
             await asyncio.wait_for(first.wait(), 30)  # the stream is open before the cancel
-            await other.CancelOptimization(pb.CancelOptimizationRequest(job_id=started.job_id), timeout=10)
+            await other.CancelOptimization(pb.CancelOptimizationRequest(job_id=job_id), timeout=10)
             await asyncio.wait_for(watching, 30)
             assert seen[0] == "running" and seen[-1] == "cancelled"
         finally:

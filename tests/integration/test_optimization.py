@@ -52,6 +52,25 @@ async def _finished(stub, job_id: str, timeout_s: float = 120.0) -> pb.Optimizat
     return await eventually(done, timeout_s=timeout_s, interval_s=0.1)
 
 
+async def start_running_job(stub, watcher=None, *, setup: bool = False, interval_s: float = 0.1) -> str:
+    """Start a MIPROv2 job on `stub` and return its id once it runs and has called the LM (as seen from `watcher`,
+    by default `stub`). With setup, first register SPEC and add the "words" dataset."""
+    if setup:
+        await stub.RegisterProgram(pb.RegisterProgramRequest(spec=SPEC), timeout=30)
+        for split in ("train", "dev"):
+            await stub.AddExamples(pb.AddExamplesRequest(dataset="words", split=split, examples=_examples(split)), timeout=30)
+    started = await stub.StartOptimization(pb.StartOptimizationRequest(
+        program="coder", dataset="words", optimizer="mipro_v2", metric=METRIC, seed=11), timeout=10)
+    watcher = watcher or stub
+
+    async def running():
+        job = await watcher.GetOptimization(pb.GetOptimizationRequest(job_id=started.job_id), timeout=10)
+        return job.state == "running" and job.progress.lm_calls > 0
+
+    await eventually(running, timeout_s=60, interval_s=interval_s)
+    return started.job_id
+
+
 async def _error(call) -> grpc.aio.AioRpcError:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await call
@@ -140,17 +159,10 @@ async def test_a_budget_of_lm_calls_stops_the_job_and_is_never_exceeded(server):
 async def test_cancel_stops_a_running_job_within_two_seconds(server):
     """A running MIPROv2 job cancelled ends cancelled, promptly."""
     _, stub, _ = server
-    started = await stub.StartOptimization(pb.StartOptimizationRequest(
-        program="coder", dataset="words", optimizer="mipro_v2", metric=METRIC, seed=11), timeout=10)
-
-    async def running():
-        job = await stub.GetOptimization(pb.GetOptimizationRequest(job_id=started.job_id), timeout=10)
-        return job.state == "running" and job.progress.lm_calls > 0
-
-    await eventually(running, timeout_s=60, interval_s=0.05)
+    job_id = await start_running_job(stub, interval_s=0.05)
     asked = time.monotonic()
-    await stub.CancelOptimization(pb.CancelOptimizationRequest(job_id=started.job_id), timeout=10)
-    job = await _finished(stub, started.job_id, timeout_s=10)
+    await stub.CancelOptimization(pb.CancelOptimizationRequest(job_id=job_id), timeout=10)
+    job = await _finished(stub, job_id, timeout_s=10)
     took = time.monotonic() - asked
     assert job.state == "cancelled"
     print(f"cancel took {took:.2f}s")

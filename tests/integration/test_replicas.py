@@ -113,7 +113,7 @@ async def test_a_job_running_on_one_replica_is_cancelled_from_another(redis_serv
 
     Before, B answered the job as it stood and A ran it to the end.
     """
-    from .test_optimization import METRIC, SPEC, _examples
+    from .test_optimization import start_running_job
 
     # Its own database: the test above kills replicas and Redis in its. 20 ms per LM call keeps the job running.
     args = ("--state", f"redis://127.0.0.1:{redis_server.port}/{REDIS_DB + 1}", "--optimizer-workers", "1",
@@ -124,25 +124,15 @@ async def test_a_job_running_on_one_replica_is_cancelled_from_another(redis_serv
         await replica_a.serving()
         channel_a, stub_a = await _stub_for(replica_a)
         channels.append(channel_a)
-        await stub_a.RegisterProgram(pb.RegisterProgramRequest(spec=SPEC), timeout=30)
-        for split in ("train", "dev"):
-            await stub_a.AddExamples(pb.AddExamplesRequest(dataset="words", split=split, examples=_examples(split)), timeout=30)
-        started = await stub_a.StartOptimization(pb.StartOptimizationRequest(
-            program="coder", dataset="words", optimizer="mipro_v2", metric=METRIC, seed=11), timeout=10)
-
-        async def running_on_a():
-            job = await stub_a.GetOptimization(pb.GetOptimizationRequest(job_id=started.job_id), timeout=10)
-            return job.state == "running" and job.progress.lm_calls > 0
-
-        await eventually(running_on_a, timeout_s=60, interval_s=0.1)
+        job_id = await start_running_job(stub_a, setup=True)
         replica_b = ServeProcess(*args)  # started only now: the job is A's, and B's runner never takes a leased job
         await replica_b.serving()
         channel_b, stub_b = await _stub_for(replica_b)
         channels.append(channel_b)
-        await stub_b.CancelOptimization(pb.CancelOptimizationRequest(job_id=started.job_id), timeout=10)
+        await stub_b.CancelOptimization(pb.CancelOptimizationRequest(job_id=job_id), timeout=10)
 
         async def cancelled():
-            job = await stub_b.GetOptimization(pb.GetOptimizationRequest(job_id=started.job_id), timeout=10)
+            job = await stub_b.GetOptimization(pb.GetOptimizationRequest(job_id=job_id), timeout=10)
             return job.state == "cancelled"
 
         await eventually(cancelled, timeout_s=30, interval_s=0.2)
