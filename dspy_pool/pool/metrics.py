@@ -1,11 +1,11 @@
 """The pool's metrics collector: a list append per call, folded into windows when read.
 
-    dispatcher hot path (per call: an append to a pending list, nothing else)
+    dispatcher hot path (per call: appends to pending lists, nothing else)
         _start:  record_queue_wait(now, s)          ──> pending waits
-        run end: record_done(now, s) / job_finished(job, now, error) ──> pending outcomes
+        run end: record_done(now, s) / job_finished(job, now, error) ──> pending executions, outcomes
     any read (controller tick, status, Prometheus) folds the pending lists first:
         pending waits    ──> LatencyWindow + wait histogram
-        pending outcomes ──> execution LatencyWindow, finished and failed RateWindows
+        pending executions and outcomes ──> execution LatencyWindow, finished and failed RateWindows
     controller tick (every interval_s, on the event loop)
         snapshot(pool, now)   ──> PoolSnapshot (immutable)  ──> GetPoolStatus, WatchPoolStatus,
                                                                 Prometheus exporter
@@ -182,7 +182,7 @@ class PoolMetrics:
     __slots__ = (
         "target_queue_wait_s", "_wait", "_execution", "_finished", "_errors",
         "_bounds", "_wait_counts", "_wait_sum", "_wait_count", "_cpu", "_cpu_interval_s",
-        "_cpu_sampled_at", "_cpu_percent", "_waits", "_done",
+        "_cpu_sampled_at", "_cpu_percent", "_waits", "_executions", "_finished_at", "_failed_at",
     )
 
     def __init__(
@@ -215,52 +215,40 @@ class PoolMetrics:
         self._cpu_percent = 0.0
         # Recorded, not yet in the windows (see the module's docstring), in the order recorded:
         self._waits: list[tuple[float, float]] = []  # (now, queue wait s)
-        self._done: list[tuple[float, float | None, bool]] = []  # (now, execution s or None if it never ran, failed)
+        self._executions: list[tuple[float, float]] = []  # (now, execution s) of calls that reached a worker
+        self._finished_at: list[float] = []  # every call that finished, well or not
+        self._failed_at: list[float] = []  # those of them that failed (not by the caller's fault)
 
     # -- hot path -------------------------------------------------------------
     def record_queue_wait(self, now: float, seconds: float) -> None:
         """A call left the queue (or started at once: 0 s) at `now` after waiting `seconds`."""
         waits = self._waits
-        waits.append((now, seconds))
+        waits.append((now, seconds if seconds > 0 else 0.0))
         if len(waits) >= _PENDING_MAX:
             self._fold()
 
     def record_done(self, now: float, seconds: float) -> None:
         """A call that reached a worker finished well at `now` after running `seconds` (job_finished's usual case)."""
-        done = self._done
-        done.append((now, seconds, False))
-        if len(done) >= _PENDING_MAX:
+        executions = self._executions
+        executions.append((now, seconds if seconds > 0 else 0.0))
+        self._finished_at.append(now)
+        if len(executions) >= _PENDING_MAX:
             self._fold()
 
     def record_execution(self, now: float, seconds: float) -> None:
-        """A call that reached a worker finished at `now` after running `seconds`."""
-        self.record_done(now, seconds)
+        """A call that reached a worker finished at `now` after running `seconds` (its outcome: record_outcome)."""
+        executions = self._executions
+        executions.append((now, seconds if seconds > 0 else 0.0))
+        if len(executions) >= _PENDING_MAX:
+            self._fold()
 
     def record_outcome(self, now: float, ok: bool) -> None:
         """A call finished at `now`; `ok` False for a system failure (not the caller's fault)."""
-        self._done.append((now, None, not ok))
-        if len(self._done) >= _PENDING_MAX:
+        self._finished_at.append(now)
+        if not ok:
+            self._failed_at.append(now)
+        if len(self._finished_at) >= _PENDING_MAX:
             self._fold()
-
-    def _fold(self) -> None:
-        """Move the pending records into the windows and the histogram, in the order they were recorded."""
-        waits = self._waits
-        if waits:
-            clamped = [(now, seconds if seconds > 0 else 0.0) for now, seconds in waits]
-            waits.clear()
-            self._wait.record_many(clamped)
-            counts, bounds = self._wait_counts, self._bounds
-            for _, seconds in clamped:
-                counts[bisect_left(bounds, seconds)] += 1
-            self._wait_sum += sum(seconds for _, seconds in clamped)
-            self._wait_count += len(clamped)
-        done = self._done
-        if done:
-            records = done[:]
-            done.clear()
-            self._execution.record_many([(now, seconds if seconds > 0 else 0.0) for now, seconds, _ in records if seconds is not None])
-            self._finished.record_many([now for now, _, _ in records])
-            self._errors.record_many([now for now, _, failed in records if failed])
 
     def job_finished(self, job: Any, now: float, error: BaseException | None = None) -> None:
         """Record a dispatcher Job's outcome and execution time, or its queue wait if it never started.
@@ -268,20 +256,36 @@ class PoolMetrics:
         The caller's faults (the error table's `caller_fault`: invalid argument,
         not found, cancelled, ...) count as finished, not failed: they say nothing about the pool.
         """
-        failed = error is not None and not (isinstance(error, errors.PoolError) and error.meaning.caller_fault)
         started_at = getattr(job, "started_at", 0.0)
         if started_at:
             seconds = now - started_at
-            self._done.append((now, seconds if seconds > 0 else 0.0, failed))
+            self._executions.append((now, seconds if seconds > 0 else 0.0))
         else:
             # It never left the queue (expired there): its whole life was queue wait,
             # the very signal the scaler must not miss.
             enqueued_at = getattr(job, "enqueued_at", None)
             if enqueued_at is not None:
                 self.record_queue_wait(now, now - enqueued_at)
-            self._done.append((now, None, failed))
-        if len(self._done) >= _PENDING_MAX:
-            self._fold()
+        self.record_outcome(now, error is None or (isinstance(error, errors.PoolError) and error.meaning.caller_fault))
+
+    def _fold(self) -> None:
+        """Move the pending records into the windows and the histogram, in the order they were recorded."""
+        waits = self._waits
+        if waits:
+            self._wait.record_many(waits)
+            counts, bounds = self._wait_counts, self._bounds
+            total = 0.0
+            for _, seconds in waits:
+                counts[bisect_left(bounds, seconds)] += 1
+                total += seconds
+            self._wait_sum += total
+            self._wait_count += len(waits)
+            waits.clear()
+        for pending, window in ((self._executions, self._execution), (self._finished_at, self._finished),
+                                (self._failed_at, self._errors)):
+            if pending:
+                window.record_many(pending)
+                pending.clear()
 
     # -- reads ----------------------------------------------------------------
     def queue_wait(self, now: float) -> LatencySnapshot:

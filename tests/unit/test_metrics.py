@@ -138,7 +138,8 @@ def test_pending_records_stay_bounded_without_reads():
     for n in range(3 * metrics_module._PENDING_MAX + 5):
         metrics.record_queue_wait(50.0, 0.0)
         metrics.record_done(50.0, 0.01)
-    assert len(metrics._waits) < metrics_module._PENDING_MAX and len(metrics._done) < metrics_module._PENDING_MAX
+    pending = (metrics._waits, metrics._executions, metrics._finished_at)
+    assert all(len(records) < metrics_module._PENDING_MAX for records in pending)
     assert metrics.execution(50.5).count == 3 * metrics_module._PENDING_MAX + 5
 
 
