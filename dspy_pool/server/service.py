@@ -146,7 +146,7 @@ class _CallShape:
     # None when every call takes the full check (a program with a `history` input).
     exact_inputs: tuple[str, ...] | None
     capture_rate: float  # ProgramSpec.capture.sample_rate
-    traditional: routing.Route  # the route of a call that runs this version as the base (no policy, no mode)
+    traditional: routing.Route  # the route of a call that runs this content as the base (no policy, no mode)
 
 
 def _check_struct(message, max_depth: int, where: str) -> None:
@@ -396,6 +396,8 @@ class DSPyPoolService(pb_grpc.DSPyPoolServicer):
             if program is not None:
                 shape = self._shapes.get(program.key) or self._shape(program)
                 route, pending = shape.traditional, ""
+                if route.version != program.version:  # the same content registered again under a new number
+                    route = routing.traditional(program.version)
             else:
                 program, route, pending = await self._route(request, request_id)
                 shape = self._shapes.get(program.key) or self._shape(program)
