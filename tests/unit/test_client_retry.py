@@ -51,3 +51,77 @@ def test_queue_full_needs_retry_info_and_not_run():
 def test_other_codes_are_not_retried(code):
     """A refused LM key, bad input, program errors and spent deadlines are never resent."""
     assert not POLICY.retryable(error(code, may_have_run="false"))
+
+
+# -- the attempt plans both clients share (clients/python/dspy_pool_client/attempts.py) ----------------------------
+
+from dspy_pool_client.attempts import CallAttempts, WatchAttempts  # noqa: E402
+from dspy_pool_client.errors import DeadlineExceeded  # noqa: E402
+from dspy_pool_client.optimization import OptimizationJob  # noqa: E402
+
+FAST = RetryPolicy(max_attempts=3, initial_backoff_s=0.1, max_backoff_s=0.1, jitter=0.0)
+DRAINING = error(grpc.StatusCode.UNAVAILABLE, kind="unavailable", may_have_run="false")
+
+
+def test_a_call_is_tried_again_within_its_deadline_then_gives_up_with_the_last_error():
+    plan = CallAttempts(FAST, budget_s=10.0, now=100.0)
+    assert plan.next_attempt(100.0) == pytest.approx(10.0)
+    assert plan.after(DRAINING, RuntimeError("rpc"), 100.5) == pytest.approx(0.1)
+    assert plan.next_attempt(100.6) == pytest.approx(9.4)  # what is left of the one deadline
+    assert plan.after(DRAINING, RuntimeError("rpc"), 100.7) == pytest.approx(0.1)
+    plan.next_attempt(100.8)
+    with pytest.raises(DSPyPoolError) as caught:  # the third attempt was the last (max_attempts=3)
+        plan.after(DRAINING, RuntimeError("rpc"), 100.9)
+    assert caught.value is DRAINING
+
+
+def test_no_time_for_the_backoff_is_the_clients_deadline_naming_the_last_error():
+    plan = CallAttempts(FAST, budget_s=1.0, now=0.0)
+    plan.next_attempt(0.0)
+    with pytest.raises(DeadlineExceeded, match="no time left for attempt 2 within 1.000s") as caught:
+        plan.after(DRAINING, RuntimeError("rpc"), 0.95)
+    assert caught.value.reason == "CLIENT_DEADLINE" and "last error" in caught.value.message
+    with pytest.raises(DeadlineExceeded, match="passed before attempt 2"):
+        plan.next_attempt(1.0)
+
+
+def test_a_call_that_is_not_idempotent_is_resent_only_when_the_server_answered():
+    transport = error(grpc.StatusCode.UNAVAILABLE)  # no ErrorInfo: the connection broke; it may have been committed
+    plan = CallAttempts(FAST, budget_s=10.0, now=0.0, idempotent=False)
+    plan.next_attempt(0.0)
+    with pytest.raises(DSPyPoolError):
+        plan.after(transport, RuntimeError("rpc"), 0.1)
+    answered = CallAttempts(FAST, 10.0, 0.0, idempotent=False)
+    answered.next_attempt(0.0)
+    assert answered.after(DRAINING, RuntimeError("rpc"), 0.1) == pytest.approx(0.1)  # ErrorInfo: it did not run
+    never = CallAttempts(FAST, 10.0, 0.0, retry=False)
+    never.next_attempt(0.0)
+    with pytest.raises(DSPyPoolError):
+        never.after(DRAINING, RuntimeError("rpc"), 0.1)
+
+
+def test_a_watch_is_opened_again_with_fresh_backoff_after_it_saw_the_job():
+    running = OptimizationJob.from_proto(pb_job("j1", "running"))
+    plan = WatchAttempts(FAST, "j1", timeout_s=None, now=0.0)
+    assert plan.next_attempt(0.0) is None  # no limit
+    assert plan.after(DRAINING, None, 1.0) == pytest.approx(0.1)
+    plan.seen(running)
+    assert plan.after(DRAINING, None, 2.0) == pytest.approx(0.1)
+    assert plan.after(DRAINING, None, 3.0) == pytest.approx(0.1)
+    with pytest.raises(DSPyPoolError):  # three losses in a row with no message between
+        plan.after(DRAINING, None, 4.0)
+
+
+def test_a_watch_past_its_timeout_says_the_job_keeps_running():
+    plan = WatchAttempts(FAST, "j1", timeout_s=5.0, now=0.0)
+    plan.seen(OptimizationJob.from_proto(pb_job("j1", "running")))
+    with pytest.raises(DeadlineExceeded, match="did not finish within 5s \\(still running; it keeps running"):
+        plan.after(error(grpc.StatusCode.DEADLINE_EXCEEDED), None, 5.0)
+    with pytest.raises(DeadlineExceeded):
+        plan.next_attempt(5.0)
+
+
+def pb_job(job_id: str, state: str):
+    from dspy_pool_client._gen import dspy_pool_pb2 as pb
+
+    return pb.OptimizationJob(job_id=job_id, state=state)

@@ -18,9 +18,9 @@ from ._gen import dspy_pool_pb2 as pb
 from ._gen import dspy_pool_pb2_grpc as pb_grpc
 from .client import DEFAULT_CHANNEL_OPTIONS, new_session_id
 from .convert import Fallback, Field, Metric, PoolStatus, ProgramInfo, Result, SessionInfo
-from .errors import DSPyPoolError, NotFound, client_deadline_error, from_rpc_error
-from .optimization import (Budget, DatasetInfo, ExecutionPolicy, OptimizationJob, ProgramStats, outcome, wait_deadline_error,
-                           watch_ended_early)
+from .attempts import CallAttempts, WatchAttempts
+from .errors import DSPyPoolError, NotFound, from_rpc_error
+from .optimization import Budget, DatasetInfo, ExecutionPolicy, OptimizationJob, ProgramStats, outcome, watch_ended_early
 from .progress import ProgressLine
 from .retry import RetryPolicy
 
@@ -42,25 +42,14 @@ class AsyncClient:
 
     async def _invoke(self, method, request, timeout: float | None, *, retry: bool = True, idempotent: bool = True):
         loop = asyncio.get_running_loop()
-        budget = self.default_timeout if timeout is None else timeout
-        deadline = loop.time() + budget
-        attempt = 0
+        plan = CallAttempts(self.retries, self.default_timeout if timeout is None else timeout, loop.time(),
+                            retry=retry, idempotent=idempotent)
         while True:
-            attempt += 1
-            remaining = deadline - loop.time()
-            if remaining <= 0:
-                raise client_deadline_error(f"deadline of {budget:.3f}s passed before attempt {attempt}")
+            remaining = plan.next_attempt(loop.time())
             try:
                 return await method(request, timeout=remaining, metadata=self._metadata)
             except grpc.aio.AioRpcError as exc:
-                error, cause = from_rpc_error(exc), exc
-            # Not idempotent: sent again only when the server itself answered (see Client._invoke).
-            delay = self.retries.delay_s(attempt, error) if retry and (idempotent or error.reason) else None
-            if delay is None:
-                raise error from cause
-            if loop.time() + delay >= deadline:
-                raise client_deadline_error(f"no time left for attempt {attempt + 1} within {budget:.3f}s", error) from cause
-            await asyncio.sleep(delay)
+                await asyncio.sleep(plan.after(from_rpc_error(exc), exc, loop.time()))
 
     async def close(self) -> None:
         if self._owns_channel:
@@ -152,34 +141,24 @@ class AsyncClient:
     async def watch_optimization(self, job_id: str, *, timeout: float | None = None) -> AsyncIterator[OptimizationJob]:
         """The job now, then on every change, until it finishes (see Client.watch_optimization)."""
         loop = asyncio.get_running_loop()
-        deadline = None if timeout is None else loop.time() + timeout
-        attempt, last, cause = 0, None, None
+        plan = WatchAttempts(self.retries, job_id, timeout, loop.time())
         while True:
-            remaining = None if deadline is None else deadline - loop.time()
-            if remaining is not None and remaining <= 0:
-                raise wait_deadline_error(job_id, timeout, last)
+            remaining = plan.next_attempt(loop.time())
             call = self._stub.WatchOptimization(pb.GetOptimizationRequest(job_id=job_id), timeout=remaining,
                                                 metadata=self._metadata)
             try:
                 async for message in call:
-                    attempt, last = 0, OptimizationJob.from_proto(message)
-                    yield last
-                    if last.finished:
+                    job = OptimizationJob.from_proto(message)
+                    plan.seen(job)
+                    yield job
+                    if job.finished:
                         return
                 error, cause = watch_ended_early(job_id), None
             except grpc.aio.AioRpcError as exc:
                 error, cause = from_rpc_error(exc), exc
             finally:
                 call.cancel()
-            if deadline is not None and error.code == grpc.StatusCode.DEADLINE_EXCEEDED:
-                raise wait_deadline_error(job_id, timeout, last) from cause
-            attempt += 1
-            delay = self.retries.delay_s(attempt, error)
-            if delay is None:
-                raise error from cause
-            if deadline is not None and loop.time() + delay >= deadline:
-                raise wait_deadline_error(job_id, timeout, last) from cause
-            await asyncio.sleep(delay)
+            await asyncio.sleep(plan.after(error, cause, loop.time()))
 
     async def wait_for_optimization(self, job_id: str, *, progress: bool = True,
                                     timeout: float | None = None) -> OptimizationJob:

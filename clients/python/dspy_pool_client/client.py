@@ -18,9 +18,9 @@ from . import convert, optimization
 from ._gen import dspy_pool_pb2 as pb
 from ._gen import dspy_pool_pb2_grpc as pb_grpc
 from .convert import Fallback, Field, Metric, PoolStatus, ProgramInfo, Result, SessionInfo
-from .errors import DSPyPoolError, NotFound, client_deadline_error, from_rpc_error
-from .optimization import (Budget, DatasetInfo, ExecutionPolicy, OptimizationJob, ProgramStats, outcome, wait_deadline_error,
-                           watch_ended_early)
+from .attempts import CallAttempts, WatchAttempts
+from .errors import DSPyPoolError, NotFound, from_rpc_error
+from .optimization import Budget, DatasetInfo, ExecutionPolicy, OptimizationJob, ProgramStats, outcome, watch_ended_early
 from .progress import ProgressLine
 from .retry import RetryPolicy
 
@@ -59,26 +59,14 @@ class Client:
 
     # -- plumbing -----------------------------------------------------------
     def _invoke(self, method, request, timeout: float | None, *, retry: bool = True, idempotent: bool = True):
-        budget = self.default_timeout if timeout is None else timeout
-        deadline = time.monotonic() + budget
-        attempt = 0
+        plan = CallAttempts(self.retries, self.default_timeout if timeout is None else timeout, time.monotonic(),
+                            retry=retry, idempotent=idempotent)
         while True:
-            attempt += 1
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                raise client_deadline_error(f"deadline of {budget:.3f}s passed before attempt {attempt}")
+            remaining = plan.next_attempt(time.monotonic())
             try:
                 return method(request, timeout=remaining, metadata=self._metadata)
             except grpc.RpcError as exc:
-                error, cause = from_rpc_error(exc), exc
-            # A call that is not idempotent is sent again only when the server itself answered (an ErrorInfo):
-            # a transport error (a connection that broke mid-call) may hide one that was committed.
-            delay = self.retries.delay_s(attempt, error) if retry and (idempotent or error.reason) else None
-            if delay is None:
-                raise error from cause
-            if time.monotonic() + delay >= deadline:
-                raise client_deadline_error(f"no time left for attempt {attempt + 1} within {budget:.3f}s", error) from cause
-            time.sleep(delay)
+                time.sleep(plan.after(from_rpc_error(exc), exc, time.monotonic()))
 
     def close(self) -> None:
         if self._owns_channel:
@@ -185,34 +173,24 @@ class Client:
     def watch_optimization(self, job_id: str, *, timeout: float | None = None) -> Iterator[OptimizationJob]:
         """The job now, then on every change, until it finishes. A watch the server closes or loses early is opened
         again under the client's retry policy. `timeout`: seconds in all (None: no limit)."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        attempt, last, cause = 0, None, None
+        plan = WatchAttempts(self.retries, job_id, timeout, time.monotonic())
         while True:
-            remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0:
-                raise wait_deadline_error(job_id, timeout, last)
+            remaining = plan.next_attempt(time.monotonic())
             stream = self._stub.WatchOptimization(pb.GetOptimizationRequest(job_id=job_id), timeout=remaining,
                                                   metadata=self._metadata)
             try:
                 for message in stream:
-                    attempt, last = 0, OptimizationJob.from_proto(message)
-                    yield last
-                    if last.finished:
+                    job = OptimizationJob.from_proto(message)
+                    plan.seen(job)
+                    yield job
+                    if job.finished:
                         return
                 error, cause = watch_ended_early(job_id), None
             except grpc.RpcError as exc:
                 error, cause = from_rpc_error(exc), exc
             finally:
                 stream.cancel()
-            if deadline is not None and error.code == grpc.StatusCode.DEADLINE_EXCEEDED:
-                raise wait_deadline_error(job_id, timeout, last) from cause
-            attempt += 1
-            delay = self.retries.delay_s(attempt, error)
-            if delay is None:
-                raise error from cause
-            if deadline is not None and time.monotonic() + delay >= deadline:
-                raise wait_deadline_error(job_id, timeout, last) from cause
-            time.sleep(delay)
+            time.sleep(plan.after(error, cause, time.monotonic()))
 
     def wait_for_optimization(self, job_id: str, *, progress: bool = True, timeout: float | None = None) -> OptimizationJob:
         """Watch a job until it finishes (a progress line on a terminal's stderr); the job if it succeeded, else
