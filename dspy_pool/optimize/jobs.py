@@ -346,7 +346,7 @@ class JobManager:
         progress_state = {"record": record, "written_at": 0.0}
         run = self.pool.optimization(lambda progress: self._on_progress(progress_state, progress))
         self._runs[job_id] = run
-        heartbeat = asyncio.get_running_loop().create_task(self._keep_lease(job_id, run))
+        heartbeat = asyncio.get_running_loop().create_task(self._while_running(job_id, run))
         try:
             result = await self.pool.optimize(task, run)
         except errors.PoolError as error:
@@ -374,7 +374,7 @@ class JobManager:
             num_threads=self.settings.num_threads, allowed_lms=self.settings.allowed_lms,
         )
 
-    async def _keep_lease(self, job_id: str, run) -> None:
+    async def _while_running(self, job_id: str, run) -> None:
         """While the job runs: renew its lease, so no other replica takes it for abandoned, and stop it when another
         front or replica was asked to cancel it (CancelOptimization there records the wish in the store)."""
         renewed = time.monotonic()
