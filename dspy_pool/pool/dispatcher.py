@@ -78,14 +78,7 @@ class Job:
             self.state = _QUEUED
             self._dispatcher._requeue_front(self)
             return
-        # _finish, inline for the usual answer (a reply on every call)
-        self.state = _DONE
-        future = self.future
-        if future is not None and not future.done():
-            if error is not None:
-                future.set_exception(error)
-            else:
-                future.set_result((reply, handle))
+        self._finish((reply, handle) if reply is not None else None, error)
 
     def _finish(self, reply=None, error: BaseException | None = None) -> None:
         self.state = _DONE

@@ -26,15 +26,13 @@ import structlog
 from dspy_pool import errors, logs
 from dspy_pool.internal import worker_pb2 as wire
 from dspy_pool.pool.output import WorkerOutputLog
-from dspy_pool.pool.protocol import HEADER_BYTES, Frame, FrameDecoder, FrameType, ProtocolError, header
+from dspy_pool.pool.protocol import Frame, FrameDecoder, FrameType, ProtocolError, encode
 
 log = structlog.get_logger("dspy_pool.pool")
 
 # Module constants: an enum member read off its class costs a lookup, and these are compared per frame.
 _REPLY, _ERROR, _OPTIMIZED, _REQUEST = FrameType.REPLY, FrameType.ERROR, FrameType.OPTIMIZED, FrameType.REQUEST
 _work_reply = wire.WorkReply.FromString
-_pack_header = header.pack
-_HEADER_AFTER_LENGTH = HEADER_BYTES - 4  # a frame's length counts the header after the length itself
 
 
 class WorkerState(str, enum.Enum):
@@ -240,8 +238,7 @@ class WorkerHandle(asyncio.Protocol):
         transport = self._transport
         if transport is not None and not transport.is_closing():
             outbox = self._outbox
-            # protocol.encode, inline: a frame is written on every call
-            outbox.append(_pack_header(_HEADER_AFTER_LENGTH + len(payload), frame_type, request_id) + payload)
+            outbox.append(encode(frame_type, request_id, payload))
             if len(outbox) == 1:
                 self._loop.call_soon(self._flush)
 

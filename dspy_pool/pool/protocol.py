@@ -19,7 +19,6 @@ import struct
 from typing import NamedTuple
 
 _HEADER = struct.Struct(">IBQ")
-header = _HEADER  # for writers that pack a header themselves (see encode): length, type, request id
 HEADER_BYTES = _HEADER.size  # 13
 _LENGTH_BYTES = 4
 DEFAULT_MAX_FRAME_BYTES = 64 * 1024 * 1024

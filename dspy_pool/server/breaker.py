@@ -575,8 +575,6 @@ class BreakerRegistry:
         return key in self._breakers
 
 
-_CLOSED = BreakerState.CLOSED
-
 _EVENT_BY_STATE = {
     BreakerState.OPEN: "breaker_opened",
     BreakerState.HALF_OPEN: "breaker_half_open",
@@ -605,9 +603,6 @@ class AsyncBreakerGuard:
 
     def acquire(self, key: Hashable) -> Permit | None:
         breaker = self._breakers.get(key) or self.registry.get(key)
-        if breaker._state is _CLOSED:  # CircuitBreaker.acquire's closed case, without the call: it runs on every call
-            breaker._next_serial = serial = breaker._next_serial + 1
-            return _new_permit(Permit, (breaker._generation, serial, self._clock(), False))
         permit = breaker.acquire(self._clock())
         if breaker._transitions:
             self._log_transitions(key, breaker)

@@ -43,12 +43,12 @@ class Served(NamedTuple):
     cache_level: str = ""  # which cache level answered ("memory", "store"), when one did
 
 
-_new_served = tuple.__new__  # a named tuple's own __new__ is a Python function; Served and CallRequest are built per call
+_new_tuple = tuple.__new__  # a named tuple's own __new__ is a Python function; Served and CallRequest are built per call
 
 
 def primary(result: CallResult) -> Served:
     """Served(result): what the pool answered, with no session; every field given, so no defaults are filled in."""
-    return _new_served(Served, (result, "primary", "", NO_SESSION, ""))
+    return _new_tuple(Served, (result, "primary", "", NO_SESSION, ""))
 
 
 class Executor:
@@ -62,7 +62,7 @@ class Executor:
     def call(self, program: ProgramVersion, inputs: struct_pb2.Struct, request_id: str, deadline: float,
              lm: LMChoice | None = None) -> Awaitable[CallResult]:
         """A call outside any session: the pool's own awaitable, with no coroutine of ours around it (every call would pay one)."""
-        return self.pool.call(_new_served(CallRequest, (program.ref, inputs, deadline, request_id, None, -1, lm)))
+        return self.pool.call(_new_tuple(CallRequest, (program.ref, inputs, deadline, request_id, None, -1, lm)))
 
     async def execute(self, program: ProgramVersion, inputs: struct_pb2.Struct, session_id: str, request_id: str,
                       deadline: float, lm: LMChoice | None = None) -> Served:

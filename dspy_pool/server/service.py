@@ -288,13 +288,7 @@ class DSPyPoolService(pb_grpc.DSPyPoolServicer):
             check_session_id(session_id)
         if request.max_optimization_wait_ms < 0:
             raise errors.InvalidArgument("max_optimization_wait_ms must be >= 0")
-        # structs.check_struct's own fast path, inline (this runs on every call): flat inputs, every value set.
-        fields = inputs.fields
-        for key in fields:
-            kind = fields[key].WhichOneof("kind")
-            if kind is None or kind == "struct_value" or kind == "list_value":
-                _check_struct(inputs, self._max_input_depth, "inputs")
-                return
+        _check_struct(inputs, self._max_input_depth, "inputs")
 
     def _shape(self, program: ProgramVersion) -> _CallShape:
         shape = self._shapes.get(program.key)
