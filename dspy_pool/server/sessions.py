@@ -150,6 +150,7 @@ class SessionStore:
         self._forget(appended.evicted, LostReason.EVICTED)
 
     async def get(self, session_id: str, now: float) -> SessionRecord:
+        check_session_id(session_id)
         async with _store_errors():
             record = await self.store.get_session(session_id, now, self.limits)
         if record is None:
@@ -158,6 +159,7 @@ class SessionStore:
         return record
 
     async def close(self, session_id: str) -> SessionRecord:
+        check_session_id(session_id)
         async with _store_errors():
             record = await self.store.delete_session(session_id)
         if record is None:

@@ -16,8 +16,25 @@ from grpc_status import rpc_status
 from dspy_pool.errors import PoolError
 
 DOMAIN = "dspy-pool"
-_MAX_MESSAGE_CHARS = 1000
-_MAX_TRACEBACK_CHARS = 2000
+# In UTF-8 bytes: grpc-message percent-encodes every byte outside printable ASCII (up to 3x), and
+# the details trailer carries the message again, base64-encoded (4/3x), beside the traceback.
+_MAX_MESSAGE_BYTES = 800
+_MAX_TRACEBACK_BYTES = 1500
+_CUT = " ...(truncated)"
+
+
+def _head(text: str, max_bytes: int) -> str:
+    """`text` cut to at most `max_bytes` of UTF-8, on a character boundary."""
+    encoded = text.encode("utf-8", "replace")
+    if len(encoded) <= max_bytes:
+        return text
+    return encoded[: max_bytes - len(_CUT)].decode("utf-8", "ignore") + _CUT
+
+
+def _tail(text: str, max_bytes: int) -> str:
+    """The last `max_bytes` of `text` in UTF-8 (a traceback ends with what matters)."""
+    encoded = text.encode("utf-8", "replace")
+    return text if len(encoded) <= max_bytes else encoded[-max_bytes:].decode("utf-8", "ignore")
 
 
 def to_grpc_status(error: PoolError) -> grpc.Status:
@@ -35,7 +52,7 @@ def to_grpc_status(error: PoolError) -> grpc.Status:
     detail.Pack(info)
     details = [detail]
     if error.remote_traceback:
-        debug = error_details_pb2.DebugInfo(detail=error.remote_traceback[-_MAX_TRACEBACK_CHARS:])
+        debug = error_details_pb2.DebugInfo(detail=_tail(error.remote_traceback, _MAX_TRACEBACK_BYTES))
         packed = any_pb2.Any()
         packed.Pack(debug)
         details.append(packed)
@@ -50,7 +67,6 @@ def to_grpc_status(error: PoolError) -> grpc.Status:
     if hint and hint not in message:
         # Ahead of the provider's own text, which the cut below may shorten.
         message = f"{hint}. {message}"
-    if len(message) > _MAX_MESSAGE_CHARS:
-        message = message[: _MAX_MESSAGE_CHARS - 14] + " ...(truncated)"
+    message = _head(message, _MAX_MESSAGE_BYTES)
     status = status_pb2.Status(code=error.status_code.value[0], message=message, details=details)
     return rpc_status.to_status(status)

@@ -229,8 +229,28 @@ def test_no_retry_info_without_retry_after():
 
 
 def test_debug_info_carries_remote_traceback_tail():
-    """A remote traceback travels as DebugInfo, cut to its last 2000 characters, so the status fits the 8 KiB metadata limit."""
+    """A remote traceback travels as DebugInfo, cut to its last 1500 bytes, so the status fits the 8 KiB metadata limit."""
     traceback = "x" * 5000 + "END"
     [debug] = details_of(rich_status(PoolError("boom", remote_traceback=traceback)), error_details_pb2.DebugInfo)
-    assert len(debug.detail) == 2000
+    assert len(debug.detail) == 1500
     assert debug.detail.endswith("END")
+
+
+@pytest.mark.parametrize("text", ["x" * 5000, "é" * 5000, "\U0001f600" * 5000], ids=["ascii", "two-byte", "four-byte"])
+def test_a_long_status_fits_the_clients_metadata_limit(text):
+    """However long the message and traceback, and whatever their script, grpc-message (percent-encoded: up to 3 bytes per
+    byte) and the details trailer (base64) stay well under the 8 KiB a gRPC client accepts, and the cut is marked."""
+    from urllib.parse import quote
+
+    error = NotFound(f"no program {text!r}", remote_traceback=text)
+    status = to_grpc_status(error)
+    [(_, details)] = status.trailing_metadata
+    on_the_wire = len(quote(status.details.encode(), safe=" !\"#$&'()*+,-./:;<=>?@[\\]^_`{|}~")) + len(details) * 4 / 3
+    assert on_the_wire < 7000
+    assert status.details.endswith("...(truncated)") and status.details.startswith("NotFound: no program '")
+    [debug] = details_of(status_pb2.Status.FromString(details), error_details_pb2.DebugInfo)
+    assert text.endswith(debug.detail)  # a traceback keeps its end
+
+
+def test_a_short_status_is_not_cut():
+    assert to_grpc_status(NotFound("no program 'é😀'")).details == "NotFound: no program 'é😀'"
