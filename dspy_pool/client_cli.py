@@ -415,7 +415,7 @@ def _registered_line(program: pb.Program) -> str:
 
 def _programs_list(args: argparse.Namespace) -> int:
     with _stub(args) as stub:
-        reply = stub.ListPrograms(pb.ListProgramsRequest(all_versions=args.all_versions), timeout=_timeout(args))
+        reply = pb.ListProgramsResponse(programs=_all_programs(stub, args))
     if args.json:
         _print_json(reply)
     elif not reply.programs:
@@ -423,6 +423,17 @@ def _programs_list(args: argparse.Namespace) -> int:
     else:
         _console().print(programs_table(reply.programs))
     return EXIT_OK
+
+
+def _all_programs(stub, args: argparse.Namespace) -> list[pb.Program]:
+    """Every page of ListPrograms (a page stops at 1,000 programs or 2 MiB)."""
+    programs, token = [], ""
+    while True:
+        reply = stub.ListPrograms(pb.ListProgramsRequest(all_versions=args.all_versions, page_token=token), timeout=_timeout(args))
+        programs.extend(reply.programs)
+        token = reply.next_page_token
+        if not token:
+            return programs
 
 
 def programs_table(programs):
@@ -459,7 +470,7 @@ def _programs_get(args: argparse.Namespace) -> int:
 def _programs_export(args: argparse.Namespace) -> int:
     """The registry in the spec-file format: registering the file into an empty server gives the same versions."""
     with _stub(args) as stub:
-        reply = stub.ListPrograms(pb.ListProgramsRequest(all_versions=args.all_versions), timeout=_timeout(args))
+        reply = pb.ListProgramsResponse(programs=_all_programs(stub, args))
     text = spec_files.dump_specs([program.spec for program in reply.programs], args.format)
     if args.output == "-":
         print(text, end="")

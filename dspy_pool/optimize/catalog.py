@@ -18,6 +18,7 @@ Pure on purpose, no DSPy import: the front imports this to validate requests.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from types import MappingProxyType
@@ -181,6 +182,14 @@ def check_optimizer(name: str, options: Mapping[str, Any], allowed_lms: Collecti
     if declared is None:
         raise InvalidArgument(f"unknown optimizer {name!r} (known: {', '.join(optimizer_names())})")
     return _check_declared(declared, options, f"optimizer {name!r}", allowed_lms)
+
+
+def check_budget(max_lm_calls: int, max_seconds: float) -> None:
+    """OptimizationBudget's numbers: 0 means no limit; anything negative or not finite is InvalidArgument."""
+    if max_lm_calls < 0:
+        raise InvalidArgument(f"budget.max_lm_calls must be >= 0 (0: no limit), not {max_lm_calls}")
+    if not (math.isfinite(max_seconds) and max_seconds >= 0):
+        raise InvalidArgument(f"budget.max_seconds must be a finite number >= 0 (0: no limit), not {max_seconds}")
 
 
 def check_metric(kind: str, fields: Collection[str], options: Mapping[str, Any],

@@ -154,6 +154,7 @@ class JobManager:
     # -- RPCs ----------------------------------------------------------------------
     async def start_job(self, request: pb.StartOptimizationRequest) -> pb.OptimizationJob:
         base = self._base(request)
+        catalog.check_budget(request.budget.max_lm_calls, request.budget.max_seconds)
         try:
             allowed = tuple(entry.partition("@")[0] for entry in self.settings.allowed_lms)
             catalog.check_optimizer(request.optimizer, structs.struct_to_dict(request.options), allowed)

@@ -197,11 +197,32 @@ def _check_predictor_state(where: str, state: Any, predictor: Any, rules: BuildR
     _check_demos(state.get("demos", []), frozenset(predictor.signature.fields) | _DEMO_MARKERS, where)
 
 
+_MAX_STATE_DEPTH = 100  # a saved state is a few levels deep; typed demos add a few more
+
+
+def _nesting_depth(value: Any) -> int:
+    """How deep JSON values nest, walked without recursion (a hostile state can be thousands deep)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            item = item.values()
+        elif not isinstance(item, list):
+            continue
+        deepest = max(deepest, depth)
+        stack.extend((child, depth + 1) for child in item)
+    return deepest
+
+
 def _load_state(module: Any, state_json: str, rules: BuildRules) -> None:
     try:
         state = json.loads(state_json)
+    except RecursionError:
+        raise InvalidArgument(f"saved state is nested deeper than {_MAX_STATE_DEPTH} levels") from None
     except ValueError as exc:
         raise InvalidArgument(f"saved state is not JSON: {exc}") from None
+    if _nesting_depth(state) > _MAX_STATE_DEPTH:
+        raise InvalidArgument(f"saved state is nested deeper than {_MAX_STATE_DEPTH} levels")
     check_saved_state(state, module, rules)
     try:
         module.load_state(state)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -26,7 +27,7 @@ from dspy_pool.optimize.feedback import Captured, Captures, sampled
 from dspy_pool.optimize.stats import ProgramStats
 from dspy_pool.optimize.triggers import Observation
 from dspy_pool.pool.api import Pool, WarmupProgram
-from dspy_pool.server import config as config_module
+from dspy_pool.server import config as config_module, paging
 from dspy_pool.server.breaker import AsyncBreakerGuard, BreakerConfig, BreakerState
 from dspy_pool.server.cache import TieredCache, policy_for
 from dspy_pool.server.config import ServerConfig
@@ -52,6 +53,7 @@ _VALIDATE_TIMEOUT_S = 60.0
 # breaker counts it) rather than being cancelled by grpc at the same instant.
 _DEADLINE_MARGIN_S = 0.05
 _DEADLINE_MARGIN_SHARE = 0.05
+_OPTIMIZATION_WAIT_SHARE = 0.5  # of the time left: the most a call waits for a running optimization
 
 
 def _deadline(context: grpc.aio.ServicerContext, config: ServerConfig, loop: asyncio.AbstractEventLoop) -> float:
@@ -147,6 +149,12 @@ class _CallShape:
     exact_inputs: tuple[str, ...] | None
     capture_rate: float  # ProgramSpec.capture.sample_rate
     traditional: routing.Route  # the route of a call that runs this content as the base (no policy, no mode)
+
+
+_LATEST_VERSIONS = paging.Listing("programs", lambda entry: (entry.name, entry.version), (str, int),
+                                  lambda entry: entry.program.ByteSize())
+_ALL_VERSIONS = paging.Listing("programs:all_versions", _LATEST_VERSIONS.key, _LATEST_VERSIONS.key_types, _LATEST_VERSIONS.size)
+_CAPTURES_KEPT = 1000  # per program, when CapturePolicy.max_examples is 0
 
 
 def _check_struct(message, max_depth: int, where: str) -> None:
@@ -267,7 +275,13 @@ class DSPyPoolService(pb_grpc.DSPyPoolServicer):
             await self._abort(context, error)
 
     async def ListPrograms(self, request: pb.ListProgramsRequest, context):
-        return pb.ListProgramsResponse(programs=[v.program for v in self.registry.list(request.all_versions)])
+        try:
+            listing = _ALL_VERSIONS if request.all_versions else _LATEST_VERSIONS
+            page = paging.take_page(self.registry.list(request.all_versions), listing, request.page_size, request.page_token)
+        except errors.PoolError as error:
+            await self._abort(context, error)
+            return
+        return pb.ListProgramsResponse(programs=[entry.program for entry in page.items], next_page_token=page.next_token)
 
     async def DeleteProgram(self, request: pb.DeleteProgramRequest, context):
         try:
@@ -313,7 +327,7 @@ class DSPyPoolService(pb_grpc.DSPyPoolServicer):
                 return  # the same names, and no `history` among them
         check_inputs(name, set(fields), program.input_names, program.takes_history)
 
-    async def _route(self, request: pb.ExecuteRequest, request_id: str) -> tuple[ProgramVersion, routing.Route, str]:
+    async def _route(self, request: pb.ExecuteRequest, request_id: str, deadline: float) -> tuple[ProgramVersion, routing.Route, str]:
         """The version this call runs (the policy, the call's mode, its session), and a fallback reason if any."""
         if request.version:
             program = await self.registry.find(request.program, request.version)
@@ -332,8 +346,11 @@ class DSPyPoolService(pb_grpc.DSPyPoolServicer):
                                       policy.optimized_version, policy.hybrid_percent, policy.sticky_sessions)
             route = routing.route(view, 0, request.mode, request.session_id, request_id)
             if route.pending and request.max_optimization_wait_ms and self.jobs is not None:
-                # The optimized version was asked for while the first optimization still runs: wait a bounded time.
-                if await self.jobs.wait_for_job(request.program, request.max_optimization_wait_ms / 1000.0):
+                # The optimized version was asked for while the first optimization still runs: wait a bounded time,
+                # at most half of what is left of the deadline, so that the base version still has time to answer.
+                left_s = deadline - asyncio.get_running_loop().time()
+                wait_s = min(request.max_optimization_wait_ms / 1000.0, left_s * _OPTIMIZATION_WAIT_SHARE)
+                if await self.jobs.wait_for_job(request.program, wait_s):
                     policy = self.registry.policy(request.program)
                     view = routing.PolicyView(view.mode, view.base_version, policy.optimized_version, view.hybrid_percent,
                                               view.sticky_sessions)
@@ -393,7 +410,7 @@ class DSPyPoolService(pb_grpc.DSPyPoolServicer):
                 if route.version != program.version:  # the same content registered again under a new number
                     route = routing.traditional(program.version)
             else:
-                program, route, pending = await self._route(request, request_id)
+                program, route, pending = await self._route(request, request_id, deadline)
                 shape = self._shapes.get(program.key) or self._shape(program)
             self._check_inputs(name, inputs, program, shape)
             if route.compare_with:
@@ -418,7 +435,7 @@ class DSPyPoolService(pb_grpc.DSPyPoolServicer):
         if shape.capture_rate > 0 and sampled(request_id, shape.capture_rate):
             capture = program.program.spec.capture
             self.captures.keep(request_id, Captured(name, version, structs.struct_to_dict(request.inputs),
-                                                    structs.struct_to_dict(result.outputs)), capture.max_examples or 1000)
+                                                    structs.struct_to_dict(result.outputs)), capture.max_examples or _CAPTURES_KEPT)
         # Scalars through the constructor, sub-messages filled in place (no temporary messages to copy);
         # fields left at their defaults are not set at all.
         response = pb.ExecuteResponse(program=name, program_version=version, request_id=request_id, served_by=served.served_by,
@@ -541,11 +558,22 @@ class DSPyPoolService(pb_grpc.DSPyPoolServicer):
             raise errors.InvalidArgument(f"promotion {checked.promotion!r} must be manual or auto")
         if not 0 <= checked.hybrid_percent <= 100:
             raise errors.InvalidArgument("hybrid_percent must be within 0..100")
-        if checked.HasField("auto_optimize") and checked.auto_optimize.job.optimizer:
-            template = checked.auto_optimize.job
+        auto = checked.auto_optimize
+        if not math.isfinite(checked.min_improvement):
+            raise errors.InvalidArgument(f"min_improvement must be a finite number, not {checked.min_improvement}")
+        for field, value in (("min_dev_examples", checked.min_dev_examples),
+                             ("auto_optimize.after_feedback_examples", auto.after_feedback_examples),
+                             ("auto_optimize.on_score_drop", auto.on_score_drop), ("auto_optimize.min_interval_s", auto.min_interval_s)):
+            if not (math.isfinite(value) and value >= 0):
+                raise errors.InvalidArgument(f"{field} must be a finite number >= 0, not {value}")
+        if not 0 <= auto.on_error_rate <= 1:
+            raise errors.InvalidArgument(f"auto_optimize.on_error_rate must be within 0..1 (0: off), not {auto.on_error_rate}")
+        if checked.HasField("auto_optimize") and auto.job.optimizer:
+            template = auto.job
             try:
+                catalog.check_budget(template.budget.max_lm_calls, template.budget.max_seconds)
                 catalog.check_optimizer(template.optimizer, structs.struct_to_dict(template.options))
-            except ValueError as exc:
+            except (ValueError, errors.InvalidArgument) as exc:  # ValueError: an unset Value in the options
                 raise errors.InvalidArgument(f"auto_optimize.job: {exc}") from None
             if not template.dataset:
                 raise errors.InvalidArgument("auto_optimize.job.dataset is required")
@@ -571,6 +599,8 @@ class DSPyPoolService(pb_grpc.DSPyPoolServicer):
 
     async def record_feedback(self, request: pb.RecordFeedbackRequest) -> pb.RecordFeedbackResponse:
         """Feedback on a captured call: its score to the version's statistics; expected outputs (or a good score) to a dataset."""
+        if request.HasField("expected_outputs"):  # checked before the capture is taken, so a bad request can be sent again
+            _check_struct(request.expected_outputs, self._max_input_depth, "expected_outputs")
         captured = self.captures.take(request.request_id)
         if captured is None:
             raise errors.NotFound(f"no captured call {request.request_id!r} here: the program does not capture it (ProgramSpec.capture), "
@@ -585,7 +615,11 @@ class DSPyPoolService(pb_grpc.DSPyPoolServicer):
             example.inputs.update(captured.inputs)
             example.outputs.update(expected)
             dataset = capture.dataset or f"{captured.program}-feedback"
-            await self.datasets.add(pb.AddExamplesRequest(dataset=dataset, split=capture.split or "train", examples=[example]))
+            try:
+                await self.datasets.add(pb.AddExamplesRequest(dataset=dataset, split=capture.split or "train", examples=[example]))
+            except errors.PoolError:
+                self.captures.keep(request.request_id, captured, capture.max_examples or _CAPTURES_KEPT)  # not used up: it may be sent again
+                raise
             response.example_added, response.dataset = True, dataset
         self.stats.record_feedback(captured.program, captured.version, request.score if request.has_score else None,
                                    response.example_added)

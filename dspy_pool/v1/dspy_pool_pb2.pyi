@@ -153,16 +153,22 @@ class GetProgramRequest(_message.Message):
     def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ...) -> None: ...
 
 class ListProgramsRequest(_message.Message):
-    __slots__ = ("all_versions",)
+    __slots__ = ("all_versions", "page_size", "page_token")
     ALL_VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     all_versions: bool
-    def __init__(self, all_versions: _Optional[bool] = ...) -> None: ...
+    page_size: int
+    page_token: str
+    def __init__(self, all_versions: _Optional[bool] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class ListProgramsResponse(_message.Message):
-    __slots__ = ("programs",)
+    __slots__ = ("programs", "next_page_token")
     PROGRAMS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     programs: _containers.RepeatedCompositeFieldContainer[Program]
-    def __init__(self, programs: _Optional[_Iterable[_Union[Program, _Mapping]]] = ...) -> None: ...
+    next_page_token: str
+    def __init__(self, programs: _Optional[_Iterable[_Union[Program, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class DeleteProgramRequest(_message.Message):
     __slots__ = ("name", "version")

@@ -17,10 +17,14 @@ import socket
 import sys
 import time
 
+import grpc
 import pytest
 import pytest_asyncio
 import structlog
+from google.protobuf import struct_pb2
 
+from dspy_pool.v1 import dspy_pool_pb2 as pb
+from dspy_pool.v1 import dspy_pool_pb2_grpc as pb_grpc
 
 from .cli_runner import Ran, cli_runner, write_file
 from .harness import running_app
@@ -307,3 +311,29 @@ async def test_programs_export_writes_a_file_that_registers_the_same_versions(cl
     latest_only = await cli("programs", "export", "--format", "json")
     latest = [spec for spec in spec_files.parse_specs(latest_only.out, "json") if spec.name == "exported"]
     assert [spec.signature for spec in latest] == ["question -> answer, confidence"]
+
+
+async def test_programs_list_and_export_follow_every_page(server, cli, tmp_path):
+    """Three programs of ~0.9 MB each fill more than one 2 MiB ListPrograms page: `programs list` and `programs export`
+    follow next_page_token and show them all."""
+    channel = grpc.aio.insecure_channel(f"127.0.0.1:{server.port}")
+    stub = pb_grpc.DSPyPoolStub(channel)
+    demo = struct_pb2.Struct()
+    demo.update({"question": "q" * 900_000, "answer": "a"})
+    names = [f"paged{number}" for number in range(3)]
+    try:
+        for name in names:
+            await stub.RegisterProgram(pb.RegisterProgramRequest(spec=pb.ProgramSpec(name=name, signature="question -> answer",
+                                                                                     demos=[demo])), timeout=20)
+        assert (await stub.ListPrograms(pb.ListProgramsRequest(), timeout=10)).next_page_token  # more than one page
+        listed = await cli("programs", "list", "--json")
+        assert listed.code == 0, listed.err
+        assert set(names) <= {program["spec"]["name"] for program in json.loads(listed.out)["programs"]}
+        output = tmp_path / "all.json"
+        assert (await cli("programs", "export", "--format", "json", "--output", str(output))).code == 0
+        from dspy_pool import spec_files
+        assert set(names) <= {spec.name for spec in spec_files.load_specs(output)}
+    finally:
+        for name in names:
+            await stub.DeleteProgram(pb.DeleteProgramRequest(name=name), timeout=10)
+        await channel.close()

@@ -19,6 +19,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2] / "clients" /
 try:
     from dspy_pool_client import (AsyncClient, Client, InvalidArgument, NotFound, ResourceExhausted,
                                   RetryPolicy, Unavailable)
+    from dspy_pool_client._gen import dspy_pool_pb2 as pb
     from dspy_pool_client.retry import NO_RETRIES
 except TypeError as error:  # the same proto file registered twice with different content
     raise ImportError("clients/python/dspy_pool_client/_gen is stale against proto/: run python clients/python/generate.py") from error
@@ -186,3 +187,20 @@ async def test_call_that_kills_its_worker_is_attempted_once(server):
     assert caught.value.reason == "WORKER_CRASHED" and caught.value.kind == "worker_crashed"
     assert caught.value.may_have_run and not caught.value.transient
     assert after.worker_restarts == before + 1
+
+
+async def test_list_programs_follows_every_page(server):
+    """Three programs of ~0.9 MB each fill more than one 2 MiB page: both clients follow next_page_token to list them all."""
+    _, target = server
+    big = {"question": "q" * 900_000, "answer": "a"}
+    async with AsyncClient(target, default_timeout=20) as client:
+        for number in range(3):
+            await client.register_program(f"big{number}", "question -> answer", demos=[big])
+        listed = [program.name for program in await client.list_programs()]
+        with Client(target, default_timeout=20) as blocking:
+            listed_blocking = [program.name for program in await asyncio.to_thread(blocking.list_programs)]
+        raw = await client.stub.ListPrograms(pb.ListProgramsRequest(), timeout=10)
+        for number in range(3):
+            await client.delete_program(f"big{number}")
+    assert raw.next_page_token and len(raw.programs) < len(listed)  # more than one page
+    assert listed == listed_blocking == sorted(listed) and {"big0", "big1", "big2", "qa", "chat"} <= set(listed)

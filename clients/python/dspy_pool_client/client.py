@@ -94,8 +94,14 @@ class Client:
         return ProgramInfo.from_proto(self._invoke(self._stub.GetProgram, pb.GetProgramRequest(name=name, version=version), timeout))
 
     def list_programs(self, all_versions: bool = False, *, timeout: float | None = None) -> list[ProgramInfo]:
-        reply = self._invoke(self._stub.ListPrograms, pb.ListProgramsRequest(all_versions=all_versions), timeout)
-        return [ProgramInfo.from_proto(p) for p in reply.programs]
+        programs, token = [], ""
+        while True:  # a page stops at 1,000 programs or 2 MiB
+            reply = self._invoke(self._stub.ListPrograms, pb.ListProgramsRequest(all_versions=all_versions, page_token=token),
+                                 timeout)
+            programs.extend(ProgramInfo.from_proto(p) for p in reply.programs)
+            token = reply.next_page_token
+            if not token:
+                return programs
 
     def delete_program(self, name: str, version: int = 0, *, timeout: float | None = None) -> list[int]:
         reply = self._invoke(self._stub.DeleteProgram, pb.DeleteProgramRequest(name=name, version=version), timeout)
