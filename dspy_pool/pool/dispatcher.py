@@ -160,7 +160,7 @@ class Dispatcher:
             loop = self._on_loop(asyncio.get_running_loop())
         deadline = job.deadline
         if deadline <= loop.time():
-            raise errors.DeadlineExceeded("deadline passed before the call was queued")
+            raise errors.DeadlineExceeded("deadline passed before the call was queued", metadata={"phase": errors.PHASE_QUEUED})
         future = job.future = loop.create_future()
         handle = self._pick(job.affinity) if not self._queued else None
         if handle is not None:
@@ -270,7 +270,7 @@ class Dispatcher:
         if queued:
             self.expired_in_queue += 1
         where = "in the queue" if queued else "while running"
-        self._abandon(job, errors.DeadlineExceeded(f"deadline exceeded {where}", metadata={"phase": "queued" if queued else "running"}))
+        self._abandon(job, errors.DeadlineExceeded(f"deadline exceeded {where}", metadata={"phase": errors.PHASE_QUEUED if queued else "running"}))
 
     def _abandon(self, job: Job, error: errors.PoolError) -> None:
         if job.state is _QUEUED:

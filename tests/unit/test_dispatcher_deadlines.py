@@ -71,3 +71,14 @@ async def test_finished_calls_do_not_stay_in_the_deadline_heap():
         reply, answered_by = await task
         assert answered_by is handle
     assert len(dispatcher._deadlines) <= 64 and dispatcher._timed == 0
+
+
+async def test_a_deadline_already_past_never_ran_and_says_so():
+    """A call whose deadline passed before it was queued did not run: phase queued, may_have_run false, and it says
+    nothing about the LM (the clients may send it again; the breaker does not count it)."""
+    dispatcher, handle = _dispatcher()
+    with pytest.raises(errors.DeadlineExceeded) as caught:
+        await dispatcher.run(_job(-0.001))
+    assert caught.value.metadata["phase"] == errors.PHASE_QUEUED
+    assert not caught.value.may_have_run and caught.value.queued_only
+    assert not handle.in_flight
