@@ -159,7 +159,7 @@ class JobManager:
             allowed = tuple(entry.partition("@")[0] for entry in self.settings.allowed_lms)
             catalog.check_optimizer(request.optimizer, structs.struct_to_dict(request.options), allowed)
             catalog.check_metric(request.metric.kind, tuple(request.metric.fields), structs.struct_to_dict(request.metric.options),
-                                 tuple(self.pool.metric_kinds), allowed)
+                                 tuple(self.pool.metric_kinds), allowed, output_fields=tuple(base.program.output_names))
         except ValueError as exc:
             raise errors.InvalidArgument(str(exc)) from None
         dataset = await self._dataset(request.dataset)

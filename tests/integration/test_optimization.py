@@ -202,6 +202,11 @@ async def test_bad_requests_are_invalid_argument(server):
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "dev" in error.details()
     missing = pb.StartOptimizationRequest(program="coder", dataset="nope", optimizer="labeled_few_shot", metric=METRIC)
     assert (await _error(stub.StartOptimization(missing, timeout=10))).code() == grpc.StatusCode.NOT_FOUND
+    # A metric field the program does not output would score every example 0 after spending the whole budget.
+    typo = pb.StartOptimizationRequest(program="coder", dataset="words", optimizer="labeled_few_shot",
+                                       metric=pb.MetricSpec(kind="exact_match", fields=["cod"]))
+    error = await _error(stub.StartOptimization(typo, timeout=10))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "'cod'" in error.details() and "outputs: code" in error.details()
 
 
 async def test_promotion_under_load_fails_no_call(server):
