@@ -13,7 +13,7 @@ import hashlib
 import re
 import time
 from dataclasses import dataclass, field
-from typing import Iterable
+from typing import Collection, Iterable
 
 import structlog
 
@@ -78,9 +78,9 @@ def check_spec(spec: pb.ProgramSpec, known_kinds: list[str]) -> None:
         raise InvalidArgument(f"signature longer than {MAX_SIGNATURE_CHARS} characters")
     if spec.signature and "->" not in spec.signature:
         raise InvalidArgument(f"signature {spec.signature!r} has no '->' between inputs and outputs")
-    for field in (*spec.input_fields, *spec.output_fields):
-        if not _FIELD_NAME.fullmatch(field.name):
-            raise InvalidArgument(f"field name {field.name!r} must be a Python identifier")
+    for declared in (*spec.input_fields, *spec.output_fields):
+        if not _FIELD_NAME.fullmatch(declared.name):
+            raise InvalidArgument(f"field name {declared.name!r} must be a Python identifier")
     spec_fields.declared_fields(spec)  # at most 256, no duplicates, inputs and outputs, known types only
     kind = spec.module or "predict"
     if kind not in known_kinds:
@@ -141,7 +141,8 @@ class ProgramRegistry:
             versions.setdefault(record.name, {})[record.version] = _version(record, created=False)
         self._versions, self._revision = versions, revision
         self.bases = {name: _base(entries) for name, entries in versions.items()}
-        self.policies = {name: pb.ExecutionPolicy.FromString(data) for name, data in stored_policies.items()}
+        self.policies = {name: policy_within(pb.ExecutionPolicy.FromString(data), versions.get(name, {}))
+                         for name, data in stored_policies.items()}
 
     async def refresh(self) -> bool:
         """Reload if another replica (or process) changed the programs; True when it did."""
@@ -264,7 +265,27 @@ class ProgramRegistry:
         else:
             self._versions.pop(name, None)
             self.bases.pop(name, None)
+        policy = self.policies.get(name)
+        if policy is not None:
+            # A policy never names a deleted version; a program deleted whole starts again from the default.
+            kept = policy_within(policy, versions) if versions else pb.ExecutionPolicy(program=name)
+            if kept is not policy:
+                await self.set_policy(kept)
         return deleted
+
+
+def policy_within(policy: pb.ExecutionPolicy, versions: Collection[int]) -> pb.ExecutionPolicy:
+    """`policy` with any base or optimized version that is not among `versions` cleared to 0 (the latest base;
+    none promoted); `policy` itself when it names only versions that exist."""
+    gone = [attribute for attribute in ("base_version", "optimized_version")
+            if getattr(policy, attribute) and getattr(policy, attribute) not in versions]
+    if not gone:
+        return policy
+    kept = pb.ExecutionPolicy()
+    kept.CopyFrom(policy)
+    for attribute in gone:
+        setattr(kept, attribute, 0)
+    return kept
 
 
 def _base(versions: dict[int, ProgramVersion]) -> ProgramVersion:

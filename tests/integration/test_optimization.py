@@ -316,3 +316,27 @@ async def test_feedback_on_captured_calls_becomes_examples_and_triggers_an_optim
 
     (job,) = await eventually(auto_started, timeout_s=20, interval_s=0.1)
     assert job.request.optimizer == "labeled_few_shot"
+
+
+async def test_deleting_the_promoted_version_leaves_a_policy_that_still_serves(server):
+    """Deleting the version a policy promotes clears it from the policy (optimized mode then runs the base, saying
+    optimization_pending) instead of failing every call NOT_FOUND; a program deleted whole and registered again starts
+    from the default policy, not the old one."""
+    _, stub, _ = server
+    for signature in ("word -> code", "word -> code, note"):
+        await stub.RegisterProgram(pb.RegisterProgramRequest(spec=pb.ProgramSpec(name="coder_gone", signature=signature)), timeout=30)
+    await stub.SetExecutionPolicy(pb.SetExecutionPolicyRequest(policy=pb.ExecutionPolicy(
+        program="coder_gone", mode="optimized", base_version=1, optimized_version=2)), timeout=10)
+    assert (await stub.Execute(execute_request("coder_gone", word="kiwi"), timeout=30)).program_version == 2
+    await stub.DeleteProgram(pb.DeleteProgramRequest(name="coder_gone", version=2), timeout=10)
+    reply = await stub.Execute(execute_request("coder_gone", word="kiwi"), timeout=30)
+    assert (reply.program_version, reply.fallback_reason) == (1, "optimization_pending")
+    policy = await stub.GetExecutionPolicy(pb.GetExecutionPolicyRequest(program="coder_gone"), timeout=10)
+    assert (policy.mode, policy.base_version, policy.optimized_version) == ("optimized", 1, 0)
+    await stub.DeleteProgram(pb.DeleteProgramRequest(name="coder_gone"), timeout=10)
+    again = await stub.RegisterProgram(pb.RegisterProgramRequest(spec=pb.ProgramSpec(name="coder_gone", signature="word -> code")),
+                                       timeout=30)
+    policy = await stub.GetExecutionPolicy(pb.GetExecutionPolicyRequest(program="coder_gone"), timeout=10)
+    assert (policy.mode or "traditional", policy.base_version, policy.optimized_version) == ("traditional", 0, 0)
+    reply = await stub.Execute(execute_request("coder_gone", word="kiwi"), timeout=30)
+    assert (reply.program_version, reply.execution_mode, reply.fallback_reason) == (again.version, "traditional", "")

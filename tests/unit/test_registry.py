@@ -323,3 +323,15 @@ async def test_a_version_reads_its_name_number_and_key_without_the_message():
     entry = await add(make_registry(), spec())
     assert (entry.name, entry.version, entry.key) == (entry.program.spec.name, entry.program.version, entry.ref.key)
     assert entry.client_registered
+
+
+def test_a_policy_within_its_versions_is_itself_and_one_naming_a_gone_version_forgets_it():
+    from dspy_pool.server.registry import policy_within
+
+    policy = pb.ExecutionPolicy(program="p", mode="optimized", base_version=1, optimized_version=3, hybrid_percent=20)
+    assert policy_within(policy, {1, 2, 3}) is policy
+    kept = policy_within(policy, {1, 2})
+    assert (kept.base_version, kept.optimized_version, kept.mode, kept.hybrid_percent) == (1, 0, "optimized", 20)
+    assert policy.optimized_version == 3  # the stored message is not changed in place
+    assert policy_within(pb.ExecutionPolicy(program="p", base_version=4), {1}).base_version == 0
+    assert policy_within(pb.ExecutionPolicy(program="p"), set()) == pb.ExecutionPolicy(program="p")
