@@ -270,7 +270,7 @@ class Pool:
     async def validate(self, program: ProgramRef, deadline: float) -> ProgramShape:
         """Build `program` on a worker and run nothing: DSPy itself says whether the spec is valid."""
         request = wire.WorkRequest(program_key=program.key, validate_only=True)
-        reply, _ = await self._workers.dispatcher.run(Job(program.key, program.spec, request, deadline))
+        reply, _ = await self._workers.dispatcher.run(Job(program.key, program.spec, request, deadline, counted=False))
         return ProgramShape(tuple(reply.input_names), tuple(reply.output_names), reply.takes_history)
 
     @property

@@ -49,11 +49,13 @@ class Job:
 
     __slots__ = (
         "program_key", "spec", "request", "deadline", "affinity", "future", "state",
-        "enqueued_at", "started_at", "handle", "request_id", "_dispatcher", "resent",
+        "enqueued_at", "started_at", "handle", "request_id", "_dispatcher", "resent", "counted",
     )
 
-    def __init__(self, program_key: str, spec: bytes, request: wire.WorkRequest, deadline: float, affinity: int = -1) -> None:
+    def __init__(self, program_key: str, spec: bytes, request: wire.WorkRequest, deadline: float, affinity: int = -1,
+                 counted: bool = True) -> None:
         self.program_key = program_key
+        self.counted = counted  # a call, in the counts and metrics; False: the pool's own work (a program's validation build)
         self.spec = spec
         self.request = request
         self.deadline = deadline
@@ -187,14 +189,17 @@ class Dispatcher:
             self._abandon(job, errors.Cancelled("the caller cancelled"))
             raise
         except errors.PoolError as error:
-            self.failed += 1
-            if self.metrics is not None:
-                self.metrics.job_finished(job, time.monotonic(), error)
+            if job.counted:
+                self.failed += 1
+                if self.metrics is not None:
+                    self.metrics.job_finished(job, time.monotonic(), error)
             raise
         finally:
             if self._idle_waiters:
                 self._activity.set()
             self._unwatch()
+        if not job.counted:
+            return result if convert is None else convert(result[0], result[1])
         self.completed += 1
         if self.metrics is not None:
             now = time.monotonic()

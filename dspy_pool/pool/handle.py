@@ -46,6 +46,8 @@ class WorkerState(str, enum.Enum):
 class Call(Protocol):
     """What a handle needs from a dispatched call (the dispatcher's Job)."""
 
+    counted: bool  # counts as served: False for the pool's own work (a program's validation build)
+
     def complete(self, handle: "WorkerHandle", reply: wire.WorkReply | None, error: errors.PoolError | None) -> None: ...
 
 
@@ -158,14 +160,16 @@ class WorkerHandle(asyncio.Protocol):
         try:
             if frame_type is _REPLY:
                 reply, error = _work_reply(payload), None
-                self.served += 1
+                if call.counted:
+                    self.served += 1
             elif frame_type is _OPTIMIZED:
                 reply, error = wire.OptimizeReply.FromString(frame.payload), None
                 self.served += 1
             else:
                 remote = wire.WorkError.FromString(frame.payload)
                 reply, error = None, errors.from_kind(remote.kind, remote.message, remote.type, remote.traceback)
-                self.failed += 1
+                if call.counted:
+                    self.failed += 1
         except Exception:
             self.kill("protocol_error: undecodable result")
             return

@@ -56,6 +56,8 @@ def _result(reply: wire.OptimizeReply) -> OptimizeResult:
 class OptimizationRun:
     """One job on one optimizer worker: its progress callback, its result, its cancel."""
 
+    counted = True  # served by its optimizer worker
+
     def __init__(self, on_progress: Callable[[Progress], None]) -> None:
         self._on_progress = on_progress
         self._future: asyncio.Future[OptimizeResult] = asyncio.get_running_loop().create_future()

@@ -94,6 +94,7 @@ class _Pending:
     """A warm-up request in flight on one worker; the handle completes it like a dispatched call."""
 
     __slots__ = ("future", "request_id", "key", "doing", "on_fault", "faulted")
+    counted = True  # a warm-up call is served by its worker (the warm-up counters tell them apart)
 
     def __init__(self, key: str, doing: str, on_fault: OnFault | None) -> None:
         self.future: asyncio.Future[tuple[wire.WorkReply | None, errors.PoolError | None]] = (

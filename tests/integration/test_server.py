@@ -297,3 +297,23 @@ async def test_watch_pool_status_streams_snapshots(server):
     stream.cancel()
     assert all(len(s.workers) == 2 for s in snapshots)
     assert snapshots[2].uptime_s > snapshots[0].uptime_s
+
+
+async def test_registering_a_program_is_not_counted_as_a_call(server):
+    """RegisterProgram builds the spec on a worker to validate it; that build is not a served call: completed, failed and
+    each worker's served and failed stay as they were (a fresh server showed 'calls 1 completed' after one register)."""
+    stub = server[1]
+
+    def counts(status: pb.PoolStatus) -> tuple:
+        return status.completed, status.failed, sum(w.served for w in status.workers), sum(w.failed for w in status.workers)
+
+    before = counts(await stub.GetPoolStatus(pb.GetPoolStatusRequest(), timeout=10))
+    await register(stub, "not_a_call", "question -> answer, confidence")
+    with pytest.raises(grpc.aio.AioRpcError):  # refused by the build on the worker
+        await stub.RegisterProgram(pb.RegisterProgramRequest(spec=pb.ProgramSpec(
+            name="not_a_call_either", signature="question -> answer", module="chain_of_thought",
+            module_options={"rationale_field": 5})), timeout=30)
+    assert counts(await stub.GetPoolStatus(pb.GetPoolStatusRequest(), timeout=10)) == before
+    await stub.Execute(execute_request("not_a_call", question="counted?"), timeout=30)
+    completed, failed, served, worker_failed = counts(await stub.GetPoolStatus(pb.GetPoolStatusRequest(), timeout=10))
+    assert (completed, served) == (before[0] + 1, before[2] + 1) and (failed, worker_failed) == before[1::2]
