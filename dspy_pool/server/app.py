@@ -30,11 +30,12 @@ from dspy_pool.server.config import ServerConfig, public_view, worker_bounds
 from dspy_pool.server.handlers import add_service
 from dspy_pool.server.metrics_http import MetricsInterceptor, PoolExporter, start_metrics_server, stop_metrics_server
 from dspy_pool.server.peers import FrontGroup, Peers
-from dspy_pool.server import reflection
+from dspy_pool.server import bind, reflection
 from dspy_pool.server.registry import ProgramRegistry
 from dspy_pool.server.result_cache import ResultCache
 from dspy_pool.server.service import DSPyPoolService, breaker_config, resilience_settings, warmup_programs
 from dspy_pool.server.sessions import SessionStore
+from dspy_pool.simlm.faults import LatencySpec
 from dspy_pool.simlm.process import SimLMProcess, start_sim_lm
 from dspy_pool.spec_files import load_specs
 from dspy_pool.state import SessionLimits, StateStore, StateUnavailable, open_store
@@ -114,6 +115,8 @@ def validate(config: ServerConfig) -> None:
         pool_settings(config)
         scaling_settings(config)
         resilience_settings(config)
+        if config.lm.model == SIM_LM:
+            LatencySpec.parse(config.lm.sim_latency)
     except ValueError as exc:
         raise ValueError(f"invalid configuration: {exc}") from None
 
@@ -155,6 +158,10 @@ class App:
         """Start everything; returns the bound TCP port (0 for a Unix socket)."""
         log.info("server_starting", config=public_view(self.config))
         warn_if_keyless(self.config)
+        if self.front is None:  # a front group's port is the supervisor's, held for its fronts
+            bind.check_listen_free(self.config.server.listen)
+            if self.config.observe.metrics_port > 0:
+                bind.check_free(self.config.observe.metrics_addr, self.config.observe.metrics_port, "--metrics-port")
         # Read before anything starts: a bad file stops start-up naming the file, the entry and the field.
         file_specs = load_specs(self.config.state.programs_file) if self.config.state.programs_file else []
         # The store first: one that cannot be opened safely stops start-up before any child process exists.
@@ -201,9 +208,13 @@ class App:
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection((SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name), self.server)
         await self._set_health(False)
-        self.port = self.server.add_insecure_port(self.config.server.listen)
-        if self.port == 0 and not self.config.server.listen.startswith("unix:"):
-            raise RuntimeError(f"cannot listen on {self.config.server.listen}")
+        listen = self.config.server.listen
+        try:
+            self.port = self.server.add_insecure_port(listen)
+        except RuntimeError as exc:  # taken since the check above (grpcio raises; older releases returned 0)
+            raise RuntimeError(bind.describe_bind_error(listen, str(exc).partition(";")[0], "--listen")) from None
+        if self.port == 0 and not listen.startswith("unix:"):
+            raise RuntimeError(bind.describe_bind_error(listen, "the address is in use or not available", "--listen"))
         if self.front is not None:  # where the other fronts reach this one (the shared port lands anywhere)
             self.server.add_insecure_port(self.front.own_socket)
         await self.server.start()
@@ -222,7 +233,12 @@ class App:
         if self.store.durable:  # another replica (or process) may change the programs: versioned reads
             self._background.append(loop.create_task(registry.watch(_PROGRAM_POLL_S)))
         if self.config.observe.metrics_port >= 0:
-            self.metrics_server, self.metrics_port = start_metrics_server(self.config.observe.metrics_port, self.registry, self.config.observe.metrics_addr)
+            observe = self.config.observe
+            try:
+                self.metrics_server, self.metrics_port = start_metrics_server(observe.metrics_port, self.registry, observe.metrics_addr)
+            except OSError as exc:
+                raise OSError(bind.describe_bind_error(f"{observe.metrics_addr}:{observe.metrics_port}", exc.strerror or str(exc),
+                                                       "--metrics-port")) from None
             log.info("metrics_serving", addr=self.config.observe.metrics_addr, port=self.metrics_port)
         initial, minimum, maximum = worker_bounds(self.config)
         log.info("server_serving", listen=self.config.server.listen, port=self.port, workers=initial,

@@ -157,7 +157,7 @@ async def _exec(*args: str, timeout_s: float) -> tuple[asyncio.subprocess.Proces
         raise
     if not line.startswith(_READY_PREFIX):
         await _kill(process)
-        raise RuntimeError(f"simulated LM failed to start: {line!r}")
+        raise RuntimeError(f"simulated LM failed to start (exit code {process.returncode}; its error is printed above)")
     return process, int(line[len(_READY_PREFIX):])
 
 
