@@ -200,6 +200,13 @@ class FrontSupervisor:
         server, _thread = start_http_server(self.config.observe.metrics_port, addr=self.config.observe.metrics_addr, registry=registry)
         return server, server.server_address[1]
 
+    def cut_drain(self) -> None:
+        """Signal every live front again: a front that is draining stops waiting for its calls (App.cut_drain)."""
+        for process in self._processes.values():
+            if process.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    process.send_signal(signal.SIGTERM)
+
     async def _stop_fronts(self) -> None:
         """SIGTERM every front (each drains), SIGKILL what is still there past the grace."""
         live = [process for process in self._processes.values() if process.returncode is None]
@@ -241,7 +248,14 @@ def _stop_http(server) -> None:
 async def serve_group(config: ServerConfig, on_serving: Callable[[int], None] | None = None) -> None:
     """Run the group until SIGTERM/SIGINT."""
     stop = asyncio.Event()
+    supervisor = FrontSupervisor(config, on_serving=on_serving)
+
+    def on_signal() -> None:
+        if stop.is_set():
+            supervisor.cut_drain()  # a second signal: the fronts stop without waiting for their calls
+        stop.set()
+
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await FrontSupervisor(config, on_serving=on_serving).run(stop)
+        loop.add_signal_handler(sig, on_signal)
+    await supervisor.run(stop)

@@ -147,6 +147,7 @@ class App:
         self.port = 0
         self._stopped = asyncio.Event()
         self._stopping = False
+        self._drain_cut = asyncio.Event()  # a second SIGINT or SIGTERM: stop waiting for calls to finish
         self._background: list[asyncio.Task] = []
         # Worker CPU is read from /proc per worker: every few seconds is plenty for a gauge.
         self.metrics = PoolMetrics(target_queue_wait_s=config.scaling.target_queue_wait_s, cpu_interval_s=WORKER_CPU_SAMPLE_S)
@@ -293,14 +294,14 @@ class App:
         if self.sim is not None:
             self.sim.stop_supervising()  # nothing is restarted once shutdown begins
         grace = self.config.server.drain_grace_s if grace_s is None else grace_s
-        log.info("server_draining", grace_s=grace)
+        log.info("server_draining", grace_s=grace, hint="a second SIGINT (Ctrl-C) or SIGTERM stops without waiting")
         await self._set_health(False)
         for task in self._background:
             task.cancel()
         if self.jobs is not None:
             await self.jobs.stop()  # running jobs are cancelled; they stay in the store as they were (interrupted next start)
         if self.pool is not None:
-            drained = await self.pool.drain(grace)
+            drained = await self._drain(grace)
             if not drained:
                 view = self.pool.view()
                 log.warning("drain_incomplete", queued=view.queue_depth, in_flight=view.in_flight)
@@ -327,6 +328,24 @@ class App:
         log.info("server_stopped")
         self._stopped.set()
 
+    def cut_drain(self) -> None:
+        """Stop waiting for in-flight calls: they end UNAVAILABLE now, as when the grace runs out."""
+        if self._stopping and not self._drain_cut.is_set():
+            log.warning("drain_cut", hint="stopping without waiting for the calls in flight")
+        self._drain_cut.set()
+
+    async def _drain(self, grace_s: float) -> bool:
+        """pool.drain(grace_s), ended early (False) by cut_drain."""
+        draining = asyncio.ensure_future(self.pool.drain(grace_s))
+        cut = asyncio.ensure_future(self._drain_cut.wait())
+        await asyncio.wait([draining, cut], return_when=asyncio.FIRST_COMPLETED)
+        cut.cancel()
+        if draining.done():
+            return draining.result()
+        draining.cancel()
+        await asyncio.gather(draining, return_exceptions=True)
+        return False
+
     async def wait_stopped(self) -> None:
         await self._stopped.wait()
 
@@ -347,6 +366,8 @@ async def serve(config: ServerConfig, on_serving=None, front: FrontGroup | None 
         await waiter
     elif not start.done():
         start.cancel()
+    for sig in (signal.SIGTERM, signal.SIGINT):  # from now on a signal means: do not wait for the drain
+        loop.add_signal_handler(sig, app.cut_drain)
     await app.stop()
     if start.done() and not start.cancelled() and start.exception() is not None:
         raise start.exception()

@@ -12,7 +12,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from dspy_pool.server.app import App
 
-from .harness import eventually, execute_request, make_config, register
+from .harness import FRONTS_SERVING, ServeProcess, eventually, execute_request, make_config, register
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(60)]
 
@@ -69,3 +69,36 @@ async def test_sigterm_exits_cleanly_without_orphans():
     finally:
         if front.poll() is None:
             front.kill()
+
+
+async def test_a_second_signal_stops_without_waiting_for_the_drain(tmp_path):
+    """Ctrl-C twice: the first drains (calls may take the whole --drain-grace-s), the second stops at once, for one front
+    and for a front group alike; the calls still in flight end UNAVAILABLE with the server's own status."""
+    from dspy_pool.v1 import dspy_pool_pb2 as pb
+    from dspy_pool.v1 import dspy_pool_pb2_grpc as pb_grpc
+
+    for fronts in ("1", "2"):
+        server = ServeProcess("--front-processes", fronts, "--state-dir", str(tmp_path / fronts), "--optimizer-workers", "0",
+                              "--drain-grace-s", "60", ready=FRONTS_SERVING if fronts == "2" else None)
+        try:
+            await server.serving()
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+                stub = pb_grpc.DSPyPoolStub(channel)
+                await register(stub, "sleepy", "seconds -> slept", "sleepy")
+                calls = [asyncio.ensure_future(stub.Execute(execute_request("sleepy", seconds=45.0), timeout=120)) for _ in range(2)]
+
+                async def running() -> bool:
+                    return (await stub.GetPoolStatus(pb.GetPoolStatusRequest(), timeout=5)).in_flight == 2
+
+                await eventually(running, timeout_s=20)
+                server.process.send_signal(signal.SIGINT)
+                await eventually(lambda: server.log.count(b"server_draining") == int(fronts), timeout_s=20)
+                server.process.send_signal(signal.SIGINT)
+                code = await asyncio.to_thread(server.process.wait, 30)  # not the 45 s calls, nor the 60 s grace
+                results = await asyncio.gather(*calls, return_exceptions=True)
+            assert code == 0, server.log.decode(errors="replace")[-2000:]
+            assert all(isinstance(r, grpc.aio.AioRpcError) and r.code() == grpc.StatusCode.UNAVAILABLE
+                       and "shut down" in r.details() for r in results), results
+            assert b"drain_cut" in server.log
+        finally:
+            server.stop()
