@@ -36,6 +36,9 @@ _FDS_PER_SPAWN = 3
 def _preload(config: wire.ZygoteConfig) -> list[str]:
     """Everything a worker needs, imported once here so forks start warm."""
     os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")  # no network fetch at import
+    # Progress bars are for terminals: a worker's output is logged line by line, and an optimizer's evaluation bar
+    # was most of the server's log. tqdm reads this when it is imported, which is next (through dspy).
+    os.environ.setdefault("TQDM_DISABLE", "1")
     import dspy  # noqa: F401
 
     from dspy_pool import kinds

@@ -15,6 +15,7 @@ import time
 import grpc
 import pytest
 import pytest_asyncio
+import structlog
 
 from dspy_pool.optimize_cli import read_examples
 from dspy_pool.v1 import dspy_pool_pb2 as pb
@@ -93,10 +94,13 @@ async def test_a_job_makes_a_better_version_that_auto_promotion_serves_in_optimi
     _, stub, _ = server
     await stub.SetExecutionPolicy(pb.SetExecutionPolicyRequest(policy=pb.ExecutionPolicy(
         program="coder", mode="optimized", promotion="auto", min_improvement=0.1, min_dev_examples=10)), timeout=10)
-    started = await stub.StartOptimization(pb.StartOptimizationRequest(
-        program="coder", dataset="words", optimizer="bootstrap_few_shot", metric=METRIC), timeout=10)
-    job = await _finished(stub, started.job_id)
+    with structlog.testing.capture_logs() as logs:
+        started = await stub.StartOptimization(pb.StartOptimizationRequest(
+            program="coder", dataset="words", optimizer="bootstrap_few_shot", metric=METRIC), timeout=10)
+        job = await _finished(stub, started.job_id)
     assert job.state == "succeeded", job.error
+    output = [entry["line"] for entry in logs if entry.get("event") == "worker_output"]
+    assert output and not [line for line in output if "it/s]" in line]  # DSPy's own lines, no progress bars
     result = job.result
     assert result.optimized_score > result.baseline_score and result.promoted and result.version == 2
     program = await stub.GetProgram(pb.GetProgramRequest(name="coder", version=result.version), timeout=10)
