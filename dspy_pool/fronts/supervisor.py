@@ -72,6 +72,36 @@ def reserve_port(listen: str) -> socket.socket:
     return sock
 
 
+_SOCKET_DIR_PREFIX = "dspy-pool-fronts-"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def sweep_socket_dirs(root: str, alive: Callable[[int], bool]) -> int:
+    """Remove the socket folders in `root` that groups killed with SIGKILL left behind (the supervisor that made each
+    one, named in it, is gone; its fronts die with it); only this user's. Returns how many were removed."""
+    removed = 0
+    with contextlib.suppress(OSError):
+        for entry in os.scandir(root):
+            pid_text = entry.name[len(_SOCKET_DIR_PREFIX):].partition("-")[0]
+            if not (entry.name.startswith(_SOCKET_DIR_PREFIX) and pid_text.isdigit()):
+                continue
+            with contextlib.suppress(OSError):
+                if entry.is_dir(follow_symlinks=False) and entry.stat(follow_symlinks=False).st_uid == os.getuid() \
+                        and not alive(int(pid_text)):
+                    shutil.rmtree(entry.path)
+                    removed += 1
+    return removed
+
+
 def _read_line(fd: int) -> bytes:
     with os.fdopen(fd, "rb") as pipe:
         return pipe.readline()
@@ -159,7 +189,11 @@ class FrontSupervisor:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Start the group, keep it up until `stop` is set, then stop every front. Raises FrontFailed if it never served."""
-        self.socket_dir = tempfile.mkdtemp(prefix="dspy-pool-fronts-")  # 0700: only this user reaches the peer sockets
+        swept = sweep_socket_dirs(tempfile.gettempdir(), _alive)
+        if swept:
+            log.info("fronts_socket_dirs_swept", dirs=swept, hint="left by groups whose supervisor was killed")
+        # 0700: only this user reaches the peer sockets. Named with our pid, so a later group can tell it is left over.
+        self.socket_dir = tempfile.mkdtemp(prefix=f"{_SOCKET_DIR_PREFIX}{os.getpid()}-")
         reservation = reserve_port(self.config.server.listen)
         self.port = reservation.getsockname()[1]
         metrics = None

@@ -97,3 +97,16 @@ def test_program_stats_merge_sums_counts_and_weights_means():
     assert first.latency_p50_ms == pytest.approx(12.5) and first.latency_p95_ms == 90.0  # weighted p50, worst p95
     assert (first.feedback_count, first.feedback_score_mean) == (8, pytest.approx(0.625))
     assert arms[(2, "optimized")].calls == 5  # an arm only a peer served
+
+
+def test_socket_folders_of_killed_groups_are_swept_and_live_ones_kept(tmp_path):
+    """A group killed with SIGKILL leaves its socket folder; the next group removes those whose supervisor is gone."""
+    from dspy_pool.fronts.supervisor import sweep_socket_dirs
+
+    for name in ("dspy-pool-fronts-111-ab", "dspy-pool-fronts-222-cd", "dspy-pool-fronts-xyz", "other-333-ef"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "front-0.sock").write_text("")
+    (tmp_path / "dspy-pool-fronts-444-file").write_text("not a folder")
+    assert sweep_socket_dirs(str(tmp_path), alive=lambda pid: pid == 222) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "dspy-pool-fronts-222-cd", "dspy-pool-fronts-444-file", "dspy-pool-fronts-xyz", "other-333-ef"]
