@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import difflib
 import os
 import pathlib
 import tomllib
@@ -355,15 +356,23 @@ def _file_values(raw: Mapping[str, Any], where: str) -> dict[str, Any]:
         name = key.replace("-", "_")
         if name in SECTIONS and isinstance(value, dict):
             for inner_key, inner in value.items():
-                spec = next((s for s in _BY_NAME.values() if s.section == name and inner_key.replace("-", "_") in (s.attribute, s.name)), None)
+                in_section = [s for s in _BY_NAME.values() if s.section == name]
+                spec = next((s for s in in_section if inner_key.replace("-", "_") in (s.attribute, s.name)), None)
                 if spec is None:
-                    raise ValueError(f"unknown setting {inner_key!r} in [{name}] of {where}")
+                    raise ValueError(f"unknown setting {inner_key!r} in [{name}] of {where}"
+                                     + _did_you_mean(inner_key, [s.attribute for s in in_section]))
                 values[spec.name] = _coerce(spec.name, inner)
         elif name in _BY_NAME:
             values[name] = _coerce(name, value)
         else:
-            raise ValueError(f"unknown setting {key!r} in {where}")
+            raise ValueError(f"unknown setting {key!r} in {where}" + _did_you_mean(name, [*_BY_NAME, *SECTIONS])
+                             + " (a key outside a [section] is the flag's name with underscores: lm_api_key, workers)")
     return values
+
+
+def _did_you_mean(key: str, known: list[str]) -> str:
+    close = difflib.get_close_matches(key.replace("-", "_"), known, n=1)
+    return f"; did you mean {close[0]!r}?" if close else ""
 
 
 def from_sources(profile_values: Mapping[str, Any], file_values: Mapping[str, Any], environ: Mapping[str, str],

@@ -68,6 +68,14 @@ def test_unknown_file_key_rejected():
         sources(file={"wrokers": 2})
 
 
+def test_a_misspelt_file_key_gets_a_suggestion():
+    """A typo names the nearest setting, in a [section] among that section's names; a flat key says how flat names go."""
+    with pytest.raises(ValueError, match="unknown setting 'workrs' in \\[pool\\].*did you mean 'workers'"):
+        sources(file={"pool": {"workrs": 3}})
+    with pytest.raises(ValueError, match="did you mean 'lm_api_key'.*flag's name with underscores"):
+        sources(file={"lm_api_kye": "x"})
+
+
 def test_uncoercible_value_rejected():
     """A value that cannot be read as the setting's type is a ValueError naming it."""
     with pytest.raises(ValueError, match="workers: cannot read 'many' as int"):
