@@ -36,6 +36,10 @@ def make_store(url: str, state_dir: str, shared: bool = False) -> StateStore:
 
         # sqlite:///var/lib/x.db and sqlite:////var/lib/x.db both name /var/lib/x.db
         path = os.path.join(state_dir, SQLITE_FILE) if url == "sqlite" else "/" + url[len("sqlite:///"):].lstrip("/")
+        if os.path.dirname(path) == "/":  # sqlite:///state.db: meant as a relative path (SQLAlchemy's reading), surely
+            raise StateError(f"state {url!r} names {path}, a file at the filesystem root: the path after sqlite:/// is "
+                             f"absolute (sqlite:///var/lib/dspy-pool/{os.path.basename(path)}); for a file in a folder of "
+                             "your choice use --state sqlite --state-dir FOLDER")
         return SQLiteStore(path, shared=shared)  # shared: several front processes on one file
     if url.startswith(("redis://", "rediss://", "unix://")):
         from dspy_pool.state.redis_store import RedisStore

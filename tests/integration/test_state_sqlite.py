@@ -341,3 +341,15 @@ async def test_make_store_puts_the_file_in_the_state_dir(tmp_path):
     store = make_store("sqlite", str(tmp_path))
     assert isinstance(store, SQLiteStore) and store.durable
     assert store.description == f"sqlite://{tmp_path / 'state.db'}"
+
+
+@pytest.mark.parametrize("url", ["sqlite:///state.db", "sqlite:////relative.db"])
+def test_a_sqlite_file_at_the_filesystem_root_is_refused_naming_the_right_forms(url):
+    """sqlite:///state.db reads as a relative path to SQLAlchemy users, but names /state.db: refused, never created."""
+    with pytest.raises(StateError, match="filesystem root.*--state-dir"):
+        make_store(url, "/tmp")
+    assert not os.path.exists("/" + url.rpartition("/")[2])
+
+
+def test_an_absolute_sqlite_path_is_that_file(tmp_path):
+    assert make_store(f"sqlite://{tmp_path}/x.db", "/unused").description.endswith(f"{tmp_path}/x.db")
