@@ -13,8 +13,9 @@ the call itself (who served it, how long it took, what went wrong) goes to stder
 `dspy-pool call qa '{...}' | jq .answer` works.
 
 Exit codes: 0 done; 1 the server said no, or no server answered, or an optimization the
-command waited for did not succeed; 2 the command line, or a file it names, is wrong; 130
-interrupted (except `top`, where Ctrl-C is the way out).
+command waited for did not succeed; 2 the command line, or a file it names, is wrong (a spec
+or examples file the server refuses as INVALID_ARGUMENT too); 130 interrupted (except `top`,
+where Ctrl-C is the way out).
 """
 
 from __future__ import annotations
@@ -42,7 +43,11 @@ from dspy_pool.v1 import dspy_pool_pb2 as pb
 from dspy_pool.v1 import dspy_pool_pb2_grpc as pb_grpc
 
 MODES = ("traditional", "optimized", "hybrid", "evaluation")  # ExecuteRequest.mode, ExecutionPolicy.mode
-DEFAULT_TARGET = "127.0.0.1:50051"
+DEFAULT_PORT = 50051
+DEFAULT_TARGET = f"127.0.0.1:{DEFAULT_PORT}"
+TARGET_ENV = "DSPY_POOL_TARGET"  # the target when --target is not given
+# Targets grpc reads by their scheme: a port is theirs to give, or not needed.
+_TARGET_SCHEMES = ("unix:", "unix-abstract:", "dns:", "ipv4:", "ipv6:", "vsock:")
 DEFAULT_TIMEOUT_S = 30.0
 EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 # Replies are our own server's: a large saved state or a long program list must not fail
@@ -77,6 +82,8 @@ def describe(error: grpc.RpcError, target: str, timeout_s: float | None = None) 
     info = _error_info(error)
     if info is None and code == grpc.StatusCode.UNAVAILABLE and _is_connect_failure(message):
         message = f"no server at {target} ({message})"
+    elif info is None and code == grpc.StatusCode.UNAVAILABLE and is_server_closed(message):
+        message = f"the server at {target} closed the connection (it stopped or restarted)"
     elif info is None and code == grpc.StatusCode.DEADLINE_EXCEEDED and timeout_s is not None:
         message = f"no reply within {timeout_s:g} s (--timeout)"
     reason = info.reason if info is not None else ""
@@ -100,7 +107,21 @@ def _is_connect_failure(message: str) -> bool:
     # The transport's own UNAVAILABLE (nothing listening, no such socket file, no such host);
     # a server that is up says UNAVAILABLE with an ErrorInfo (draining, no healthy worker).
     lowered = message.lower()
-    return any(word in lowered for word in ("connect", "no such file", "resolution", "unreachable"))
+    # Not a bare "connect": "Connection reset" is a server that went away under a call (is_server_closed).
+    return any(word in lowered for word in ("connect to", "connect failed", "connection refused", "no such file",
+                                            "resolution", "resolving", "unreachable"))
+
+
+# grpc-core's words for a connection the server ended under an open call: its shutdown
+# ("Cancelling all calls"), its exit ("Socket closed", "Connection reset"), a GOAWAY.
+_SERVER_CLOSED_WORDS = ("cancelling all calls", "socket closed", "connection reset", "goaway", "broken pipe",
+                        "end of tcp stream", "connection aborted")
+
+
+def is_server_closed(message: str) -> bool:
+    """The transport's UNAVAILABLE for a call the server's side closed (checked after connect failures)."""
+    lowered = message.lower()
+    return any(words in lowered for words in _SERVER_CLOSED_WORDS)
 
 
 # -- the command line -----------------------------------------------------------------------
@@ -143,9 +164,38 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     optimize_cli.add_commands(commands, common)
 
 
+def add_target_option(parser: argparse.ArgumentParser) -> None:
+    """--target on `parser`. Unset, it leaves no attribute (SUPPRESS): a subcommand's --target must not overwrite
+    one given before the subcommand, and `_guarded` fills in $DSPY_POOL_TARGET or the default."""
+    parser.add_argument("--target", type=target_address, default=argparse.SUPPRESS,
+                        help=f"server address: HOST[:PORT] (port {DEFAULT_PORT} if left out) or unix:PATH "
+                             f"(default: ${TARGET_ENV}, else {DEFAULT_TARGET})")
+
+
+def target_address(text: str) -> str:
+    """A target as grpc takes it: a host without a port gets :50051 (grpc would try 443); unix: and other
+    grpc schemes stay as given."""
+    text = text.strip()
+    if not text:
+        raise argparse.ArgumentTypeError("the target is empty: give HOST[:PORT] or unix:PATH")
+    if text.startswith(_TARGET_SCHEMES):
+        return text
+    if text.startswith("["):  # [IPv6] or [IPv6]:PORT
+        return text if "]:" in text else f"{text}:{DEFAULT_PORT}"
+    if text.count(":") > 1:  # a bare IPv6 address
+        return f"[{text}]:{DEFAULT_PORT}"
+    return text if ":" in text else f"{text}:{DEFAULT_PORT}"
+
+
+def default_target(environ=os.environ) -> str:
+    """$DSPY_POOL_TARGET (a port added as for --target), else 127.0.0.1:50051."""
+    configured = environ.get(TARGET_ENV, "").strip()
+    return target_address(configured) if configured else DEFAULT_TARGET
+
+
 def _common_options() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--target", default=DEFAULT_TARGET, help=f"server address: HOST:PORT or unix:PATH (default {DEFAULT_TARGET})")
+    add_target_option(common)
     common.add_argument("--timeout", type=_positive_float, default=None, metavar="S",
                         help=f"seconds to wait for the reply (call: the server's default deadline; others: {DEFAULT_TIMEOUT_S:g})")
     common.add_argument("--json", action="store_true", help="print the reply as one JSON object")
@@ -166,7 +216,7 @@ def _add_programs(commands: argparse._SubParsersAction, common: argparse.Argumen
     export.add_argument("--output", "-o", default="-", help="file to write (default: stdout)")
     export.set_defaults(handler=_guarded(_programs_export))
     for verb, handler, what in (("get", _programs_get, "show a program's spec (as YAML)"),
-                                ("delete", _programs_delete, "delete a program version")):
+                                ("delete", _programs_delete, "delete a program: every version, or one with --version")):
         parser = verbs.add_parser(verb, parents=[common], help=what)
         parser.add_argument("name")
         parser.add_argument("--version", type=_non_negative_int, default=0,
@@ -202,6 +252,8 @@ def _guarded(handler: Callable[[argparse.Namespace], int]) -> Callable[[argparse
 
     @functools.wraps(handler)
     def run(args: argparse.Namespace) -> int:
+        if getattr(args, "target", None) is None:  # no --target before or after the subcommand
+            args.target = default_target()
         try:
             return handler(args)
         except UsageError as exc:
@@ -256,10 +308,18 @@ def _print_json(value: dict | Message) -> None:
     print(json.dumps(to_dict(value) if isinstance(value, Message) else value, indent=2, ensure_ascii=False))
 
 
+# Piped or redirected, rich would fit tables into 80 columns, cutting cells (`chain_of_thou…`) and
+# wrapping rows, so `programs list | grep` misses; a row per line instead, however long.
+_PIPED_WIDTH = 10_000
+
+
 def _console():
     from rich.console import Console  # only the commands that draw tables pay for rich
 
-    return Console(file=sys.stdout, highlight=False)
+    console = Console(file=sys.stdout, highlight=False)
+    if not console.is_terminal:
+        console.width = _PIPED_WIDTH
+    return console
 
 
 def _when(timestamp) -> str:
@@ -380,13 +440,20 @@ def _register(args: argparse.Namespace) -> int:
             try:
                 program = stub.RegisterProgram(pb.RegisterProgramRequest(spec=entry.spec), timeout=_timeout(args))
             except grpc.RpcError as exc:
-                return _fail(_register_failure(entry, describe(exc, args.target, _timeout(args)), registered), EXIT_ERROR)
+                failure = describe(exc, args.target, _timeout(args))
+                return _fail(_register_failure(entry, failure, registered), refused_file_exit(failure))
             registered.append(program)
             if not args.json:
                 print(_registered_line(program))
     if args.json:
         _print_json({"programs": [to_dict(program) for program in registered]})
     return EXIT_OK
+
+
+def refused_file_exit(failure: Failure) -> int:
+    """A spec or examples file the server refuses (INVALID_ARGUMENT) is a bad file, as when the client finds the
+    fault: exit 2; anything else the server says is exit 1."""
+    return EXIT_USAGE if failure.code == grpc.StatusCode.INVALID_ARGUMENT.name else EXIT_ERROR
 
 
 def _spec_entries(path: str) -> list[_Entry]:

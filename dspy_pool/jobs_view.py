@@ -7,7 +7,10 @@ tables out; no I/O, no clock.
 from __future__ import annotations
 
 import datetime
+import json
+import shlex
 
+from google.protobuf import json_format
 from rich.table import Table
 from rich.text import Text
 
@@ -127,6 +130,43 @@ def job_lines(job: pb.OptimizationJob) -> list[str]:
     return lines
 
 
+def optimize_command(request: pb.StartOptimizationRequest) -> str:
+    """The `dspy-pool optimize` command that starts this request again (for a job that was interrupted)."""
+    words = ["dspy-pool", "optimize", request.program, "--dataset", request.dataset, "--optimizer", request.optimizer]
+    if request.metric.kind and request.metric.kind != "exact_match":
+        words += ["--metric", request.metric.kind]
+    for field in request.metric.fields:
+        words += ["--metric-field", field]
+    for flag, struct in (("--metric-option", request.metric.options), ("--option", request.options)):
+        for key, value in sorted(json_format.MessageToDict(struct).items()):
+            words += [flag, f"{key}={_option_text(value)}"]
+    numbers = (("--max-lm-calls", request.budget.max_lm_calls), ("--max-seconds", request.budget.max_seconds),
+               ("--priority", request.priority), ("--base-version", request.base_version), ("--seed", request.seed))
+    words += [word for flag, number in numbers if number for word in (flag, _plain(number))]
+    return shlex.join(words)
+
+
+def _option_text(value) -> str:
+    """A KEY=VALUE value as `--option` reads it back: JSON when it parses, else text."""
+    if isinstance(value, str):
+        try:
+            json.loads(value)
+        except json.JSONDecodeError:
+            return value  # plain text reads back as itself
+    return json.dumps(_integral(value), ensure_ascii=False)
+
+
+def _integral(value):
+    # A Struct holds doubles: 4.0 was 4 on the command line.
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, list):
+        return [_integral(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _integral(item) for key, item in value.items()}
+    return value
+
+
 def _plain(value) -> str:
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
@@ -177,9 +217,11 @@ def policy_lines(policy: pb.ExecutionPolicy) -> list[str]:
 
 def stats_table(stats: pb.ProgramStats) -> Table:
     table = Table(box=None, header_style="bold")
-    for column in ("version", "arm", "calls", "errors", "error rate", "p50 ms", "p95 ms"):
+    for column in ("version", "arm", "calls", "errors", "error rate", "p50 ms", "p95 ms", "feedback", "mean score"):
         table.add_column(column, justify="left" if column == "arm" else "right")
     for arm in stats.arms:
+        # Feedback is per version: every arm of a version shows the same count and mean.
+        mean = f"{arm.feedback_score_mean:.3f}" if arm.feedback_count else "-"
         table.add_row(str(arm.version), arm.arm, str(arm.calls), str(arm.errors), f"{arm.error_rate:.1%}",
-                      f"{arm.latency_p50_ms:.1f}", f"{arm.latency_p95_ms:.1f}")
+                      f"{arm.latency_p50_ms:.1f}", f"{arm.latency_p95_ms:.1f}", str(arm.feedback_count), mean)
     return table

@@ -1,14 +1,15 @@
-"""`dspy-pool` commands for optimization: datasets, optimize, jobs, policy, stats.
+"""`dspy-pool` commands for optimization: datasets, optimize, jobs, policy, stats, feedback.
 
     datasets add NAME FILE --split S --> read_examples (JSONL/JSON/YAML, every row checked) --> AddExamples per split
     optimize PROGRAM --dataset D --optimizer O ... --> StartOptimization --> WatchOptimization (a live line on
              a terminal's stderr) --> the result on stdout: the new version, dev scores, promoted
     jobs list|get|cancel|watch, policy get|set (read, change the named fields, write), stats PROGRAM
+    feedback REQUEST_ID --score S --expected JSON --> RecordFeedback (a captured call's score, or an example)
 
 The conventions are client_cli's, whose plumbing this module uses: --target, --timeout,
 --json (one JSON object on stdout, nothing else), one-line errors on stderr, exit codes 0
-done, 1 the server said no or the job did not succeed, 2 a bad command line or file, 130
-interrupted. Rendering lives in jobs_view (pure).
+done, 1 the server said no or the job did not succeed, 2 a bad command line or file (one
+the server refuses as INVALID_ARGUMENT too), 130 interrupted. Rendering lives in jobs_view (pure).
 """
 
 from __future__ import annotations
@@ -23,7 +24,8 @@ from typing import Any
 import grpc
 
 from dspy_pool.client_cli import (EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, MODES, UsageError, _console, _fail, _fill_struct,
-                                  _guarded, _non_negative_int, _parse_json, _print_json, _stub, _timeout, describe, to_dict)
+                                  _guarded, _non_negative_int, _parse_json, _print_json, _stub, _timeout, describe, is_server_closed,
+                                  refused_file_exit, to_dict)
 from dspy_pool.v1 import dspy_pool_pb2 as pb
 from dspy_pool.v1 import dspy_pool_pb2_grpc as pb_grpc
 
@@ -38,9 +40,10 @@ def add_commands(commands: argparse._SubParsersAction, common: argparse.Argument
     _add_optimize(commands, common)
     _add_jobs(commands, common)
     _add_policy(commands, common)
-    stats = commands.add_parser("stats", parents=[common], help="calls, errors and latency per version and arm of a program")
+    stats = commands.add_parser("stats", parents=[common], help="calls, errors, latency and feedback per version and arm of a program")
     stats.add_argument("program")
     stats.set_defaults(handler=_guarded(_stats))
+    _add_feedback(commands, common)
 
 
 def _add_datasets(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
@@ -126,6 +129,19 @@ def _add_policy(commands: argparse._SubParsersAction, common: argparse.ArgumentP
     put.set_defaults(handler=_guarded(_policy_set))
 
 
+def _add_feedback(commands: argparse._SubParsersAction, common: argparse.ArgumentParser) -> None:
+    feedback = commands.add_parser("feedback", parents=[common], help="score a captured call, or give the outputs it should have given",
+                                   description="Feedback on a call its program captured (the spec's capture: {sample_rate: ...}; "
+                                               "REQUEST_ID is the request_id `call` prints). The score goes to the version's "
+                                               "stats; expected outputs, or a score at or above the capture's good_score "
+                                               "(default 1), make the call an example of the capture's dataset. A call "
+                                               "takes feedback once.")
+    feedback.add_argument("request_id", metavar="REQUEST_ID")
+    feedback.add_argument("--score", type=_finite_float, metavar="S", help="how good the call's outputs were (e.g. 0..1)")
+    feedback.add_argument("--expected", metavar="JSON", help='the outputs it should have given, a JSON object, e.g. \'{"answer": "4"}\'')
+    feedback.set_defaults(handler=_guarded(_feedback))
+
+
 def _non_negative_float(text: str) -> float:
     value = float(text)
     if not (value >= 0 and math.isfinite(value)):
@@ -164,7 +180,8 @@ def _datasets_add(args: argparse.Namespace) -> int:
                 except grpc.RpcError as exc:
                     failure = describe(exc, args.target, _timeout(args))
                     before = "; added before it: " + ", ".join(f"{n} to {s}" for s, n in added.items()) if added else ""
-                    return _fail(f"{failure} (adding {_count(len(batch), 'example')} to {split}){before}", EXIT_ERROR)
+                    return _fail(f"{failure} (adding {_count(len(batch), 'example')} to {split}){before}",
+                                 refused_file_exit(failure))
                 added[split] = added.get(split, 0) + len(batch)
     if args.json:
         _print_json({"added": added, "dataset": to_dict(dataset)})
@@ -376,12 +393,13 @@ def _wait_for_job(stub: pb_grpc.DSPyPoolStub, job: pb.OptimizationJob, args: arg
         except KeyboardInterrupt:
             return _fail(f"stopped waiting; job {job.job_id} keeps running (dspy-pool jobs cancel {job.job_id})",
                          EXIT_INTERRUPTED)
-        except grpc.RpcError as exc:
-            failure = describe(exc, args.target)
-            return _fail(f"{failure}; job {job.job_id} may still be running (dspy-pool jobs watch {job.job_id})", EXIT_ERROR)
-        if job.state not in FINISHED:  # the server closed the watch early (it is shutting down)
-            return _fail(f"the watch ended while job {job.job_id} was {job.state} (dspy-pool jobs watch {job.job_id})",
-                         EXIT_ERROR)
+        except _WatchBroken as broken:
+            job, failure = broken.last, describe(broken.error, args.target)
+            if not is_server_closed(broken.error.details() or ""):
+                return _fail(f"{failure}; job {job.job_id} may still be running (dspy-pool jobs watch {job.job_id})", EXIT_ERROR)
+            return _fail(f"{failure}; {after_server_stopped(job)}", EXIT_ERROR)
+        if job.state not in FINISHED:  # the server closed the watch early: it is shutting down
+            return _fail(f"the server at {args.target} ended the watch (it is stopping); {after_server_stopped(job)}", EXIT_ERROR)
     from dspy_pool import jobs_view
 
     if args.json:
@@ -393,8 +411,28 @@ def _wait_for_job(stub: pb_grpc.DSPyPoolStub, job: pb.OptimizationJob, args: arg
     return EXIT_OK
 
 
+def after_server_stopped(job: pb.OptimizationJob) -> str:
+    """What becomes of a job whose server stopped, as the job store has it (optimize/jobs.py): a running job
+    stops with the server and shows as interrupted once it starts again; a queued one is queued again."""
+    if job.state == "queued":
+        return f"job {job.job_id} was queued: it stays queued and runs once the server is back (dspy-pool jobs watch {job.job_id})"
+    from dspy_pool import jobs_view
+
+    return (f"job {job.job_id} stopped with it and will show as interrupted once the server is back; "
+            f"to start it again: {jobs_view.optimize_command(job.request)}")
+
+
+class _WatchBroken(Exception):
+    """WatchOptimization failed: the gRPC error, and the last state of the job it had sent."""
+
+    def __init__(self, error: grpc.RpcError, last: pb.OptimizationJob) -> None:
+        super().__init__(str(error))
+        self.error, self.last = error, last
+
+
 def _follow(stub: pb_grpc.DSPyPoolStub, job: pb.OptimizationJob, quiet: bool) -> pb.OptimizationJob:
-    """The job's last state from WatchOptimization (no deadline: a job runs as long as its budget lets it)."""
+    """The job's last state from WatchOptimization (no deadline: a job runs as long as its budget lets it);
+    _WatchBroken when the watch fails."""
     from rich.console import Console
     from rich.live import Live
     from rich.text import Text
@@ -419,6 +457,8 @@ def _follow(stub: pb_grpc.DSPyPoolStub, job: pb.OptimizationJob, quiet: bool) ->
                 if (job.state, job.progress.phase) != shown:
                     shown = (job.state, job.progress.phase)
                     print(jobs_view.progress_text(job), file=sys.stderr, flush=True)
+    except grpc.RpcError as exc:
+        raise _WatchBroken(exc, job) from exc
     finally:
         stream.cancel()
     return job
@@ -434,16 +474,8 @@ def _jobs_list(args: argparse.Namespace) -> int:
     else:
         from dspy_pool import jobs_view
 
-        _wide_console().print(jobs_view.jobs_table(reply.jobs))
+        _console().print(jobs_view.jobs_table(reply.jobs))
     return EXIT_OK
-
-
-def _wide_console():
-    # A job id is 32 characters: piped output (which rich would fit into 80 columns) gets room for a row per line.
-    console = _console()
-    if not console.is_terminal:
-        console.width = 160
-    return console
 
 
 def _jobs_get(args: argparse.Namespace) -> int:
@@ -509,6 +541,27 @@ def _print_policy(policy: pb.ExecutionPolicy, args: argparse.Namespace) -> None:
         from dspy_pool import jobs_view
 
         print("\n".join(jobs_view.policy_lines(policy)))
+
+
+def _feedback(args: argparse.Namespace) -> int:
+    if args.score is None and args.expected is None:
+        raise UsageError("give --score, --expected, or both")
+    request = pb.RecordFeedbackRequest(request_id=args.request_id)
+    if args.score is not None:
+        request.score, request.has_score = args.score, True
+    if args.expected is not None:
+        expected = _parse_json(args.expected, "--expected")
+        if not isinstance(expected, dict) or not expected:
+            raise UsageError("--expected must be a non-empty JSON object of output field names to values")
+        _fill_struct(request.expected_outputs, expected, "--expected")
+    with _stub(args) as stub:
+        reply = stub.RecordFeedback(request, timeout=_timeout(args))
+    if args.json:
+        _print_json(reply)
+        return EXIT_OK
+    added = f"added an example to dataset {reply.dataset}" if reply.example_added else "no example added"
+    print(f"feedback recorded for {reply.program} version {reply.version}: {added}")
+    return EXIT_OK
 
 
 def _stats(args: argparse.Namespace) -> int:

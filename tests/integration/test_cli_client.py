@@ -8,6 +8,7 @@ tests run it as a subprocess, as a user's shell would (`top` in a pseudo-termina
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import os
 import pty
@@ -233,13 +234,14 @@ async def test_bad_spec_file_names_the_entry_and_field(cli, tmp_path):
 
 
 async def test_refused_spec_names_its_entry_and_what_was_registered(cli, tmp_path):
-    """When the server refuses one spec of several, the error names it and the ones registered before it."""
+    """When the server refuses one spec of several, the error names it and the ones registered before it; a spec
+    the server refuses (INVALID_ARGUMENT) exits 2, like one the client refuses."""
     path = write_file(tmp_path, "mixed.yaml", """\
         - {name: cli_first, signature: question -> answer}
         - {name: cli_refused, signature: question -> answer, module: no_such_kind}
         """)
     ran = await cli("register", path)
-    assert ran.code == 1
+    assert ran.code == 2
     assert ran.err.startswith(f'dspy-pool: INVALID_ARGUMENT: registering "cli_refused" ({path}, entry 2 of 2): ')
     assert ran.err.rstrip().endswith("registered before it: cli_first v1")
 
@@ -337,3 +339,45 @@ async def test_programs_list_and_export_follow_every_page(server, cli, tmp_path)
         for name in names:
             await stub.DeleteProgram(pb.DeleteProgramRequest(name=name), timeout=10)
         await channel.close()
+
+
+async def test_serve_demo_prints_proto_field_names(target, capsys):
+    """`serve --demo`'s call prints the reply with proto field names (program_version), as --json does."""
+    from dspy_pool import cli as cli_module
+
+    capsys.readouterr()
+    await cli_module._demo_call(target)
+    printed = capsys.readouterr().out
+    assert printed.startswith("demo call: ")
+    reply = json.loads(printed.removeprefix("demo call: "))
+    assert reply["program_version"] >= 1 and "served_by" in reply and "programVersion" not in reply
+
+
+async def test_a_target_without_a_port_and_from_dspy_pool_target(server, capsys, monkeypatch, tmp_path):
+    """$DSPY_POOL_TARGET is used when --target is not given; a target without a port means port 50051."""
+    monkeypatch.setenv("DSPY_POOL_TARGET", f"127.0.0.1:{server.port}")
+    monkeypatch.setattr(sys, "stdin", io.StringIO(""))
+    capsys.readouterr()
+    code = await asyncio.to_thread(cli_main, ["status", "--json"])
+    assert code == 0 and json.loads(capsys.readouterr().out)["serving"] is True
+    with socket.socket() as probe:
+        if probe.connect_ex(("127.0.0.1", 50051)) == 0:
+            return  # a server of this machine's own listens on 50051: the rest would reach it
+    monkeypatch.setenv("DSPY_POOL_TARGET", "127.0.0.1")
+    code = await asyncio.to_thread(cli_main, ["status", "--timeout", "2"])
+    assert code == 1 and capsys.readouterr().err.startswith("dspy-pool: UNAVAILABLE: no server at 127.0.0.1:50051 ")
+
+
+def cli_main(argv: list[str]) -> int:
+    from dspy_pool.cli import main
+
+    return main(argv)
+
+
+async def test_programs_list_piped_keeps_module_and_signature_whole(cli, tmp_path):
+    """`programs list | grep chain_of_thought` finds the program: piped, no cell is cut and a row stays on one line."""
+    signature = "question, context, a_rather_long_input_name -> answer, reasoning_notes, confidence"
+    spec = write_file(tmp_path, "wide.yaml", f"name: cli_wide\nsignature: {signature}\nmodule: chain_of_thought\n")
+    assert (await cli("register", spec)).code == 0
+    rows = [line for line in (await cli("programs", "list")).out.splitlines() if "cli_wide" in line]
+    assert len(rows) == 1 and "chain_of_thought" in rows[0] and signature in rows[0]

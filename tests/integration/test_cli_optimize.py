@@ -14,6 +14,7 @@ import json
 import os
 import pty
 import select
+import shlex
 import sys
 import time
 
@@ -146,6 +147,48 @@ def test_job_rendering_says_progress_result_and_failure():
     assert jobs_view.result_lines(_job("failed", error="boom")) == ["job j1 failed: boom"]
     assert jobs_view.policy_lines(pb.ExecutionPolicy(program="qa", mode="hybrid", hybrid_percent=20, sticky_sessions=True))[0] == \
         "qa: mode hybrid (20% of calls to the optimized version, sticky sessions)"
+
+
+def test_a_job_the_stopped_server_ran_says_interrupted_and_the_command_that_starts_it_again():
+    """When the server stops under `optimize`, a running job is to show as interrupted, and the printed command,
+    run again, asks for the same optimization."""
+    request = pb.StartOptimizationRequest(program="qa", dataset="qa data", optimizer="mipro_v2", base_version=3, priority=2,
+                                          seed=7, metric=pb.MetricSpec(kind="f1", fields=["answer"]),
+                                          budget=pb.OptimizationBudget(max_lm_calls=400, max_seconds=90.5))
+    request.options.update({"auto": "light", "max_demos": 4, "mode": "true", "xs": [1, 2]})
+    request.metric.options.update({"threshold": 0.5})
+    note = optimize_cli.after_server_stopped(pb.OptimizationJob(job_id="j1", state="running", request=request))
+    assert "j1" in note and "will show as interrupted once the server is back" in note and "may still be running" not in note
+    command = shlex.split(note.partition("to start it again: ")[2])
+    assert command[:2] == ["dspy-pool", "optimize"]
+    args = _parse(command[1:])
+    assert optimize_cli.optimization_request(args) == request
+    queued = optimize_cli.after_server_stopped(pb.OptimizationJob(job_id="j2", state="queued", request=request))
+    assert "stays queued and runs once the server is back" in queued
+
+
+def _parse(argv: list[str]):
+    import argparse
+
+    from dspy_pool import client_cli
+
+    parser = argparse.ArgumentParser(prog="dspy-pool")
+    client_cli.add_commands(parser.add_subparsers(dest="command", required=True))
+    return parser.parse_args(argv)
+
+
+def test_stats_table_shows_feedback_count_and_mean_score():
+    """`stats` has the feedback columns: the scores received for the version and their mean ('-' when none)."""
+    from rich.console import Console
+
+    stats = pb.ProgramStats(program="qa", arms=[
+        pb.ArmStats(version=1, arm="traditional", calls=10, feedback_count=4, feedback_score_mean=0.625),
+        pb.ArmStats(version=2, arm="optimized", calls=3)])
+    console = Console(file=io.StringIO(), width=200)
+    console.print(jobs_view.stats_table(stats))
+    header, first, second = [line.split() for line in console.file.getvalue().splitlines()]
+    assert header[-3:] == ["feedback", "mean", "score"]
+    assert first[-2:] == ["4", "0.625"] and second[-2:] == ["0", "-"]
 
 
 # -- against the server ---------------------------------------------------------------------------
@@ -316,3 +359,40 @@ def _read_terminal(fd: int, until, timeout_s: float = 60.0) -> bytes:
             break
         seen += chunk
     return seen
+
+
+@on_server_loop
+async def test_feedback_scores_a_captured_call_or_makes_it_an_example(cli, tmp_path):
+    """`feedback ID --score` counts in `stats`; `--expected` adds the call to the capture's dataset; a call takes
+    feedback once (then NOT_FOUND, exit 1); neither option is a usage error (exit 2)."""
+    spec = write_file(tmp_path, "fb.yaml", "name: cli_fb\nsignature: question -> answer\n"
+                                           "capture: {sample_rate: 1, dataset: cli_fb_data}\n")
+    assert (await cli("register", spec)).code == 0
+    for request_id in ("fb-1", "fb-2"):
+        assert (await cli("call", "cli_fb", '{"question": "2+2?"}', "--request-id", request_id)).code == 0
+
+    scored = await cli("feedback", "fb-1", "--score", "0.25")
+    assert scored.code == 0, scored.err
+    assert scored.out.strip() == "feedback recorded for cli_fb version 1: no example added"
+    corrected = await cli("feedback", "fb-2", "--expected", '{"answer": "4"}', "--json")
+    assert corrected.json() == {"example_added": True, "dataset": "cli_fb_data", "program": "cli_fb", "version": 1}
+    assert (await cli("datasets", "get", "cli_fb_data", "--json")).json()["counts"] == {"train": 1}
+
+    again = await cli("feedback", "fb-1", "--score", "1")
+    assert again.code == 1 and again.err.startswith("dspy-pool: NOT_FOUND: ")
+    nothing = await cli("feedback", "fb-3")
+    assert nothing.code == 2 and "give --score, --expected, or both" in nothing.err
+    not_an_object = await cli("feedback", "fb-3", "--expected", '["4"]')
+    assert not_an_object.code == 2 and "--expected must be a non-empty JSON object" in not_an_object.err
+
+    table = (await cli("stats", "cli_fb")).out.splitlines()
+    assert table[1].split()[-3:] == ["feedback", "mean", "score"]
+    assert table[2].split()[-2:] == ["1", "0.250"]
+
+
+@on_server_loop
+async def test_examples_the_server_refuses_exit_2(cli, tmp_path):
+    """Examples the server refuses (INVALID_ARGUMENT: here the dataset name) exit 2, as when the client finds the fault."""
+    path = write_file(tmp_path, "rows.jsonl", _jsonl(_rows("train", ("2+2?", "4"))))
+    ran = await cli("datasets", "add", "no spaces allowed!", path)
+    assert ran.code == 2 and ran.err.startswith("dspy-pool: INVALID_ARGUMENT: "), ran.err

@@ -77,6 +77,14 @@ def test_a_server_error_shows_its_reason_and_may_have_run():
     assert str(failure) == "UNAVAILABLE: worker 2 died (reason: WORKER_CRASHED; it may have run: check before sending it again)"
 
 
+@pytest.mark.parametrize("grpc_text", ["Cancelling all calls", "Socket closed", "recvmsg:Connection reset by peer",
+                                       "GOAWAY received"])
+def test_a_connection_the_server_closed_says_it_stopped_or_restarted(grpc_text):
+    """The transport's UNAVAILABLE on a call the server ended (no ErrorInfo) names the target, not grpc's words."""
+    failure = client_cli.describe(FakeRpcError(grpc.StatusCode.UNAVAILABLE, grpc_text), "127.0.0.1:4000")
+    assert str(failure) == "UNAVAILABLE: the server at 127.0.0.1:4000 closed the connection (it stopped or restarted)"
+
+
 def test_the_clients_own_deadline_names_the_timeout():
     """DEADLINE_EXCEEDED without an ErrorInfo is the client's --timeout running out."""
     failure = client_cli.describe(FakeRpcError(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded"), "t", 2.5)
@@ -146,3 +154,55 @@ def test_status_view_of_a_front_group_shows_each_front_and_which_runs_each_worke
     assert "0* pid 10 serving, 0 in flight" in text and "1 pid 11 NOT serving, 3 in flight" in text
     rows = [line.split() for line in text.splitlines()]
     assert ["0", "1", "222", "ready"] in [row[:4] for row in rows] and ["1", "1", "111", "ready"] in [row[:4] for row in rows]
+
+
+# -- the target ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("given, target", [
+    ("localhost", "localhost:50051"),
+    ("10.0.0.5", "10.0.0.5:50051"),
+    ("localhost:7000", "localhost:7000"),
+    ("[::1]", "[::1]:50051"),
+    ("[::1]:7000", "[::1]:7000"),
+    ("::1", "[::1]:50051"),
+    ("unix:///run/dspy.sock", "unix:///run/dspy.sock"),
+    ("unix:relative.sock", "unix:relative.sock"),
+    ("dns:///pool.internal", "dns:///pool.internal"),
+])
+def test_a_target_without_a_port_gets_50051(given, target):
+    """HOST means HOST:50051 (grpc alone would try 443); unix: and other grpc schemes are left as given."""
+    assert client_cli.target_address(given) == target
+
+
+def test_dspy_pool_target_sets_the_default_target():
+    """$DSPY_POOL_TARGET is the target when --target is not given (a missing port added); unset or empty, 127.0.0.1:50051."""
+    assert client_cli.default_target({"DSPY_POOL_TARGET": "pool.internal"}) == "pool.internal:50051"
+    assert client_cli.default_target({"DSPY_POOL_TARGET": "unix:/run/d.sock"}) == "unix:/run/d.sock"
+    assert client_cli.default_target({"DSPY_POOL_TARGET": " "}) == client_cli.default_target({}) == "127.0.0.1:50051"
+
+
+def test_a_target_given_before_the_subcommand_is_kept():
+    """With --target on the top-level parser (add_target_option), a subcommand without --target does not reset it."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="dspy-pool")
+    client_cli.add_target_option(parser)
+    client_cli.add_commands(parser.add_subparsers(dest="command", required=True))
+    assert parser.parse_args(["--target", "pool.internal", "status"]).target == "pool.internal:50051"
+    assert parser.parse_args(["--target", "a:1", "status", "--target", "b:2"]).target == "b:2"  # the nearer one wins
+    assert not hasattr(parser.parse_args(["status"]), "target")  # left to $DSPY_POOL_TARGET, when the command runs
+
+
+# -- tables -------------------------------------------------------------------------------
+
+
+def test_piped_tables_keep_every_cell_whole(monkeypatch):
+    """Printed to a pipe, a table is not fitted into 80 columns: the module and a long signature stay whole, a row per line."""
+    signature = "question, context, a_rather_long_input_name, another_long_one -> answer, reasoning_notes, confidence"
+    program = pb.Program(spec=pb.ProgramSpec(name="wide", module="chain_of_thought", signature=signature), version=1)
+    piped = io.StringIO()
+    monkeypatch.setattr("sys.stdout", piped)
+    client_cli._console().print(client_cli.programs_table([program]))
+    rows = [line for line in piped.getvalue().splitlines() if line.strip()]
+    assert len(rows) == 2 and "chain_of_thought" in rows[1] and signature in rows[1]
