@@ -19,8 +19,8 @@ import pytest_asyncio
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[2] / "clients" / "python"))
 
 try:
-    from dspy_pool_client import (AsyncClient, Client, DeadlineExceeded, InvalidArgument, NotFound, OptimizationFailed,
-                                  OptimizationJob, RetryPolicy)
+    from dspy_pool_client import (AsyncClient, Client, DeadlineExceeded, FeedbackResult, InvalidArgument, NotFound,
+                                  OptimizationFailed, OptimizationJob, RetryPolicy)
     from dspy_pool_client import optimization as client_optimization
     from dspy_pool_client._gen import dspy_pool_pb2 as client_pb
     from dspy_pool_client.progress import ProgressLine, progress_line
@@ -271,6 +271,39 @@ async def test_program_stats_count_calls_per_version_and_arm(target):
     assert set(arms) == {(1, "traditional"), (1, "version")}
     assert arms[1, "traditional"].calls == 3 and arms[1, "version"].calls == 1
     assert arms[1, "traditional"].errors == 0 and arms[1, "traditional"].latency_p95_ms >= arms[1, "traditional"].latency_p50_ms > 0
+
+
+@on_server_loop
+async def test_record_feedback_scores_a_captured_call_or_makes_it_an_example(target):
+    """record_feedback on a captured call (Result.request_id): a score counts in program_stats' feedback fields;
+    expected outputs add the call to the capture's dataset; a second feedback on one call is NotFound."""
+    with Client(target, default_timeout=20) as client:
+        await asyncio.to_thread(client.register_program, "py_fb", QA, capture={"sample_rate": 1, "dataset": "py_fb_data"})
+        first = await asyncio.to_thread(client.execute, "py_fb", {"question": "2+2?"})
+        second = await asyncio.to_thread(client.execute, "py_fb", {"question": "3+3?"})
+        scored = await asyncio.to_thread(lambda: client.record_feedback(first.request_id, score=0.25))
+        corrected = await asyncio.to_thread(lambda: client.record_feedback(second.request_id, expected_outputs={"answer": "6"}))
+        with pytest.raises(NotFound):
+            await asyncio.to_thread(lambda: client.record_feedback(first.request_id, score=1.0))
+        dataset = await asyncio.to_thread(client.get_dataset, "py_fb_data")
+        stats = await asyncio.to_thread(client.program_stats, "py_fb")
+    assert scored == FeedbackResult(example_added=False, dataset="", program="py_fb", version=1)
+    assert corrected == FeedbackResult(example_added=True, dataset="py_fb_data", program="py_fb", version=1)
+    assert dataset.counts == {"train": 1}
+    assert [(arm.feedback_count, arm.feedback_score_mean) for arm in stats.arms] == [(1, 0.25)]
+
+
+@on_server_loop
+async def test_async_record_feedback_with_a_good_score_keeps_the_outputs_as_an_example(target):
+    """AsyncClient.record_feedback: a score at or above the capture's good_score makes the call's own outputs an example;
+    a request that names no feedback is refused before any call."""
+    async with AsyncClient(target, default_timeout=20) as client:
+        await client.register_program("py_fb_async", QA, capture={"sample_rate": 1, "good_score": 0.8})
+        result = await client.execute("py_fb_async", {"question": "hi"})
+        reply = await client.record_feedback(result.request_id, score=0.9)
+        with pytest.raises(ValueError, match="give a score, expected_outputs, or both"):
+            await client.record_feedback(result.request_id)
+    assert reply.example_added and reply.dataset == "py_fb_async-feedback" and reply.version == 1
 
 
 @on_server_loop

@@ -8,7 +8,8 @@
 
 Optimization: add_examples, start_optimization / optimize (waits, with a progress
 line on a terminal), get/list/cancel/watch_optimization, set/get_execution_policy,
-program_stats, and execute(..., mode=...) whose result says its execution_mode.
+program_stats, execute(..., mode=...) whose result says its execution_mode, and
+record_feedback on a captured call (a score, expected outputs, or both).
 
 AsyncClient offers the same methods on grpc.aio. Errors are DSPyPoolError
 subclasses carrying the status code, message and the server's ErrorInfo reason.
@@ -20,8 +21,8 @@ from .convert import (EvaluationArm, Fallback, Field, Metric, PoolStatus, Progra
                       SessionTurn, Timings, Usage, WorkerInfo, from_struct, to_struct)
 from .errors import (DeadlineExceeded, DSPyPoolError, FailedPrecondition, Internal, InvalidArgument, NotFound,
                      OptimizationFailed, ResourceExhausted, Unavailable, from_rpc_error)
-from .optimization import (ArmStats, Budget, DatasetInfo, ExecutionPolicy, OptimizationJob, OptimizationProgress,
-                           OptimizationResult, ProgramStats)
+from .optimization import (ArmStats, Budget, DatasetInfo, ExecutionPolicy, FeedbackResult, OptimizationJob,
+                           OptimizationProgress, OptimizationResult, ProgramStats)
 from .retry import NO_RETRIES, RetryPolicy
 
 __version__ = "0.1.0"
@@ -30,7 +31,7 @@ __all__ = [
     "AsyncClient", "AsyncSession", "Client", "Session", "RetryPolicy", "NO_RETRIES",
     "Result", "ProgramInfo", "SessionInfo", "SessionTurn", "PoolStatus", "WorkerInfo", "Timings", "Usage", "Field", "Fallback",
     "EvaluationArm", "ProgramMeta", "Metric", "Budget", "DatasetInfo", "OptimizationJob", "OptimizationProgress",
-    "OptimizationResult", "ExecutionPolicy", "ArmStats", "ProgramStats",
+    "OptimizationResult", "ExecutionPolicy", "ArmStats", "ProgramStats", "FeedbackResult",
     "DSPyPoolError", "InvalidArgument", "NotFound", "ResourceExhausted", "DeadlineExceeded", "Unavailable", "Internal",
     "FailedPrecondition", "OptimizationFailed",
     "from_rpc_error", "from_struct", "to_struct",

@@ -20,7 +20,8 @@ from .client import DEFAULT_CHANNEL_OPTIONS, new_session_id
 from .convert import Fallback, Field, Metric, PoolStatus, ProgramInfo, Result, SessionInfo
 from .attempts import CallAttempts, WatchAttempts
 from .errors import DSPyPoolError, NotFound, from_rpc_error
-from .optimization import Budget, DatasetInfo, ExecutionPolicy, OptimizationJob, ProgramStats, outcome, watch_ended_early
+from .optimization import (Budget, DatasetInfo, ExecutionPolicy, FeedbackResult, OptimizationJob, ProgramStats, outcome,
+                           watch_ended_early)
 from .progress import ProgressLine
 from .retry import RetryPolicy
 
@@ -65,11 +66,12 @@ class AsyncClient:
                                demos: list[Mapping[str, Any]] | None = None, fallback: Fallback | Mapping[str, Any] | None = None,
                                input_fields: list[Field] | None = None, output_fields: list[Field] | None = None,
                                state_json: str = "", module_options: Mapping[str, Any] | None = None, description: str = "",
-                               warmup_inputs: list[Mapping[str, Any]] | None = None, timeout: float | None = None) -> ProgramInfo:
+                               warmup_inputs: list[Mapping[str, Any]] | None = None, capture: Mapping[str, Any] | None = None,
+                               timeout: float | None = None) -> ProgramInfo:
         spec = convert.program_spec(name, signature, module, instructions=instructions, demos=demos, fallback=fallback,
                                     input_fields=input_fields, output_fields=output_fields, state_json=state_json,
                                     module_options=module_options, description=description,
-                                    warmup_inputs=warmup_inputs)
+                                    warmup_inputs=warmup_inputs, capture=capture)
         return ProgramInfo.from_proto(await self._invoke(self._stub.RegisterProgram, pb.RegisterProgramRequest(spec=spec), timeout))
 
     async def get_program(self, name: str, version: int = 0, *, timeout: float | None = None) -> ProgramInfo:
@@ -202,6 +204,13 @@ class AsyncClient:
     async def program_stats(self, program: str, *, timeout: float | None = None) -> ProgramStats:
         request = pb.GetProgramStatsRequest(program=program)
         return ProgramStats.from_proto(await self._invoke(self._stub.GetProgramStats, request, timeout))
+
+    async def record_feedback(self, request_id: str, *, score: float | None = None,
+                              expected_outputs: Mapping[str, Any] | None = None,
+                              timeout: float | None = None) -> FeedbackResult:
+        """Feedback on a call its program captured (see Client.record_feedback)."""
+        request = optimization.feedback_request(request_id, score, expected_outputs)
+        return FeedbackResult.from_proto(await self._invoke(self._stub.RecordFeedback, request, timeout, idempotent=False))
 
     def session(self, session_id: str | None = None) -> "AsyncSession":
         """`async with client.session() as s: await s.execute(...)`; closed on exit."""

@@ -20,7 +20,8 @@ from ._gen import dspy_pool_pb2_grpc as pb_grpc
 from .convert import Fallback, Field, Metric, PoolStatus, ProgramInfo, Result, SessionInfo
 from .attempts import CallAttempts, WatchAttempts
 from .errors import DSPyPoolError, NotFound, from_rpc_error
-from .optimization import Budget, DatasetInfo, ExecutionPolicy, OptimizationJob, ProgramStats, outcome, watch_ended_early
+from .optimization import (Budget, DatasetInfo, ExecutionPolicy, FeedbackResult, OptimizationJob, ProgramStats, outcome,
+                           watch_ended_early)
 from .progress import ProgressLine
 from .retry import RetryPolicy
 
@@ -83,11 +84,12 @@ class Client:
                          demos: list[Mapping[str, Any]] | None = None, fallback: Fallback | Mapping[str, Any] | None = None,
                          input_fields: list[Field] | None = None, output_fields: list[Field] | None = None,
                          state_json: str = "", module_options: Mapping[str, Any] | None = None, description: str = "",
-                         warmup_inputs: list[Mapping[str, Any]] | None = None, timeout: float | None = None) -> ProgramInfo:
+                         warmup_inputs: list[Mapping[str, Any]] | None = None, capture: Mapping[str, Any] | None = None,
+                         timeout: float | None = None) -> ProgramInfo:
         spec = convert.program_spec(name, signature, module, instructions=instructions, demos=demos, fallback=fallback,
                                     input_fields=input_fields, output_fields=output_fields, state_json=state_json,
                                     module_options=module_options, description=description,
-                                    warmup_inputs=warmup_inputs)
+                                    warmup_inputs=warmup_inputs, capture=capture)
         return ProgramInfo.from_proto(self._invoke(self._stub.RegisterProgram, pb.RegisterProgramRequest(spec=spec), timeout))
 
     def get_program(self, name: str, version: int = 0, *, timeout: float | None = None) -> ProgramInfo:
@@ -237,6 +239,17 @@ class Client:
         """Per version and arm: calls, errors, latency p50/p95; and the policy in force."""
         request = pb.GetProgramStatsRequest(program=program)
         return ProgramStats.from_proto(self._invoke(self._stub.GetProgramStats, request, timeout))
+
+    def record_feedback(self, request_id: str, *, score: float | None = None, expected_outputs: Mapping[str, Any] | None = None,
+                        timeout: float | None = None) -> FeedbackResult:
+        """Feedback on a call its program captured (`capture: {sample_rate: ...}` in its spec; `Result.request_id`
+        names the call): `score` goes to the version's stats (`program_stats(...).arms[i].feedback_count`,
+        `feedback_score_mean`); `expected_outputs`, or a score at or above the capture's `good_score` (default 1),
+        turns the call into an example of the capture's dataset. A call takes feedback once: NotFound when it was not
+        captured, was given feedback already, or aged out."""
+        request = optimization.feedback_request(request_id, score, expected_outputs)
+        # Not sent again after a transport error: the first may have used the capture up.
+        return FeedbackResult.from_proto(self._invoke(self._stub.RecordFeedback, request, timeout, idempotent=False))
 
     # -- sessions -----------------------------------------------------------
     def session(self, session_id: str | None = None) -> "Session":

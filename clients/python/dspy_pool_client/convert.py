@@ -331,7 +331,8 @@ def program_spec(name: str, signature: str = "", module: str = "predict", *, ins
                  demos: list[Mapping[str, Any]] | None = None, fallback: Fallback | Mapping[str, Any] | None = None,
                  input_fields: list[Field] | None = None, output_fields: list[Field] | None = None,
                  state_json: str = "", module_options: Mapping[str, Any] | None = None, description: str = "",
-                 warmup_inputs: list[Mapping[str, Any]] | None = None) -> pb.ProgramSpec:
+                 warmup_inputs: list[Mapping[str, Any]] | None = None,
+                 capture: Mapping[str, Any] | None = None) -> pb.ProgramSpec:
     spec = pb.ProgramSpec(name=name, signature=signature, module=module, instructions=instructions,
                           state_json=state_json, description=description)
     for item in input_fields or ():
@@ -347,7 +348,21 @@ def program_spec(name: str, signature: str = "", module: str = "predict", *, ins
     fallback_message = fallback_to_proto(fallback)
     if fallback_message is not None:
         spec.fallback.CopyFrom(fallback_message)
+    if capture is not None:
+        spec.capture.CopyFrom(capture_to_proto(capture))
     return spec
+
+
+CAPTURE_KEYS = ("sample_rate", "max_examples", "dataset", "split", "good_score")
+
+
+def capture_to_proto(capture: Mapping[str, Any]) -> pb.CapturePolicy:
+    """{"sample_rate": 0..1, "max_examples", "dataset", "split", "good_score"}: which calls the server keeps for
+    record_feedback."""
+    unknown = set(capture) - set(CAPTURE_KEYS)
+    if unknown:
+        raise TypeError(f"capture: unknown keys {sorted(unknown)} (expected {', '.join(CAPTURE_KEYS)})")
+    return pb.CapturePolicy(**capture)
 
 
 def execute_request(program: str, inputs: Mapping[str, Any] | None, version: int = 0, session_id: str | None = None,

@@ -5,6 +5,7 @@
     WatchOptimization stream --> OptimizationJob after OptimizationJob --> a finished state:
         succeeded (job.result: the new version, dev scores, promoted) | failed | cancelled | interrupted
     set_execution_policy(program, mode=..., ...) = GetExecutionPolicy, change the named fields, SetExecutionPolicy
+    record_feedback(request_id, score=..., expected_outputs=...) --> RecordFeedbackRequest --> FeedbackResult
 
 Examples, options and outputs are converted like every other Struct (see convert.py):
 integral numbers come back as int.
@@ -13,13 +14,14 @@ integral numbers come back as int.
 from __future__ import annotations
 
 import datetime as _dt
+import math
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
 import grpc
 
 from ._gen import dspy_pool_pb2 as pb
-from .convert import Metric, _timestamp, from_struct, metric_to_proto, to_struct
+from .convert import Metric, _timestamp, metric_to_proto, to_struct
 from .errors import DeadlineExceeded, OptimizationFailed, Unavailable
 
 SPLITS = ("train", "dev")
@@ -258,6 +260,8 @@ class ArmStats:
     latency_p50_ms: float
     latency_p95_ms: float
     error_rate: float
+    feedback_count: int = 0           # feedback scores received for this version (every arm of it shows the same)
+    feedback_score_mean: float = 0.0  # their mean; 0 when there are none
 
 
 @dataclass(frozen=True)
@@ -268,6 +272,39 @@ class ProgramStats:
 
     @classmethod
     def from_proto(cls, message: pb.ProgramStats) -> "ProgramStats":
-        arms = [ArmStats(a.version, a.arm, a.calls, a.errors, a.latency_p50_ms, a.latency_p95_ms, a.error_rate)
-                for a in message.arms]
+        arms = [ArmStats(a.version, a.arm, a.calls, a.errors, a.latency_p50_ms, a.latency_p95_ms, a.error_rate,
+                         a.feedback_count, a.feedback_score_mean) for a in message.arms]
         return cls(message.program, arms, ExecutionPolicy.from_proto(message.policy))
+
+
+# -- feedback ------------------------------------------------------------------------------
+
+def feedback_request(request_id: str, score: float | None, expected_outputs: Mapping[str, Any] | None) -> pb.RecordFeedbackRequest:
+    if not request_id:
+        raise ValueError("request_id is required: the request_id of a call its program captured (Result.request_id)")
+    if score is None and expected_outputs is None:
+        raise ValueError("give a score, expected_outputs, or both")
+    request = pb.RecordFeedbackRequest(request_id=request_id)
+    if score is not None:
+        if isinstance(score, bool) or not isinstance(score, (int, float)) or not math.isfinite(score):
+            raise ValueError(f"score must be a finite number, not {score!r}")
+        request.score, request.has_score = float(score), True
+    if expected_outputs is not None:
+        if not isinstance(expected_outputs, Mapping) or not expected_outputs:
+            raise TypeError("expected_outputs must be a non-empty dict of output field names to values")
+        to_struct(expected_outputs, request.expected_outputs)
+    return request
+
+
+@dataclass(frozen=True)
+class FeedbackResult:
+    """What RecordFeedback did with a captured call."""
+
+    example_added: bool      # the call became an example (expected outputs given, or a score >= the capture's good_score)
+    dataset: str             # where the example went ("" when none was added)
+    program: str             # the call's program and version, whose stats count the feedback
+    version: int
+
+    @classmethod
+    def from_proto(cls, message: pb.RecordFeedbackResponse) -> "FeedbackResult":
+        return cls(message.example_added, message.dataset, message.program, message.version)
