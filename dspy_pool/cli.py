@@ -77,7 +77,9 @@ async def _demo_call(target: str) -> None:
         response = await stub.Execute(request, timeout=30)
         from google.protobuf import json_format
 
-        print("demo call:", json.dumps(json_format.MessageToDict(response), indent=2), flush=True)
+        # Proto field names (program_version), as every --json output and the README show them.
+        demo = json_format.MessageToDict(response, preserving_proto_field_name=True)
+        print("demo call:", json.dumps(demo, indent=2, ensure_ascii=False), flush=True)
 
 
 def _probe(args: argparse.Namespace) -> int:
@@ -120,10 +122,15 @@ def main(argv: list[str] | None = None) -> int:
     serve.add_argument("--demo", action="store_true", help="once serving, register a demo program and print one call")
     serve.set_defaults(handler=_serve)
     commands.add_parser("sim-lm", help="run the simulated OpenAI-compatible LM (see `dspy-pool sim-lm --help`)")
-    probe = commands.add_parser("probe", help="exit 0 if the server's health service says SERVING")
-    probe.add_argument("--target", default="127.0.0.1:50051")
-    probe.add_argument("--service", default="")
-    probe.add_argument("--timeout", type=float, default=3.0)
+    probe = commands.add_parser("probe", help="exit 0 if the server's health service says SERVING",
+                                description="Ask the server's gRPC health service; exit 0 and print SERVING when it "
+                                            "serves, else exit 1 (for Docker HEALTHCHECK and Kubernetes exec probes).")
+    probe.add_argument("--target", type=client_cli.target_address, default=client_cli.default_target(),
+                       help=f"server address: HOST[:PORT] or unix:PATH (default: ${client_cli.TARGET_ENV}, else {client_cli.DEFAULT_TARGET})")
+    probe.add_argument("--service", default="",
+                       help='the health service name to ask: "" (default) for the whole server, or dspy_pool.v1.DSPyPool')
+    probe.add_argument("--timeout", type=client_cli._positive_float, default=3.0, metavar="S",
+                       help="seconds to wait for the answer (default %(default)s)")
     probe.set_defaults(handler=_probe)
     client_cli.add_commands(commands)
     args = parser.parse_args(argv)

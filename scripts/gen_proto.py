@@ -10,20 +10,24 @@ import pathlib
 import sys
 import tempfile
 
-from grpc_tools import protoc
-import grpc_tools
-
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 PROTO_ROOT = ROOT / "proto"
-WELL_KNOWN = pathlib.Path(grpc_tools.__file__).parent / "_proto"
+NO_GRPC_TOOLS = "scripts/gen_proto.py needs grpcio-tools, a development dependency: pip install -e '.[dev]'"
 
 
 def generate(out_dir: pathlib.Path) -> list[pathlib.Path]:
+    # Imported here, not at the top: without the [dev] extra, one line saying what to install, not a traceback.
+    try:
+        import grpc_tools
+        from grpc_tools import protoc
+    except ImportError:
+        raise SystemExit(NO_GRPC_TOOLS) from None
+    well_known = pathlib.Path(grpc_tools.__file__).parent / "_proto"
     protos = sorted(PROTO_ROOT.rglob("*.proto"))
     args = [
         "protoc",
         f"-I{PROTO_ROOT}",
-        f"-I{WELL_KNOWN}",
+        f"-I{well_known}",
         f"--python_out={out_dir}",
         f"--pyi_out={out_dir}",
         f"--grpc_python_out={out_dir}",

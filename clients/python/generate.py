@@ -29,8 +29,11 @@ _ABSOLUTE_IMPORT = re.compile(r"^from dspy_pool\.v1 import (\w+_pb2)", re.MULTIL
 
 def generate() -> dict[str, str]:
     """Return {file name: text} of the generated, import-fixed modules."""
-    import grpc_tools
-    from grpc_tools import protoc
+    try:
+        import grpc_tools
+        from grpc_tools import protoc
+    except ImportError:  # one line saying what to install, not a traceback
+        raise SystemExit("clients/python/generate.py needs grpcio-tools: pip install './clients/python[dev]'") from None
 
     well_known = pathlib.Path(grpc_tools.__file__).parent / "_proto"
     with tempfile.TemporaryDirectory() as tmp:

@@ -453,16 +453,39 @@ def parse_listen(text: str) -> tuple[str, int]:
     return host.strip("[]") or "127.0.0.1", int(port)
 
 
+# --X-rate flag -> (FaultConfig field, what the sim does with that share of chat completions)
+FAULT_FLAGS = (
+    ("error-rate", "error_rate", "answer 500 (a server error)"),
+    ("rate-limit-rate", "rate_limit_rate", "answer 429 with Retry-After (a rate limit)"),
+    ("hang-rate", "hang_rate", "never answer (the client's timeout must end them)"),
+    ("malformed-rate", "malformed_rate", "answer 200 with text that ignores the output format"),
+    ("disconnect-rate", "disconnect_rate", "close the connection without an answer"),
+    ("auth-error-rate", "auth_error_rate", "answer 401 (the API key refused)"),
+    ("bad-request-rate", "bad_request_rate", "answer 400 (a request the provider refuses)"),
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m dspy_pool.simlm", description="Simulated OpenAI-compatible LM.")
-    parser.add_argument("--listen", default="127.0.0.1:0", help="HOST:PORT; port 0 picks a free one")
-    parser.add_argument("--latency", default="fixed:0", help="fixed:MS, uniform:LO:HI, lognormal:MEDIAN:SIGMA, exp:MEAN")
-    for name in ("error", "rate-limit", "hang", "malformed", "disconnect"):
-        parser.add_argument(f"--{name}-rate", type=float, default=0.0, help=f"fraction of requests that {name}")
-    parser.add_argument("--seed", type=int, default=0)
+    parser = argparse.ArgumentParser(
+        prog="dspy-pool sim-lm",
+        description="Run the simulated OpenAI-compatible LM (POST /v1/chat/completions; faults settable at run time "
+                    "through /admin/faults). Fault rates are shares of requests, 0..1, summing to at most 1.")
+    parser.add_argument("--listen", default="127.0.0.1:0", help="HOST:PORT; port 0 picks a free one (default %(default)s)")
+    parser.add_argument("--latency", default="fixed:0",
+                        help="per-request delay in ms: fixed:MS, uniform:LO:HI, lognormal:MEDIAN:SIGMA or exp:MEAN (default %(default)s)")
+    for flag, _field, what in FAULT_FLAGS:
+        parser.add_argument(f"--{flag}", type=float, default=0.0, metavar="P", help=f"share of requests to {what} (default 0)")
+    parser.add_argument("--seed", type=int, default=0,
+                        help="seed of the random draws (faults, latency): the same seed, the same sequence (default 0)")
     parser.add_argument("--no-uvloop", action="store_true", help="use the stock asyncio loop")
-    parser.add_argument("--parent-pid", type=int, default=0, help="exit when this process (the server that started us) exits")
+    # Internal: the server that runs the sim (--lm sim) passes its pid so the sim dies with it.
+    parser.add_argument("--parent-pid", type=int, default=0, help=argparse.SUPPRESS)
     return parser
+
+
+def fault_config(args: argparse.Namespace) -> FaultConfig:
+    """The parsed command line's faults; ValueError for a bad rate or latency."""
+    return FaultConfig(latency=args.latency, **{field: getattr(args, field) for _flag, field, _what in FAULT_FLAGS})
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -475,10 +498,7 @@ def main(argv: list[str] | None = None) -> int:
         die_with_parent(args.parent_pid)
     try:
         host, port = parse_listen(args.listen)
-        faults = FaultConfig(
-            error_rate=args.error_rate, rate_limit_rate=args.rate_limit_rate, hang_rate=args.hang_rate,
-            malformed_rate=args.malformed_rate, disconnect_rate=args.disconnect_rate, latency=args.latency,
-        )
+        faults = fault_config(args)
     except ValueError as exc:
         parser.error(str(exc))
     # stdout carries only the SIMLM_LISTENING line; logs go to stderr.
