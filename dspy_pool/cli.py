@@ -87,8 +87,9 @@ def _probe(args: argparse.Namespace) -> int:
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+    target = getattr(args, "target", None) or client_cli.default_target()  # given before or after `probe`, or the default
     try:
-        with grpc.insecure_channel(args.target) as channel:
+        with grpc.insecure_channel(target) as channel:
             reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=args.service), timeout=args.timeout)
     except grpc.RpcError as exc:
         print(f"not serving: {exc.code().name}", file=sys.stderr)
@@ -116,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["sim-lm"]:
         return _sim_lm(argv[1:])
     parser = argparse.ArgumentParser(prog="dspy-pool", description="Serve DSPy programs over gRPC from a prewarmed worker pool.")
+    client_cli.add_target_option(parser)  # before the subcommand, for every client command (or after it)
     commands = parser.add_subparsers(dest="command", required=True)
     serve = commands.add_parser("serve", help="run the gRPC server")
     config_module.add_flags(serve, profile=_profile_in(argv))
@@ -125,8 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     probe = commands.add_parser("probe", help="exit 0 if the server's health service says SERVING",
                                 description="Ask the server's gRPC health service; exit 0 and print SERVING when it "
                                             "serves, else exit 1 (for Docker HEALTHCHECK and Kubernetes exec probes).")
-    probe.add_argument("--target", type=client_cli.target_address, default=client_cli.default_target(),
-                       help=f"server address: HOST[:PORT] or unix:PATH (default: ${client_cli.TARGET_ENV}, else {client_cli.DEFAULT_TARGET})")
+    client_cli.add_target_option(probe)
     probe.add_argument("--service", default="",
                        help='the health service name to ask: "" (default) for the whole server, or dspy_pool.v1.DSPyPool')
     probe.add_argument("--timeout", type=client_cli._positive_float, default=3.0, metavar="S",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import pathlib
+import socket
 import subprocess
 import sys
 
@@ -45,7 +46,7 @@ def test_every_fault_the_sim_has_is_a_flag_that_sets_it():
 def test_probe_help_explains_each_option_and_its_default(capsys):
     """`dspy-pool probe --help`: help text and the default for --target, --service and --timeout."""
     text = " ".join(_help(capsys, "probe").split())
-    assert "server address: HOST[:PORT] or unix:PATH (default: $DSPY_POOL_TARGET, else 127.0.0.1:50051)" in text
+    assert "server address: HOST[:PORT] (port 50051 if left out) or unix:PATH (default: $DSPY_POOL_TARGET, else 127.0.0.1:50051)" in text
     assert 'the health service name to ask: "" (default) for the whole server' in text
     assert "seconds to wait for the answer (default 3.0)" in text
 
@@ -57,3 +58,15 @@ def test_gen_proto_without_grpc_tools_says_what_to_install():
     ran = subprocess.run([sys.executable, "-c", hide], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert ran.returncode == 1 and "Traceback" not in ran.stderr
     assert "pip install -e '.[dev]'" in ran.stderr and len(ran.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("command", [["status"], ["probe", "--timeout", "0.5"]])
+def test_target_before_the_subcommand_is_used(command, capsys, monkeypatch):
+    """`dspy-pool --target X status` (and probe) goes to X: a port nobody listens on says so (was 'invalid choice')."""
+    monkeypatch.delenv("DSPY_POOL_TARGET", raising=False)
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        port = unused.getsockname()[1]  # bound, not listening: a refused connection
+        assert cli.main(["--target", f"127.0.0.1:{port}", *command, *(["--timeout", "2"] if command == ["status"] else [])]) == 1
+    err = capsys.readouterr().err
+    assert f"no server at 127.0.0.1:{port}" in err or "not serving: UNAVAILABLE" in err, err
