@@ -171,6 +171,7 @@ class WorkerHandle(asyncio.Protocol):
                 if call.counted:
                     self.failed += 1
         except Exception:
+            self.in_flight[request_id] = call  # failed with the worker's other calls, at once (not at its deadline)
             self.kill("protocol_error: undecodable result")
             return
         call.complete(self, reply, error)

@@ -82,3 +82,19 @@ async def test_a_deadline_already_past_never_ran_and_says_so():
     assert caught.value.metadata["phase"] == errors.PHASE_QUEUED
     assert not caught.value.may_have_run and caught.value.queued_only
     assert not handle.in_flight
+
+
+async def test_a_reply_that_cannot_be_decoded_fails_its_call_at_once():
+    """The worker is killed for a protocol error, and the call whose reply it was fails WORKER_CRASHED now, with the
+    worker's other calls (it used to be forgotten and wait out its whole deadline as DEADLINE_EXCEEDED)."""
+    from dspy_pool.pool.protocol import FrameType, encode
+
+    dispatcher, handle = _dispatcher(concurrency=2)
+    garbled, other = asyncio.ensure_future(dispatcher.run(_job(30))), asyncio.ensure_future(dispatcher.run(_job(30)))
+    await asyncio.sleep(0)
+    request_id = min(handle.in_flight)
+    handle.data_received(encode(FrameType.REPLY, request_id, b"\xff\xff\xff\xff"))
+    for call in (garbled, other):
+        with pytest.raises(errors.WorkerCrashed, match="undecodable result"):
+            await asyncio.wait_for(call, 1)
+    assert handle.state.name == "STOPPED"
