@@ -307,18 +307,24 @@ class Dispatcher:
 
     def _start(self, job: Job, handle: WorkerHandle) -> None:
         request = job.request
-        if job.program_key not in handle.loaded_programs:
+        with_spec = job.program_key not in handle.loaded_programs
+        if with_spec:
             request = wire.WorkRequest()
             request.CopyFrom(job.request)
             request.spec = job.spec
-            handle.loaded_programs.add(job.program_key)
         request.timeout_s = max(0.001, job.deadline - self._loop.time())
+        try:
+            job.request_id = handle.send_request(job, request)
+        except errors.InvalidArgument as too_large:  # nothing was sent: the slot stays free
+            job._finish(error=too_large)
+            return
+        if with_spec:
+            handle.loaded_programs.add(job.program_key)
         job.state = _RUNNING
         job.handle = handle
         job.started_at = time.monotonic()
         if self.metrics is not None:
             self.metrics.record_queue_wait(job.started_at, job.started_at - job.enqueued_at)
-        job.request_id = handle.send_request(job, request)
 
     def _requeue_front(self, job: Job) -> None:
         self._queue.appendleft(job)

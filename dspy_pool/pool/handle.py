@@ -26,7 +26,7 @@ import structlog
 from dspy_pool import errors, logs
 from dspy_pool.internal import worker_pb2 as wire
 from dspy_pool.pool.output import WorkerOutputLog
-from dspy_pool.pool.protocol import Frame, FrameDecoder, FrameType, ProtocolError, encode
+from dspy_pool.pool.protocol import HEADER_BYTES, Frame, FrameDecoder, FrameType, ProtocolError, encode
 
 log = structlog.get_logger("dspy_pool.pool")
 
@@ -80,6 +80,7 @@ class WorkerHandle(asyncio.Protocol):
         self._loop = asyncio.get_running_loop()
         self.hello: asyncio.Future[wire.WorkerHello] = self._loop.create_future()
         self._decoder = FrameDecoder(max_frame_bytes)
+        self._max_request_bytes = max_frame_bytes - HEADER_BYTES  # what the worker's decoder takes (it stops on more)
         self._cancel_grace_s = cancel_grace_s
         self._on_dead = on_dead
         self._on_slot_free = on_slot_free
@@ -179,7 +180,15 @@ class WorkerHandle(asyncio.Protocol):
 
     # -- requests -----------------------------------------------------------
     def send_request(self, call: Call, request: wire.WorkRequest) -> int:
-        return self._send(_REQUEST, call, request.SerializeToString())
+        """Send `request` for `call`; InvalidArgument, with nothing sent, when it is too large for a frame."""
+        payload = request.SerializeToString()
+        if len(payload) > self._max_request_bytes:
+            # A frame past the worker's limit would stop the worker, and every call on it. Inputs are bounded by
+            # --max-message-bytes, but a session's history and the program's spec travel with them.
+            raise errors.InvalidArgument(
+                f"this call's request to the worker is {len(payload)} bytes (its inputs, the session's history and the "
+                f"program's spec), over the worker's limit of {self._max_request_bytes}: send smaller inputs, or use a new session")
+        return self._send(_REQUEST, call, payload)
 
     def send_optimize(self, call: Call, work: wire.OptimizeWork) -> int:
         """An optimization job (optimizer workers only); `call` also gets `progress(OptimizeProgress)`."""

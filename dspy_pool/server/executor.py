@@ -54,10 +54,12 @@ def primary(result: CallResult) -> Served:
 class Executor:
     """Runs one call of a registered program on the pool."""
 
-    def __init__(self, pool: Pool, sessions: SessionStore, session_max_in_flight: int = 0) -> None:
+    def __init__(self, pool: Pool, sessions: SessionStore, session_max_in_flight: int = 0,
+                 history_max_bytes: int = 2 * 1024 * 1024) -> None:
         self.pool = pool
         self.sessions = sessions
         self.session_max_in_flight = session_max_in_flight
+        self.history_max_bytes = history_max_bytes
 
     def call(self, program: ProgramVersion, inputs: struct_pb2.Struct, request_id: str, deadline: float,
              lm: LMChoice | None = None) -> Awaitable[CallResult]:
@@ -75,7 +77,7 @@ class Executor:
                 f"session {session_id!r} already has {local.in_flight} calls in flight (limit {self.session_max_in_flight})",
                 metadata={"retry_after_ms": "200"},
             )
-        history = tuple(session.history_messages()) if program.takes_history else None
+        history = tuple(session.history_messages(self.history_max_bytes)) if program.takes_history else None
         local.in_flight += 1
         try:
             result = await self.pool.call(CallRequest(program.ref, inputs, deadline, request_id, history, local.preferred_worker, lm))

@@ -37,7 +37,7 @@ from dspy_pool.server.fallback import Step
 from dspy_pool.server.handlers import Undecodable, checks_decoding, undecodable
 from dspy_pool.server.peers import SCOPE_FRONT, SCOPE_KEY, Peers, merge as merge_status, merge_program_stats
 from dspy_pool.server.resilience import ResilienceSettings, ResilientExecutor, chain_for
-from dspy_pool.server.sessions import SessionStore, check_session_id
+from dspy_pool.server.sessions import SessionStore, check_session_id, newest_turns
 from dspy_pool.server.status import to_grpc_status
 from dspy_pool.v1 import dspy_pool_pb2 as pb
 from dspy_pool.v1 import dspy_pool_pb2_grpc as pb_grpc
@@ -191,7 +191,7 @@ class DSPyPoolService(pb_grpc.DSPyPoolServicer):
         self.pool = pool
         self.registry = registry
         self.sessions = sessions
-        self.executor = Executor(pool, sessions, config.sessions.max_in_flight)
+        self.executor = Executor(pool, sessions, config.sessions.max_in_flight, config.sessions.history_max_bytes)
         self.resilient = ResilientExecutor(self.executor, registry, resilience_settings(config), config.lm.api_base or config.lm.model,
                                            breakers, cache)
         self.started_at = time.monotonic()
@@ -204,6 +204,9 @@ class DSPyPoolService(pb_grpc.DSPyPoolServicer):
         self._default_deadline_s = config.server.default_deadline_s
         self._max_deadline_s = config.server.max_deadline_s
         self._max_input_depth = config.server.max_input_depth
+        # GetSession: the history a program receives, in a reply well within any client's receive limit (4 MiB by
+        # default; the server sends at most twice --max-message-bytes) even where numbers take more room than in JSON.
+        self._session_reply_bytes = min(config.sessions.history_max_bytes, config.server.max_message_bytes // 2)
 
     async def _abort(self, context: grpc.aio.ServicerContext, error: errors.PoolError) -> None:
         await context.abort_with_status(to_grpc_status(error))
@@ -674,8 +677,10 @@ class DSPyPoolService(pb_grpc.DSPyPoolServicer):
         except errors.PoolError as error:
             await self._abort(context, error)
             return
-        message = pb.Session(session_id=session.session_id, preferred_worker=self.sessions.local(session.session_id).preferred_worker)
-        for turn in session.turns:
+        shown = newest_turns(session.turns, self._session_reply_bytes)
+        message = pb.Session(session_id=session.session_id, preferred_worker=self.sessions.local(session.session_id).preferred_worker,
+                             turns_left_out=len(session.turns) - len(shown))
+        for turn in shown:
             entry = message.turns.add(program=turn.program)
             structs.dict_to_struct(json.loads(turn.inputs_json), entry.inputs)
             structs.dict_to_struct(json.loads(turn.outputs_json), entry.outputs)

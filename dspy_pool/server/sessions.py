@@ -33,7 +33,7 @@ import collections
 import json
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Sequence
 
 from dspy_pool.errors import InvalidArgument, NotFound, ResourceExhausted
 from dspy_pool.state import SessionLimits, SessionRecord, StateStore, TurnRecord, policy
@@ -65,9 +65,22 @@ class OpenedSession:
     lost: str  # why an earlier session with this id is gone ("evicted", "expired"), or ""
     local: LocalSession
 
-    def history_messages(self) -> list[dict[str, Any]]:
-        """Turns in the shape dspy.History expects: one dict of inputs and outputs per turn."""
-        return [{**json.loads(turn.inputs_json), **json.loads(turn.outputs_json)} for turn in self.record.turns]
+    def history_messages(self, max_bytes: int) -> list[dict[str, Any]]:
+        """Turns in the shape dspy.History expects, one dict of inputs and outputs per turn: the newest turns whose
+        JSON fits `max_bytes` (a long session's history would outgrow what a worker takes in one request)."""
+        return [{**json.loads(turn.inputs_json), **json.loads(turn.outputs_json)} for turn in newest_turns(self.record.turns, max_bytes)]
+
+
+def newest_turns(turns: Sequence[TurnRecord], max_bytes: int) -> Sequence[TurnRecord]:
+    """The newest of `turns` (in their order) whose inputs and outputs JSON add up to at most `max_bytes`."""
+    total, first = 0, len(turns)
+    while first > 0:
+        turn = turns[first - 1]
+        total += len(turn.inputs_json.encode()) + len(turn.outputs_json.encode())
+        if total > max_bytes:
+            break
+        first -= 1
+    return turns[first:]
 
 
 def check_session_id(session_id: str) -> None:

@@ -26,7 +26,7 @@ async def test_first_open_starts_an_empty_session_and_later_opens_see_its_turns(
     await store.record_turn("s1", turn_record("qa", {"q": 1}, {"a": 2}), now=101.0)
     again = await store.open("s1", now=102.0)
     assert again.started is False
-    assert again.history_messages() == [{"q": 1, "a": 2}]
+    assert again.history_messages(1 << 20) == [{"q": 1, "a": 2}]
 
 
 async def test_turns_are_trimmed_to_max_turns():
@@ -137,7 +137,7 @@ async def test_an_open_that_wants_history_or_comes_after_the_slack_asks_the_stor
     sessions_, store = counted()
     await sessions_.open("s1", now=100.0, with_turns=False)
     await sessions_.record_turn("s1", turn_record("qa", {"q": 1}, {"a": 1}), now=100.0)
-    assert (await sessions_.open("s1", now=100.5)).history_messages() == [{"q": 1, "a": 1}]
+    assert (await sessions_.open("s1", now=100.5)).history_messages(1 << 20) == [{"q": 1, "a": 1}]
     await sessions_.open("s1", now=102.0, with_turns=False)
     assert store.opens == 3
 
@@ -162,3 +162,14 @@ async def test_a_session_this_front_closed_is_opened_from_the_store():
     await sessions_.close("s1")
     assert (await sessions_.open("s1", now=100.1, with_turns=False)).started is True
     assert store.opens == 2
+
+
+def test_newest_turns_keeps_the_latest_that_fit_in_order():
+    from dspy_pool.server.sessions import newest_turns
+    from dspy_pool.state import TurnRecord
+
+    turns = [TurnRecord("p", '{"q": "' + "x" * size + '"}', "{}") for size in (10, 20, 30)]  # 21, 31, 41 bytes
+    assert newest_turns(turns, 1000) == turns
+    assert newest_turns(turns, 72) == turns[1:] and newest_turns(turns, 71) == turns[2:]
+    assert list(newest_turns(turns, 40)) == []
+    assert newest_turns([TurnRecord("p", '{"q": "é"}', "{}")], 12) == []  # 13 bytes, 12 characters

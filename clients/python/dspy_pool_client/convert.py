@@ -207,6 +207,7 @@ class SessionInfo:
     preferred_worker: int
     created_at: _dt.datetime | None
     last_used_at: _dt.datetime | None
+    turns_left_out: int = 0  # older turns past --session-history-max-bytes, not in `turns`
 
     @classmethod
     def from_proto(cls, message: pb.Session) -> "SessionInfo":
@@ -215,6 +216,7 @@ class SessionInfo:
             turns=[SessionTurn(t.program, from_struct(t.inputs), from_struct(t.outputs)) for t in message.turns],
             preferred_worker=message.preferred_worker,
             created_at=_timestamp(message.created_at), last_used_at=_timestamp(message.last_used_at),
+            turns_left_out=message.turns_left_out,
         )
 
 

@@ -594,18 +594,20 @@ class Turn(_message.Message):
     def __init__(self, inputs: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., outputs: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., program: _Optional[str] = ...) -> None: ...
 
 class Session(_message.Message):
-    __slots__ = ("session_id", "turns", "created_at", "last_used_at", "preferred_worker")
+    __slots__ = ("session_id", "turns", "created_at", "last_used_at", "preferred_worker", "turns_left_out")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     TURNS_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
     LAST_USED_AT_FIELD_NUMBER: _ClassVar[int]
     PREFERRED_WORKER_FIELD_NUMBER: _ClassVar[int]
+    TURNS_LEFT_OUT_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     turns: _containers.RepeatedCompositeFieldContainer[Turn]
     created_at: _timestamp_pb2.Timestamp
     last_used_at: _timestamp_pb2.Timestamp
     preferred_worker: int
-    def __init__(self, session_id: _Optional[str] = ..., turns: _Optional[_Iterable[_Union[Turn, _Mapping]]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_used_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., preferred_worker: _Optional[int] = ...) -> None: ...
+    turns_left_out: int
+    def __init__(self, session_id: _Optional[str] = ..., turns: _Optional[_Iterable[_Union[Turn, _Mapping]]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., last_used_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., preferred_worker: _Optional[int] = ..., turns_left_out: _Optional[int] = ...) -> None: ...
 
 class GetSessionRequest(_message.Message):
     __slots__ = ("session_id",)
