@@ -35,7 +35,7 @@ from typing import Any
 import structlog
 
 from dspy_pool import structs
-from dspy_pool.errors import ErrorKind, PoolError
+from dspy_pool.errors import DeadlineExceeded, ErrorKind, PoolError
 from dspy_pool.internal import worker_pb2 as wire
 from dspy_pool.options import parse_lm_rules
 from dspy_pool.pool import calltag, failures, lms, programs
@@ -277,7 +277,7 @@ class Worker:
                         structs.dict_to_struct(_prediction_outputs(prediction), reply.outputs)
                         reply.prompt_tokens, reply.completion_tokens, reply.total_tokens = _usage_totals(prediction)
             except TimeoutError:
-                raise PoolError("deadline passed while the program was built or ran", kind=ErrorKind.DEADLINE_EXCEEDED) from None
+                raise DeadlineExceeded("deadline exceeded while running (the worker's own timer: the program was built or ran)") from None
             reply.execution_ms = (time.perf_counter() - started) * 1000.0
             self.served += 1
             self.send(FrameType.REPLY, request_id, reply.SerializeToString())
