@@ -427,6 +427,8 @@ class DSPyPoolService(pb_grpc.DSPyPoolServicer):
             if route is not None and not error.meaning.caller_fault:
                 self.stats.record(program.name, program.version, route.label, (time.perf_counter() - started) * 1000.0, True)
             self._log_failure(error)
+            if error.kind is errors.ErrorKind.DEADLINE_EXCEEDED and remaining is not None and remaining > self._max_deadline_s:
+                error.message += f" (the server caps a call's deadline at --max-deadline-s {self._max_deadline_s:g} s)"
             await self._abort(context, error)
             return
         finally:

@@ -171,3 +171,17 @@ async def test_worker_output_of_a_call_names_the_call_and_the_worker(server):
     lines = [e for e in logs if e["event"] == "worker_output" and "chatty line" in e["line"]]
     assert {(e["request_id"], e["program"], e["worker_id"]) for e in lines} == {("trace-me-1", key, response.worker.id)}
     assert lines[0]["line"] == "chatty line 0" and program.version == 1
+
+
+async def test_a_deadline_the_server_capped_says_so():
+    """A client deadline past --max-deadline-s is cut to it; the DEADLINE_EXCEEDED then names the cap, so a client that
+    asked for a day is not left wondering why it got half a second."""
+    async with running_app(workers=1, max_deadline_s=0.5) as (_, stub, _channel):
+        await register(stub, "sleepy", "seconds -> slept", "sleepy")
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await stub.Execute(execute_request("sleepy", seconds=3.0), timeout=60)
+        assert caught.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert "caps a call's deadline at --max-deadline-s 0.5 s" in caught.value.details()
+        with pytest.raises(grpc.aio.AioRpcError) as within:  # a deadline under the cap: no such words
+            await stub.Execute(execute_request("sleepy", seconds=3.0), timeout=0.3)
+        assert "--max-deadline-s" not in (within.value.details() or "")
