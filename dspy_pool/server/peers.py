@@ -7,10 +7,12 @@ kernel picks. GetPoolStatus on any front asks the others for their own status
 
     local status ─┐
     peer 1 status ─┼─> merge() ──> one PoolStatus: counters summed, workers listed with their front,
-    peer 2 status ─┘                worst breaker per key, one FrontStatus per front that answered
+    peer 2 status ─┘                worst breaker per key, one FrontStatus per front
 
-A peer that does not answer within a second is left out (its FrontStatus is
-missing, so a client can tell); the front supervisor restarts a dead one.
+A peer that does not answer within a second adds nothing but its FrontStatus,
+with serving false and pid 0 (a client can tell it apart from a draining
+front, which answers with its pid); the front supervisor restarts a dead or
+hung one.
 CancelOptimization for a job another front runs, and RecordFeedback for a call
 another front captured, are passed to the peers the same way: only the front
 running a job can stop its optimizer worker, and a capture lives in the memory
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import grpc
@@ -86,11 +89,12 @@ class Peers:
             return await self._stub(index).GetPoolStatus(pb.GetPoolStatusRequest(), timeout=_PEER_TIMEOUT_S,
                                                          metadata=((SCOPE_KEY, SCOPE_FRONT),))
         except grpc.RpcError:
-            return None  # down or restarting: left out, and its FrontStatus with it
+            return None  # down, restarting or hung: merge() lists it as not serving
 
-    async def statuses(self) -> list[pb.PoolStatus]:
-        answers = await asyncio.gather(*(self._status(index) for index in self.group.peer_indexes))
-        return [status for status in answers if status is not None]
+    async def statuses(self) -> dict[int, pb.PoolStatus | None]:
+        """Each other front's own status by index; None for one that did not answer."""
+        indexes = self.group.peer_indexes
+        return dict(zip(indexes, await asyncio.gather(*(self._status(index) for index in indexes))))
 
     async def cancel_optimization(self, job_id: str) -> None:
         """Ask every other front to cancel `job_id`; the one running it does (the others find it is not theirs)."""
@@ -129,11 +133,15 @@ class Peers:
             await channel.close()
 
 
-def merge(local: pb.PoolStatus, peers: list[pb.PoolStatus]) -> pb.PoolStatus:
-    """One status for the group: `local` (this front's, with its FrontStatus) plus what the peers answered."""
+def merge(local: pb.PoolStatus, peers: Mapping[int, pb.PoolStatus | None]) -> pb.PoolStatus:
+    """One status for the group: `local` (this front's, with its FrontStatus) plus what the peers answered, by index;
+    a peer that did not answer (None) is listed as a front that is not serving, and adds nothing else."""
     merged = pb.PoolStatus()
     merged.CopyFrom(local)
-    for peer in peers:
+    for index, peer in peers.items():
+        if peer is None:
+            merged.fronts.add(index=index, serving=False, answered=False)
+            continue
         for name in _SUMMED:
             setattr(merged, name, getattr(merged, name) + getattr(peer, name))
         merged.serving = merged.serving or peer.serving

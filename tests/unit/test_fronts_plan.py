@@ -64,7 +64,7 @@ def _front(index: int, in_flight: int, completed: int, breaker_state: str) -> pb
 
 
 def test_merged_status_sums_counters_and_keeps_the_worst_of_each_breaker():
-    merged = merge(_front(0, 3, 10, "closed"), [_front(2, 4, 5, "open"), _front(1, 0, 1, "half_open")])
+    merged = merge(_front(0, 3, 10, "closed"), {2: _front(2, 4, 5, "open"), 1: _front(1, 0, 1, "half_open")})
     assert (merged.in_flight, merged.completed) == (7, 16)
     assert merged.serving  # at least one front serves
     assert merged.queue_wait_p95_ms == 20.0 and merged.health_score == 0.0  # the worst front
@@ -76,6 +76,22 @@ def test_merged_status_sums_counters_and_keeps_the_worst_of_each_breaker():
     levels = {level.level: level for level in merged.cache_levels}
     assert (levels["memory"].hits, levels["memory"].entries, levels["memory"].bytes) == (3, 6, 90)
     assert (levels["store"].hits, levels["store"].entries) == (3, -1)  # one store: its size is not summed
+
+
+def test_a_peer_that_did_not_answer_is_listed_as_not_serving_and_adds_nothing_else():
+    merged = merge(_front(0, 3, 10, "closed"), {1: None, 2: _front(2, 4, 5, "open")})
+    assert [(f.index, f.pid) for f in merged.fronts] == [(0, 10), (1, 0), (2, 12)]
+    silent = merged.fronts[1]
+    assert (silent.serving, silent.answered, silent.workers, silent.in_flight) == (False, False, 0, 0)
+    assert (merged.in_flight, merged.completed, merged.config.workers) == (7, 15, 2)
+    assert merged.health_score == 0.0 and sorted(w.front for w in merged.workers) == [0, 2]
+
+
+def test_a_group_where_no_peer_answered_still_lists_every_front():
+    merged = merge(_front(0, 3, 10, "closed"), {1: None})
+    assert [(f.index, f.pid, f.answered) for f in merged.fronts] == [(0, 10, True), (1, 0, False)]
+    assert merged.serving  # this front still serves
+    assert merged.health_score == 1.0 and merged.in_flight == 3
 
 
 def _stats(*arms: tuple) -> pb.ProgramStats:
