@@ -11,8 +11,12 @@ or migrates the store and registers --programs-file), then the others at once.
 A front that dies loses only its own in-flight calls: the kernel stops
 handing it connections, the others keep serving, and it is started again
 with the helpers' restart policy (backoff; a front that keeps dying is left
-down and logged as a crash loop). SIGTERM or SIGINT to the supervisor is
-passed on to every front, which drains as a lone server does.
+down and logged as a crash loop). A front that stops answering (stopped,
+deadlocked) would keep taking its share of new connections, so a prober
+process (fronts/prober.py) asks each front's private socket for the health
+Check; one silent for --hang-timeout-s (fronts/liveness.py decides) is
+SIGKILLed (`front_hung`) and restarted like one that died. SIGTERM or SIGINT
+to the supervisor is passed on to every front, which drains as a lone server does.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from typing import Callable
 
 import structlog
 
-from dspy_pool.fronts import plan
+from dspy_pool.fronts import liveness, plan
 from dspy_pool.restarts import RestartPolicy, RestartState, after_failure, after_start
 from dspy_pool.server import config as config_module
 from dspy_pool.server.config import ServerConfig
@@ -119,6 +123,7 @@ class FrontSupervisor:
         self.restarts = 0
         self._processes: dict[int, asyncio.subprocess.Process] = {}
         self._info: dict[int, FrontInfo] = {}
+        self._liveness: dict[int, liveness.Liveness] = {}  # serving fronts only: what their health checks said
         self._stopping = False
 
     # -- one front -------------------------------------------------------------------
@@ -154,6 +159,7 @@ class FrontSupervisor:
             raise FrontFailed(f"front {index} exited (status {code}) before serving; its log is above")
         info = FrontInfo(**json.loads(line))
         self._info[index] = info
+        self._liveness[index] = liveness.started(time.monotonic())
         log.info("front_serving", index=index, pid=info.pid)
         return info
 
@@ -163,6 +169,7 @@ class FrontSupervisor:
         while True:
             code = await self._processes[index].wait()
             self._info.pop(index, None)
+            self._liveness.pop(index, None)
             if self._stopping:
                 return
             log.warning("front_died", index=index, status=code)
@@ -183,6 +190,55 @@ class FrontSupervisor:
                 state = after_start(state, time.monotonic())
                 break
 
+    # -- liveness --------------------------------------------------------------------
+    async def _watch(self) -> None:
+        """Run the prober (restarted with backoff if it dies) and act on every check it reports."""
+        # The checks run in an exec'd process, not here: a front that dies or hangs is started again with
+        # create_subprocess_exec, a fork (then exec) of this process while the group runs, and a process that has
+        # created gRPC objects must never fork (DESIGN.md, rule 1). So this process holds no gRPC at all.
+        interval_s = liveness.check_interval_s(self.config.pool.hang_timeout_s)
+        state = RestartState()
+        while not self._stopping:
+            prober = await asyncio.create_subprocess_exec(
+                sys.executable, "-m", "dspy_pool.fronts.prober", "--socket-dir", self.socket_dir, "--count", str(self.count),
+                "--interval-s", str(interval_s), "--supervisor-pid", str(os.getpid()),
+                stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+            )
+            state = after_start(state, time.monotonic())
+            try:
+                async for line in prober.stdout:
+                    check = json.loads(line)  # {"index": i, "answered": bool}
+                    self._checked(check["index"], check["answered"], time.monotonic())
+            finally:
+                if prober.returncode is None:
+                    with contextlib.suppress(ProcessLookupError):
+                        prober.kill()
+                await prober.wait()
+            if self._stopping:
+                return
+            delay, state = after_failure(self.policy, state, time.monotonic())
+            if delay is None:
+                log.error("front_prober_crash_loop", hint="hung fronts are no longer detected; the group keeps serving")
+                return
+            log.warning("front_prober_died", status=prober.returncode)
+            await asyncio.sleep(delay)
+
+    def _checked(self, index: int, answered: bool, now: float) -> None:
+        """One health check's outcome; SIGKILL the front if it is hung (its keeper then restarts it)."""
+        state = self._liveness.get(index)
+        if state is None or self._stopping:
+            return  # starting, restarting or stopping: not ours to judge
+        state = self._liveness[index] = liveness.after_check(state, answered, now)
+        timeout_s = self.config.pool.hang_timeout_s
+        if not liveness.hung(state, timeout_s):
+            return
+        process = self._processes[index]
+        log.error("front_hung", index=index, pid=process.pid, silent_s=round(liveness.silent_s(state), 1), hang_timeout_s=timeout_s,
+                  hint="it did not answer health checks on its private socket; killed, and started again")
+        del self._liveness[index]
+        with contextlib.suppress(ProcessLookupError):
+            process.kill()
+
     # -- the group -------------------------------------------------------------------
     def metrics_ports(self) -> dict[int, int]:
         return {index: info.metrics_port for index, info in self._info.items() if info.metrics_port > 0}
@@ -202,6 +258,7 @@ class FrontSupervisor:
             if not await _unless_stopped(self._start_all(), stop):
                 return  # SIGTERM while starting: stop what started
             keepers = [asyncio.ensure_future(self._keep(index)) for index in range(self.count)]
+            keepers.append(asyncio.ensure_future(self._watch()))
             metrics = self._serve_metrics()
             log.info("fronts_serving", port=self.port, fronts=self.count, pids=[self._info[i].pid for i in sorted(self._info)],
                      metrics_port=metrics[1] if metrics else -1)

@@ -243,3 +243,44 @@ async def test_a_job_running_on_one_front_is_watched_and_cancelled_from_another(
             await close_all(connections)
     finally:
         server.stop()
+
+
+async def test_a_hung_front_is_shown_not_serving_then_killed_and_started_again(tmp_path):
+    """SIGSTOP one front: another front's status lists it as not answering at once; the supervisor's health checks
+    find it silent for --hang-timeout-s, kill it (front_hung) and start it again; then both fronts serve."""
+    server = ServeProcess("--front-processes", "2", "--state-dir", str(tmp_path), "--optimizer-workers", "0", "--hang-timeout-s", "3",
+                          ready=FRONTS_SERVING)
+    try:
+        await server.serving()
+        connections = await connections_to_each_front(server.port)
+        (_, hung), (_, other) = connections[0], connections[1]
+        try:
+            await other.RegisterProgram(pb.RegisterProgramRequest(spec=pb.ProgramSpec(name="qa", signature="question -> answer")),
+                                        timeout=30)
+            victim = await front_of(hung)
+            os.kill(victim.pid, signal.SIGSTOP)
+
+            # A peer that does not answer costs one peer timeout (1 s), and is listed rather than left out.
+            status = await other.GetPoolStatus(pb.GetPoolStatusRequest(), timeout=5)
+            assert [(f.index, f.pid, f.serving, f.answered) for f in status.fronts] == [(0, 0, False, False), (1, status.fronts[1].pid, True, True)]
+
+            async def started_again():
+                status = await other.GetPoolStatus(pb.GetPoolStatusRequest(), timeout=5)
+                front = status.fronts[0]
+                return front.pid not in (0, victim.pid) and front.serving
+
+            await eventually(started_again, timeout_s=30, interval_s=0.2)
+            assert re.search(rb"front_hung.*index=0", server.log), server.log.decode(errors="replace")[-3000:]
+            with pytest.raises(ProcessLookupError):  # killed and reaped, not merely continued
+                os.kill(victim.pid, 0)
+            fresh = await connections_to_each_front(server.port)
+            try:
+                replies = await asyncio.gather(*(stub.Execute(execute_request("qa", question="again"), timeout=30)
+                                                 for _, stub in fresh.values()))
+                assert all(reply.outputs["answer"] for reply in replies)
+            finally:
+                await close_all(fresh)
+        finally:
+            await close_all(connections)
+    finally:
+        server.stop()
