@@ -100,7 +100,8 @@ class PoolSection(_Section):
     warmup_timeout_s: float = setting(10.0, "bound on one worker's warm-up", unit="s", minimum=0.001)
     boot_timeout_s: float = setting(60.0, "a worker not ready by then counts as a boot failure", unit="s", minimum=0.1)
     crash_loop_threshold: int = setting(5, "boot failures in a row before respawning stops (NOT_SERVING)", minimum=1)
-    hang_timeout_s: float = setting(10.0, "a worker silent to pings this long is killed (it gets no new calls after one missed ping)",
+    hang_timeout_s: float = setting(10.0, "a worker silent to pings this long is killed (it gets no new calls after one missed ping); "
+                                          "so is a front of a group silent to health checks",
                                     unit="s", minimum=0.1)
     quarantine_after: int = setting(3, "warm-up faults in a row (a build or warm-up call that kills or hangs a worker) "
                                        "before a program is quarantined", minimum=1)
