@@ -22,7 +22,7 @@ from google.protobuf import timestamp_pb2
 from dspy_pool import fields as spec_fields
 from dspy_pool.errors import InvalidArgument, NotFound, Unavailable
 from dspy_pool.pool.api import ProgramRef
-from dspy_pool.state import NewProgram, ProgramRecord, StateStore
+from dspy_pool.state import NewProgram, ProgramRecord, Revision, StateStore
 from dspy_pool.state.unreachable import unavailable_while_down
 from dspy_pool.v1 import dspy_pool_pb2 as pb
 
@@ -114,6 +114,13 @@ class ProgramRegistry:
     reloads the snapshot when it moved, and a call that names a program the
     snapshot lacks refreshes once before it says NOT_FOUND. While the store is
     unreachable the snapshot keeps serving and writes fail UNAVAILABLE.
+
+    A store that lost what it held (its epoch changed: FLUSHALL, an empty Redis
+    restarted; or its revision went back: an older backup) is a reset, however
+    far its revision has counted since: the programs it lost stay in the
+    snapshot, beside whatever is registered in it from then on, until a name
+    is registered again (the store's versions of it take over) or the replica
+    restarts.
     """
 
     def __init__(self, store: StateStore, max_programs: int) -> None:
@@ -121,10 +128,12 @@ class ProgramRegistry:
         self.max_programs = max_programs
         self._versions: dict[str, dict[int, ProgramVersion]] = {}
         self.bases: dict[str, ProgramVersion] = {}  # name -> base_version(name), worked out when the versions change
-        self._revision: int | None = None
+        self._revision: Revision | None = None
         self.policies: dict[str, pb.ExecutionPolicy] = {}  # program name -> its execution policy
+        # What a reset store lost and this replica still serves: names the store does not hold (again) yet.
+        self._kept: dict[str, dict[int, ProgramVersion]] = {}
+        self._kept_policies: dict[str, pb.ExecutionPolicy] = {}
         self._store_down = False
-        self._store_reset_logged = False
 
     def __len__(self) -> int:
         return sum(len(v) for v in self._versions.values())
@@ -133,34 +142,45 @@ class ProgramRegistry:
     async def load(self) -> None:
         """Replace the snapshot with what the store holds now."""
         async with _store_errors():
-            revision = await self.store.program_revision()
+            revision = await self.store.revision()
             records = await self.store.list_programs()
             stored_policies = await self.store.list_policies()
-        versions: dict[str, dict[int, ProgramVersion]] = {}
+        stored: dict[str, dict[int, ProgramVersion]] = {}
         for record in records:
-            versions.setdefault(record.name, {})[record.version] = _version(record, created=False)
+            stored.setdefault(record.name, {})[record.version] = _version(record, created=False)
+        # A kept name the store holds again is the store's from then on, whole (and gone when deleted there).
+        self._kept = {name: kept for name, kept in self._kept.items() if name not in stored}
+        self._kept_policies = {name: kept for name, kept in self._kept_policies.items() if name in self._kept}
+        versions = {**self._kept, **stored}
+        policies = {**self._kept_policies, **{name: pb.ExecutionPolicy.FromString(data)
+                                              for name, data in stored_policies.items()}}
         self._versions, self._revision = versions, revision
         self.bases = {name: _base(entries) for name, entries in versions.items()}
-        self.policies = {name: policy_within(pb.ExecutionPolicy.FromString(data), versions.get(name, {}))
-                         for name, data in stored_policies.items()}
+        self.policies = {name: policy_within(policy, versions.get(name, {})) for name, policy in policies.items()}
 
     async def refresh(self) -> bool:
-        """Reload if another replica (or process) changed the programs; True when it did."""
+        """Reload if another replica (or process) changed the programs; True when it did (after a reset: when
+        the store holds something beyond the snapshot kept)."""
         async with _store_errors():
-            revision = await self.store.program_revision()
+            revision = await self.store.revision()
         if revision == self._revision:
             return False
-        if self._revision is not None and revision < self._revision:
-            # A revision never goes back unless the store was wiped or replaced (a Redis restarted without
-            # persistence): keep serving what we know rather than forget every program silently.
-            if not self._store_reset_logged:
-                log.error("state_store_reset_detected", store=self.store.description, had=self._revision, now=revision,
-                          hint="the store lost its programs; serving this replica's snapshot. Re-register them (or restart "
-                               "with --programs-file) once the store is back as it should be")
-                self._store_reset_logged = True
-            return False
+        reset = self._revision is not None and _was_reset(self._revision, revision)
+        if reset:
+            self._keep_snapshot(revision)
+        before = self._versions
         await self.load()
-        return True
+        return not reset or self._versions != before
+
+    def _keep_snapshot(self, now: Revision) -> None:
+        """The store lost what it held: keep serving every program known here, and say so."""
+        self._kept = dict(self._versions)
+        self._kept_policies = dict(self.policies)
+        if self._revision.epoch:  # (from a lost epoch, "", to a new one is the same reset, re-seeded by an opener)
+            log.error("state_store_reset_detected", store=self.store.description, had=self._revision.programs,
+                      now=now.programs, epoch_changed=now.epoch != self._revision.epoch, kept=len(self),
+                      hint="the store lost its programs; this replica keeps serving the ones it knew. Re-register them "
+                           "(or restart with --programs-file) once the store is back as it should be")
 
     async def watch(self, poll_s: float) -> None:
         """Keep the snapshot current until cancelled; an unreachable store is logged once, then retried."""
@@ -272,6 +292,11 @@ class ProgramRegistry:
             if kept is not policy:
                 await self.set_policy(kept)
         return deleted
+
+
+def _was_reset(had: Revision, now: Revision) -> bool:
+    """The store is not the one `had` was read from (another epoch), or went back (a revision never does)."""
+    return now.epoch != had.epoch or now.programs < had.programs
 
 
 def policy_within(policy: pb.ExecutionPolicy, versions: Collection[int]) -> pb.ExecutionPolicy:

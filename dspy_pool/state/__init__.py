@@ -13,12 +13,12 @@ from __future__ import annotations
 import os
 
 from dspy_pool.state.base import (
-    JOB_ACTIVE_STATES, SCHEMA_VERSION, AddedProgram, AppendResult, DatasetInfo, ExampleRecord, JobRecord, NewProgram,
-    ProgramRecord, SessionLimits, SessionRecord, StateError, StateStore, StateUnavailable, TurnRecord,
+    JOB_ACTIVE_STATES, JOB_FINISHED_STATES, SCHEMA_VERSION, AddedProgram, AppendResult, DatasetInfo, ExampleRecord,
+    JobRecord, NewProgram, ProgramRecord, Revision, SessionLimits, SessionRecord, StateError, StateStore, StateUnavailable, TurnRecord,
 )
 
 __all__ = [
-    "JOB_ACTIVE_STATES", "SCHEMA_VERSION", "AddedProgram", "DatasetInfo", "ExampleRecord", "JobRecord", "AppendResult", "NewProgram", "ProgramRecord", "SessionLimits", "SessionRecord",
+    "JOB_ACTIVE_STATES", "JOB_FINISHED_STATES", "SCHEMA_VERSION", "Revision", "AddedProgram", "DatasetInfo", "ExampleRecord", "JobRecord", "AppendResult", "NewProgram", "ProgramRecord", "SessionLimits", "SessionRecord",
     "StateError", "StateStore", "StateUnavailable", "TurnRecord", "make_store", "open_store",
 ]
 

@@ -130,6 +130,16 @@ class JobRecord:
 
 
 JOB_ACTIVE_STATES = ("queued", "running")
+JOB_FINISHED_STATES = ("succeeded", "failed", "cancelled", "interrupted")  # final: put_job never moves a job out of one
+
+
+@dataclass(frozen=True, slots=True)
+class Revision:
+    """Where the store's programs stand. A replica compares both parts: the revision alone cannot tell a store
+    that moved on from one that was wiped (FLUSHALL, an empty Redis restarted) and has since counted past it."""
+
+    epoch: str  # the store's identity, written when it was created: another one ("" when lost) is another store
+    programs: int  # program_revision()
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,8 +197,13 @@ class StateStore(abc.ABC):
         """Every stored version, by name then version."""
 
     @abc.abstractmethod
+    async def revision(self) -> Revision:
+        """The store's epoch and program revision, read together: a replica reloads the list when the revision
+        moves, and takes a changed epoch for a store that lost what it held (registry.refresh)."""
+
     async def program_revision(self) -> int:
-        """A counter every add and delete increases: a replica reloads the list when it moves."""
+        """A counter every add and delete increases (and every put_policy)."""
+        return (await self.revision()).programs
 
     # -- sessions -------------------------------------------------------------
     @abc.abstractmethod
@@ -271,8 +286,11 @@ class StateStore(abc.ABC):
 
     # -- optimization jobs ------------------------------------------------------------
     @abc.abstractmethod
-    async def put_job(self, job: JobRecord) -> None:
-        """Insert or replace a job by job_id (committed when this returns)."""
+    async def put_job(self, job: JobRecord) -> bool:
+        """Insert or replace a job by job_id (committed when this returns); True if written.
+
+        A job already stored in a finished state (JOB_FINISHED_STATES) is final: it is kept as it is and this
+        returns False, so a runner that outlived its lease cannot turn `interrupted` back into `succeeded`."""
 
     @abc.abstractmethod
     async def get_job(self, job_id: str) -> JobRecord | None: ...

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import collections
 import dataclasses
+import uuid
 from dataclasses import dataclass, field
 
 from dspy_pool.state import policy
 from dspy_pool.state.base import (
-    AddedProgram, AppendResult, DatasetInfo, ExampleRecord, JobRecord, NewProgram, ProgramRecord, SessionLimits,
-    SessionRecord, StateStore, TurnRecord,
+    JOB_FINISHED_STATES, AddedProgram, AppendResult, DatasetInfo, ExampleRecord, JobRecord, NewProgram, ProgramRecord,
+    Revision, SessionLimits, SessionRecord, StateStore, TurnRecord,
 )
 
 
@@ -62,6 +63,7 @@ class MemoryStore(StateStore):
         # Per name, the highest version ever assigned: a deleted number is never handed out again.
         self._last_version: dict[str, int] = {}
         self._revision = 0
+        self._epoch = uuid.uuid4().hex  # this store's identity: it lives and dies with the process
         # Least recently used first (append moves a session to the end), so the cap walks it from the front.
         self._sessions: collections.OrderedDict[str, _Session] = collections.OrderedDict()
         self._cache: dict[bytes, _CacheEntry] = {}
@@ -109,8 +111,8 @@ class MemoryStore(StateStore):
     async def list_programs(self) -> list[ProgramRecord]:
         return [self._programs[name][v] for name in sorted(self._programs) for v in sorted(self._programs[name])]
 
-    async def program_revision(self) -> int:
-        return self._revision
+    async def revision(self) -> Revision:
+        return Revision(self._epoch, self._revision)
 
     # -- sessions -------------------------------------------------------------
     def _live(self, session_id: str, now: float, limits: SessionLimits) -> _Session | None:
@@ -233,8 +235,12 @@ class MemoryStore(StateStore):
         return self._datasets.pop(dataset, None) is not None
 
     # -- jobs -------------------------------------------------------------------
-    async def put_job(self, job: JobRecord) -> None:
+    async def put_job(self, job: JobRecord) -> bool:
+        stored = self._jobs.get(job.job_id)
+        if stored is not None and stored.state in JOB_FINISHED_STATES:
+            return False
         self._jobs[job.job_id] = job
+        return True
 
     async def get_job(self, job_id: str) -> JobRecord | None:
         return self._jobs.get(job_id)

@@ -20,6 +20,10 @@ Key layout, all under the prefix (default ``dspy_pool:``; names and session
 ids are embedded as given, behind a fixed-kind segment, so no two kinds collide):
 
     schema_version                  string   SCHEMA_VERSION of what wrote this database
+    epoch                           string   a random id set when a replica first opens the database: read with
+                                             program_revision, a changed (or lost) one tells a replica that the
+                                             database was wiped (FLUSHALL, an empty restart), however far its
+                                             revision has counted since
     program_revision                string   INCR on every add and delete of a program, and every put_policy
     programs                        set      "VERSION:NAME" of every stored version
     program:VERSION:NAME            hash     spec, content_hash, input_names, output_names, takes_history, created_at,
@@ -72,6 +76,7 @@ import functools
 import json
 import math
 import urllib.parse
+import uuid
 from typing import Any, AsyncIterator, Awaitable, Callable, TypeVar
 
 import redis.asyncio as aioredis
@@ -84,8 +89,8 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from dspy_pool.errors import ResourceExhausted
 from dspy_pool.state import policy
 from dspy_pool.state.base import (
-    SCHEMA_VERSION, AddedProgram, AppendResult, DatasetInfo, ExampleRecord, JobRecord, NewProgram, ProgramRecord,
-    SessionLimits, SessionRecord, StateError, StateStore, StateUnavailable, TurnRecord,
+    JOB_FINISHED_STATES, SCHEMA_VERSION, AddedProgram, AppendResult, DatasetInfo, ExampleRecord, JobRecord, NewProgram,
+    ProgramRecord, Revision, SessionLimits, SessionRecord, StateError, StateStore, StateUnavailable, TurnRecord,
 )
 
 DEFAULT_PREFIX = "dspy_pool:"
@@ -327,7 +332,11 @@ return 1
 
 _PUT_JOB = """
 -- KEYS: job:ID, jobs. ARGV: prefix, id, program, dedup_key, created_at, then the hash's field/value pairs
-local old = redis.call('HMGET', KEYS[1], 'program', 'dedup_key')
+-- A job in a finished state (base.JOB_FINISHED_STATES) is final: kept, and 0 returned.
+local old = redis.call('HMGET', KEYS[1], 'program', 'dedup_key', 'state')
+if FINISHED then
+  return 0
+end
 if old[1] then
   redis.call('ZREM', ARGV[1] .. 'jobs_by_program:' .. old[1], ARGV[2])
   redis.call('ZREM', ARGV[1] .. 'jobs_by_dedup:' .. old[2], ARGV[2])
@@ -338,7 +347,7 @@ redis.call('ZADD', KEYS[2], ARGV[5], ARGV[2])
 redis.call('ZADD', ARGV[1] .. 'jobs_by_program:' .. ARGV[3], ARGV[5], ARGV[2])
 redis.call('ZADD', ARGV[1] .. 'jobs_by_dedup:' .. ARGV[4], ARGV[5], ARGV[2])
 return 1
-"""
+""".replace("if FINISHED", "if " + " or ".join(f"old[3] == '{state}'" for state in JOB_FINISHED_STATES))
 
 _CLAIM_JOB = """
 -- KEYS: job:ID. ARGV: owner, now, lease_expires_at. state.policy.can_claim, mirrored.
@@ -661,6 +670,12 @@ class RedisStore(StateStore):
                 raise StateError(f"cannot reach redis at {self.description}: {exc}") from exc
             except RedisError as exc:
                 raise StateError(f"{where}: cannot record schema version {SCHEMA_VERSION}: {exc}") from exc
+        try:
+            # Only into a database this version may use; the first opener's epoch stays (a database from before
+            # epochs gets its own now).
+            await client.set(self._key("epoch"), uuid.uuid4().hex, nx=True)
+        except (*_UNAVAILABLE, RedisError) as exc:
+            raise StateError(f"cannot record the epoch of redis at {self.description}: {exc}") from exc
 
     async def close(self) -> None:
         client, self._client = self._client, None
@@ -718,8 +733,9 @@ class RedisStore(StateStore):
         return records
 
     @_translated
-    async def program_revision(self) -> int:
-        return int(await self._client.get(self._key("program_revision")) or 0)
+    async def revision(self) -> Revision:
+        epoch, programs = await self._client.mget(self._key("epoch"), self._key("program_revision"))
+        return Revision((epoch or b"").decode(), int(programs or 0))
 
     # -- sessions -------------------------------------------------------------
     def _session_keys(self, session_id: str) -> list[bytes]:
@@ -883,10 +899,10 @@ class RedisStore(StateStore):
 
     # -- jobs -------------------------------------------------------------------
     @_translated
-    async def put_job(self, job: JobRecord) -> None:
-        await self._put_job(keys=[self._key("job:", job.job_id), self._key("jobs")],
+    async def put_job(self, job: JobRecord) -> bool:
+        return bool(await self._put_job(keys=[self._key("job:", job.job_id), self._key("jobs")],
                             args=[self._prefix, job.job_id, job.program, job.dedup_key, _text(job.created_at),
-                                  *_job_fields(job)])
+                                  *_job_fields(job)]))
 
     @_translated
     async def get_job(self, job_id: str) -> JobRecord | None:

@@ -29,6 +29,18 @@ naming the path; the file is left exactly as it was.
 A caller that stops waiting (its RPC was cancelled) does not stop the
 operation: it is already queued for the thread and runs to its commit or
 rollback, so the file never holds half of one.
+
+One server per file: a stand-alone server (shared=False) opens in
+locking_mode=EXCLUSIVE, so a second one fails start-up naming the file and
+the holder, and SQLite keeps the WAL index in this process's heap instead of
+an mmap of state.db-shm (a write fault on that mapping, a filesystem gone
+read-only, is SIGBUS, not an error). The fronts of one group (shared=True)
+share the file in the normal locking mode.
+
+The file is checked before each operation: deleted or replaced since it was
+opened (a cleanup job, a remounted volume), its writes would go to an inode
+nobody will read again, so they fail StateUnavailable from then on
+(`state_store_file_lost`) and reads serve what the open file holds.
 """
 
 from __future__ import annotations
@@ -42,15 +54,19 @@ import queue
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator
+import uuid
 from typing import Any, TypeVar
+
+import structlog
 
 from dspy_pool.state import policy
 from dspy_pool.state.base import (
-    SCHEMA_VERSION, AddedProgram, AppendResult, DatasetInfo, ExampleRecord, JobRecord, NewProgram, ProgramRecord,
-    SessionLimits, SessionRecord, StateError, StateStore, StateUnavailable, TurnRecord,
+    JOB_FINISHED_STATES, SCHEMA_VERSION, AddedProgram, AppendResult, DatasetInfo, ExampleRecord, JobRecord, NewProgram,
+    ProgramRecord, Revision, SessionLimits, SessionRecord, StateError, StateStore, StateUnavailable, TurnRecord,
 )
 
 T = TypeVar("T")
+log = structlog.get_logger("dspy_pool.state")
 
 BUSY_TIMEOUT_S = 5.0  # another process holding the write lock: wait this long, then StateUnavailable
 
@@ -228,6 +244,8 @@ def _quick_check(conn: sqlite3.Connection, path: str) -> None:
 
 
 def _configure(conn: sqlite3.Connection) -> None:
+    # (locking_mode = EXCLUSIVE, for a stand-alone server, is set in _connect before the first read: only then
+    # does SQLite keep the WAL index in heap memory.)
     conn.execute("PRAGMA journal_mode = WAL")
     # WAL + NORMAL syncs only at checkpoints, not at each commit. A commit is in the WAL file (the OS's page cache)
     # when COMMIT returns, so it survives the process being killed (tests/integration/test_state_sqlite.py kills
@@ -246,10 +264,35 @@ def _migrate(conn: sqlite3.Connection, path: str) -> None:
         if version != SCHEMA_VERSION:
             conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES ('schema_version', ?)",
                          (str(SCHEMA_VERSION),))
+        # The file's identity (Revision.epoch), once: files from before it get theirs on their next open.
+        conn.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('epoch', ?)", (uuid.uuid4().hex,))
 
 
-def _connect(path: str, busy_timeout_s: float) -> sqlite3.Connection:
-    """Open, check and migrate; nothing is written to a file that fails a check."""
+def _lock_holders(path: str) -> list[int]:
+    """The other processes holding a lock on the file, from Linux's /proc/locks; [] where that cannot be told."""
+    try:
+        stat = os.stat(path)
+        with open("/proc/locks") as locks:
+            rows = [line.split() for line in locks]
+    except OSError:
+        return []
+    file_id = f"{os.major(stat.st_dev):02x}:{os.minor(stat.st_dev):02x}:{stat.st_ino}"
+    # "1: POSIX  ADVISORY  READ 7233 fe:00:2206136 128 128"; a waiter's line has "->" after the number and never matches
+    return sorted({int(row[4]) for row in rows
+                   if len(row) > 5 and row[5] == file_id and row[4].isdigit() and int(row[4]) != os.getpid()})
+
+
+def _in_use(path: str, exc: sqlite3.OperationalError) -> StateError:
+    holders = _lock_holders(path)
+    held_by = f" (held by pid {', '.join(map(str, holders))})" if holders else ""
+    return StateError(f"{path}: in use by another process{held_by}: {exc}. Keep one server per file (stop the other, "
+                      "or give this one its own --state-dir); servers that share state run as one --front-processes "
+                      "group or on Redis. It was left as it is")
+
+
+def _connect(path: str, busy_timeout_s: float, exclusive: bool) -> sqlite3.Connection:
+    """Open, check and migrate; nothing is written to a file that fails a check. `exclusive`: hold the file
+    (locking_mode = EXCLUSIVE) until the connection closes: no other process can open it meanwhile."""
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
     except OSError as exc:
@@ -260,6 +303,8 @@ def _connect(path: str, busy_timeout_s: float) -> sqlite3.Connection:
         raise StateError(f"{path}: cannot open: {exc}") from exc
     try:
         conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
+        if exclusive:  # before any read: the first read takes the lock, and the WAL index never touches -shm
+            conn.execute("PRAGMA locking_mode = EXCLUSIVE")
         # Read-only checks first: journal_mode = WAL would write to the file's header.
         _refuse_newer(_stored_version(conn, path), path)
         _quick_check(conn, path)
@@ -267,6 +312,8 @@ def _connect(path: str, busy_timeout_s: float) -> sqlite3.Connection:
         _migrate(conn, path)
     except sqlite3.OperationalError as exc:  # locked by another process past busy_timeout, no permission
         conn.close()
+        if exc.sqlite_errorcode in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
+            raise _in_use(path, exc) from exc
         raise StateError(f"{path}: cannot be opened ({exc}); it was left as it is") from exc
     except sqlite3.DatabaseError as exc:  # not a database at all, or damaged beyond reading its schema
         conn.close()
@@ -327,8 +374,11 @@ def _list_programs(conn: sqlite3.Connection) -> list[ProgramRecord]:
     return [_program(row) for row in conn.execute(f"SELECT {_PROGRAM_COLUMNS} FROM programs ORDER BY name, version")]
 
 
-def _program_revision(conn: sqlite3.Connection) -> int:
-    return conn.execute("SELECT value FROM counters WHERE name = 'program_revision'").fetchone()[0]
+def _revision(conn: sqlite3.Connection) -> Revision:
+    with _transaction(conn, "DEFERRED"):  # one snapshot for both
+        (epoch,) = conn.execute("SELECT value FROM meta WHERE key = 'epoch'").fetchone()
+        (programs,) = conn.execute("SELECT value FROM counters WHERE name = 'program_revision'").fetchone()
+    return Revision(epoch, programs)
 
 
 # -- sessions ----------------------------------------------------------------------------------------------------------
@@ -545,12 +595,13 @@ def _job(row: tuple) -> JobRecord:
                      bytes(progress), bytes(result), error, owner, lease_expires_at)
 
 
-def _put_job(conn: sqlite3.Connection, job: JobRecord) -> None:
+def _put_job(conn: sqlite3.Connection, job: JobRecord) -> bool:
     updates = ", ".join(f"{c} = excluded.{c}" for c in _JOB_COLUMNS.split(", ")[1:])
-    conn.execute(f"INSERT INTO jobs ({_JOB_COLUMNS}) VALUES ({', '.join('?' * 13)}) "
-                 f"ON CONFLICT (job_id) DO UPDATE SET {updates}",
-                 (job.job_id, job.dedup_key, job.program, job.state, job.priority, job.created_at, job.updated_at,
-                  job.request, job.progress, job.result, job.error, job.owner, job.lease_expires_at))
+    finished = ", ".join(f"'{state}'" for state in JOB_FINISHED_STATES)
+    return conn.execute(f"INSERT INTO jobs ({_JOB_COLUMNS}) VALUES ({', '.join('?' * 13)}) "
+                        f"ON CONFLICT (job_id) DO UPDATE SET {updates} WHERE jobs.state NOT IN ({finished})",
+                        (job.job_id, job.dedup_key, job.program, job.state, job.priority, job.created_at, job.updated_at,
+                         job.request, job.progress, job.result, job.error, job.owner, job.lease_expires_at)).rowcount > 0
 
 
 def _get_job(conn: sqlite3.Connection, job_id: str) -> JobRecord | None:
@@ -699,6 +750,27 @@ class _StoreThread:
             pass
 
 
+def _file_id(path: str) -> tuple[int, int] | None:
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return stat.st_dev, stat.st_ino
+
+
+def _file_lost(path: str, opened: tuple[int, int] | None) -> str:
+    """Why `path` is no longer the file opened as `opened` ("" while it is, or when that cannot be told)."""
+    try:
+        stat = os.stat(path)
+    except FileNotFoundError:
+        return f"{path} was deleted while the server ran"
+    except OSError:  # (no permission to look is not proof of anything)
+        return ""
+    if opened is not None and (stat.st_dev, stat.st_ino) != opened:
+        return f"{path} was replaced by another file while the server ran"
+    return ""
+
+
 class SQLiteStore(StateStore):
     durable = True
 
@@ -710,13 +782,16 @@ class SQLiteStore(StateStore):
         self._thread: _StoreThread | None = None
         self._conn: sqlite3.Connection | None = None  # touched only on the store's thread
         self._grouping = False  # on the store's thread: a group's transaction is open (_call_group)
+        self._file_id: tuple[int, int] | None = None  # (st_dev, st_ino) of the file opened
+        self._file_lost = ""  # why writes are refused: the file was deleted or replaced since it was opened
 
     async def open(self) -> None:
         if self._thread is not None:
             return
         thread = _StoreThread("dspy-pool-sqlite", self._call_group)
         try:
-            self._conn = await thread.submit(functools.partial(_connect, self.path, self.busy_timeout_s))
+            self._conn = await thread.submit(functools.partial(_connect, self.path, self.busy_timeout_s, not self.shared))
+            self._file_id = _file_id(self.path)
         except BaseException:
             thread.stop()
             raise
@@ -747,6 +822,7 @@ class SQLiteStore(StateStore):
         conn = self._conn
         if conn is None:
             raise StateError(f"{self.description}: the store is closed")
+        self._check_file(conn)
         try:
             if conn.in_transaction and not self._grouping:
                 # Left open by an operation whose ROLLBACK failed (its caller had the error): never let the next one
@@ -761,6 +837,7 @@ class SQLiteStore(StateStore):
         conn = self._conn
         if conn is None or len(ops) == 1:
             return [_outcome(op) for op in ops]
+        self._check_file(conn)
         self._grouping = True
         try:
             if conn.in_transaction:
@@ -773,7 +850,20 @@ class SQLiteStore(StateStore):
         return [(False, self._translated(value)) if not ok and isinstance(value, sqlite3.DatabaseError) else (ok, value)
                 for ok, value in outcomes]
 
+    def _check_file(self, conn: sqlite3.Connection) -> None:
+        """On the store's thread: once the path no longer names the file opened, make the connection read-only."""
+        if self._file_lost:
+            return
+        self._file_lost = _file_lost(self.path, self._file_id)
+        if self._file_lost:
+            log.error("state_store_file_lost", store=self.description, reason=self._file_lost,
+                      hint="writes fail UNAVAILABLE (they would be lost at restart); restore the file or restart the server")
+            conn.execute("PRAGMA query_only = ON")  # its writes fail: StateUnavailable naming why (_translated)
+
     def _translated(self, exc: sqlite3.DatabaseError) -> StateError:
+        if self._file_lost:
+            return StateUnavailable(f"{self.description}: {self._file_lost}; writes are refused until the server is "
+                                    f"restarted on a file that is there ({exc})")
         if isinstance(exc, sqlite3.OperationalError):  # locked past busy_timeout, disk full, I/O error: may pass
             return StateUnavailable(f"{self.description}: {exc}")
         return StateError(f"{self.description}: {exc}")  # corrupt, or a constraint we broke: will not pass by retrying
@@ -787,8 +877,8 @@ class SQLiteStore(StateStore):
     async def list_programs(self) -> list[ProgramRecord]:
         return await self._run(_list_programs)
 
-    async def program_revision(self) -> int:
-        return await self._run(_program_revision)
+    async def revision(self) -> Revision:
+        return await self._run(_revision)
 
     async def get_session(self, session_id: str, now: float, limits: SessionLimits) -> SessionRecord | None:
         return await self._run(_get_session, session_id, now, limits)
@@ -839,8 +929,8 @@ class SQLiteStore(StateStore):
     async def delete_dataset(self, dataset: str) -> bool:
         return await self._run(_delete_dataset, dataset)
 
-    async def put_job(self, job: JobRecord) -> None:
-        await self._run(_put_job, job)
+    async def put_job(self, job: JobRecord) -> bool:
+        return await self._run(_put_job, job)
 
     async def get_job(self, job_id: str) -> JobRecord | None:
         return await self._run(_get_job, job_id)

@@ -147,6 +147,15 @@ async def test_revision_stays_when_nothing_changes(store):
     assert await store.program_revision() == before
 
 
+async def test_revision_reads_a_lasting_epoch_with_the_program_revision(store):
+    """revision() is the store's epoch (set, and the same on every read) and program_revision, read together."""
+    first = await store.revision()
+    await store.add_program(_program(), MAX_PROGRAMS)
+    second = await store.revision()
+    assert first.epoch and second.epoch == first.epoch
+    assert second.programs > first.programs and second.programs == await store.program_revision()
+
+
 async def test_max_programs_refuses_a_new_version(store):
     """At max_programs versions in all, adding another raises ResourceExhausted and stores nothing."""
     await store.add_program(_program("a"), 2)
@@ -634,6 +643,18 @@ async def test_put_job_replaces_by_id(store):
     assert await store.get_job("j1") == done
     assert await store.list_jobs() == [done]
     assert await store.list_jobs(states=("queued",)) == []
+
+
+@pytest.mark.parametrize("final", ["succeeded", "failed", "cancelled", "interrupted"])
+async def test_a_finished_job_is_final(store, final):
+    """put_job of a job stored finished keeps it as it is and returns False; a job not finished yet is written (True)."""
+    assert await store.put_job(_job("j1", state="running", owner="a")) is True
+    done = _job("j1", state=final, updated_at=T0 + 1, error="why")
+    assert await store.put_job(done) is True
+    assert await store.put_job(_job("j1", state="succeeded", updated_at=T0 + 2, result=b"late")) is False
+    assert await store.put_job(_job("j1", state="running", updated_at=T0 + 3, progress=b"p")) is False
+    assert await store.get_job("j1") == done
+    assert await store.list_jobs(states=(final,)) == [done]
 
 
 async def test_list_jobs_newest_first_with_filters(store):

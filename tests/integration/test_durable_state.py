@@ -99,6 +99,7 @@ async def test_an_unreadable_store_stops_start_up_naming_the_path(tmp_path):
         tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
         assert "meta" in tables
         db.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
+    db.close()  # (`with` only commits): an open connection would keep the server out of the file
     code, printed = await Server("--state", f"sqlite:///{future}").failed()
     assert code != 0 and str(future) in printed and "newer" in printed
 

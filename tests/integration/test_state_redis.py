@@ -179,6 +179,7 @@ async def test_newer_schema_is_refused_and_left_alone(redis_server, raw):
     assert "99" in message and f"version {SCHEMA_VERSION}" in message
     assert await raw.get(f"{prefix}schema_version") == b"99"
     assert await raw.get(f"{prefix}program_revision") == b"7"
+    assert await raw.get(f"{prefix}epoch") is None
 
 
 async def test_a_version_1_database_is_migrated_and_keeps_its_programs(redis_server, raw):
@@ -278,3 +279,25 @@ async def test_outage_raises_unavailable_and_recovers_without_reopening(redis_se
         assert await store.count_sessions() == 8
     finally:
         await store.close()
+
+
+async def test_a_wiped_database_reads_another_epoch_even_past_the_old_revision(redis_server, raw):
+    """After its keys are wiped (FLUSHALL, an empty restart) the epoch reads "" and then, once a replica opens it
+    again, a new one: never the old one, however far program_revision has counted past the old value."""
+    prefix = _prefix()
+    store = RedisStore(redis_server.url, prefix=prefix)
+    await store.open()
+    reopened = RedisStore(redis_server.url, prefix=prefix)
+    try:
+        await store.add_program(_program(), MAX_PROGRAMS)
+        before = await store.revision()
+        await raw.delete(*[key async for key in raw.scan_iter(match=prefix + "*")])
+        assert (await store.revision()).epoch == ""
+        await reopened.open()
+        for n in range(3):
+            await store.add_program(_program(content=str(n)), MAX_PROGRAMS)
+        after = await store.revision()
+        assert after.programs > before.programs and after.epoch not in ("", before.epoch)
+    finally:
+        await store.close()
+        await reopened.close()

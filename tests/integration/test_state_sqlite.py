@@ -28,8 +28,8 @@ async def store(tmp_path):
     await store.close()
 
 
-async def _reopened(path) -> SQLiteStore:
-    store = SQLiteStore(str(path))
+async def _reopened(path, shared: bool = False) -> SQLiteStore:
+    store = SQLiteStore(str(path), shared=shared)
     await store.open()
     return store
 
@@ -230,9 +230,10 @@ async def test_a_committed_append_survives_the_process_being_killed(tmp_path):
 
 
 async def test_a_lock_held_too_long_is_unavailable(tmp_path):
-    """Another process holding the write lock past busy_timeout makes a call raise StateUnavailable naming the path."""
+    """Another process of a front group holding the write lock past busy_timeout makes a call raise StateUnavailable
+    naming the path."""
     path = tmp_path / "state.db"
-    store = SQLiteStore(str(path), busy_timeout_s=0.05)
+    store = SQLiteStore(str(path), busy_timeout_s=0.05, shared=True)
     await store.open()
     other = sqlite3.connect(path, isolation_level=None)
     try:
@@ -250,7 +251,7 @@ async def test_a_lock_held_too_long_is_unavailable(tmp_path):
 async def test_two_stores_on_one_file_claiming_one_job_exactly_one_wins(tmp_path):
     """Two stores (two connections, as two processes would have) claiming one job at once: one lease is granted."""
     path = tmp_path / "state.db"
-    a, b = await _reopened(path), await _reopened(path)
+    a, b = await _reopened(path, shared=True), await _reopened(path, shared=True)
     try:
         await a.put_job(JobRecord("j1", "k", "qa", "queued", 0, T0, T0))
         won = await asyncio.gather(*(store.claim_job("j1", f"{i}-{n}", T0, 30) for n in range(10)
@@ -289,7 +290,7 @@ async def test_appends_queued_together_commit_together_and_all_land(tmp_path, mo
 
     monkeypatch.setattr(sqlite_store, "_group_commit", counted)
     path = tmp_path / "state.db"
-    a, b = await _reopened(path), await _reopened(path)
+    a, b = await _reopened(path, shared=True), await _reopened(path, shared=True)
     try:
         await asyncio.gather(*(a.append_turn(f"s{n % 8}", _turn(n), T0 + n / 1000, LIMITS) for n in range(40)))
         assert max(groups) > 1 and sum(groups) <= 40
@@ -304,7 +305,7 @@ async def test_appends_queued_together_commit_together_and_all_land(tmp_path, mo
 async def test_a_refused_append_in_a_group_leaves_the_others_committed(tmp_path):
     """At the cap, the appends of one group that are refused are rolled back alone; the rest are committed."""
     path = tmp_path / "state.db"
-    a, b = await _reopened(path), await _reopened(path)
+    a, b = await _reopened(path, shared=True), await _reopened(path, shared=True)
     try:
         results = await asyncio.gather(*(a.append_turn(f"s{n}", _turn(n), T0, LIMITS) for n in range(12)),
                                        return_exceptions=True)
@@ -353,3 +354,73 @@ def test_a_sqlite_file_at_the_filesystem_root_is_refused_naming_the_right_forms(
 
 def test_an_absolute_sqlite_path_is_that_file(tmp_path):
     assert make_store(f"sqlite://{tmp_path}/x.db", "/unused").description.endswith(f"{tmp_path}/x.db")
+
+
+# -- one server per file, and the file staying the one opened ------------------------------------------------------------
+
+async def test_a_second_stand_alone_store_on_the_file_is_refused_naming_it_and_its_holder(tmp_path):
+    """While one process holds the file (a stand-alone server), opening it again fails with StateError naming the
+    file and the holder's pid, and the holder's state is untouched."""
+    path = tmp_path / "state.db"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [os.getcwd(), os.environ.get("PYTHONPATH")]))}
+    holder = await asyncio.create_subprocess_exec(sys.executable, "-c", _CHILD, str(path), repr(T0),
+                                                  stdout=asyncio.subprocess.PIPE, env=env)
+    try:
+        assert (await asyncio.wait_for(holder.stdout.readline(), timeout=60)).strip() == b"committed"
+        for shared in (False, True):  # nor may a front group join it
+            with pytest.raises(StateError, match="in use by another process") as refused:
+                await SQLiteStore(str(path), busy_timeout_s=0.2, shared=shared).open()
+            assert str(path) in str(refused.value) and f"pid {holder.pid}" in str(refused.value)
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        await holder.wait()
+    store = await _reopened(path)
+    try:
+        assert (await store.get_session("s1", T0, LIMITS)) is not None
+    finally:
+        await store.close()
+
+
+async def test_a_stand_alone_store_maps_no_shared_memory_file(store):
+    """A stand-alone store keeps the WAL index in memory: no state.db-shm, whose mmap turns a write fault into SIGBUS."""
+    await store.append_turn("s1", _turn(1), T0, LIMITS)
+    assert os.path.exists(store.path + "-wal") and not os.path.exists(store.path + "-shm")
+
+
+async def test_the_epoch_survives_a_reopen(tmp_path):
+    """A file keeps the epoch it was given when it was created."""
+    store = await _reopened(tmp_path / "state.db")
+    epoch = (await store.revision()).epoch
+    await store.close()
+    store = await _reopened(tmp_path / "state.db")
+    try:
+        assert (await store.revision()).epoch == epoch
+    finally:
+        await store.close()
+
+
+@pytest.mark.parametrize("how", ["deleted", "replaced"])
+async def test_a_file_lost_while_open_fails_writes_unavailable(tmp_path, how):
+    """Once state.db is deleted or replaced, every write raises StateUnavailable saying so (it would be lost at
+    restart), state_store_file_lost is logged once at error, and reads still answer from the open file."""
+    from structlog.testing import capture_logs
+
+    path = tmp_path / "state.db"
+    store = await _reopened(path)
+    try:
+        await store.append_turn("s1", _turn(1), T0, LIMITS)
+        for suffix in ("", "-wal"):
+            os.unlink(f"{path}{suffix}")
+        if how == "replaced":
+            path.write_bytes(b"")
+        with capture_logs() as logs:
+            for attempt in range(2):
+                with pytest.raises(StateUnavailable, match=how) as refused:
+                    await store.append_turn("s1", _turn(2 + attempt), T0, LIMITS)
+                assert str(path) in str(refused.value)
+            with pytest.raises(StateUnavailable, match=how):
+                await store.add_program(_program(), MAX_PROGRAMS)
+            assert (await store.get_session("s1", T0, LIMITS)).turns == (_turn(1),)
+        assert [(e["event"], e["log_level"]) for e in logs] == [("state_store_file_lost", "error")]
+    finally:
+        await store.close()
