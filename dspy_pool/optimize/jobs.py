@@ -8,6 +8,10 @@
                      error    ──> failed (the reason); cancel ──> cancelled; budget ──> succeeded, budget_limited
     start-up: jobs left running by a previous process are marked interrupted; queued ones are queued again.
 
+A finished job (succeeded, failed, cancelled, interrupted) is final: the store keeps it as it is (put_job),
+so a runner that outlived its lease (a stalled store, a front whose jobs were swept) cannot revive it; what it
+produced stays a registered version, and the job says to start it again.
+
 Every state change is committed to the store before the RPC that caused it
 answers; watchers get each change as it is committed.
 """
@@ -58,6 +62,9 @@ class JobSettings:
     max_queue: int = 100
     lease_s: float = 30.0
     owner: str = ""  # this replica's id (leases)
+    # Shared by this process and the ones it replaces (front i of one group): a RUNNING job another owner with this
+    # prefix holds was left by a predecessor, dead with its optimizer worker, and is interrupted at start-up.
+    owner_prefix: str = ""
     allowed_lms: tuple[str, ...] = ()  # models a judge or reflection LM may name
     num_threads: int = 4
     lm: str = ""  # the serving LM, recorded in each optimized version's provenance
@@ -72,6 +79,14 @@ def dedup_key(base_key: str, dataset_hash: str, request: pb.StartOptimizationReq
         "budget": json_format.MessageToDict(request.budget), "seed": request.seed,
     }, sort_keys=True)
     return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def reusable(record: JobRecord, now: float) -> bool:
+    """An identical job worth handing out instead of a new one: done, waiting, or running under a live lease
+    (a lease that ran out is a runner that died: the sweep marks it interrupted soon)."""
+    if record.state == RUNNING:
+        return record.lease_expires_at >= now
+    return record.state in (QUEUED, SUCCEEDED)
 
 
 def to_message(record: JobRecord, reused: bool = False) -> pb.OptimizationJob:
@@ -115,8 +130,9 @@ class JobManager:
     # -- life ----------------------------------------------------------------------
     async def start(self, runners: int) -> None:
         """Mark jobs a previous process left running as interrupted, queue the queued ones, start `runners` loops."""
-        # A store only this process writes (SQLite, memory): whatever is "running" was left by a dead process.
-        # A shared one (Redis): only jobs whose lease ran out; the sweep catches the rest as their leases expire.
+        # A store only this process writes (SQLite, held exclusively; memory): whatever is "running" was left by a
+        # dead process. A shared one (Redis, a front group's file): jobs whose lease ran out and jobs this front's
+        # predecessor ran (owner_prefix); the sweep catches the rest as their leases expire.
         await self._interrupt_abandoned(everything=not self.store.shared)
         for record in reversed(await self.store.list_jobs(states=(QUEUED,), limit=10_000)):
             self._enqueue(record)
@@ -132,9 +148,13 @@ class JobManager:
         for record in await self.store.list_jobs(states=(RUNNING,), limit=10_000):
             if record.job_id in self._runs:
                 continue
-            if everything or record.lease_expires_at < now:
+            if everything or record.lease_expires_at < now or self._left_by_predecessor(record.owner):
                 await self._update(record, state=INTERRUPTED,
-                                   error="the server running this job restarted or stopped (its lease ran out); start it again")
+                                   error="the server running this job restarted or stopped; start it again")
+
+    def _left_by_predecessor(self, owner: str) -> bool:
+        prefix = self.settings.owner_prefix
+        return bool(prefix) and owner.startswith(prefix) and owner != self.settings.owner
 
     async def _sweep_abandoned(self) -> None:
         while True:
@@ -170,7 +190,7 @@ class JobManager:
                                          f"twice (the base and the result): give at least {2 * dev}")
         key = dedup_key(base.key, dataset.content_hash, request)
         existing = await self.store.find_job(key)
-        if existing is not None and existing.state in (QUEUED, RUNNING, SUCCEEDED):
+        if existing is not None and reusable(existing, time.time()):
             return to_message(existing, reused=True)  # the optimization cache: identical work is done once
         if len(self._queue) >= self.settings.max_queue:
             raise errors.ResourceExhausted(f"{len(self._queue)} optimization jobs are queued (limit {self.settings.max_queue})",
@@ -302,10 +322,15 @@ class JobManager:
             event.set()
 
     async def _update(self, record: JobRecord, **changes) -> JobRecord:
-        record = dataclasses.replace(record, **changes, updated_at=time.time())
-        await self.store.put_job(record)
-        self._notify(record)
-        return record
+        """The job with `changes`, committed; or, if it finished meanwhile (final), the job as it is stored."""
+        changed = dataclasses.replace(record, **changes, updated_at=time.time())
+        if not await self.store.put_job(changed):
+            stored = await self.store.get_job(record.job_id)
+            log.info("optimization_update_refused", job_id=record.job_id, state=stored.state, wanted=changed.state,
+                     reason="the job had finished: a finished job is final")
+            changed = stored
+        self._notify(changed)
+        return changed
 
     def _notify(self, record: JobRecord) -> None:
         for queue in self._watchers.get(record.job_id, ()):
@@ -338,6 +363,8 @@ class JobManager:
         request = pb.StartOptimizationRequest.FromString(record.request)
         record = await self._update(record, state=RUNNING, owner=self.settings.owner,
                                     lease_expires_at=time.time() + self.settings.lease_s)
+        if record.state != RUNNING:  # cancelled between the read and the claim
+            return record.program
         log.info("optimization_started", job_id=job_id, program=request.program, optimizer=request.optimizer)
         try:
             task = await self._task(request)
@@ -441,7 +468,8 @@ class JobManager:
             dev_examples=result.dev_examples, lm_calls=result.lm_calls, budget_limited=result.budget_limited,
             elapsed_s=result.elapsed_s, promoted=promoted,
         )
-        await self._update(record, state=SUCCEEDED, result=outcome.SerializeToString(), owner="")
+        if (await self._update(record, state=SUCCEEDED, result=outcome.SerializeToString(), owner="")).state != SUCCEEDED:
+            return  # interrupted meanwhile (its lease ran out): final, though the version it produced stays
         log.info("optimization_succeeded", job_id=record.job_id, program=request.program, version=program.version,
                  baseline=round(result.baseline_score, 4), optimized=round(result.optimized_score, 4), promoted=promoted,
                  budget_limited=result.budget_limited, lm_calls=result.lm_calls)

@@ -195,10 +195,13 @@ class App:
         interceptors = [MetricsInterceptor(self.registry)] if self.config.observe.metrics_port >= 0 else []
         self.server = grpc.aio.server(interceptors=interceptors, options=grpc_options(self.config, self.front is not None))
         optimize = self.config.optimize
+        # Front i of a group keeps its prefix across restarts, so a restarted front interrupts its dead jobs at once.
+        owner_prefix = f"{self.front.socket_dir}#front-{self.front.index}/" if self.front is not None else ""
         datasets = Datasets(self.store, optimize.dataset_max_examples, optimize.example_max_bytes, self.config.server.max_input_depth)
         self.jobs = JobManager(
             self.store, registry, pool,
-            JobSettings(max_queue=optimize.optimization_max_queue, owner=uuid.uuid4().hex, allowed_lms=optimize.optimizer_lms,
+            JobSettings(max_queue=optimize.optimization_max_queue, owner=owner_prefix + uuid.uuid4().hex, owner_prefix=owner_prefix,
+                        allowed_lms=optimize.optimizer_lms,
                         num_threads=optimize.optimizer_threads, lm=self.config.lm.model, trigger_tick_s=optimize.auto_optimize_tick_s),
             register_version=lambda spec, meta: self.service.register_optimized(spec, meta),
             observe=lambda program: self.service.observe(program),
