@@ -30,12 +30,11 @@ A caller that stops waiting (its RPC was cancelled) does not stop the
 operation: it is already queued for the thread and runs to its commit or
 rollback, so the file never holds half of one.
 
-One server per file: a stand-alone server (shared=False) opens in
-locking_mode=EXCLUSIVE, so a second one fails start-up naming the file and
-the holder, and SQLite keeps the WAL index in this process's heap instead of
-an mmap of state.db-shm (a write fault on that mapping, a filesystem gone
-read-only, is SIGBUS, not an error). The fronts of one group (shared=True)
-share the file in the normal locking mode.
+One server per file: a stand-alone server (shared=False) holds an exclusive
+flock on state.db.lock, the fronts of one group (shared=True) a shared one, so
+a second server (or a group beside a server) fails start-up naming the file
+and the holder. The lock is beside the file, not SQLite's own exclusive mode,
+so that `sqlite3 state.db ".backup x.db"` still works while the server runs.
 
 The file is checked before each operation: deleted or replaced since it was
 opened (a cleanup job, a remounted volume), its writes would go to an inode
@@ -47,14 +46,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import functools
 import json
 import os
 import queue
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator
+import time
 import uuid
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import structlog
@@ -244,8 +245,6 @@ def _quick_check(conn: sqlite3.Connection, path: str) -> None:
 
 
 def _configure(conn: sqlite3.Connection) -> None:
-    # (locking_mode = EXCLUSIVE, for a stand-alone server, is set in _connect before the first read: only then
-    # does SQLite keep the WAL index in heap memory.)
     conn.execute("PRAGMA journal_mode = WAL")
     # WAL + NORMAL syncs only at checkpoints, not at each commit. A commit is in the WAL file (the OS's page cache)
     # when COMMIT returns, so it survives the process being killed (tests/integration/test_state_sqlite.py kills
@@ -282,29 +281,42 @@ def _lock_holders(path: str) -> list[int]:
                    if len(row) > 5 and row[5] == file_id and row[4].isdigit() and int(row[4]) != os.getpid()})
 
 
-def _in_use(path: str, exc: sqlite3.OperationalError) -> StateError:
-    holders = _lock_holders(path)
+def _in_use(path: str, cause: object, holders: list[int]) -> StateError:
     held_by = f" (held by pid {', '.join(map(str, holders))})" if holders else ""
-    return StateError(f"{path}: in use by another process{held_by}: {exc}. Keep one server per file (stop the other, "
+    return StateError(f"{path}: in use by another process{held_by}: {cause}. Keep one server per file (stop the other, "
                       "or give this one its own --state-dir); servers that share state run as one --front-processes "
                       "group or on Redis. It was left as it is")
 
 
-def _connect(path: str, busy_timeout_s: float, exclusive: bool) -> sqlite3.Connection:
-    """Open, check and migrate; nothing is written to a file that fails a check. `exclusive`: hold the file
-    (locking_mode = EXCLUSIVE) until the connection closes: no other process can open it meanwhile."""
+def _hold(path: str, exclusive: bool, wait_s: float) -> int:
+    """An flock on PATH.lock, exclusive (a stand-alone server) or shared (a front of a group), waiting up to `wait_s`
+    for a server that is still stopping; the open descriptor, which holds it until closed."""
     try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
+        fd = os.open(path + ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     except OSError as exc:
-        raise StateError(f"{path}: cannot create its folder: {exc}") from exc
+        raise StateError(f"{path}: cannot create its lock file: {exc}") from exc
+    give_up_at = time.monotonic() + wait_s
+    while True:
+        try:
+            fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+            return fd
+        except BlockingIOError:
+            if time.monotonic() >= give_up_at:
+                holders = _lock_holders(path + ".lock")
+                os.close(fd)
+                raise _in_use(path, "another server holds it" if exclusive else "a stand-alone server holds it", holders) from None
+            time.sleep(0.05)
+
+
+def _connect(path: str, busy_timeout_s: float) -> sqlite3.Connection:
+    """Open, check and migrate; nothing is written to a file that fails a check."""
     try:
         conn = sqlite3.connect(path, isolation_level=None)  # autocommit: transactions are explicit
     except sqlite3.Error as exc:
         raise StateError(f"{path}: cannot open: {exc}") from exc
     try:
         conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
-        if exclusive:  # before any read: the first read takes the lock, and the WAL index never touches -shm
-            conn.execute("PRAGMA locking_mode = EXCLUSIVE")
         # Read-only checks first: journal_mode = WAL would write to the file's header.
         _refuse_newer(_stored_version(conn, path), path)
         _quick_check(conn, path)
@@ -313,7 +325,7 @@ def _connect(path: str, busy_timeout_s: float, exclusive: bool) -> sqlite3.Conne
     except sqlite3.OperationalError as exc:  # locked by another process past busy_timeout, no permission
         conn.close()
         if exc.sqlite_errorcode in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
-            raise _in_use(path, exc) from exc
+            raise _in_use(path, exc, _lock_holders(path)) from exc
         raise StateError(f"{path}: cannot be opened ({exc}); it was left as it is") from exc
     except sqlite3.DatabaseError as exc:  # not a database at all, or damaged beyond reading its schema
         conn.close()
@@ -784,15 +796,18 @@ class SQLiteStore(StateStore):
         self._grouping = False  # on the store's thread: a group's transaction is open (_call_group)
         self._file_id: tuple[int, int] | None = None  # (st_dev, st_ino) of the file opened
         self._file_lost = ""  # why writes are refused: the file was deleted or replaced since it was opened
+        self._lock_fd = -1  # holds state.db.lock (_hold) while the store is open
 
     async def open(self) -> None:
         if self._thread is not None:
             return
         thread = _StoreThread("dspy-pool-sqlite", self._call_group)
         try:
-            self._conn = await thread.submit(functools.partial(_connect, self.path, self.busy_timeout_s, not self.shared))
+            self._lock_fd = await thread.submit(functools.partial(_hold, self.path, not self.shared, self.busy_timeout_s))
+            self._conn = await thread.submit(functools.partial(_connect, self.path, self.busy_timeout_s))
             self._file_id = _file_id(self.path)
         except BaseException:
+            self._release()
             thread.stop()
             raise
         self._thread = thread
@@ -811,6 +826,12 @@ class SQLiteStore(StateStore):
         conn, self._conn = self._conn, None
         if conn is not None:
             conn.close()
+        self._release()
+
+    def _release(self) -> None:
+        fd, self._lock_fd = self._lock_fd, -1
+        if fd >= 0:
+            os.close(fd)
 
     async def _run(self, fn: Callable[..., T], *args: Any, group: bool = False) -> T:
         if self._thread is None:

@@ -381,10 +381,39 @@ async def test_a_second_stand_alone_store_on_the_file_is_refused_naming_it_and_i
         await store.close()
 
 
-async def test_a_stand_alone_store_maps_no_shared_memory_file(store):
-    """A stand-alone store keeps the WAL index in memory: no state.db-shm, whose mmap turns a write fault into SIGBUS."""
+async def test_the_file_can_be_backed_up_while_a_server_holds_it(store, tmp_path):
+    """The one-server lock is beside the file (state.db.lock): SQLite's online backup still reads the file while the
+    store is open and writing, and the copy holds what was committed."""
+    import sqlite3
+
     await store.append_turn("s1", _turn(1), T0, LIMITS)
-    assert os.path.exists(store.path + "-wal") and not os.path.exists(store.path + "-shm")
+    source, copy = sqlite3.connect(store.path), sqlite3.connect(tmp_path / "backup.db")
+    try:
+        source.backup(copy)
+    finally:
+        source.close()
+        copy.close()
+    backup = await _reopened(tmp_path / "backup.db")
+    try:
+        assert len((await backup.get_session("s1", T0, LIMITS)).turns) == 1
+    finally:
+        await backup.close()
+
+
+async def test_the_fronts_of_a_group_share_the_file_and_a_stand_alone_server_is_kept_out(tmp_path):
+    path = str(tmp_path / "state.db")
+    fronts = [SQLiteStore(path, shared=True) for _ in range(2)]
+    for front in fronts:
+        await front.open()
+    try:
+        with pytest.raises(StateError, match="in use by another process"):
+            await SQLiteStore(path, busy_timeout_s=0.2).open()
+    finally:
+        for front in fronts:
+            await front.close()
+    alone = SQLiteStore(path)
+    await alone.open()  # the group is gone: the lock is free again
+    await alone.close()
 
 
 async def test_the_epoch_survives_a_reopen(tmp_path):
