@@ -6,6 +6,7 @@ that has since counted past the old revision is still told apart from one that m
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 
 import pytest
@@ -44,21 +45,35 @@ async def _opened(url: str, prefix: str) -> RedisStore:
     return store
 
 
+@contextlib.asynccontextmanager
+async def _replica(url: str):
+    """A replica's store on a prefix of its own, and `wipe_and_reopen()`: the database wiped, then opened again as a
+    restarted pod would (it claims the empty database: a new epoch). Every store is closed at the end."""
+    prefix = f"test:{uuid.uuid4().hex}:"
+    stores = [await _opened(url, prefix)]
+
+    async def wipe_and_reopen() -> RedisStore:
+        await _wipe(url, prefix)
+        stores.append(await _opened(url, prefix))
+        return stores[-1]
+
+    try:
+        yield stores[0], wipe_and_reopen
+    finally:
+        for store in stores:
+            await store.close()
+
+
 async def test_a_wiped_redis_that_counts_past_the_old_revision_keeps_the_snapshot(redis_server):
     """21 programs, a wipe, then 25 registrations by a restarted pod (a larger revision than before): the replica
     still serves the 21 beside the 25 new ones, and logs state_store_reset_detected once."""
-    prefix = f"test:{uuid.uuid4().hex}:"
-    replica = await _opened(redis_server.url, prefix)
-    restarted = None
-    try:
+    async with _replica(redis_server.url) as (replica, wipe_and_reopen):
         registry = ProgramRegistry(replica, max_programs=100)
         await registry.load()
         # Registered through this registry and wiped before any poll: the snapshot's revision is the empty store's.
         for name in ["qa", *(f"p{n}" for n in range(20))]:
             await _register(registry, name)
-        await _wipe(redis_server.url, prefix)
-        restarted = await _opened(redis_server.url, prefix)  # claims the empty database: a new epoch
-        other = ProgramRegistry(restarted, max_programs=100)
+        other = ProgramRegistry(await wipe_and_reopen(), max_programs=100)
         await other.load()
         for n in range(25):
             await _register(other, f"new{n}")
@@ -69,25 +84,16 @@ async def test_a_wiped_redis_that_counts_past_the_old_revision_keeps_the_snapsho
         assert registry.get("new24").version == 1
         assert [entry["event"] for entry in logs] == ["state_store_reset_detected"]
         assert logs[0]["log_level"] == "error"
-    finally:
-        await replica.close()
-        if restarted is not None:
-            await restarted.close()
 
 
 async def test_a_kept_program_registered_again_is_the_stores_from_then_on(redis_server):
     """After a reset, registering a kept name again makes the store's versions of it the ones served."""
-    prefix = f"test:{uuid.uuid4().hex}:"
-    replica = await _opened(redis_server.url, prefix)
-    restarted = None
-    try:
+    async with _replica(redis_server.url) as (replica, wipe_and_reopen):
         registry = ProgramRegistry(replica, max_programs=100)
         await registry.load()
         await _register(registry, "qa")
         await _register(registry, "qa", "question -> answer, reason")
-        await _wipe(redis_server.url, prefix)
-        restarted = await _opened(redis_server.url, prefix)
-        other = ProgramRegistry(restarted, max_programs=100)
+        other = ProgramRegistry(await wipe_and_reopen(), max_programs=100)
         await other.load()
         await _register(other, "qa", "question -> reply")
         await registry.refresh()
@@ -95,7 +101,3 @@ async def test_a_kept_program_registered_again_is_the_stores_from_then_on(redis_
         await other.delete("qa")
         await registry.refresh()
         assert registry.known_base("qa") is None  # not the old snapshot's again
-    finally:
-        await replica.close()
-        if restarted is not None:
-            await restarted.close()
