@@ -10,6 +10,12 @@ configuration problem, not bad luck. One that stayed up `stable_after_s` has
 earned a fresh start: its next death counts from one again, so a process
 killed once a day is relaunched every time, while one that dies right after
 each start is declared a crash loop.
+
+A policy with `deaths_count=False` gives up only on starts that fail (the
+process never came up): one that came up and was then killed, however often,
+is restarted every time, at the backoff. That suits the zygote, which does
+nothing of its own once ready: what kills it then is outside it (the OOM
+killer, an operator), and a server that stops relaunching it serves nothing.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ class RestartPolicy:
     base_delay_s: float = 0.2  # before the first restart; doubles with each failure in a row
     max_delay_s: float = 5.0
     stable_after_s: float = 30.0  # up this long: the next failure starts a fresh run
+    deaths_count: bool = True  # False: only starts that fail count toward max_attempts (deaths still back off)
 
     def __post_init__(self) -> None:
         if self.max_attempts < 0:
@@ -37,8 +44,9 @@ class RestartPolicy:
 
 @dataclass(frozen=True, slots=True)
 class RestartState:
-    failures: int = 0  # failures in a row (deaths and failed starts)
+    failures: int = 0  # failures in a row (deaths and failed starts): the backoff
     up_since: float | None = None  # when the process last came up; None while it is down
+    failed_starts: int = 0  # starts in a row that never came up
 
 
 def backoff_s(failures: int, base_s: float, max_s: float) -> float:
@@ -50,14 +58,16 @@ def backoff_s(failures: int, base_s: float, max_s: float) -> float:
 
 def after_failure(policy: RestartPolicy, state: RestartState, now: float) -> tuple[float | None, RestartState]:
     """The delay before the next restart, or None to give up; and the new state."""
-    stable = state.up_since is not None and now - state.up_since >= policy.stable_after_s
+    came_up = state.up_since is not None
+    stable = came_up and now - state.up_since >= policy.stable_after_s
     failures = 1 if stable else state.failures + 1
-    new_state = RestartState(failures=failures, up_since=None)
-    if failures > policy.max_attempts:
+    failed_starts = 0 if came_up else state.failed_starts + 1
+    new_state = RestartState(failures=failures, up_since=None, failed_starts=failed_starts)
+    if (failures if policy.deaths_count else failed_starts) > policy.max_attempts:
         return None, new_state
     return backoff_s(failures, policy.base_delay_s, policy.max_delay_s), new_state
 
 
 def after_start(state: RestartState, now: float) -> RestartState:
     """The process is up: remember since when (its failures in a row stand until it has been up long enough)."""
-    return RestartState(failures=state.failures, up_since=now)
+    return RestartState(failures=state.failures, up_since=now, failed_starts=0)

@@ -14,7 +14,8 @@ The zygote is supervised too:
                 ──> _relaunch_zygote: exec a fresh one after a backoff (restarts.after_failure),
                     hand it the config over its socketpair, wait for its imports
                 ──> respawn the workers; health SERVING once min_ready serve
-    dies again and again (restarts.RestartPolicy.max_attempts in a row) ──> crash_loop_detected
+    relaunches that never get ready (RestartPolicy.max_attempts in a row) ──> crash_loop_detected
+    (one that was ready and is then killed, however often, is relaunched every time, at the backoff)
 
 Once shutdown begins (`drain` or `stop`) nothing is spawned or relaunched.
 
@@ -62,7 +63,9 @@ class PoolSettings:
     stop_timeout_s: float = 5.0
     warming: str = "parallel"  # "parallel", "sequential", or "staged" (min_ready first, the rest in background)
     warmup: WarmupSettings = WarmupSettings()  # per-worker warm-up before it takes traffic
-    zygote_restarts: restarts.RestartPolicy = restarts.RestartPolicy()  # relaunching a zygote that died
+    # Relaunching a zygote that died: one that was ready is relaunched however often it is killed (at the backoff);
+    # a crash loop is max_attempts relaunches in a row that never get ready.
+    zygote_restarts: restarts.RestartPolicy = restarts.RestartPolicy(deaths_count=False)
     quarantine_after: int = quarantine.DEFAULT_THRESHOLD  # warm-up faults in a row before a program is quarantined
 
 

@@ -231,8 +231,10 @@ async def test_scaling_up_beside_a_draining_worker_spawns_at_once_and_counts_no_
 
 
 async def test_a_zygote_that_keeps_dying_is_a_crash_loop():
-    """Kill each relaunched zygote: past max_attempts the pool stops, logs crash_loop_detected and refuses calls at once."""
-    pool = WorkerPool(_bare_settings(workers=1, zygote_restarts=RestartPolicy(max_attempts=2, base_delay_s=0.05)), BARE_CONFIG)
+    """Kill each relaunched zygote as soon as it exists (before it is ready): past max_attempts relaunches that never got
+    ready the pool stops, logs crash_loop_detected and refuses calls at once."""
+    pool = WorkerPool(_bare_settings(workers=1, zygote_restarts=RestartPolicy(max_attempts=2, base_delay_s=0.05, deaths_count=False)),
+                      BARE_CONFIG)
     try:
         await asyncio.wait_for(pool.start(), 90)
         killed: set[int] = set()
@@ -246,12 +248,35 @@ async def test_a_zygote_that_keeps_dying_is_a_crash_loop():
 
         with capture_logs() as logs:
             await eventually(kill_the_zygote, timeout_s=60, interval_s=0.01)
-        assert len(killed) == 3  # the first, then max_attempts relaunches
+        assert len(killed) == 4  # the first (it was ready: not a failed start), then max_attempts + 1 that never got ready
         assert "crash_loop_detected" in [entry["event"] for entry in logs]
         assert not pool.healthy
         with pytest.raises(errors.PoolError) as caught:
             await pool.dispatcher.run(_sleepy_job(0.1))
         assert caught.value.kind is errors.ErrorKind.UNAVAILABLE
+    finally:
+        await pool.stop()
+
+
+async def test_a_zygote_killed_after_it_was_ready_is_relaunched_however_often():
+    """Kill the zygote once it is ready and serving, more often than max_attempts, each time soon after it came up (an
+    OOM killer, an operator): it is relaunched every time and the pool serves again; no crash loop (it used to be left
+    down, NOT_SERVING until a restart)."""
+    pool = WorkerPool(_bare_settings(workers=1, zygote_restarts=RestartPolicy(max_attempts=2, base_delay_s=0.05, deaths_count=False)),
+                      BARE_CONFIG)
+    try:
+        await asyncio.wait_for(pool.start(), 90)
+        with capture_logs() as logs:
+            for _ in range(4):
+                await eventually(lambda: pool.healthy and _ready(pool), timeout_s=60)
+                os.kill(pool.zygote.pid, signal.SIGKILL)
+                await eventually(lambda: pool.zygote_down, timeout_s=10)
+            await eventually(lambda: pool.healthy and _ready(pool), timeout_s=60)
+        events = [entry["event"] for entry in logs]
+        assert events.count("zygote_relaunched") == 4 and "crash_loop_detected" not in events
+        assert not pool.crash_looping
+        reply, _ = await pool.dispatcher.run(_sleepy_job(0.01))
+        assert reply.outputs["slept"] == 0.01
     finally:
         await pool.stop()
 

@@ -57,3 +57,21 @@ def test_a_negative_setting_is_refused():
         RestartPolicy(max_attempts=-1)
     with pytest.raises(ValueError):
         RestartPolicy(base_delay_s=-0.1)
+
+
+def test_without_deaths_counting_only_starts_that_fail_give_up():
+    """deaths_count=False (the zygote): a process that came up and died is restarted however often, at the backoff
+    (capped); starts that never come up give up past max_attempts in a row, and one that comes up resets them."""
+    policy = RestartPolicy(max_attempts=2, base_delay_s=0.5, max_delay_s=1.5, deaths_count=False)
+    state, delays = RestartState(), []
+    for now in range(10):  # up, then killed, ten times, each soon after it came up
+        state = after_start(state, now=float(now))
+        delay, state = after_failure(policy, state, now + 0.5)
+        delays.append(delay)
+    assert delays == [0.5, 1.0] + [1.5] * 8
+    for _ in range(2):  # then two relaunches that never get ready: still trying
+        delay, state = after_failure(policy, state, 20.0)
+        assert delay == 1.5
+    assert after_failure(policy, state, 21.0)[0] is None  # the third in a row: give up
+    state = after_start(RestartState(failures=5, failed_starts=2), now=30.0)
+    assert after_failure(policy, state, 31.0)[0] == 1.5 and state.failed_starts == 0
