@@ -212,6 +212,8 @@ class ProgramRegistry:
             raise NotFound(f"no program named {name!r}")
         if version == 0:
             return versions[max(versions)]
+        if version < 0:
+            raise _negative(version)
         try:
             return versions[version]
         except KeyError:
@@ -273,6 +275,8 @@ class ProgramRegistry:
         return entry
 
     async def delete(self, name: str, version: int = 0) -> list[int]:
+        if version < 0:
+            raise _negative(version)
         async with _store_errors():
             deleted = await self.store.delete_programs(name, version)
         if not deleted:
@@ -292,6 +296,10 @@ class ProgramRegistry:
             if kept is not policy:
                 await self.set_policy(kept)
         return deleted
+
+
+def _negative(version: int) -> InvalidArgument:
+    return InvalidArgument(f"version {version}: versions are numbered from 1 (0: the latest, or every one for a delete)")
 
 
 def _was_reset(had: Revision, now: Revision) -> bool:

@@ -335,3 +335,14 @@ def test_a_policy_within_its_versions_is_itself_and_one_naming_a_gone_version_fo
     assert policy.optimized_version == 3  # the stored message is not changed in place
     assert policy_within(pb.ExecutionPolicy(program="p", base_version=4), {1}).base_version == 0
     assert policy_within(pb.ExecutionPolicy(program="p"), set()) == pb.ExecutionPolicy(program="p")
+
+
+async def test_a_negative_version_is_invalid_argument_not_not_found():
+    registry = ProgramRegistry(MemoryStore(), max_programs=10)
+    await registry.load()
+    await registry.add(pb.ProgramSpec(name="qa", signature="q -> a"), ["q"], ["a"], takes_history=False)
+    with pytest.raises(InvalidArgument, match="numbered from 1"):
+        registry.get("qa", -1)
+    with pytest.raises(InvalidArgument, match="numbered from 1"):
+        await registry.delete("qa", -2)
+    assert registry.get("qa").version == 1
