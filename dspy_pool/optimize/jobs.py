@@ -217,6 +217,7 @@ class JobManager:
         record = await self._record(job_id)
         if record.state == QUEUED:
             record = await self._update(record, state=CANCELLED, error="cancelled before it started")
+            self._unqueue(job_id, record.program)
         elif record.state == RUNNING:
             run = self._runs.get(job_id)
             if run is None:  # another front (or replica) runs it: only it can stop its optimizer worker
@@ -228,6 +229,14 @@ class JobManager:
                 return Cancelled(to_message(record), elsewhere=True)
             run.cancel()  # the runner marks it cancelled when the worker confirms (within ~2 s)
         return Cancelled(to_message(record), elsewhere=False)
+
+    def _unqueue(self, job_id: str, program: str) -> None:
+        """A cancelled job leaves this front's queue at once: it must not hold a place toward max_queue."""
+        kept = [entry for entry in self._queue if entry[2] != job_id]
+        if len(kept) != len(self._queue):  # queued here (not on another front or replica)
+            heapq.heapify(kept)
+            self._queue = kept
+            self._done(program)
 
     async def watch(self, job_id: str) -> AsyncIterator[pb.OptimizationJob]:
         """The job now, then each change, until it finishes."""

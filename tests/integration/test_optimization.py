@@ -344,3 +344,24 @@ async def test_deleting_the_promoted_version_leaves_a_policy_that_still_serves(s
     assert (policy.mode or "traditional", policy.base_version, policy.optimized_version) == ("traditional", 0, 0)
     reply = await stub.Execute(execute_request("coder_gone", word="kiwi"), timeout=30)
     assert (reply.program_version, reply.execution_mode, reply.fallback_reason) == (again.version, "traditional", "")
+
+
+async def test_cancelled_queued_jobs_give_their_place_in_the_queue_back():
+    """With one job running and the queue at its limit, cancelling the queued ones frees their places at once (they
+    counted toward --optimization-max-queue until the running job ended), and optimized mode no longer waits on them."""
+    async with running_app(optimizer_workers=1, sim_latency="fixed:20", optimization_max_queue=2) as (app, stub, _):
+        await eventually(lambda: app.pool.worker_pool.optimizer_handles(), timeout_s=30)
+        running = await start_running_job(stub, setup=True)
+        try:
+            for round_ in range(3):  # each round fills the queue and cancels it: 6 cancels through a queue of 2
+                queued = [await stub.StartOptimization(pb.StartOptimizationRequest(
+                    program="coder", dataset="words", optimizer="labeled_few_shot", metric=METRIC, seed=100 + 10 * round_ + n),
+                    timeout=10) for n in range(2)]
+                assert [job.state for job in queued] == ["queued", "queued"]
+                for job in queued:
+                    assert (await stub.CancelOptimization(pb.CancelOptimizationRequest(job_id=job.job_id), timeout=10)).state == "cancelled"
+            assert app.jobs.active("coder")  # the running one only
+        finally:
+            await stub.CancelOptimization(pb.CancelOptimizationRequest(job_id=running), timeout=10)
+        await _finished(stub, running, timeout_s=20)
+        await eventually(lambda: not app.jobs.active("coder"), timeout_s=10)
