@@ -5,8 +5,9 @@
         expected outputs ──> an example (inputs, expected) ; a good score ──> an example (inputs, its own outputs)
         a score ──> the version's feedback statistics (and the triggers)
 
-Bounded: at most `max_examples` calls per program (the oldest go first) and
-`max_total` in all. Captures live in this front only: feedback must reach the
+Bounded: at most `max_examples` calls per program (the oldest go first),
+`max_total` in all, and `max_bytes` of inputs and outputs in all (a call too
+large to become an example is kept for its score only, without them). Captures live in this front only: feedback must reach the
 replica that served the call (the response names it in its worker ref... and
 its request id); a capture lost to a restart makes RecordFeedback NOT_FOUND.
 """
@@ -23,8 +24,9 @@ from typing import Any
 class Captured:
     program: str
     version: int
-    inputs: dict[str, Any]
-    outputs: dict[str, Any]
+    inputs: dict[str, Any] | None  # None: kept for its score only (too large to become an example)
+    outputs: dict[str, Any] | None
+    size_bytes: int = 0  # what the inputs and outputs take (their encoded size)
 
 
 def sampled(request_id: str, sample_rate: float) -> bool:
@@ -38,27 +40,35 @@ def sampled(request_id: str, sample_rate: float) -> bool:
 
 
 class Captures:
-    def __init__(self, max_total: int = 10_000) -> None:
+    def __init__(self, max_total: int = 10_000, max_bytes: int = 64 * 1024 * 1024) -> None:
         self.max_total = max_total
+        self.max_bytes = max_bytes
+        self.total_bytes = 0
         self._calls: collections.OrderedDict[str, Captured] = collections.OrderedDict()
         self._per_program: dict[str, collections.deque] = {}
 
     def keep(self, request_id: str, captured: Captured, max_examples: int) -> None:
+        self._forget(request_id)  # the same request id again: the newer call
         ids = self._per_program.setdefault(captured.program, collections.deque())
         self._calls[request_id] = captured
+        self.total_bytes += captured.size_bytes
         ids.append(request_id)
         while len(ids) > max(1, max_examples):
-            self._calls.pop(ids.popleft(), None)
-        while len(self._calls) > self.max_total:
-            old_id, old = self._calls.popitem(last=False)
-            program_ids = self._per_program.get(old.program)
-            if program_ids and old_id in program_ids:
-                program_ids.remove(old_id)
+            self._forget(ids[0])
+        while len(self._calls) > self.max_total or self.total_bytes > self.max_bytes:
+            self._forget(next(iter(self._calls)))
+
+    def peek(self, request_id: str) -> Captured | None:
+        return self._calls.get(request_id)
 
     def take(self, request_id: str) -> Captured | None:
         """The captured call, forgotten once used (one feedback per call)."""
+        return self._forget(request_id)
+
+    def _forget(self, request_id: str) -> Captured | None:
         captured = self._calls.pop(request_id, None)
         if captured is not None:
+            self.total_bytes -= captured.size_bytes
             ids = self._per_program.get(captured.program)
             if ids and request_id in ids:
                 ids.remove(request_id)

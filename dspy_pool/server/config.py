@@ -177,6 +177,8 @@ class OptimizeSection(_Section):
                                              repeatable=True)
     dataset_max_examples: int = setting(10_000, "examples one dataset holds at most", minimum=1)
     example_max_bytes: int = setting(64 * 1024, "largest example (inputs and expected outputs)", unit="bytes", minimum=64)
+    capture_max_bytes: int = setting(64 * 1024 * 1024, "captured calls' inputs and outputs held for feedback, in all (the oldest "
+                                     "go first)", unit="bytes", minimum=1024)
     auto_optimize_tick_s: float = setting(5.0, "how often a policy's auto_optimize thresholds are checked", unit="s", minimum=0.05)
 
 

@@ -186,7 +186,8 @@ class DSPyPoolService(pb_grpc.DSPyPoolServicer):
         self.datasets = datasets
         self.jobs = jobs  # None when optimization is off
         self.stats = ProgramStats()
-        self.captures = Captures()
+        self.captures = Captures(max_bytes=config.optimize.capture_max_bytes)
+        self._example_max_bytes = config.optimize.example_max_bytes
         self.lm_up = lm_up  # False while a supervised local LM (the sim) is down and being restarted
         self.pool = pool
         self.registry = registry
@@ -363,6 +364,14 @@ class DSPyPoolService(pb_grpc.DSPyPoolServicer):
         program = self.registry.get(request.program, route.version)
         return program, route, routing.PENDING if route.pending else ""
 
+    def _capture(self, request_id: str, program: ProgramVersion, inputs: struct_pb2.Struct, outputs: struct_pb2.Struct) -> None:
+        """Keep a sampled call for its feedback; one too large to become an example is kept for its score only."""
+        size = inputs.ByteSize() + outputs.ByteSize()
+        name, version = program.name, program.version
+        captured = (Captured(name, version, structs.struct_to_dict(inputs), structs.struct_to_dict(outputs), size)
+                    if size <= self._example_max_bytes else Captured(name, version, None, None))
+        self.captures.keep(request_id, captured, program.program.spec.capture.max_examples or _CAPTURES_KEPT)
+
     async def _compare(self, request: pb.ExecuteRequest, version: int, request_id: str, deadline: float) -> pb.EvaluationArm:
         """Evaluation mode's other arm: the same inputs on the other version, outside the session (one turn per call)."""
         started = time.perf_counter()  # not loop.time(): uvloop's counts whole milliseconds
@@ -438,9 +447,7 @@ class DSPyPoolService(pb_grpc.DSPyPoolServicer):
         name, version = program.name, program.version
         self.stats.record(name, version, route.label, total_ms, False)
         if shape.capture_rate > 0 and sampled(request_id, shape.capture_rate):
-            capture = program.program.spec.capture
-            self.captures.keep(request_id, Captured(name, version, structs.struct_to_dict(request.inputs),
-                                                    structs.struct_to_dict(result.outputs)), capture.max_examples or _CAPTURES_KEPT)
+            self._capture(request_id, program, request.inputs, result.outputs)
         # Scalars through the constructor, sub-messages filled in place (no temporary messages to copy);
         # fields left at their defaults are not set at all.
         response = pb.ExecuteResponse(program=name, program_version=version, request_id=request_id, served_by=served.served_by,
@@ -604,16 +611,21 @@ class DSPyPoolService(pb_grpc.DSPyPoolServicer):
 
     async def record_feedback(self, request: pb.RecordFeedbackRequest) -> pb.RecordFeedbackResponse:
         """Feedback on a captured call: its score to the version's statistics; expected outputs (or a good score) to a dataset."""
-        if request.HasField("expected_outputs"):  # checked before the capture is taken, so a bad request can be sent again
+        # Checked before the capture is taken, so a request refused here can be sent again, corrected.
+        if request.HasField("expected_outputs"):
             _check_struct(request.expected_outputs, self._max_input_depth, "expected_outputs")
-        captured = self.captures.take(request.request_id)
+        captured = self.captures.peek(request.request_id)
         if captured is None:
             raise errors.NotFound(f"no captured call {request.request_id!r} here: the program does not capture it (ProgramSpec.capture), "
                                   "it was not sampled, its feedback was given already, or it aged out")
+        if captured.inputs is None and request.HasField("expected_outputs"):
+            raise errors.InvalidArgument(f"call {request.request_id!r} was too large to become an example (over --example-max-bytes "
+                                         f"{self._example_max_bytes}): send a score only")
+        self.captures.take(request.request_id)
         capture = self.registry.get(captured.program, captured.version).program.spec.capture
         expected = structs.struct_to_dict(request.expected_outputs) if request.HasField("expected_outputs") else None
         if expected is None and request.has_score and request.score >= (capture.good_score or 1.0):
-            expected = captured.outputs  # a good answer is an example as it stands
+            expected = captured.outputs  # a good answer is an example as it stands (None: kept for its score only)
         response = pb.RecordFeedbackResponse(program=captured.program, version=captured.version)
         if expected:
             example = pb.Example()

@@ -365,3 +365,23 @@ async def test_cancelled_queued_jobs_give_their_place_in_the_queue_back():
             await stub.CancelOptimization(pb.CancelOptimizationRequest(job_id=running), timeout=10)
         await _finished(stub, running, timeout_s=20)
         await eventually(lambda: not app.jobs.active("coder"), timeout_s=10)
+
+
+async def test_a_call_too_large_to_be_an_example_is_captured_for_its_score_only(server):
+    """Inputs over --example-max-bytes (64 KiB here): the call is kept without its inputs and outputs (captures were
+    bounded by count only: 10,000 captures of 4 MiB could hold 40 GB in the front); expected outputs for it are
+    INVALID_ARGUMENT saying why, and the capture stays for a score, which counts."""
+    _, stub, _ = server
+    spec = pb.ProgramSpec(name="coder_big", signature="word -> code", capture=pb.CapturePolicy(sample_rate=1.0))
+    await stub.RegisterProgram(pb.RegisterProgramRequest(spec=spec), timeout=30)
+    request = execute_request("coder_big", word="w" * 70_000)
+    request.request_id = "big-call"
+    await stub.Execute(request, timeout=30)
+    expected = pb.RecordFeedbackRequest(request_id="big-call")
+    expected.expected_outputs.update({"code": "X"})
+    error = await _error(stub.RecordFeedback(expected, timeout=10))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "too large to become an example" in error.details()
+    answer = await stub.RecordFeedback(pb.RecordFeedbackRequest(request_id="big-call", score=0.5, has_score=True), timeout=10)
+    assert not answer.example_added and answer.program == "coder_big"
+    stats = await stub.GetProgramStats(pb.GetProgramStatsRequest(program="coder_big"), timeout=10)
+    assert [arm.feedback_count for arm in stats.arms] == [1]
