@@ -19,6 +19,7 @@ answers; watchers get each change as it is committed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import hashlib
 import heapq
@@ -46,6 +47,7 @@ QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED, INTERRUPTED = "queued", "running"
 FINISHED = (SUCCEEDED, FAILED, CANCELLED, INTERRUPTED)
 _WATCH_POLL_S = 1.0  # a watcher with no local news re-reads the store this often
 _PROGRESS_WRITE_S = 0.5  # progress reaches watchers at once, the store at most this often
+_OVERTIME_GRACE_S = 10.0  # past budget.max_seconds (or a tenth of it, if longer): the job's last calls may end
 _CANCEL_POLL_S = 1.0  # a running job asks the store this often whether another process asked to cancel it
 
 
@@ -357,8 +359,9 @@ class JobManager:
                 program = await self._run_one(job_id)
             except asyncio.CancelledError:
                 raise
-            except Exception as exc:  # one job's bug must not stop the queue
+            except Exception as exc:  # one job's bug must not stop the queue, nor leave the job "running"
                 log.exception("optimization_runner_failed", job_id=job_id, error=f"{type(exc).__name__}: {exc}")
+                await self._fail_if_running(job_id, f"the job stopped on an internal error: {type(exc).__name__}: {exc}")
             finally:
                 record = await self.store.get_job(job_id)
                 self._done(record.program if record is not None else program)
@@ -383,13 +386,17 @@ class JobManager:
         progress_state = {"record": record, "written_at": 0.0}
         run = self.pool.optimization(lambda progress: self._on_progress(progress_state, progress))
         self._runs[job_id] = run
-        heartbeat = asyncio.get_running_loop().create_task(self._while_running(job_id, run))
+        overtime: list[float] = []  # set by _while_running when it stopped the job past its time budget
+        heartbeat = asyncio.get_running_loop().create_task(self._while_running(job_id, run, request.budget.max_seconds, overtime))
         try:
             result = await self.pool.optimize(task, run)
         except errors.PoolError as error:
-            state = CANCELLED if error.kind is errors.ErrorKind.CANCELLED else FAILED
-            await self._update(progress_state["record"], state=state, error=error.message, owner="")
-            log.info("optimization_ended", job_id=job_id, state=state, error=error.message[:300])
+            state = CANCELLED if error.kind is errors.ErrorKind.CANCELLED and not overtime else FAILED
+            message = error.message if not overtime else (
+                f"stopped {overtime[0]:.0f} s in, past budget.max_seconds ({request.budget.max_seconds:g} s): an LM call did not "
+                "answer in time (set --lm-timeout-s to bound each call)")
+            await self._update(progress_state["record"], state=state, error=message, owner="")
+            log.info("optimization_ended", job_id=job_id, state=state, error=message[:300])
             return record.program
         finally:
             heartbeat.cancel()
@@ -411,12 +418,20 @@ class JobManager:
             num_threads=self.settings.num_threads, allowed_lms=self.settings.allowed_lms,
         )
 
-    async def _while_running(self, job_id: str, run) -> None:
-        """While the job runs: renew its lease, so no other replica takes it for abandoned, and stop it when another
-        front or replica was asked to cancel it (CancelOptimization there records the wish in the store)."""
-        renewed = time.monotonic()
+    async def _while_running(self, job_id: str, run, max_seconds: float, overtime: list[float]) -> None:
+        """While the job runs: renew its lease, so no other replica takes it for abandoned; stop it when another
+        front or replica was asked to cancel it (CancelOptimization there records the wish in the store), and when it
+        runs well past its time budget (the runner checks the budget before each LM call: one that hangs is never
+        done, and the job would run, renewing its lease, for ever)."""
+        started = renewed = time.monotonic()
         while True:
             await asyncio.sleep(_CANCEL_POLL_S)
+            elapsed = time.monotonic() - started
+            if max_seconds > 0 and elapsed > max_seconds + max(_OVERTIME_GRACE_S, max_seconds * 0.1):
+                log.warning("optimization_over_time", job_id=job_id, elapsed_s=round(elapsed, 1), max_seconds=max_seconds)
+                overtime.append(elapsed)
+                run.cancel()  # an optimizer worker that does not stop within the cancel grace is killed
+                return
             try:
                 if await self.store.job_cancel_requested(job_id):
                     log.info("optimization_cancel_requested_elsewhere", job_id=job_id)
@@ -450,9 +465,20 @@ class JobManager:
         except StateUnavailable:
             pass  # progress is advisory; the final state is written (and retried by its RPC) at the end
 
+    async def _fail_if_running(self, job_id: str, message: str) -> None:
+        with contextlib.suppress(StateUnavailable):  # the store down: its lease runs out, and it is marked interrupted
+            record = await self.store.get_job(job_id)
+            if record is not None and record.state == RUNNING:
+                await self._update(record, state=FAILED, error=message, owner="")
+
     async def _finish(self, record: JobRecord, request: pb.StartOptimizationRequest, task: OptimizeTask,
                       result: OptimizeResult) -> None:
-        base = self.registry.get(request.program, request.base_version)
+        try:
+            base = self.registry.get(request.program, request.base_version)
+        except errors.NotFound:
+            await self._update(record, state=FAILED, error=f"program {request.program!r} version {request.base_version} was "
+                                                           "deleted while the job ran; its result was not registered", owner="")
+            return
         spec = pb.ProgramSpec()
         spec.CopyFrom(base.program.spec)
         spec.ClearField("demos")  # the optimized state carries its demos

@@ -385,3 +385,49 @@ async def test_a_call_too_large_to_be_an_example_is_captured_for_its_score_only(
     assert not answer.example_added and answer.program == "coder_big"
     stats = await stub.GetProgramStats(pb.GetProgramStatsRequest(program="coder_big"), timeout=10)
     assert [arm.feedback_count for arm in stats.arms] == [1]
+
+
+async def test_a_job_whose_lm_call_hangs_stops_past_its_time_budget(monkeypatch):
+    """The LM stops answering mid-job: the runner checks budget.max_seconds before each call, so a hung call kept the
+    job running (its lease renewed) for ever. Now the job fails past the budget, saying why, and the optimizer worker
+    is replaced; serving is unaffected."""
+    from dspy_pool.optimize import jobs as jobs_module
+
+    monkeypatch.setattr(jobs_module, "_OVERTIME_GRACE_S", 0.5)
+    async with running_app(optimizer_workers=1, sim_latency="fixed:0") as (app, stub, _):
+        await eventually(lambda: app.pool.worker_pool.optimizer_handles(), timeout_s=30)
+        await stub.RegisterProgram(pb.RegisterProgramRequest(spec=SPEC), timeout=30)
+        for split in ("train", "dev"):
+            await stub.AddExamples(pb.AddExamplesRequest(dataset="words", split=split, examples=_examples(split)), timeout=30)
+        await app.sim.set_faults(hang_rate=1.0)
+        try:
+            started = await stub.StartOptimization(pb.StartOptimizationRequest(
+                program="coder", dataset="words", optimizer="bootstrap_few_shot", metric=METRIC,
+                budget=pb.OptimizationBudget(max_seconds=1.0)), timeout=10)
+            job = await _finished(stub, started.job_id, timeout_s=30)
+        finally:
+            await app.sim.set_faults(hang_rate=0.0)
+        assert job.state == "failed" and "past budget.max_seconds (1 s)" in job.error, job
+        assert (await stub.Execute(execute_request("coder", word="kiwi"), timeout=30)).outputs["code"]
+
+
+async def test_a_job_whose_program_is_deleted_while_it_runs_ends_failed_saying_so():
+    """The program deleted mid-job: the job ends failed, naming it, and its watchers see the end (it stayed "running"
+    until the next restart: the finish step raised NOT_FOUND outside any handling)."""
+    async with running_app(optimizer_workers=1, sim_latency="fixed:200") as (app, stub, _):
+        await eventually(lambda: app.pool.worker_pool.optimizer_handles(), timeout_s=30)
+        await stub.RegisterProgram(pb.RegisterProgramRequest(spec=SPEC), timeout=30)
+        for split in ("train", "dev"):
+            await stub.AddExamples(pb.AddExamplesRequest(dataset="words", split=split, examples=_examples(split)), timeout=30)
+        started = await stub.StartOptimization(pb.StartOptimizationRequest(
+            program="coder", dataset="words", optimizer="bootstrap_few_shot", metric=METRIC), timeout=10)
+
+        async def running():
+            job = await stub.GetOptimization(pb.GetOptimizationRequest(job_id=started.job_id), timeout=10)
+            assert job.state in ("queued", "running"), job  # 30 dev examples at 200 ms a call: it runs for seconds
+            return job.state == "running"
+
+        await eventually(running, timeout_s=30)
+        await stub.DeleteProgram(pb.DeleteProgramRequest(name="coder"), timeout=10)
+        watched = [job async for job in stub.WatchOptimization(pb.GetOptimizationRequest(job_id=started.job_id), timeout=60)]
+        assert watched[-1].state == "failed" and "was deleted while the job ran" in watched[-1].error, watched[-1]
