@@ -445,8 +445,11 @@ class DSPyPoolService(pb_grpc.DSPyPoolServicer):
         result = served.result
         total_ms = (time.perf_counter() - started) * 1000.0
         name, version = program.name, program.version
-        self.stats.record(name, version, route.label, total_ms, False)
-        if shape.capture_rate > 0 and sampled(request_id, shape.capture_rate):
+        # An answer from the fallback chain is not the program's: it counts as the version's error (the triggers and
+        # the A/B figures see the outage) and is never captured as an example of the program.
+        fell_back = bool(served.fallback_reason)
+        self.stats.record(name, version, route.label, total_ms, fell_back)
+        if shape.capture_rate > 0 and not fell_back and sampled(request_id, shape.capture_rate):
             self._capture(request_id, program, request.inputs, result.outputs)
         # Scalars through the constructor, sub-messages filled in place (no temporary messages to copy);
         # fields left at their defaults are not set at all.

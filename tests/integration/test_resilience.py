@@ -154,3 +154,27 @@ async def test_session_in_flight_limit(server):
     results = await asyncio.gather(call(), call(), call(), return_exceptions=True)
     refused = [r for r in results if isinstance(r, grpc.aio.AioRpcError)]
     assert len(refused) == 1 and refused[0].code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+async def test_a_fallback_answer_counts_as_the_versions_error_and_is_never_captured(server):
+    """A call answered by the static fallback: its version's statistics count it as an error (the error-rate trigger
+    and the A/B figures see the outage; it counted as an error-free call) and a capturing program does not keep it as
+    an example (a fallback answer rated well became a train example of the program)."""
+    app, stub = server
+    static = struct_pb2.Struct()
+    static.update({"answer": "static fallback"})
+    await register(stub, "captured_fb", "question -> answer", fallback=pb.FallbackSpec(chain=["static"], static_outputs=static),
+                   capture=pb.CapturePolicy(sample_rate=1.0))
+    await app.sim.set_faults(error_rate=1.0)
+    try:
+        request = execute_request("captured_fb", question="during the outage")
+        request.request_id = "fell-back"
+        reply = await stub.Execute(request, timeout=20)
+    finally:
+        await app.sim.set_faults(error_rate=0.0)
+    assert reply.served_by == "static" and reply.fallback_reason
+    stats = await stub.GetProgramStats(pb.GetProgramStatsRequest(program="captured_fb"), timeout=10)
+    assert [(arm.calls, arm.errors) for arm in stats.arms] == [(1, 1)]
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await stub.RecordFeedback(pb.RecordFeedbackRequest(request_id="fell-back", score=1.0, has_score=True), timeout=10)
+    assert caught.value.code() == grpc.StatusCode.NOT_FOUND
