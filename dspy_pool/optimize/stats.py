@@ -1,12 +1,14 @@
 """Per program, per version and per arm: calls, errors, latency (p50/p95 over the last calls).
 
 Recorded by the front on every Execute that reaches a program; read by
-GetProgramStats. Bounded: a window of recent latencies per (program, version, arm).
+GetProgramStats. Bounded: a window of recent latencies per (program, version, arm),
+and a deleted version's figures go with it (forget).
 """
 
 from __future__ import annotations
 
 import collections
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 _WINDOW = 1000
@@ -53,6 +55,16 @@ class ProgramStats:
             entry[1] += score
         if example_added:
             self.feedback_examples[program] = self.feedback_examples.get(program, 0) + 1
+
+    def forget(self, program: str, versions: Collection[int] | None = None) -> None:
+        """Drop the figures of deleted versions (None: the whole program): they would be kept, exported, for ever."""
+        def gone(name: str, version: int) -> bool:
+            return name == program and (versions is None or version in versions)
+
+        self._arms = {key: entry for key, entry in self._arms.items() if not gone(key[0], key[1])}
+        self._feedback = {key: entry for key, entry in self._feedback.items() if not gone(*key)}
+        if versions is None:
+            self.feedback_examples.pop(program, None)
 
     def feedback(self, program: str, version: int) -> tuple[int, float]:
         """(scores received, their mean) for one version."""

@@ -232,6 +232,10 @@ class ProgramRegistry:
                 raise
             return self.get(name, version)
 
+    def versions(self, name: str) -> dict[int, ProgramVersion]:
+        """Every version of `name` the snapshot holds (a copy; empty when none)."""
+        return dict(self._versions.get(name, {}))
+
     def base_version(self, name: str) -> ProgramVersion:
         """The latest version a client registered (not one an optimization produced): what traditional mode runs."""
         base = self.bases.get(name)

@@ -23,6 +23,7 @@ import asyncio
 import collections
 import random
 import time
+from collections.abc import Collection
 from dataclasses import dataclass
 
 import structlog
@@ -100,6 +101,14 @@ class ResilientExecutor:
         self._crashes_counted: collections.OrderedDict[tuple, None] = collections.OrderedDict()
         self.retries = 0
         self.fallbacks_served = 0
+
+    def forget(self, program: str, content_keys: Collection[str], every_version: bool) -> None:
+        """A deletion: drop what was worked out for those contents, and the program's breakers once no version is left."""
+        for key in content_keys:
+            self._facts.pop(key, None)
+        if every_version:
+            for key in [key for key in self.breakers.registry.keys() if isinstance(key, BreakerKey) and key.program == program]:
+                self.breakers.registry.discard(key)
 
     def _outcome_for(self, program: str, error: errors.PoolError) -> Outcome:
         outcome = breaker_outcome_for(error)  # the error table decides; this only de-duplicates deaths

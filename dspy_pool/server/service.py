@@ -289,11 +289,18 @@ class DSPyPoolService(pb_grpc.DSPyPoolServicer):
 
     async def DeleteProgram(self, request: pb.DeleteProgramRequest, context):
         try:
+            before = self.registry.versions(request.name)
             deleted = await self.registry.delete(request.name, request.version)
-            log.info("program_deleted", program=request.name, versions=deleted)
-            return pb.DeleteProgramResponse(deleted_versions=deleted)
         except errors.PoolError as error:
             await self._abort(context, error)
+            return
+        log.info("program_deleted", program=request.name, versions=deleted)
+        # What this front holds per program goes with it: statistics, breakers, worked-out facts (a client that
+        # registers, calls and deletes programs in a loop grew /metrics and GetPoolStatus without bound).
+        every_version = not self.registry.versions(request.name)
+        self.stats.forget(request.name, None if every_version else deleted)
+        self.resilient.forget(request.name, [before[number].key for number in deleted if number in before], every_version)
+        return pb.DeleteProgramResponse(deleted_versions=deleted)
 
     # -- execute ------------------------------------------------------------
     def _check_request(self, request: pb.ExecuteRequest, name: str, inputs: struct_pb2.Struct) -> None:
