@@ -244,12 +244,17 @@ def _quick_check(conn: sqlite3.Connection, path: str) -> None:
         raise StateError(f"{path}: the database is corrupt ({'; '.join(problems)}); it was left as it is")
 
 
+_WAL_LIMIT_BYTES = 64 * 1024 * 1024
+
+
 def _configure(conn: sqlite3.Connection) -> None:
     conn.execute("PRAGMA journal_mode = WAL")
     # WAL + NORMAL syncs only at checkpoints, not at each commit. A commit is in the WAL file (the OS's page cache)
     # when COMMIT returns, so it survives the process being killed (tests/integration/test_state_sqlite.py kills
     # one); only an OS crash or power loss can lose the last commits, never corrupt the file.
     conn.execute("PRAGMA synchronous = NORMAL")
+    # The WAL file is cut back to this after each checkpoint (it kept the size of the largest burst of writes).
+    conn.execute(f"PRAGMA journal_size_limit = {_WAL_LIMIT_BYTES}")
     conn.execute("PRAGMA foreign_keys = ON")  # turns go with their session (ON DELETE CASCADE)
 
 

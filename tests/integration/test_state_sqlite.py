@@ -453,3 +453,21 @@ async def test_a_file_lost_while_open_fails_writes_unavailable(tmp_path, how):
         assert [(e["event"], e["log_level"]) for e in logs] == [("state_store_file_lost", "error")]
     finally:
         await store.close()
+
+
+async def test_the_wal_file_is_cut_back_after_a_burst_of_writes(tmp_path, monkeypatch):
+    """After a burst of large writes the WAL file is cut back to the limit at the next checkpoint (without
+    journal_size_limit it kept its largest size for good: a burst of large session turns left a 134 MB state.db-wal).
+    The limit is 64 MiB; 1 MiB here, so that a few MB show it."""
+    from dspy_pool.state import sqlite as sqlite_module
+
+    monkeypatch.setattr(sqlite_module, "_WAL_LIMIT_BYTES", 1024 * 1024)
+    store = await _reopened(tmp_path / "state.db")
+    try:
+        big = TurnRecord("p", '{"q": "' + "x" * 5_000_000 + '"}', "{}")
+        await store.append_turn("s1", big, T0, LIMITS)  # one commit of ~5 MB: the WAL grows to hold it
+        await store._run(lambda conn: conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall())
+        await store.append_turn("s2", _turn(1), T0, LIMITS)  # the WAL starts over from its beginning: cut back now
+        assert os.path.getsize(store.path + "-wal") <= 1024 * 1024
+    finally:
+        await store.close()
