@@ -47,6 +47,9 @@ class Policy:
         return self.mode is not Mode.OFF
 
 
+MAX_TTL_S = 30 * 24 * 3600.0
+
+
 def policy_for(spec: pb.ProgramSpec, default_ttl_s: float, chain_has_cache_step: bool) -> Policy:
     """The program's cache policy; ValueError naming the field when the spec's is invalid."""
     mode_name = spec.cache.mode or (Mode.FALLBACK if chain_has_cache_step else Mode.OFF)
@@ -54,8 +57,8 @@ def policy_for(spec: pb.ProgramSpec, default_ttl_s: float, chain_has_cache_step:
         mode = Mode(mode_name)
     except ValueError:
         raise ValueError(f"cache.mode {spec.cache.mode!r} must be off, fallback or serve") from None
-    if spec.cache.ttl_s < 0:
-        raise ValueError(f"cache.ttl_s must be >= 0, not {spec.cache.ttl_s}")
+    if not 0 <= spec.cache.ttl_s <= MAX_TTL_S:  # NaN too: a result kept for ever would never leave the store
+        raise ValueError(f"cache.ttl_s must be within 0..{MAX_TTL_S:g} s (30 days; 0: the server's default), not {spec.cache.ttl_s}")
     return Policy(mode, spec.cache.ttl_s or default_ttl_s)
 
 

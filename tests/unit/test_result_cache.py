@@ -86,6 +86,18 @@ def test_cache_policy_defaults_follow_the_fallback_chain():
         policy_for(pb.ProgramSpec(cache=pb.CachePolicy(mode="always")), 60.0, chain_has_cache_step=False)
 
 
+@pytest.mark.parametrize("ttl_s", [-1.0, float("nan"), float("inf"), 1e12, 30 * 24 * 3600.0 + 1])
+def test_a_cache_ttl_past_30_days_or_not_a_number_is_refused(ttl_s):
+    """A client's ttl of 1e12 s kept its results in the store for good (20,000 rows that never expire); NaN slipped
+    past the old `< 0` check."""
+    from dspy_pool.server.cache import policy_for
+    from dspy_pool.v1 import dspy_pool_pb2 as pb
+
+    with pytest.raises(ValueError, match="cache.ttl_s must be within 0..2.592e\\+06"):
+        policy_for(pb.ProgramSpec(cache=pb.CachePolicy(mode="serve", ttl_s=ttl_s)), 60.0, chain_has_cache_step=False)
+    assert policy_for(pb.ProgramSpec(cache=pb.CachePolicy(mode="serve", ttl_s=30 * 24 * 3600.0)), 60.0, False).ttl_s == 2592000.0
+
+
 def test_deterministic_inputs_ignore_key_order():
     """Equal inputs serialize to equal bytes whatever their key order (map keys are sorted)."""
     first = canonical_inputs({"question": "2+2?", "context": ["a", "b"], "n": {"y": 1, "x": 2}})
