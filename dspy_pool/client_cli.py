@@ -492,15 +492,19 @@ def _programs_list(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _all_programs(stub, args: argparse.Namespace) -> list[pb.Program]:
-    """Every page of ListPrograms (a page stops at 1,000 programs or 2 MiB)."""
-    programs, token = [], ""
+def all_pages(method, request, field: str, timeout_s: float | None) -> list:
+    """Every item of a paged listing (ListPrograms, ListDatasets: a page stops at 1,000 items or 2 MiB)."""
+    items = []
     while True:
-        reply = stub.ListPrograms(pb.ListProgramsRequest(all_versions=args.all_versions, page_token=token), timeout=_timeout(args))
-        programs.extend(reply.programs)
-        token = reply.next_page_token
-        if not token:
-            return programs
+        reply = method(request, timeout=timeout_s)
+        items.extend(getattr(reply, field))
+        if not reply.next_page_token:
+            return items
+        request.page_token = reply.next_page_token
+
+
+def _all_programs(stub, args: argparse.Namespace) -> list[pb.Program]:
+    return all_pages(stub.ListPrograms, pb.ListProgramsRequest(all_versions=args.all_versions), "programs", _timeout(args))
 
 
 def programs_table(programs):

@@ -23,7 +23,7 @@ from typing import Any
 
 import grpc
 
-from dspy_pool.client_cli import (EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, MODES, UsageError, _console, _fail, _fill_struct,
+from dspy_pool.client_cli import (EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, MODES, UsageError, _console, _fail, _fill_struct, all_pages,
                                   _guarded, _non_negative_int, _parse_json, _print_json, _stub, _timeout, describe, is_server_closed,
                                   refused_file_exit, to_dict)
 from dspy_pool.v1 import dspy_pool_pb2 as pb
@@ -299,7 +299,7 @@ def _example(row: Any, source: str, where: str) -> pb.Example:
 
 def _datasets_list(args: argparse.Namespace) -> int:
     with _stub(args) as stub:
-        reply = stub.ListDatasets(pb.ListDatasetsRequest(), timeout=_timeout(args))
+        reply = pb.ListDatasetsResponse(datasets=all_pages(stub.ListDatasets, pb.ListDatasetsRequest(), "datasets", _timeout(args)))
     if args.json:
         _print_json(reply)
     elif not reply.datasets:

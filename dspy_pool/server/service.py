@@ -154,6 +154,7 @@ class _CallShape:
 _LATEST_VERSIONS = paging.Listing("programs", lambda entry: (entry.name, entry.version), (str, int),
                                   lambda entry: entry.program.ByteSize())
 _ALL_VERSIONS = paging.Listing("programs:all_versions", _LATEST_VERSIONS.key, _LATEST_VERSIONS.key_types, _LATEST_VERSIONS.size)
+_DATASETS = paging.Listing("datasets", lambda dataset: (dataset.name,), (str,), lambda dataset: dataset.ByteSize())
 _CAPTURES_KEPT = 1000  # per program, when CapturePolicy.max_examples is 0
 
 
@@ -502,9 +503,12 @@ class DSPyPoolService(pb_grpc.DSPyPoolServicer):
 
     async def ListDatasets(self, request: pb.ListDatasetsRequest, context):
         try:
-            return pb.ListDatasetsResponse(datasets=await self.datasets.list())
+            datasets = sorted(await self.datasets.list(), key=lambda dataset: dataset.name)
+            page = paging.take_page(datasets, _DATASETS, request.page_size, request.page_token)
         except errors.PoolError as error:
             await self._abort(context, error)
+            return
+        return pb.ListDatasetsResponse(datasets=page.items, next_page_token=page.next_token)
 
     async def DeleteDataset(self, request: pb.DeleteDatasetRequest, context):
         try:

@@ -95,15 +95,19 @@ class Client:
     def get_program(self, name: str, version: int = 0, *, timeout: float | None = None) -> ProgramInfo:
         return ProgramInfo.from_proto(self._invoke(self._stub.GetProgram, pb.GetProgramRequest(name=name, version=version), timeout))
 
+    def _all_pages(self, method, request, field: str, timeout: float | None) -> list:
+        """Every item of a paged listing: a page stops at 1,000 items or 2 MiB."""
+        items = []
+        while True:
+            reply = self._invoke(method, request, timeout)
+            items.extend(getattr(reply, field))
+            if not reply.next_page_token:
+                return items
+            request.page_token = reply.next_page_token
+
     def list_programs(self, all_versions: bool = False, *, timeout: float | None = None) -> list[ProgramInfo]:
-        programs, token = [], ""
-        while True:  # a page stops at 1,000 programs or 2 MiB
-            reply = self._invoke(self._stub.ListPrograms, pb.ListProgramsRequest(all_versions=all_versions, page_token=token),
-                                 timeout)
-            programs.extend(ProgramInfo.from_proto(p) for p in reply.programs)
-            token = reply.next_page_token
-            if not token:
-                return programs
+        programs = self._all_pages(self._stub.ListPrograms, pb.ListProgramsRequest(all_versions=all_versions), "programs", timeout)
+        return [ProgramInfo.from_proto(p) for p in programs]
 
     def delete_program(self, name: str, version: int = 0, *, timeout: float | None = None) -> list[int]:
         reply = self._invoke(self._stub.DeleteProgram, pb.DeleteProgramRequest(name=name, version=version), timeout)
@@ -132,8 +136,8 @@ class Client:
         return DatasetInfo.from_proto(self._invoke(self._stub.GetDataset, pb.GetDatasetRequest(name=name), timeout))
 
     def list_datasets(self, *, timeout: float | None = None) -> list[DatasetInfo]:
-        reply = self._invoke(self._stub.ListDatasets, pb.ListDatasetsRequest(), timeout)
-        return [DatasetInfo.from_proto(d) for d in reply.datasets]
+        datasets = self._all_pages(self._stub.ListDatasets, pb.ListDatasetsRequest(), "datasets", timeout)
+        return [DatasetInfo.from_proto(d) for d in datasets]
 
     def delete_dataset(self, name: str, *, timeout: float | None = None) -> bool:
         """Delete a dataset and its examples; NotFound when there is none."""
