@@ -34,7 +34,7 @@ import structlog
 from google.protobuf import json_format
 
 from dspy_pool import errors, structs
-from dspy_pool.optimize import catalog
+from dspy_pool.optimize import catalog, triggers
 from dspy_pool.optimize.promotion import Outcome, should_promote
 from dspy_pool.optimize.task import Budget, Example, MetricSpec, OptimizeResult, OptimizeTask, Progress
 from dspy_pool.optimize.triggers import Observation, TriggerConfig, TriggerState, decide
@@ -277,14 +277,22 @@ class JobManager:
 
     async def _tick_trigger(self, name: str, auto: pb.AutoOptimize) -> None:
         config = TriggerConfig(auto.after_feedback_examples, auto.on_score_drop, auto.on_error_rate, auto.min_interval_s or 3600.0)
-        reason, self._triggers[name] = decide(config, self._triggers.get(name, TriggerState()), self._observe(name), time.time())
+        state = self._triggers.get(name, TriggerState())
+        if state.last_job_id:
+            last = await self.store.get_job(state.last_job_id)
+            if last is None or last.state in FINISHED:
+                state = triggers.after_job(state, failed=last is not None and last.state == FAILED)
+        reason, state = decide(config, state, self._observe(name), time.time())
+        self._triggers[name] = state
         if not reason:
             return
         request = pb.StartOptimizationRequest()
         request.CopyFrom(auto.job)
         request.program = name
         job = await self.start_job(request)
-        log.info("auto_optimize_started", program=name, reason=reason, job_id=job.job_id, reused=job.reused)
+        self._triggers[name] = triggers.started(state, job.job_id)
+        log.info("auto_optimize_started", program=name, reason=reason, job_id=job.job_id, reused=job.reused,
+                 failed_in_a_row=state.failures or None)
 
     async def wait_for_job(self, program: str, timeout_s: float) -> bool:
         """Wait up to `timeout_s` for this program's queued or running job to finish here; False if none or in time."""

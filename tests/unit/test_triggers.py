@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dspy_pool.optimize.feedback import Captured, Captures, sampled
+from dspy_pool.optimize import triggers
 from dspy_pool.optimize.triggers import Observation, TriggerConfig, TriggerState, decide
 
 
@@ -38,6 +39,27 @@ def test_an_error_rate_triggers_and_an_active_job_holds_everything_back():
     assert "error rate" in decide(config, TriggerState(), seen(calls=10, error_rate=0.4), now=0)[0]
     assert decide(config, TriggerState(), seen(calls=10, error_rate=0.4, job_active=True), now=0)[0] == ""
     assert decide(TriggerConfig(), TriggerState(), seen(calls=100, error_rate=1.0, feedback_examples=100), now=0)[0] == ""  # all off
+
+
+def test_automatic_jobs_that_keep_failing_double_the_wait_and_a_success_resets_it():
+    """Through an LM outage the error-rate trigger started a job every min_interval_s, each failing against the same
+    provider: now each failed automatic job in a row doubles the wait (up to 64x); one that succeeds resets it."""
+    config = TriggerConfig(on_error_rate=0.5, min_interval_s=10, min_calls=1)
+    outage = seen(calls=100, error_rate=1.0)
+    reason, state = decide(config, TriggerState(), outage, now=0)
+    assert reason
+    starts = [0]
+    for now in range(1, 2000):
+        if state.last_job_id:  # the job ended (failed) a second after it started
+            state = triggers.after_job(state, failed=True)
+        reason, state = decide(config, state, outage, now=now)
+        if reason:
+            starts.append(now)
+            state = triggers.started(state, f"job{now}")
+    assert [b - a for a, b in zip(starts, starts[1:])][:7] == [10, 20, 40, 80, 160, 320, 640]
+    assert all(gap == 640 for gap in [b - a for a, b in zip(starts, starts[1:])][6:])  # capped at 64x
+    state = triggers.after_job(triggers.started(state, "ok"), failed=False)
+    assert state.failures == 0 and triggers.interval_s(config, state) == 10
 
 
 def test_sampling_is_stable_per_request_id_and_near_its_rate():
