@@ -387,6 +387,8 @@ class JobManager:
             return record.program
         log.info("optimization_started", job_id=job_id, program=request.program, optimizer=request.optimizer)
         try:
+            # The dataset's hash as the job reads it: rows added while it runs are not what the version learned from.
+            dataset = await self.store.get_dataset(request.dataset)
             task = await self._task(request)
         except errors.PoolError as error:
             await self._update(record, state=FAILED, error=error.message)
@@ -409,7 +411,7 @@ class JobManager:
         finally:
             heartbeat.cancel()
             self._runs.pop(job_id, None)
-        await self._finish(progress_state["record"], request, task, result)
+        await self._finish(progress_state["record"], request, dataset.content_hash if dataset is not None else "", result)
         return record.program
 
     async def _task(self, request: pb.StartOptimizationRequest) -> OptimizeTask:
@@ -479,7 +481,7 @@ class JobManager:
             if record is not None and record.state == RUNNING:
                 await self._update(record, state=FAILED, error=message, owner="")
 
-    async def _finish(self, record: JobRecord, request: pb.StartOptimizationRequest, task: OptimizeTask,
+    async def _finish(self, record: JobRecord, request: pb.StartOptimizationRequest, dataset_hash: str,
                       result: OptimizeResult) -> None:
         try:
             base = self.registry.get(request.program, request.base_version)
@@ -498,8 +500,7 @@ class JobManager:
         )
         meta.options.CopyFrom(request.options)
         meta.metric.CopyFrom(request.metric)
-        dataset = await self.store.get_dataset(request.dataset)
-        meta.dataset_hash = dataset.content_hash if dataset is not None else ""
+        meta.dataset_hash = dataset_hash
         try:
             program = await self._register_version(spec, meta)
         except errors.PoolError as error:

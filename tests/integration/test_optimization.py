@@ -454,3 +454,27 @@ async def test_datasets_are_listed_in_pages_by_name(server):
     programs_token = (await stub.ListPrograms(pb.ListProgramsRequest(page_size=1), timeout=10)).next_page_token
     error = await _error(stub.ListDatasets(pb.ListDatasetsRequest(page_token=programs_token), timeout=10))
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "another listing" in error.details()
+
+
+async def test_a_version_records_the_dataset_it_learned_from_not_rows_added_while_it_ran():
+    """Rows appended to the dataset while the job runs: the new version's dataset_hash is the one the job read (it was
+    read at the end, claiming data the version never trained on)."""
+    async with running_app(optimizer_workers=1, sim_latency="fixed:100") as (app, stub, _):
+        await eventually(lambda: app.pool.worker_pool.optimizer_handles(), timeout_s=30)
+        await stub.RegisterProgram(pb.RegisterProgramRequest(spec=SPEC), timeout=30)
+        for split in ("train", "dev"):
+            await stub.AddExamples(pb.AddExamplesRequest(dataset="words", split=split, examples=_examples(split)), timeout=30)
+        read = await stub.GetDataset(pb.GetDatasetRequest(name="words"), timeout=10)
+        started = await stub.StartOptimization(pb.StartOptimizationRequest(
+            program="coder", dataset="words", optimizer="labeled_few_shot", metric=METRIC), timeout=10)
+
+        async def running():
+            return (await stub.GetOptimization(pb.GetOptimizationRequest(job_id=started.job_id), timeout=10)).state == "running"
+
+        await eventually(running, timeout_s=30)
+        grown = await stub.AddExamples(pb.AddExamplesRequest(dataset="words", split="train", examples=_examples("train")[:1]),
+                                       timeout=10)
+        job = await _finished(stub, started.job_id, timeout_s=60)
+        assert job.state == "succeeded", job.error
+        version = await stub.GetProgram(pb.GetProgramRequest(name="coder", version=job.result.version), timeout=10)
+        assert version.meta.dataset_hash == read.content_hash != grown.content_hash
