@@ -344,3 +344,32 @@ async def test_deleted_programs_leave_nothing_behind_in_status_or_statistics(ser
     assert sorted(version for program, version, _ in app.service.stats.all() if program == "two") == [2]
     await stub.DeleteProgram(pb.DeleteProgramRequest(name="two"), timeout=10)
     assert await sizes() == before
+
+
+async def test_watchers_share_one_status_per_tick(server, monkeypatch):
+    """50 WatchPoolStatus streams at 0.1 s: the status is built about once per tick for all of them, not once per
+    stream per tick (2,000 watchers each building their own took most of a core), and every stream still gets it."""
+    app, stub, _ = server
+    built = 0
+    group_status = app.service.group_status
+
+    async def counted():
+        nonlocal built
+        built += 1
+        return await group_status()
+
+    monkeypatch.setattr(app.service, "group_status", counted)
+    streams = [stub.WatchPoolStatus(pb.WatchPoolStatusRequest(interval_s=0.1)) for _ in range(50)]
+
+    async def three(stream) -> int:
+        seen = 0
+        async for status in stream:
+            assert status.config.workers > 0
+            seen += 1
+            if seen == 3:
+                stream.cancel()
+                return seen
+        return seen
+
+    assert await asyncio.gather(*(three(stream) for stream in streams)) == [3] * 50
+    assert built < 50  # 150 statuses sent; built per tick (a handful), not 150 times
