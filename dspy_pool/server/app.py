@@ -197,7 +197,8 @@ class App:
         optimize = self.config.optimize
         # Front i of a group keeps its prefix across restarts, so a restarted front interrupts its dead jobs at once.
         owner_prefix = f"{self.front.socket_dir}#front-{self.front.index}/" if self.front is not None else ""
-        datasets = Datasets(self.store, optimize.dataset_max_examples, optimize.example_max_bytes, self.config.server.max_input_depth)
+        datasets = Datasets(self.store, optimize.dataset_max_examples, optimize.example_max_bytes, self.config.server.max_input_depth,
+                            optimize.max_datasets)
         self.jobs = JobManager(
             self.store, registry, pool,
             JobSettings(max_queue=optimize.optimization_max_queue, owner=owner_prefix + uuid.uuid4().hex, owner_prefix=owner_prefix,

@@ -176,6 +176,7 @@ class OptimizeSection(_Section):
     optimizer_lms: tuple[str, ...] = setting((), "LMs an llm_judge metric or GEPA's reflection may name: MODEL or MODEL@API_BASE",
                                              repeatable=True)
     dataset_max_examples: int = setting(10_000, "examples one dataset holds at most", minimum=1)
+    max_datasets: int = setting(1000, "datasets the store holds at most; a new one beyond is RESOURCE_EXHAUSTED", minimum=1)
     example_max_bytes: int = setting(64 * 1024, "largest example (inputs and expected outputs)", unit="bytes", minimum=64)
     capture_max_bytes: int = setting(64 * 1024 * 1024, "captured calls' inputs and outputs held for feedback, in all (the oldest "
                                      "go first)", unit="bytes", minimum=1024)

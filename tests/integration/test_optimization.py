@@ -478,3 +478,23 @@ async def test_a_version_records_the_dataset_it_learned_from_not_rows_added_whil
         assert job.state == "succeeded", job.error
         version = await stub.GetProgram(pb.GetProgramRequest(name="coder", version=job.result.version), timeout=10)
         assert version.meta.dataset_hash == read.content_hash != grown.content_hash
+
+
+async def test_the_number_of_datasets_is_bounded():
+    """--max-datasets: a new dataset beyond it is RESOURCE_EXHAUSTED naming the limit (one client made 20,000 in 7 s);
+    adding to an existing one still works, and deleting one makes room."""
+    async with running_app(optimizer_workers=0, max_datasets=2) as (_, stub, _channel):
+        example = pb.Example()
+        example.inputs.update({"word": "a"})
+        example.outputs.update({"code": "A"})
+
+        def add(name: str):
+            return stub.AddExamples(pb.AddExamplesRequest(dataset=name, split="train", examples=[example]), timeout=10)
+
+        await add("one")
+        await add("two")
+        error = await _error(add("three"))
+        assert error.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "limit 2, --max-datasets" in error.details()
+        assert (await add("one")).counts["train"] == 2
+        await stub.DeleteDataset(pb.DeleteDatasetRequest(name="two"), timeout=10)
+        assert (await add("three")).counts["train"] == 1
