@@ -100,6 +100,18 @@ class _CancelledStop(_Stop):
     pass
 
 
+class _LMDown(_Stop):
+    """The LM failed LM_FAILURES_IN_A_ROW calls in a row: the job stops rather than keep calling a provider that is
+    down (optimizers score a failed call 0 and go on: hundreds of requests into an outage, then a failed job)."""
+
+    def __init__(self, failures: int, last: BaseException) -> None:
+        super().__init__(f"the LM failed {failures} calls in a row, so the job stopped (last: {type(last).__name__}: {last})")
+        self.last = last
+
+
+LM_FAILURES_IN_A_ROW = 20
+
+
 class _Budget:
     """The job's LM calls: one count for every phase, the concurrency cap, the cancel flag."""
 
@@ -107,6 +119,8 @@ class _Budget:
         self.max_calls = max_calls
         self.used = 0
         self.refused = 0
+        self.failures_in_a_row = 0  # LM calls that raised, since the last that answered
+        self.lm_down: _LMDown | None = None
         self._cancelled = cancelled
         self.cancel_event = threading.Event()
         self._lock = threading.Lock()
@@ -125,10 +139,23 @@ class _Budget:
             self.cancel_event.set()
             raise _CancelledStop("optimization cancelled")
 
+    def answered(self) -> None:
+        with self._lock:
+            self.failures_in_a_row = 0
+
+    def failed(self, error: BaseException) -> None:
+        """An LM call raised `error`; past LM_FAILURES_IN_A_ROW in a row, no call is admitted any more."""
+        with self._lock:
+            self.failures_in_a_row += 1
+            if self.failures_in_a_row >= LM_FAILURES_IN_A_ROW and self.lm_down is None:
+                self.lm_down = _LMDown(self.failures_in_a_row, error)
+
     def take(self, phase: "_Phase", units: int = 1) -> None:
-        """Count `units` calls for `phase`, or raise: cancelled, phase over, cap or deadline reached."""
+        """Count `units` calls for `phase`, or raise: cancelled, the LM down, phase over, cap or deadline reached."""
         with self._lock:
             self._check_cancel()
+            if self.lm_down is not None:
+                raise self.lm_down
             if phase.closed:
                 raise _BudgetReached(f"the {phase.name} phase is over")
             if phase.cap and self.used + units > phase.cap:
@@ -178,14 +205,26 @@ class _GatedMixin:
         phase.budget.acquire_slot()
         try:
             phase.budget.take(phase, self._units(kwargs))
-            return super().__call__(*args, **kwargs)
+            try:
+                answer = super().__call__(*args, **kwargs)
+            except Exception as error:
+                phase.budget.failed(error)
+                raise
+            phase.budget.answered()
+            return answer
         finally:
             phase.budget.release_slot()
 
     async def acall(self, *args, **kwargs):
         phase = self._gate_phase
         phase.budget.take(phase, self._units(kwargs))  # no slot: waiting for one would block the event loop
-        return await super().acall(*args, **kwargs)
+        try:
+            answer = await super().acall(*args, **kwargs)
+        except Exception as error:
+            phase.budget.failed(error)
+            raise
+        phase.budget.answered()
+        return answer
 
     def _units(self, kwargs: dict) -> int:
         """A call for n completions is n requests to the provider (DSPy sends them one by one): it counts n."""
@@ -719,6 +758,8 @@ def run(task: OptimizeTask, on_progress: Callable[[Progress], None], cancelled: 
     error = outcome.get("error")
     if isinstance(error, _CancelledStop):
         raise Cancelled(f"optimization cancelled after {budget.used} LM calls") from None
+    if isinstance(error, _LMDown):
+        raise RuntimeError(str(error)) from error.last
     if error is not None:
         raise error
     reporter.pump(status)

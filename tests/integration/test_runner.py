@@ -273,3 +273,27 @@ async def test_judge_and_reflection_calls_count_against_the_budget(sim):
                                  metric=metric, dev=DEV[:10]), lm, lm_for=lm_for)
     assert sorted(set(resolved)) == ["judge", "reflector"]
     assert await requests(sim) - before <= result.lm_calls <= limit  # counted before sending: one may never arrive
+
+
+@pytest.mark.parametrize(("optimizer", "options"), [
+    ("simba", {"bsize": 8, "num_candidates": 4, "max_steps": 4, "max_demos": 4}),
+    ("gepa", {"max_metric_calls": 300, "reflection_lm": SIM_MODEL, "reflection_minibatch_size": 4}),
+], ids=["simba", "gepa"])
+async def test_a_job_stops_when_the_lm_fails_call_after_call(sim, optimizer, options):
+    """The provider goes down while the optimizer runs: optimizers score a failed call 0 and go on (up to 358 requests
+    into an outage, then a failed job). After LM_FAILURES_IN_A_ROW failures in a row the job stops, saying why."""
+    loop = asyncio.get_running_loop()
+    counted: dict[str, int] = {}
+
+    def on_progress(progress) -> None:  # on the thread running the job: the outage starts as the optimizing phase does
+        if progress.phase == "optimizing" and not counted:
+            counted["before"] = asyncio.run_coroutine_threadsafe(requests(sim), loop).result()
+            asyncio.run_coroutine_threadsafe(sim.set_faults(error_rate=1.0), loop).result()
+
+    try:
+        with pytest.raises(RuntimeError, match=f"the LM failed {runner.LM_FAILURES_IN_A_ROW} calls in a row"):
+            await asyncio.to_thread(runner.run, task(optimizer, options), on_progress, lambda: False, lm=sim_lm(sim, cache=False))
+        sent = await requests(sim) - counted["before"]
+    finally:
+        await sim.set_faults(error_rate=0.0)
+    assert sent <= runner.LM_FAILURES_IN_A_ROW + 16, sent  # calls already in flight on the other threads finish (was 358)
