@@ -75,6 +75,8 @@ class ServerSection(_Section):
     listen: str = setting("127.0.0.1:50051", "gRPC address: HOST:PORT ([v6]:PORT) or unix:PATH; loopback unless asked")
     max_message_bytes: int = setting(4 * 1024 * 1024, "largest accepted request", unit="bytes", minimum=1024)
     max_input_depth: int = setting(32, "deepest nesting of inputs and spec values", minimum=1, maximum=100)
+    client_max_in_flight: int = setting(0, "Execute calls one client may have in flight (x-dspy-pool-client metadata, else "
+                                           "its host); beyond it RESOURCE_EXHAUSTED (0: no limit)", minimum=0)
     max_programs: int = setting(1000, "program versions the registry holds", minimum=1)
     default_deadline_s: float = setting(30.0, "deadline for calls that set none", unit="s", minimum=0.001)
     max_deadline_s: float = setting(600.0, "longest deadline a call may ask for", unit="s", minimum=0.001)

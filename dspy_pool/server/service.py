@@ -29,6 +29,7 @@ from dspy_pool.optimize.triggers import Observation
 from dspy_pool.pool.api import Pool, WarmupProgram
 from dspy_pool.server import config as config_module, paging
 from dspy_pool.server.breaker import AsyncBreakerGuard, BreakerConfig, BreakerState
+from dspy_pool.server.client_limits import ClientLimits, client_of
 from dspy_pool.server.cache import TieredCache, policy_for
 from dspy_pool.server.config import ServerConfig
 from dspy_pool.server.executor import Executor
@@ -208,6 +209,8 @@ class DSPyPoolService(pb_grpc.DSPyPoolServicer):
         self._max_deadline_s = config.server.max_deadline_s
         self._max_input_depth = config.server.max_input_depth
         self._shared_status: tuple[float, asyncio.Future] | None = None  # (built at, the status) for watchers
+        limit = config.server.client_max_in_flight
+        self._client_limits = ClientLimits(limit) if limit else None
         # GetSession: the history a program receives, in a reply well within any client's receive limit (4 MiB by
         # default; the server sends at most twice --max-message-bytes) even where numbers take more room than in JSON.
         self._session_reply_bytes = min(config.sessions.history_max_bytes, config.server.max_message_bytes // 2)
@@ -419,8 +422,10 @@ class DSPyPoolService(pb_grpc.DSPyPoolServicer):
         request_id = request.request_id or self._request_ids.next()
         name = request.program
         bound = logs.bind_call(request_id, name)
-        program = route = None
+        program = route = client = None
         try:
+            if self._client_limits is not None:
+                client = self._client_limits.enter(client_of(context.invocation_metadata(), context.peer()))
             inputs = request.inputs
             self._check_request(request, name, inputs)
             registry = self.registry
@@ -452,6 +457,8 @@ class DSPyPoolService(pb_grpc.DSPyPoolServicer):
             return
         finally:
             logs.reset_call(bound)
+            if client is not None:
+                self._client_limits.leave(client)
         result = served.result
         total_ms = (time.perf_counter() - started) * 1000.0
         name, version = program.name, program.version

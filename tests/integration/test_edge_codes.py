@@ -185,3 +185,25 @@ async def test_a_deadline_the_server_capped_says_so():
         with pytest.raises(grpc.aio.AioRpcError) as within:  # a deadline under the cap: no such words
             await stub.Execute(execute_request("sleepy", seconds=3.0), timeout=0.3)
         assert "--max-deadline-s" not in (within.value.details() or "")
+
+
+async def test_one_client_at_its_limit_does_not_hold_back_another():
+    """--client-max-in-flight 2: a third concurrent call of client a is RESOURCE_EXHAUSTED with a retry hint, while
+    client b's call runs (a flooding client took every slot and starved the others)."""
+    async with running_app(workers=1, worker_concurrency=8, client_max_in_flight=2) as (_, stub, _channel):
+        await register(stub, "sleepy", "seconds -> slept", "sleepy")
+        as_a = (("x-dspy-pool-client", "a"),)
+        held = [asyncio.ensure_future(stub.Execute(execute_request("sleepy", seconds=1.0), metadata=as_a, timeout=30))
+                for _ in range(2)]
+        async def both_running() -> bool:
+            return (await stub.GetPoolStatus(pb.GetPoolStatusRequest(), timeout=5)).in_flight == 2
+
+        await eventually(both_running, timeout_s=10)
+        with pytest.raises(grpc.aio.AioRpcError) as refused:
+            await stub.Execute(execute_request("sleepy", seconds=0.01), metadata=as_a, timeout=30)
+        assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "--client-max-in-flight" in refused.value.details()
+        other = await stub.Execute(execute_request("sleepy", seconds=0.01), metadata=(("x-dspy-pool-client", "b"),), timeout=30)
+        assert other.outputs["slept"] == 0.01
+        assert [reply.outputs["slept"] for reply in await asyncio.gather(*held)] == [1.0, 1.0]
+        again = await stub.Execute(execute_request("sleepy", seconds=0.01), metadata=as_a, timeout=30)
+        assert again.outputs["slept"] == 0.01
