@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from dspy_pool.errors import MEANINGS, ErrorKind
+from dspy_pool.errors import MEANINGS
 from dspy_pool.server.fallback import (
     LOCAL_RESERVE,
     NO_FALLBACK,
