@@ -55,8 +55,10 @@ passes programs.check_saved_state (hard rule 9).
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import importlib.util
+import itertools
 import json
 import random
 import threading
@@ -110,6 +112,25 @@ class _LMDown(_Stop):
 
 
 LM_FAILURES_IN_A_ROW = 20
+TRANSIENT_RETRIES = 3  # a rate limit or a provider's 5xx is asked again this often, each time counted in the budget
+_TRANSIENT = (dspy.LMRateLimitError, dspy.LMServerError, dspy.LMTransportError)
+_MAX_RETRY_WAIT_S = 30.0
+RETRY_BASE_S = 0.5  # the first wait without a retry-after; doubling
+
+
+def transient_wait_s(error: BaseException, attempt: int) -> float | None:
+    """How long to wait before asking again after `error` on try number `attempt` (1 for the first); None: do not.
+
+    A rate limit or a provider's 5xx says nothing about the candidate being scored: scoring it 0 (or failing the
+    job, as the baseline's scoring did at the first 500) would judge the optimizer on the provider's bad minute.
+    The provider's retry-after is honoured (capped), else 0.5, 1, 2 s.
+    """
+    if attempt > TRANSIENT_RETRIES or not isinstance(error, _TRANSIENT):
+        return None
+    retry_after = getattr(error, "retry_after", None)
+    if isinstance(retry_after, (int, float)) and retry_after > 0:
+        return min(float(retry_after), _MAX_RETRY_WAIT_S)
+    return RETRY_BASE_S * 2 ** (attempt - 1)
 
 
 class _Budget:
@@ -166,6 +187,10 @@ class _Budget:
                 raise _BudgetReached("time budget reached")
             self.used += units
 
+    def wait(self, seconds: float) -> None:
+        """Sleep `seconds` before asking the LM again, or until the job is cancelled (the next take() then refuses)."""
+        self.cancel_event.wait(seconds)
+
     def acquire_slot(self) -> None:
         while not self._slots.acquire(timeout=POLL_S):
             self._check_cancel()
@@ -204,27 +229,37 @@ class _GatedMixin:
         phase = self._gate_phase
         phase.budget.acquire_slot()
         try:
-            phase.budget.take(phase, self._units(kwargs))
-            try:
-                answer = super().__call__(*args, **kwargs)
-            except Exception as error:
-                phase.budget.failed(error)
-                raise
-            phase.budget.answered()
-            return answer
+            for attempt in itertools.count(1):
+                phase.budget.take(phase, self._units(kwargs))
+                try:
+                    answer = super().__call__(*args, **kwargs)
+                except Exception as error:
+                    phase.budget.failed(error)
+                    wait_s = transient_wait_s(error, attempt)
+                    if wait_s is None:
+                        raise
+                    phase.budget.wait(wait_s)  # cancel-aware: a cancelled job stops waiting at once
+                    continue
+                phase.budget.answered()
+                return answer
         finally:
             phase.budget.release_slot()
 
     async def acall(self, *args, **kwargs):
         phase = self._gate_phase
-        phase.budget.take(phase, self._units(kwargs))  # no slot: waiting for one would block the event loop
-        try:
-            answer = await super().acall(*args, **kwargs)
-        except Exception as error:
-            phase.budget.failed(error)
-            raise
-        phase.budget.answered()
-        return answer
+        for attempt in itertools.count(1):
+            phase.budget.take(phase, self._units(kwargs))  # no slot: waiting for one would block the event loop
+            try:
+                answer = await super().acall(*args, **kwargs)
+            except Exception as error:
+                phase.budget.failed(error)
+                wait_s = transient_wait_s(error, attempt)
+                if wait_s is None:
+                    raise
+                await asyncio.sleep(wait_s)
+                continue
+            phase.budget.answered()
+            return answer
 
     def _units(self, kwargs: dict) -> int:
         """A call for n completions is n requests to the provider (DSPy sends them one by one): it counts n."""

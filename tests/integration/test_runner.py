@@ -279,9 +279,11 @@ async def test_judge_and_reflection_calls_count_against_the_budget(sim):
     ("simba", {"bsize": 8, "num_candidates": 4, "max_steps": 4, "max_demos": 4}),
     ("gepa", {"max_metric_calls": 300, "reflection_lm": SIM_MODEL, "reflection_minibatch_size": 4}),
 ], ids=["simba", "gepa"])
-async def test_a_job_stops_when_the_lm_fails_call_after_call(sim, optimizer, options):
+async def test_a_job_stops_when_the_lm_fails_call_after_call(sim, optimizer, options, monkeypatch):
     """The provider goes down while the optimizer runs: optimizers score a failed call 0 and go on (up to 358 requests
-    into an outage, then a failed job). After LM_FAILURES_IN_A_ROW failures in a row the job stops, saying why."""
+    into an outage, then a failed job). After LM_FAILURES_IN_A_ROW failures in a row the job stops, saying why.
+    (Transient errors are asked again after a wait: no retries here, so that the test does not wait.)"""
+    monkeypatch.setattr(runner, "TRANSIENT_RETRIES", 0)
     loop = asyncio.get_running_loop()
     counted: dict[str, int] = {}
 
@@ -297,3 +299,26 @@ async def test_a_job_stops_when_the_lm_fails_call_after_call(sim, optimizer, opt
     finally:
         await sim.set_faults(error_rate=0.0)
     assert sent <= runner.LM_FAILURES_IN_A_ROW + 16, sent  # calls already in flight on the other threads finish (was 358)
+
+
+def test_transient_lm_errors_are_asked_again_after_a_wait():
+    """The pure policy: a rate limit waits what the provider said (capped at 30 s), a 5xx or a dropped connection
+    0.5, 1, 2 s; past TRANSIENT_RETRIES, or for any other error, the error stands."""
+    limited = dspy.LMRateLimitError("slow down", retry_after=2.0)
+    assert runner.transient_wait_s(limited, 1) == 2.0
+    assert runner.transient_wait_s(dspy.LMRateLimitError("slow down", retry_after=600.0), 1) == 30.0
+    server = dspy.LMServerError("boom")
+    assert [runner.transient_wait_s(server, n) for n in (1, 2, 3, 4)] == [0.5, 1.0, 2.0, None]
+    assert runner.transient_wait_s(dspy.LMAuthError("no"), 1) is None and runner.transient_wait_s(ValueError(), 1) is None
+
+
+async def test_a_flaky_provider_does_not_fail_the_job(sim, monkeypatch):
+    """40 % of calls answered 500: each is asked again (counted in the budget), so the baseline and the final scoring
+    see real answers (the first 500 while scoring the base failed the whole job). Waits of 10 ms here, not 0.5 s."""
+    monkeypatch.setattr(runner, "RETRY_BASE_S", 0.01)
+    await sim.set_faults(error_rate=0.4)
+    try:
+        result = await optimize(task("labeled_few_shot", {"k": 8}), sim_lm(sim, cache=False))
+    finally:
+        await sim.set_faults(error_rate=0.0)
+    assert result.dev_examples == len(DEV) and result.optimized_score > result.baseline_score
