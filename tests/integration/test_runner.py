@@ -301,7 +301,7 @@ async def test_a_job_stops_when_the_lm_fails_call_after_call(sim, optimizer, opt
     assert sent <= runner.LM_FAILURES_IN_A_ROW + 16, sent  # calls already in flight on the other threads finish (was 358)
 
 
-def test_transient_lm_errors_are_asked_again_after_a_wait():
+async def test_transient_lm_errors_are_asked_again_after_a_wait():
     """The pure policy: a rate limit waits what the provider said (capped at 30 s), a 5xx or a dropped connection
     0.5, 1, 2 s; past TRANSIENT_RETRIES, or for any other error, the error stands."""
     limited = dspy.LMRateLimitError("slow down", retry_after=2.0)
