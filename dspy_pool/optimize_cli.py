@@ -466,7 +466,8 @@ def _follow(stub: pb_grpc.DSPyPoolStub, job: pb.OptimizationJob, quiet: bool) ->
 
 def _jobs_list(args: argparse.Namespace) -> int:
     with _stub(args) as stub:
-        reply = stub.ListOptimizations(pb.ListOptimizationsRequest(program=args.program), timeout=_timeout(args))
+        reply = pb.ListOptimizationsResponse(jobs=all_pages(stub.ListOptimizations, pb.ListOptimizationsRequest(program=args.program),
+                                                            "jobs", _timeout(args)))
     if args.json:
         _print_json(reply)
     elif not reply.jobs:

@@ -212,8 +212,9 @@ class JobManager:
     async def get(self, job_id: str) -> pb.OptimizationJob:
         return to_message(await self._record(job_id))
 
-    async def list(self, program: str) -> list[pb.OptimizationJob]:
-        return [to_message(record) for record in await self.store.list_jobs(program=program)]
+    async def list(self, program: str, limit: int = 100) -> list[pb.OptimizationJob]:
+        """The newest `limit` jobs (of `program`, or of every program), newest first."""
+        return [to_message(record) for record in await self.store.list_jobs(program=program, limit=limit)]
 
     async def cancel(self, job_id: str) -> Cancelled:
         record = await self._record(job_id)

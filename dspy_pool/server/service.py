@@ -156,6 +156,9 @@ _LATEST_VERSIONS = paging.Listing("programs", lambda entry: (entry.name, entry.v
                                   lambda entry: entry.program.ByteSize())
 _ALL_VERSIONS = paging.Listing("programs:all_versions", _LATEST_VERSIONS.key, _LATEST_VERSIONS.key_types, _LATEST_VERSIONS.size)
 _DATASETS = paging.Listing("datasets", lambda dataset: (dataset.name,), (str,), lambda dataset: dataset.ByteSize())
+# Jobs, newest first: the key sorts them so (the newest has the smallest key).
+_JOBS = paging.Listing("jobs", lambda job: (-job.created_at.ToNanoseconds(), job.job_id), (int, str), lambda job: job.ByteSize())
+_JOBS_LISTED = 1000  # ListOptimizations pages through the newest this many
 _WATCH_SHARE_S = 0.1  # watchers asking within this share one status
 _CAPTURES_KEPT = 1000  # per program, when CapturePolicy.max_examples is 0
 
@@ -539,9 +542,13 @@ class DSPyPoolService(pb_grpc.DSPyPoolServicer):
 
     async def ListOptimizations(self, request: pb.ListOptimizationsRequest, context):
         try:
-            return pb.ListOptimizationsResponse(jobs=await self._jobs().list(request.program))
+            jobs = sorted(await self._jobs().list(request.program, limit=_JOBS_LISTED), key=_JOBS.key)
+            listing = paging.Listing(f"jobs:{request.program}", _JOBS.key, _JOBS.key_types, _JOBS.size)
+            page = paging.take_page(jobs, listing, request.page_size, request.page_token)
         except errors.PoolError as error:
             await self._abort(context, error)
+            return
+        return pb.ListOptimizationsResponse(jobs=page.items, next_page_token=page.next_token)
 
     async def WatchOptimization(self, request: pb.GetOptimizationRequest, context):
         try:

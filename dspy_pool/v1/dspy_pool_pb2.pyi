@@ -460,16 +460,22 @@ class GetOptimizationRequest(_message.Message):
     def __init__(self, job_id: _Optional[str] = ...) -> None: ...
 
 class ListOptimizationsRequest(_message.Message):
-    __slots__ = ("program",)
+    __slots__ = ("program", "page_size", "page_token")
     PROGRAM_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     program: str
-    def __init__(self, program: _Optional[str] = ...) -> None: ...
+    page_size: int
+    page_token: str
+    def __init__(self, program: _Optional[str] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ...) -> None: ...
 
 class ListOptimizationsResponse(_message.Message):
-    __slots__ = ("jobs",)
+    __slots__ = ("jobs", "next_page_token")
     JOBS_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     jobs: _containers.RepeatedCompositeFieldContainer[OptimizationJob]
-    def __init__(self, jobs: _Optional[_Iterable[_Union[OptimizationJob, _Mapping]]] = ...) -> None: ...
+    next_page_token: str
+    def __init__(self, jobs: _Optional[_Iterable[_Union[OptimizationJob, _Mapping]]] = ..., next_page_token: _Optional[str] = ...) -> None: ...
 
 class CancelOptimizationRequest(_message.Message):
     __slots__ = ("job_id",)

@@ -498,3 +498,28 @@ async def test_the_number_of_datasets_is_bounded():
         assert (await add("one")).counts["train"] == 2
         await stub.DeleteDataset(pb.DeleteDatasetRequest(name="two"), timeout=10)
         assert (await add("three")).counts["train"] == 1
+
+
+async def test_optimization_jobs_are_listed_newest_first_in_pages(server):
+    """ListOptimizations pages (it stopped at the newest 100, with no way to the rest): every job once, newest first,
+    the same as one large page; a token from another program's listing is refused."""
+    _, stub, _ = server
+    for seed in (301, 302, 303):  # three more jobs of their own, whatever the other tests left
+        await stub.StartOptimization(pb.StartOptimizationRequest(
+            program="coder", dataset="words", optimizer="labeled_few_shot", metric=METRIC, seed=seed), timeout=10)
+    whole = (await stub.ListOptimizations(pb.ListOptimizationsRequest(program="coder"), timeout=10)).jobs
+    paged, token = [], ""
+    while True:
+        reply = await stub.ListOptimizations(pb.ListOptimizationsRequest(program="coder", page_size=2, page_token=token), timeout=10)
+        assert len(reply.jobs) <= 2
+        paged += reply.jobs
+        token = reply.next_page_token
+        if not token:
+            break
+    assert [job.job_id for job in paged] == [job.job_id for job in whole] and len(paged) >= 3
+    created = [job.created_at.ToNanoseconds() for job in paged]
+    assert created == sorted(created, reverse=True)
+    first = await stub.ListOptimizations(pb.ListOptimizationsRequest(program="coder", page_size=1), timeout=10)
+    error = await _error(stub.ListOptimizations(pb.ListOptimizationsRequest(program="other", page_token=first.next_page_token),
+                                                timeout=10))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT

@@ -143,8 +143,8 @@ class AsyncClient:
         return OptimizationJob.from_proto(await self._invoke(self._stub.GetOptimization, request, timeout))
 
     async def list_optimizations(self, program: str = "", *, timeout: float | None = None) -> list[OptimizationJob]:
-        reply = await self._invoke(self._stub.ListOptimizations, pb.ListOptimizationsRequest(program=program), timeout)
-        return [OptimizationJob.from_proto(j) for j in reply.jobs]
+        jobs = await self._all_pages(self._stub.ListOptimizations, pb.ListOptimizationsRequest(program=program), "jobs", timeout)
+        return [OptimizationJob.from_proto(j) for j in jobs]
 
     async def cancel_optimization(self, job_id: str, *, timeout: float | None = None) -> OptimizationJob:
         request = pb.CancelOptimizationRequest(job_id=job_id)

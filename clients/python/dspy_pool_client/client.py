@@ -174,8 +174,8 @@ class Client:
 
     def list_optimizations(self, program: str = "", *, timeout: float | None = None) -> list[OptimizationJob]:
         """Jobs of one program, or of every program when `program` is empty."""
-        reply = self._invoke(self._stub.ListOptimizations, pb.ListOptimizationsRequest(program=program), timeout)
-        return [OptimizationJob.from_proto(j) for j in reply.jobs]
+        jobs = self._all_pages(self._stub.ListOptimizations, pb.ListOptimizationsRequest(program=program), "jobs", timeout)
+        return [OptimizationJob.from_proto(j) for j in jobs]
 
     def cancel_optimization(self, job_id: str, *, timeout: float | None = None) -> OptimizationJob:
         """Cancel a job: a queued one at once; a running one stops at its next LM call (watch it for the end)."""
