@@ -109,6 +109,25 @@ def _examples(records: list[ExampleRecord]) -> tuple[Example, ...]:
     return tuple(Example(json.loads(r.inputs_json), json.loads(r.outputs_json)) for r in records)
 
 
+class _Latest:
+    """The newest change of a job for one watcher: a slow reader skips the ones between (a queue of every change grew
+    without bound behind it); the job's final state, being the last, is never skipped."""
+
+    def __init__(self) -> None:
+        self._record: JobRecord | None = None
+        self._changed = asyncio.Event()
+
+    def put(self, record: JobRecord) -> None:
+        self._record = record
+        self._changed.set()
+
+    async def get(self) -> JobRecord:
+        await self._changed.wait()
+        self._changed.clear()
+        record, self._record = self._record, None
+        return record
+
+
 class JobManager:
     def __init__(self, store: StateStore, registry, pool, settings: JobSettings,
                  register_version: Callable[[pb.ProgramSpec, pb.ProgramMeta], Awaitable[pb.Program]],
@@ -124,7 +143,7 @@ class JobManager:
         self._order = itertools.count()
         self._wakeup = asyncio.Event()
         self._runs: dict[str, object] = {}  # job id -> its OptimizationRun, while running
-        self._watchers: dict[str, list[asyncio.Queue]] = {}
+        self._watchers: dict[str, list[_Latest]] = {}
         self._active: dict[str, int] = {}  # program -> its jobs queued or running here
         self._finished: dict[str, asyncio.Event] = {}  # program -> set when one of its jobs finishes
         self._tasks: list[asyncio.Task] = []
@@ -242,15 +261,15 @@ class JobManager:
             self._done(program)
 
     async def watch(self, job_id: str) -> AsyncIterator[pb.OptimizationJob]:
-        """The job now, then each change, until it finishes."""
-        queue: asyncio.Queue = asyncio.Queue()
-        self._watchers.setdefault(job_id, []).append(queue)
+        """The job now, then its changes (the newest one whenever the reader is ready for it), until it finishes."""
+        latest = _Latest()
+        self._watchers.setdefault(job_id, []).append(latest)
         try:
             record = await self._record(job_id)
             yield to_message(record)
             while record.state not in FINISHED:
                 try:
-                    record = await asyncio.wait_for(queue.get(), _WATCH_POLL_S)
+                    record = await asyncio.wait_for(latest.get(), _WATCH_POLL_S)
                 except asyncio.TimeoutError:  # no news here: another front or replica may be running it
                     fresh = await self._record(job_id)
                     if fresh == record:
@@ -258,7 +277,7 @@ class JobManager:
                     record = fresh
                 yield to_message(record)
         finally:
-            self._watchers[job_id].remove(queue)
+            self._watchers[job_id].remove(latest)
             if not self._watchers[job_id]:
                 del self._watchers[job_id]
 
@@ -353,8 +372,8 @@ class JobManager:
         return changed
 
     def _notify(self, record: JobRecord) -> None:
-        for queue in self._watchers.get(record.job_id, ()):
-            queue.put_nowait(record)
+        for latest in self._watchers.get(record.job_id, ()):
+            latest.put(record)
 
     # -- running ----------------------------------------------------------------------
     async def _run_forever(self) -> None:

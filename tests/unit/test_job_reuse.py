@@ -30,3 +30,16 @@ def test_a_running_job_whose_lease_ran_out_is_not_reused():
 def test_queued_and_succeeded_jobs_are_reused_and_ended_ones_are_not(state, reused):
     """Waiting or done work is reused; a job that failed, was cancelled or interrupted is started again."""
     assert reusable(_job(state), NOW) is reused
+
+
+async def test_a_slow_watcher_gets_the_newest_change_and_never_misses_the_end():
+    """A watcher that does not read for a while finds only the newest change waiting (a queue of every change grew
+    without bound behind a slow reader), and the last change it gets is the job's final one."""
+    from dspy_pool.optimize.jobs import _Latest
+
+    latest = _Latest()
+    for progress in range(1000):
+        latest.put(progress)
+    assert await latest.get() == 999
+    latest.put("succeeded")
+    assert await latest.get() == "succeeded"
