@@ -47,6 +47,7 @@ QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED, INTERRUPTED = "queued", "running"
 FINISHED = (SUCCEEDED, FAILED, CANCELLED, INTERRUPTED)
 _WATCH_POLL_S = 1.0  # a watcher with no local news re-reads the store this often
 _PROGRESS_WRITE_S = 0.5  # progress reaches watchers at once, the store at most this often
+_PRUNE_EVERY = 100  # new jobs between two prunes of the finished ones
 _OVERTIME_GRACE_S = 10.0  # past budget.max_seconds (or a tenth of it, if longer): the job's last calls may end
 _CANCEL_POLL_S = 1.0  # a running job asks the store this often whether another process asked to cancel it
 
@@ -71,6 +72,7 @@ class JobSettings:
     num_threads: int = 4
     lm: str = ""  # the serving LM, recorded in each optimized version's provenance
     trigger_tick_s: float = 5.0  # how often automatic optimization checks its thresholds
+    jobs_kept: int = 10_000  # finished jobs the store keeps (the newest); older ones are pruned
 
 
 def dedup_key(base_key: str, dataset_hash: str, request: pb.StartOptimizationRequest) -> str:
@@ -139,6 +141,7 @@ class JobManager:
         self._register_version = register_version
         self._observe = observe  # what the triggers see of a program (the service's statistics)
         self._triggers: dict[str, TriggerState] = {}
+        self._started_since_prune = 0
         self._queue: list[tuple[int, int, str]] = []  # (-priority, order, job_id)
         self._order = itertools.count()
         self._wakeup = asyncio.Event()
@@ -226,7 +229,20 @@ class JobManager:
         self._enqueue(record)
         log.info("optimization_queued", job_id=record.job_id, program=request.program, optimizer=request.optimizer,
                  dataset=request.dataset, base_version=base.program.version)
+        await self._prune_now_and_then()
         return to_message(record)
+
+    async def _prune_now_and_then(self) -> None:
+        """Keep the newest jobs_kept finished jobs, every _PRUNE_EVERY new jobs (a loop of starts and cancels made rows
+        without end); the store being down only delays it."""
+        self._started_since_prune += 1
+        if self._started_since_prune < _PRUNE_EVERY:
+            return
+        self._started_since_prune = 0
+        with contextlib.suppress(StateUnavailable):
+            pruned = await self.store.prune_jobs(self.settings.jobs_kept)
+            if pruned:
+                log.info("optimization_jobs_pruned", jobs=pruned, kept=self.settings.jobs_kept)
 
     async def get(self, job_id: str) -> pb.OptimizationJob:
         return to_message(await self._record(job_id))

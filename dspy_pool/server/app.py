@@ -203,7 +203,8 @@ class App:
             self.store, registry, pool,
             JobSettings(max_queue=optimize.optimization_max_queue, owner=owner_prefix + uuid.uuid4().hex, owner_prefix=owner_prefix,
                         allowed_lms=optimize.optimizer_lms,
-                        num_threads=optimize.optimizer_threads, lm=self.config.lm.model, trigger_tick_s=optimize.auto_optimize_tick_s),
+                        num_threads=optimize.optimizer_threads, lm=self.config.lm.model, trigger_tick_s=optimize.auto_optimize_tick_s,
+                        jobs_kept=optimize.optimization_jobs_kept),
             register_version=lambda spec, meta: self.service.register_optimized(spec, meta),
             observe=lambda program: self.service.observe(program),
         ) if optimize.optimizer_workers else None

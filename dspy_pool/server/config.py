@@ -175,6 +175,8 @@ class OptimizeSection(_Section):
                                      minimum=0, maximum=64)
     optimizer_threads: int = setting(4, "concurrent LM calls of one optimization job", minimum=1, maximum=64)
     optimization_max_queue: int = setting(100, "optimization jobs waiting; beyond it StartOptimization is RESOURCE_EXHAUSTED", minimum=1)
+    optimization_jobs_kept: int = setting(10_000, "finished optimization jobs the store keeps, the newest (older ones are "
+                                          "pruned as new jobs start)", minimum=1)
     optimizer_lms: tuple[str, ...] = setting((), "LMs an llm_judge metric or GEPA's reflection may name: MODEL or MODEL@API_BASE",
                                              repeatable=True)
     dataset_max_examples: int = setting(10_000, "examples one dataset holds at most", minimum=1)

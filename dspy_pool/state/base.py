@@ -300,6 +300,11 @@ class StateStore(abc.ABC):
         """Jobs, newest first, optionally of one program and/or in some states."""
 
     @abc.abstractmethod
+    async def prune_jobs(self, keep: int) -> int:
+        """Delete the finished jobs (and their cancel requests) older than the newest `keep` finished ones; queued and
+        running jobs are never deleted. Returns how many went. (Jobs started and cancelled in a loop grew without end.)"""
+
+    @abc.abstractmethod
     async def find_job(self, dedup_key: str) -> JobRecord | None:
         """The newest job with this dedup key (for "start an identical job: get that one")."""
 

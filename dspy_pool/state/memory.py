@@ -250,6 +250,14 @@ class MemoryStore(StateStore):
         jobs.sort(key=policy.newest_first, reverse=True)
         return jobs[:max(0, limit)]
 
+    async def prune_jobs(self, keep: int) -> int:
+        finished = sorted((j for j in self._jobs.values() if j.state in JOB_FINISHED_STATES), key=policy.newest_first, reverse=True)
+        gone = finished[max(0, keep):]
+        for job in gone:
+            del self._jobs[job.job_id]
+            self._job_cancels.discard(job.job_id)
+        return len(gone)
+
     async def find_job(self, dedup_key: str) -> JobRecord | None:
         return max((j for j in self._jobs.values() if j.dedup_key == dedup_key), key=policy.newest_first, default=None)
 

@@ -928,6 +928,25 @@ class RedisStore(StateStore):
         return await self._newest_jobs(index, tuple(states), limit)
 
     @_translated
+    async def prune_jobs(self, keep: int) -> int:
+        # Not one script: the finished jobs are read in batches, then each old one is removed with its index entries.
+        # A job that is finished stays finished (put_job refuses to change it), so nothing read here changes meanwhile.
+        read = lambda pipe, job_id: pipe.hgetall(self._key("job:", job_id))  # noqa: E731
+        finished: list[JobRecord] = []
+        async for ids, replies in self._ranked(self._key("jobs"), _JOB_SCAN_BATCH, read):  # newest first
+            finished.extend(job for job in (_job(i.decode(), f) for i, f in zip(ids, replies) if f)
+                            if job.state in JOB_FINISHED_STATES)
+        gone = finished[max(0, keep):]
+        async with self._client.pipeline(transaction=False) as pipe:
+            for job in gone:
+                pipe.zrem(self._key("jobs"), job.job_id)
+                pipe.zrem(self._key("jobs_by_program:", job.program), job.job_id)
+                pipe.zrem(self._key("jobs_by_dedup:", job.dedup_key), job.job_id)
+                pipe.delete(self._key("job:", job.job_id), self._key("job_cancel:", job.job_id))
+            await pipe.execute()
+        return len(gone)
+
+    @_translated
     async def find_job(self, dedup_key: str) -> JobRecord | None:
         found = await self._newest_jobs(self._key("jobs_by_dedup:", dedup_key), (), 1)
         return found[0] if found else None

@@ -626,6 +626,15 @@ def _get_job(conn: sqlite3.Connection, job_id: str) -> JobRecord | None:
     return None if row is None else _job(row)
 
 
+def _prune_jobs(conn: sqlite3.Connection, keep: int) -> int:
+    finished = ", ".join("?" * len(JOB_FINISHED_STATES))
+    with _transaction(conn):
+        gone = conn.execute(f"DELETE FROM jobs WHERE job_id IN (SELECT job_id FROM jobs WHERE state IN ({finished}) "
+                            f"{_NEWEST_FIRST} LIMIT -1 OFFSET ?) RETURNING job_id", (*JOB_FINISHED_STATES, max(0, keep))).fetchall()
+        conn.executemany("DELETE FROM job_cancels WHERE job_id = ?", gone)
+    return len(gone)
+
+
 def _list_jobs(conn: sqlite3.Connection, program: str, states: tuple[str, ...], limit: int) -> list[JobRecord]:
     where, args = [], []
     if program:
@@ -963,6 +972,9 @@ class SQLiteStore(StateStore):
 
     async def list_jobs(self, program: str = "", states: tuple[str, ...] = (), limit: int = 100) -> list[JobRecord]:
         return await self._run(_list_jobs, program, tuple(states), limit)
+
+    async def prune_jobs(self, keep: int) -> int:
+        return await self._run(_prune_jobs, keep)
 
     async def find_job(self, dedup_key: str) -> JobRecord | None:
         return await self._run(_find_job, dedup_key)

@@ -657,6 +657,20 @@ async def test_a_finished_job_is_final(store, final):
     assert await store.list_jobs(states=(final,)) == [done]
 
 
+async def test_pruning_keeps_the_newest_finished_jobs_and_every_active_one(store):
+    """prune_jobs(keep) deletes the finished jobs past the newest `keep` (with their cancel requests) from every
+    listing; queued and running jobs stay, however old (jobs started and cancelled in a loop grew without end)."""
+    for n, state in enumerate(["cancelled", "running", "failed", "queued", "succeeded", "interrupted", "cancelled"]):
+        await store.put_job(_job(f"j{n}", T0 + n, state=state, program="qa" if n % 2 else "other", dedup_key=f"k{n}"))
+    await store.request_job_cancel("j0", T0)
+    assert await store.prune_jobs(keep=2) == 3  # finished: j6, j5 kept; j4, j2, j0 go
+    assert [j.job_id for j in await store.list_jobs()] == ["j6", "j5", "j3", "j1"]
+    assert [j.job_id for j in await store.list_jobs(program="other")] == ["j6"]
+    assert await store.get_job("j0") is None and await store.find_job("k4") is None and await store.find_job("k5") is not None
+    assert not await store.job_cancel_requested("j0")
+    assert await store.prune_jobs(keep=2) == 0
+
+
 async def test_list_jobs_newest_first_with_filters(store):
     """list_jobs orders by created_at newest first (ties by job_id, descending), filters by program and states,
     and stops at limit."""

@@ -523,3 +523,25 @@ async def test_optimization_jobs_are_listed_newest_first_in_pages(server):
     error = await _error(stub.ListOptimizations(pb.ListOptimizationsRequest(program="other", page_token=first.next_page_token),
                                                 timeout=10))
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_finished_jobs_are_pruned_past_the_newest_kept(monkeypatch):
+    """Starting and cancelling jobs in a loop made store rows without end: every 100 new jobs, the finished ones past
+    the newest jobs_kept are deleted (2 here, every 3 new jobs); the queued and running ones stay."""
+    from dspy_pool.optimize import jobs as jobs_module
+
+    monkeypatch.setattr(jobs_module, "_PRUNE_EVERY", 3)
+    async with running_app(optimizer_workers=1, sim_latency="fixed:20", optimization_jobs_kept=2) as (app, stub, _):
+        await eventually(lambda: app.pool.worker_pool.optimizer_handles(), timeout_s=30)
+        running = await start_running_job(stub, setup=True)  # the 1st new job
+        try:
+            for seed in range(400, 408):  # 8 more, each cancelled while queued
+                queued = await stub.StartOptimization(pb.StartOptimizationRequest(
+                    program="coder", dataset="words", optimizer="labeled_few_shot", metric=METRIC, seed=seed), timeout=10)
+                await stub.CancelOptimization(pb.CancelOptimizationRequest(job_id=queued.job_id), timeout=10)
+            jobs = (await stub.ListOptimizations(pb.ListOptimizationsRequest(), timeout=10)).jobs
+        finally:
+            await stub.CancelOptimization(pb.CancelOptimizationRequest(job_id=running), timeout=10)
+        assert running in [job.job_id for job in jobs]  # running: never pruned
+        finished = [job for job in jobs if job.state == "cancelled"]
+        assert 2 <= len(finished) <= 4  # pruned to 2 at the 9th start, then at most the 2 cancels since
