@@ -180,7 +180,9 @@ class App:
         self.cache = TieredCache(ResultCache(resilience.result_cache_entries, resilience.result_cache_max_bytes), self.store)
         await self.cache.warm(time.time(), resilience.result_cache_warm_entries)
         sessions = self.config.sessions
-        self.sessions = SessionStore(self.store, SessionLimits(sessions.ttl_s, sessions.max_turns, sessions.max_sessions, sessions.protect_s))
+        # A session keeps no more than a program can receive (older turns would never be read again).
+        self.sessions = SessionStore(self.store, SessionLimits(sessions.ttl_s, sessions.max_turns, sessions.max_sessions, sessions.protect_s,
+                                                               max_bytes=sessions.history_max_bytes))
         exporter = PoolExporter(self.registry, self.metrics, breakers=breakers, scale_counts=lambda: pool.scale_counts(),
                                 cache_levels=lambda: self.cache.levels(), program_arms=lambda: self.service.stats.all())
         pool = self.pool = Pool(

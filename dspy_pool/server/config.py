@@ -149,8 +149,8 @@ class SessionSection(_Section):
     max_sessions: int = setting(10000, "sessions held at once", minimum=1)
     ttl_s: float = setting(3600.0, "a session idle this long expires", unit="s", flat="session_ttl_s", minimum=1)
     max_turns: int = setting(50, "turns of history kept per session", flat="session_max_turns", minimum=1)
-    history_max_bytes: int = setting(2 * 1024 * 1024, "history a program receives: the newest turns whose JSON fits this "
-                                     "(GetSession returns the same, up to half of --max-message-bytes)", unit="bytes", flat="session_history_max_bytes", minimum=1024)
+    history_max_bytes: int = setting(2 * 1024 * 1024, "a session's turns kept, and the history a program receives: the newest "
+                                     "whose JSON fits this (GetSession returns them, up to half of --max-message-bytes)", unit="bytes", flat="session_history_max_bytes", minimum=1024)
     max_in_flight: int = setting(0, "calls one session may have running (0: no limit)", flat="session_max_in_flight", minimum=0)
     protect_s: float = setting(60.0, "at the cap, sessions used this recently are never evicted (new ones are refused)", unit="s",
                                flat="session_protect_s", minimum=0)

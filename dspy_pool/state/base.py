@@ -150,6 +150,7 @@ class SessionLimits:
     max_turns: int
     max_sessions: int
     protect_s: float  # at the cap, sessions used this recently are never evicted
+    max_bytes: int = 0  # a session keeps its newest turns whose inputs and outputs fit this (the newest always); 0: no bound
 
 
 @dataclass(frozen=True, slots=True)

@@ -137,6 +137,10 @@ class MemoryStore(StateStore):
         session.turns.append(turn)
         while len(session.turns) > max(0, limits.max_turns):
             session.turns.popleft()
+        if limits.max_bytes:
+            sizes = [policy.turn_bytes(kept.inputs_json, kept.outputs_json) for kept in session.turns]
+            for _ in range(policy.first_kept_by_size(sizes, limits.max_bytes)):
+                session.turns.popleft()
         return AppendResult(session.record(session_id, with_turns), started, evicted)
 
     def _open(self, session_id: str, now: float, limits: SessionLimits,

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from dspy_pool.errors import ResourceExhausted
@@ -57,6 +57,25 @@ def open_needless(committed_at: float, now: float, limits: SessionLimits) -> boo
 def trim_from(next_seq: int, max_turns: int) -> int:
     """The lowest turn sequence number kept once turn `next_seq - 1` is the newest: the last `max_turns` survive."""
     return next_seq - max(0, max_turns)
+
+
+def first_kept_by_size(sizes: Sequence[int], max_bytes: int) -> int:
+    """Of turns of these sizes (oldest first), the index of the oldest kept: the newest whose sizes add up to at most
+    `max_bytes`, and the newest turn always (a session never loses the turn just made). 0 keeps all; so does
+    max_bytes 0."""
+    if max_bytes <= 0:
+        return 0
+    total, first = 0, len(sizes)
+    while first > 0:
+        total += sizes[first - 1]
+        if total > max_bytes and first < len(sizes):
+            break
+        first -= 1
+    return first
+
+
+def turn_bytes(inputs_json: str, outputs_json: str) -> int:
+    return len(inputs_json.encode()) + len(outputs_json.encode())
 
 
 @dataclass(frozen=True, slots=True)

@@ -206,6 +206,22 @@ if ARGV[4] == '1' then
   else
     redis.call('DEL', KEYS[3])
   end
+  -- state.policy.first_kept_by_size: the newest turns that fit max_bytes, the newest always (a turn's size here is
+  -- its stored form, a few bytes over its inputs and outputs).
+  local max_bytes = tonumber(ARGV[13])
+  if max_bytes > 0 then
+    local held, total = redis.call('LRANGE', KEYS[3], 0, -1), 0
+    for _, item in ipairs(held) do
+      total = total + #item
+    end
+    local first = 1
+    while total > max_bytes and first < #held do
+      total, first = total - #held[first], first + 1
+    end
+    if first > 1 then
+      redis.call('LTRIM', KEYS[3], first - 1, -1)
+    end
+  end
 end
 redis.call('HSET', KEYS[2], 'last_used_at', ARGV[5])
 redis.call('ZADD', KEYS[1], ARGV[5], id)
@@ -753,7 +769,7 @@ class RedisStore(StateStore):
             self._open_session, self._session_keys(session_id), [self._prefix, session_id, b"" if turn is None else _encode_turn(turn), "0" if turn is None else "1",
                   _text(now), _text(limits.ttl_s), limits.max_turns, limits.max_sessions, _text(limits.protect_s),
                   math.ceil(limits.ttl_s * 1000) + _CLOCK_GRACE_MS, "1" if with_turns else "0",
-                  _text(policy.open_touch_slack_s(limits))])
+                  _text(policy.open_touch_slack_s(limits)), limits.max_bytes])
         if reply[0] == -1:
             raise policy.sessions_full(limits, policy.Room(retry_after_ms=policy.retry_after_ms(float(reply[1]), now, limits)))
         started, evicted, created_at, last_used_at, turns = reply

@@ -476,6 +476,12 @@ def _append_turn(conn: sqlite3.Connection, session_id: str, turn: TurnRecord, no
                      (session_id, seq, turn.program, turn.inputs_json, turn.outputs_json))
         conn.execute("DELETE FROM turns WHERE session_id = ? AND seq < ?",
                      (session_id, policy.trim_from(seq + 1, limits.max_turns)))
+        if limits.max_bytes:
+            rows = conn.execute("SELECT seq, length(CAST(inputs_json AS BLOB)) + length(CAST(outputs_json AS BLOB)) FROM turns "
+                                "WHERE session_id = ? ORDER BY seq", (session_id,)).fetchall()
+            first = policy.first_kept_by_size([size for _, size in rows], limits.max_bytes)
+            if first:
+                conn.execute("DELETE FROM turns WHERE session_id = ? AND seq < ?", (session_id, rows[first][0]))
         conn.execute("UPDATE sessions SET last_used_at = ?, next_seq = ? WHERE id = ?", (now, seq + 1, session_id))
         turns = _turns(conn, session_id) if with_turns else ()
     return AppendResult(SessionRecord(session_id, created_at, now, turns), started, evicted)

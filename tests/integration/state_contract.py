@@ -657,6 +657,19 @@ async def test_a_finished_job_is_final(store, final):
     assert await store.list_jobs(states=(final,)) == [done]
 
 
+async def test_a_session_keeps_its_newest_turns_within_max_bytes_and_always_the_newest(store):
+    """With max_bytes, an append drops the oldest turns until the rest fit (10,000 sessions of 50 turns of 4 MiB could
+    fill a disk: only what a program can receive is worth keeping); a turn larger than the bound still stays alone."""
+    limits = dataclasses.replace(LIMITS, max_bytes=10_000)
+    big = lambda n, size: TurnRecord("p", '{"q": "' + str(n) + "x" * size + '"}', "{}")  # noqa: E731
+    for n in range(5):
+        await store.append_turn("s1", big(n, 3_000), T0 + n, limits)
+    kept = (await store.get_session("s1", T0 + 5, limits)).turns
+    assert [json.loads(turn.inputs_json)["q"][0] for turn in kept] == ["2", "3", "4"]  # 3 x ~3 KB fit 10,000 bytes
+    await store.append_turn("s1", big(9, 20_000), T0 + 6, limits)
+    assert [json.loads(t.inputs_json)["q"][0] for t in (await store.get_session("s1", T0 + 7, limits)).turns] == ["9"]
+
+
 async def test_pruning_keeps_the_newest_finished_jobs_and_every_active_one(store):
     """prune_jobs(keep) deletes the finished jobs past the newest `keep` (with their cancel requests) from every
     listing; queued and running jobs stay, however old (jobs started and cancelled in a loop grew without end)."""

@@ -1,9 +1,10 @@
 """A session's history grows with every turn; what travels with a call and what GetSession returns stay bounded.
 
-A program with a history input receives the newest turns that fit --session-history-max-bytes, GetSession returns
-the same turns and counts the older ones; and a call whose request to the worker would still be too large for a frame
-(inputs, history and spec together) fails alone with INVALID_ARGUMENT, instead of stopping the worker and every call
-on it (it used to kill a worker per call, and once cascaded into a quarantine).
+A session keeps, and a program with a history input receives, the newest turns that fit --session-history-max-bytes;
+GetSession returns them (within half of --max-message-bytes, counting any it leaves out); and a call whose request
+to the worker would still be too large for a frame (inputs, history and spec together) fails alone with
+INVALID_ARGUMENT, instead of stopping the worker and every call on it (it used to kill a worker per call, and once
+cascaded into a quarantine).
 
 Small limits so that a few 20 KiB turns reach them: --max-message-bytes 64 KiB (a worker frame takes 192 KiB, a
 GetSession reply 32 KiB of turns) or 256 KiB.
@@ -33,12 +34,14 @@ async def _turn(stub, session_id: str, number: int) -> pb.ExecuteResponse:
     return await stub.Execute(execute_request("chat", session_id=session_id, question=f"{number} {TURN_TEXT}"), timeout=30)
 
 
-async def test_a_program_receives_the_newest_turns_that_fit_and_get_session_counts_the_rest(trimmed):
+async def test_a_session_keeps_and_a_program_receives_the_newest_turns_that_fit(trimmed):
+    """The store keeps the newest turns within --session-history-max-bytes (older ones could never be read again), so a
+    program receives them and GetSession returns them, with nothing left out."""
     _, stub = trimmed
     seen = [int((await _turn(stub, "long", number)).outputs["turns"]) for number in range(6)]
     assert seen == [0, 1, 2, 2, 2, 2]  # two ~40 KB turns fit 100,000 bytes
     session = await stub.GetSession(pb.GetSessionRequest(session_id="long"), timeout=10)
-    assert len(session.turns) == 2 and session.turns_left_out == 4
+    assert len(session.turns) == 2 and session.turns_left_out == 0
     assert session.turns[-1].inputs["question"].startswith("5 ") and session.turns[0].inputs["question"].startswith("4 ")
 
 

@@ -206,3 +206,13 @@ def test_newest_first_orders_by_time_then_id():
     """Jobs sort by created_at, then job_id, both descending."""
     jobs = [JobRecord(i, "", "p", "queued", 0, at, at) for i, at in [("a", 1.0), ("c", 2.0), ("b", 2.0)]]
     assert [j.job_id for j in sorted(jobs, key=newest_first, reverse=True)] == ["c", "b", "a"]
+
+
+def test_the_newest_turns_that_fit_are_kept_and_the_newest_always():
+    from dspy_pool.state.policy import first_kept_by_size
+
+    assert first_kept_by_size([3, 3, 3, 3], 10) == 1  # the last three fit
+    assert first_kept_by_size([3, 3, 3, 3], 100) == 0
+    assert first_kept_by_size([3, 3, 50], 10) == 2  # the newest alone, though it is over
+    assert first_kept_by_size([3, 3, 3], 0) == 0  # no bound
+    assert first_kept_by_size([], 10) == 0
