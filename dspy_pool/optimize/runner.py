@@ -164,12 +164,14 @@ class _Budget:
         with self._lock:
             self.failures_in_a_row = 0
 
-    def failed(self, error: BaseException) -> None:
-        """An LM call raised `error`; past LM_FAILURES_IN_A_ROW in a row, no call is admitted any more."""
+    def failed(self, error: BaseException, attempt: int) -> float | None:
+        """Try number `attempt` of an LM call raised `error`: how long to wait before asking again (None: the error
+        stands). Past LM_FAILURES_IN_A_ROW in a row, no call is admitted any more."""
         with self._lock:
             self.failures_in_a_row += 1
             if self.failures_in_a_row >= LM_FAILURES_IN_A_ROW and self.lm_down is None:
                 self.lm_down = _LMDown(self.failures_in_a_row, error)
+        return transient_wait_s(error, attempt)
 
     def take(self, phase: "_Phase", units: int = 1) -> None:
         """Count `units` calls for `phase`, or raise: cancelled, the LM down, phase over, cap or deadline reached."""
@@ -234,8 +236,7 @@ class _GatedMixin:
                 try:
                     answer = super().__call__(*args, **kwargs)
                 except Exception as error:
-                    phase.budget.failed(error)
-                    wait_s = transient_wait_s(error, attempt)
+                    wait_s = phase.budget.failed(error, attempt)
                     if wait_s is None:
                         raise
                     phase.budget.wait(wait_s)  # cancel-aware: a cancelled job stops waiting at once
@@ -252,8 +253,7 @@ class _GatedMixin:
             try:
                 answer = await super().acall(*args, **kwargs)
             except Exception as error:
-                phase.budget.failed(error)
-                wait_s = transient_wait_s(error, attempt)
+                wait_s = phase.budget.failed(error, attempt)
                 if wait_s is None:
                     raise
                 await asyncio.sleep(wait_s)

@@ -54,8 +54,7 @@ def primary(result: CallResult) -> Served:
 class Executor:
     """Runs one call of a registered program on the pool."""
 
-    def __init__(self, pool: Pool, sessions: SessionStore, session_max_in_flight: int = 0,
-                 history_max_bytes: int = 2 * 1024 * 1024) -> None:
+    def __init__(self, pool: Pool, sessions: SessionStore, session_max_in_flight: int, history_max_bytes: int) -> None:
         self.pool = pool
         self.sessions = sessions
         self.session_max_in_flight = session_max_in_flight

@@ -10,6 +10,7 @@ is reached only through `dspy_pool.pool.api`.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import math
 import os
@@ -154,7 +155,7 @@ class _CallShape:
 
 _LATEST_VERSIONS = paging.Listing("programs", lambda entry: (entry.name, entry.version), (str, int),
                                   lambda entry: entry.program.ByteSize())
-_ALL_VERSIONS = paging.Listing("programs:all_versions", _LATEST_VERSIONS.key, _LATEST_VERSIONS.key_types, _LATEST_VERSIONS.size)
+_ALL_VERSIONS = dataclasses.replace(_LATEST_VERSIONS, name="programs:all_versions")
 _DATASETS = paging.Listing("datasets", lambda dataset: (dataset.name,), (str,), lambda dataset: dataset.ByteSize())
 # Jobs, newest first: the key sorts them so (the newest has the smallest key).
 _JOBS = paging.Listing("jobs", lambda job: (-job.created_at.ToNanoseconds(), job.job_id), (int, str), lambda job: job.ByteSize())
@@ -306,7 +307,7 @@ class DSPyPoolService(pb_grpc.DSPyPoolServicer):
         log.info("program_deleted", program=request.name, versions=deleted)
         # What this front holds per program goes with it: statistics, breakers, worked-out facts (a client that
         # registers, calls and deletes programs in a loop grew /metrics and GetPoolStatus without bound).
-        every_version = not self.registry.versions(request.name)
+        every_version = self.registry.known_base(request.name) is None
         self.stats.forget(request.name, None if every_version else deleted)
         self.resilient.forget(request.name, [before[number].key for number in deleted if number in before], every_version)
         return pb.DeleteProgramResponse(deleted_versions=deleted)
@@ -543,7 +544,7 @@ class DSPyPoolService(pb_grpc.DSPyPoolServicer):
     async def ListOptimizations(self, request: pb.ListOptimizationsRequest, context):
         try:
             jobs = sorted(await self._jobs().list(request.program, limit=_JOBS_LISTED), key=_JOBS.key)
-            listing = paging.Listing(f"jobs:{request.program}", _JOBS.key, _JOBS.key_types, _JOBS.size)
+            listing = dataclasses.replace(_JOBS, name=f"jobs:{request.program}")  # a token names its program's listing
             page = paging.take_page(jobs, listing, request.page_size, request.page_token)
         except errors.PoolError as error:
             await self._abort(context, error)

@@ -73,14 +73,8 @@ class OpenedSession:
 
 def newest_turns(turns: Sequence[TurnRecord], max_bytes: int) -> Sequence[TurnRecord]:
     """The newest of `turns` (in their order) whose inputs and outputs JSON add up to at most `max_bytes`."""
-    total, first = 0, len(turns)
-    while first > 0:
-        turn = turns[first - 1]
-        total += len(turn.inputs_json.encode()) + len(turn.outputs_json.encode())
-        if total > max_bytes:
-            break
-        first -= 1
-    return turns[first:]
+    sizes = [policy.turn_bytes(turn.inputs_json, turn.outputs_json) for turn in turns]
+    return turns[policy.first_kept_by_size(sizes, max_bytes, keep_newest=False):]
 
 
 def check_session_id(session_id: str) -> None:

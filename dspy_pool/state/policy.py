@@ -59,16 +59,16 @@ def trim_from(next_seq: int, max_turns: int) -> int:
     return next_seq - max(0, max_turns)
 
 
-def first_kept_by_size(sizes: Sequence[int], max_bytes: int) -> int:
+def first_kept_by_size(sizes: Sequence[int], max_bytes: int, keep_newest: bool = True) -> int:
     """Of turns of these sizes (oldest first), the index of the oldest kept: the newest whose sizes add up to at most
-    `max_bytes`, and the newest turn always (a session never loses the turn just made). 0 keeps all; so does
-    max_bytes 0."""
+    `max_bytes`, and with keep_newest the newest turn always (a session never loses the turn just made; what a
+    program is sent has no such exception). 0 keeps all; so does max_bytes 0."""
     if max_bytes <= 0:
         return 0
     total, first = 0, len(sizes)
     while first > 0:
         total += sizes[first - 1]
-        if total > max_bytes and first < len(sizes):
+        if total > max_bytes and (first < len(sizes) or not keep_newest):
             break
         first -= 1
     return first

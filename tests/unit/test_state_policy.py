@@ -216,3 +216,4 @@ def test_the_newest_turns_that_fit_are_kept_and_the_newest_always():
     assert first_kept_by_size([3, 3, 50], 10) == 2  # the newest alone, though it is over
     assert first_kept_by_size([3, 3, 3], 0) == 0  # no bound
     assert first_kept_by_size([], 10) == 0
+    assert first_kept_by_size([3, 3, 50], 10, keep_newest=False) == 3  # what a program is sent: not even the newest
