@@ -84,6 +84,8 @@ def describe(error: grpc.RpcError, target: str, timeout_s: float | None = None) 
         message = f"no server at {target} ({message})"
     elif info is None and code == grpc.StatusCode.UNAVAILABLE and is_server_closed(message):
         message = f"the server at {target} closed the connection (it stopped or restarted)"
+    elif info is None and code == grpc.StatusCode.CANCELLED:  # the command never cancels a call it still reads
+        message = f"the server at {target} cancelled the call (it stopped or restarted)"
     elif info is None and code == grpc.StatusCode.DEADLINE_EXCEEDED and timeout_s is not None:
         message = f"no reply within {timeout_s:g} s (--timeout)"
     reason = info.reason if info is not None else ""
@@ -116,6 +118,14 @@ def _is_connect_failure(message: str) -> bool:
 # ("Cancelling all calls"), its exit ("Socket closed", "Connection reset"), a GOAWAY.
 _SERVER_CLOSED_WORDS = ("cancelling all calls", "socket closed", "connection reset", "goaway", "broken pipe",
                         "end of tcp stream", "connection aborted")
+
+
+def ended_by_server(error: grpc.RpcError) -> bool:
+    """A call the server's side ended without a status of its own: it stopped, restarted or lost the connection."""
+    code = error.code() if callable(getattr(error, "code", None)) else None
+    if code == grpc.StatusCode.UNAVAILABLE:
+        return is_server_closed((error.details() if callable(getattr(error, "details", None)) else None) or "")
+    return code == grpc.StatusCode.CANCELLED and _error_info(error) is None
 
 
 def is_server_closed(message: str) -> bool:

@@ -24,7 +24,7 @@ from typing import Any
 import grpc
 
 from dspy_pool.client_cli import (EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, MODES, UsageError, _console, _fail, _fill_struct, all_pages,
-                                  _guarded, _non_negative_int, _parse_json, _print_json, _stub, _timeout, describe, is_server_closed,
+                                  _guarded, _non_negative_int, _parse_json, _print_json, _stub, _timeout, describe, ended_by_server,
                                   refused_file_exit, to_dict)
 from dspy_pool.v1 import dspy_pool_pb2 as pb
 from dspy_pool.v1 import dspy_pool_pb2_grpc as pb_grpc
@@ -395,7 +395,7 @@ def _wait_for_job(stub: pb_grpc.DSPyPoolStub, job: pb.OptimizationJob, args: arg
                          EXIT_INTERRUPTED)
         except _WatchBroken as broken:
             job, failure = broken.last, describe(broken.error, args.target)
-            if not is_server_closed(broken.error.details() or ""):
+            if not ended_by_server(broken.error):
                 return _fail(f"{failure}; job {job.job_id} may still be running (dspy-pool jobs watch {job.job_id})", EXIT_ERROR)
             return _fail(f"{failure}; {after_server_stopped(job)}", EXIT_ERROR)
         if job.state not in FINISHED:  # the server closed the watch early: it is shutting down

@@ -115,18 +115,27 @@ class _Latest:
     """The newest change of a job for one watcher: a slow reader skips the ones between (a queue of every change grew
     without bound behind it); the job's final state, being the last, is never skipped."""
 
-    def __init__(self) -> None:
+    def __init__(self, closed: bool = False) -> None:
         self._record: JobRecord | None = None
         self._changed = asyncio.Event()
+        self._closed = closed
+        if closed:
+            self._changed.set()
 
     def put(self, record: JobRecord) -> None:
         self._record = record
         self._changed.set()
 
-    async def get(self) -> JobRecord:
+    def close(self) -> None:
+        """The server is stopping: get() answers None once the newest change is read."""
+        self._closed = True
+        self._changed.set()
+
+    async def get(self) -> JobRecord | None:
         await self._changed.wait()
-        self._changed.clear()
         record, self._record = self._record, None
+        if not self._closed:
+            self._changed.clear()
         return record
 
 
@@ -147,6 +156,7 @@ class JobManager:
         self._wakeup = asyncio.Event()
         self._runs: dict[str, object] = {}  # job id -> its OptimizationRun, while running
         self._watchers: dict[str, list[_Latest]] = {}
+        self._stopped = False  # watches end (cleanly, at the job's last state) once the server stops
         self._active: dict[str, int] = {}  # program -> its jobs queued or running here
         self._finished: dict[str, asyncio.Event] = {}  # program -> set when one of its jobs finishes
         self._tasks: list[asyncio.Task] = []
@@ -194,6 +204,12 @@ class JobManager:
         for run in list(self._runs.values()):
             run.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        # Ended here, each watch closes with OK while the server can still write it; left open, gRPC cancels it
+        # once the grace runs out, and the client reads CANCELLED or a reset connection, not that the server stopped.
+        self._stopped = True
+        for watchers in self._watchers.values():
+            for latest in watchers:
+                latest.close()
 
     # -- RPCs ----------------------------------------------------------------------
     async def start_job(self, request: pb.StartOptimizationRequest) -> pb.OptimizationJob:
@@ -277,20 +293,23 @@ class JobManager:
             self._done(program)
 
     async def watch(self, job_id: str) -> AsyncIterator[pb.OptimizationJob]:
-        """The job now, then its changes (the newest one whenever the reader is ready for it), until it finishes."""
-        latest = _Latest()
+        """The job now, then its changes (the newest one whenever the reader is ready for it), until it finishes
+        or the server stops (the stream then ends at the last state sent: the job is not finished)."""
+        latest = _Latest(closed=self._stopped)
         self._watchers.setdefault(job_id, []).append(latest)
         try:
             record = await self._record(job_id)
             yield to_message(record)
             while record.state not in FINISHED:
                 try:
-                    record = await asyncio.wait_for(latest.get(), _WATCH_POLL_S)
+                    change = await asyncio.wait_for(latest.get(), _WATCH_POLL_S)
                 except asyncio.TimeoutError:  # no news here: another front or replica may be running it
-                    fresh = await self._record(job_id)
-                    if fresh == record:
+                    change = await self._record(job_id)
+                    if change == record:
                         continue
-                    record = fresh
+                if change is None:
+                    return
+                record = change
                 yield to_message(record)
         finally:
             self._watchers[job_id].remove(latest)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import socket
 import time
 import uuid
 
@@ -154,15 +155,17 @@ class App:
         self.registry = CollectorRegistry()
         self.metrics_server = None
         self.metrics_port = 0
+        self._reserved: dict[str, socket.socket] = {}  # flag -> its port, held from the check to the server's bind
 
     async def start(self) -> int:
         """Start everything; returns the bound TCP port (0 for a Unix socket)."""
         log.info("server_starting", config=public_view(self.config))
         warn_if_keyless(self.config)
         if self.front is None:  # a front group's port is the supervisor's, held for its fronts
-            bind.check_listen_free(self.config.server.listen)
+            self._hold("--listen", bind.reserve_listen(self.config.server.listen))
             if self.config.observe.metrics_port > 0:
-                bind.check_free(self.config.observe.metrics_addr, self.config.observe.metrics_port, "--metrics-port")
+                self._hold("--metrics-port", bind.reserve(self.config.observe.metrics_addr, self.config.observe.metrics_port,
+                                                          "--metrics-port"))
         # Read before anything starts: a bad file stops start-up naming the file, the entry and the field.
         file_specs = load_specs(self.config.state.programs_file) if self.config.state.programs_file else []
         # The store first: one that cannot be opened safely stops start-up before any child process exists.
@@ -223,6 +226,7 @@ class App:
             raise RuntimeError(bind.describe_bind_error(listen, str(exc).partition(";")[0], "--listen")) from None
         if self.port == 0 and not listen.startswith("unix:"):
             raise RuntimeError(bind.describe_bind_error(listen, "the address is in use or not available", "--listen"))
+        self._release("--listen")
         if self.front is not None:  # where the other fronts reach this one (the shared port lands anywhere)
             self.server.add_insecure_port(self.front.own_socket)
         await self.server.start()
@@ -242,6 +246,7 @@ class App:
             self._background.append(loop.create_task(registry.watch(_PROGRAM_POLL_S)))
         if self.config.observe.metrics_port >= 0:
             observe = self.config.observe
+            self._release("--metrics-port")
             try:
                 self.metrics_server, self.metrics_port = start_metrics_server(observe.metrics_port, self.registry, observe.metrics_addr)
             except OSError as exc:
@@ -252,6 +257,15 @@ class App:
         log.info("server_serving", listen=self.config.server.listen, port=self.port, workers=initial,
                  pool_size=f"{minimum}" if minimum == maximum else f"{minimum}..{maximum} (autoscaling)")
         return self.port
+
+    def _hold(self, flag: str, reserved: socket.socket | None) -> None:
+        if reserved is not None:
+            self._reserved[flag] = reserved
+
+    def _release(self, flag: str) -> None:
+        reserved = self._reserved.pop(flag, None)
+        if reserved is not None:
+            reserved.close()
 
     async def _register_file_programs(self, specs: list) -> None:
         """Register --programs-file's specs (idempotent: unchanged content keeps its version); a refusal stops start-up."""
@@ -298,6 +312,8 @@ class App:
             await self._stopped.wait()
             return
         self._stopping = True
+        for flag in list(self._reserved):  # a start that failed before binding
+            self._release(flag)
         if self.sim is not None:
             self.sim.stop_supervising()  # nothing is restarted once shutdown begins
         grace = self.config.server.drain_grace_s if grace_s is None else grace_s
@@ -318,6 +334,8 @@ class App:
                     "the server shut down before this call finished (drain grace ran out); it may have partly run",
                     metadata={"may_have_run": "true"},
                 ))
+        if self.service is not None:
+            self.service.close_watches()
         if self.server is not None:
             await self.server.stop(1.0)
         if self.service is not None and self.service.peers is not None:

@@ -10,6 +10,7 @@ is reached only through `dspy_pool.pool.api`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import json
 import math
@@ -213,6 +214,7 @@ class DSPyPoolService(pb_grpc.DSPyPoolServicer):
         self._max_deadline_s = config.server.max_deadline_s
         self._max_input_depth = config.server.max_input_depth
         self._shared_status: tuple[float, asyncio.Future] | None = None  # (built at, the status) for watchers
+        self._watches_closed = asyncio.Event()  # the server is stopping: status watches end
         limit = config.server.client_max_in_flight
         self._client_limits = ClientLimits(limit) if limit else None
         # GetSession: the history a program receives, in a reply well within any client's receive limit (4 MiB by
@@ -744,9 +746,16 @@ class DSPyPoolService(pb_grpc.DSPyPoolServicer):
     # -- status -------------------------------------------------------------
     async def WatchPoolStatus(self, request: pb.WatchPoolStatusRequest, context):
         interval = min(60.0, max(0.1, request.interval_s or 1.0))
-        while True:
+        while not self._watches_closed.is_set():
             yield await self._watched_status()
-            await asyncio.sleep(interval)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._watches_closed.wait(), interval)
+        await self._abort(context, errors.Unavailable("the server is stopping; watch again once it is back"))
+
+    def close_watches(self) -> None:
+        """End every status watch UNAVAILABLE, saying the server is stopping: left open, gRPC cancels them once the
+        stop's grace runs out, and a client reads CANCELLED or a reset connection instead."""
+        self._watches_closed.set()
 
     async def _watched_status(self) -> pb.PoolStatus:
         """group_status, built once for every watcher that asks within _WATCH_SHARE_S (2,000 watchers at 0.1 s each

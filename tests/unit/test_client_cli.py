@@ -85,6 +85,19 @@ def test_a_connection_the_server_closed_says_it_stopped_or_restarted(grpc_text):
     assert str(failure) == "UNAVAILABLE: the server at 127.0.0.1:4000 closed the connection (it stopped or restarted)"
 
 
+def test_a_call_the_server_cancelled_says_it_stopped_or_restarted():
+    """CANCELLED without an ErrorInfo, on a call the command did not cancel, is the server ending it (gRPC cancels the
+    streams still open when a stop's grace runs out): named so, and an optimize watch reads it as the server stopping."""
+    error = FakeRpcError(grpc.StatusCode.CANCELLED, "CANCELLED")
+    assert str(client_cli.describe(error, "127.0.0.1:4000")) == (
+        "CANCELLED: the server at 127.0.0.1:4000 cancelled the call (it stopped or restarted)")
+    assert client_cli.ended_by_server(error)
+    assert client_cli.ended_by_server(FakeRpcError(grpc.StatusCode.UNAVAILABLE, "Socket closed"))
+    caller = error_details_pb2.ErrorInfo(reason="CANCELLED", domain="dspy-pool")
+    assert not client_cli.ended_by_server(FakeRpcError(grpc.StatusCode.CANCELLED, "the caller cancelled", caller))
+    assert not client_cli.ended_by_server(FakeRpcError(grpc.StatusCode.UNAVAILABLE, "no healthy worker"))
+
+
 def test_the_clients_own_deadline_names_the_timeout():
     """DEADLINE_EXCEEDED without an ErrorInfo is the client's --timeout running out."""
     failure = client_cli.describe(FakeRpcError(grpc.StatusCode.DEADLINE_EXCEEDED, "Deadline Exceeded"), "t", 2.5)
