@@ -180,7 +180,8 @@ class App:
         await registry.load()  # so a restarted pod's new workers warm every program it knew
         breakers = AsyncBreakerGuard(BreakerRegistry(breaker_config(self.config)))
         resilience = self.config.resilience
-        self.cache = TieredCache(ResultCache(resilience.result_cache_entries, resilience.result_cache_max_bytes), self.store)
+        self.cache = TieredCache(ResultCache(resilience.result_cache_entries, resilience.result_cache_max_bytes), self.store,
+                                 resilience.result_cache_store_max_bytes)
         await self.cache.warm(time.time(), resilience.result_cache_warm_entries)
         sessions = self.config.sessions
         # A session keeps no more than a program can receive (older turns would never be read again).

@@ -4,6 +4,10 @@
                                                           └─hit──> promoted into memory
     put: memory now; store in the background (bounded), so a call never waits on the cache
 
+Each level is bounded in bytes: memory by --result-cache-max-bytes, the store by
+--result-cache-store-max-bytes (the entries that expire soonest make room), so a
+busy program's unique inputs never fill the disk or the Redis that sessions need.
+
 Per program (`ProgramSpec.cache`): `off` writes nothing (the default, unless
 the fallback chain has a `cache` step, which makes it `fallback`), `fallback`
 keeps results for the chain's `cache` step, `serve` also answers an identical
@@ -77,9 +81,10 @@ class _StoreCounters:
 
 
 class TieredCache:
-    def __init__(self, memory: ResultCache, store: StateStore | None) -> None:
+    def __init__(self, memory: ResultCache, store: StateStore | None, store_max_bytes: int = 0) -> None:
         self.memory = memory
         self.store = store if store is not None and store.durable else None  # a memory store adds no level
+        self.store_max_bytes = store_max_bytes  # 0: unbounded (the store's own limits apply)
         self._store = _StoreCounters()
         self._pending: set[asyncio.Task] = set()
 
@@ -115,7 +120,7 @@ class TieredCache:
 
     async def _write(self, key: bytes, value: bytes, expires_at: float) -> None:
         try:
-            await self.store.cache_put(key, value, expires_at)
+            await self.store.cache_put(key, value, expires_at, self.store_max_bytes)
         except StateError as exc:  # unreachable, or refused (a full Redis under noeviction): the cache is best effort
             self._store.errors += 1
             if self._store.errors == 1 or self._store.errors % 1000 == 0:

@@ -197,6 +197,10 @@ class ResilienceSection(_Section):
     result_cache_entries: int = setting(10000, "results the memory level holds at most (programs whose cache policy keeps them)", minimum=1)
     result_cache_ttl_s: float = setting(3600.0, "how long a cached result stays usable (a spec's cache.ttl_s overrides it)", unit="s", minimum=0.001)
     result_cache_max_bytes: int = setting(64 * 1024 * 1024, "the memory level's bound on cached results", unit="bytes", minimum=1024)
+    result_cache_store_max_bytes: int = setting(256 * 1024 * 1024, "the store level's bound on cached results (the SQLite file or "
+                                                "Redis; the entries that expire soonest make room): kept apart from "
+                                                "sessions and programs, so caching never fills what they need",
+                                                unit="bytes", minimum=1024)
     result_cache_warm_entries: int = setting(1000, "most-hit entries loaded from the store into memory at start-up", minimum=0)
     default_fallback: tuple[str, ...] = setting((), "fallback chain for programs that set none, e.g. cache,static")
     fallback_concurrency: int = setting(256, "fallbacks doing work at once", minimum=0)

@@ -26,7 +26,7 @@ from __future__ import annotations
 import abc
 from dataclasses import dataclass, field
 
-SCHEMA_VERSION = 3  # bump with a migration in every backend that keeps a schema
+SCHEMA_VERSION = 4  # bump with a migration in every backend that keeps a schema
 
 
 class StateError(Exception):
@@ -249,8 +249,10 @@ class StateStore(abc.ABC):
         """A cached value not past its expiry (live while now < expires_at), counting the hit; None on a miss."""
 
     @abc.abstractmethod
-    async def cache_put(self, key: bytes, value: bytes, expires_at: float) -> None:
-        """Store or replace a value (a replaced key keeps its hit count)."""
+    async def cache_put(self, key: bytes, value: bytes, expires_at: float, max_bytes: int = 0) -> None:
+        """Store or replace a value (a replaced key keeps its hit count). With max_bytes, the entries that expire
+        soonest make room, so the cache holds at most max_bytes (entries cost state.policy.entry_bytes; the one put
+        always stays, and one larger than max_bytes alone is not stored). 0: no bound."""
 
     @abc.abstractmethod
     async def cache_top(self, limit: int, max_bytes: int, now: float) -> list[tuple[bytes, bytes, float]]:

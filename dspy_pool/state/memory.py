@@ -190,12 +190,20 @@ class MemoryStore(StateStore):
         entry.hits += 1
         return entry.value
 
-    async def cache_put(self, key: bytes, value: bytes, expires_at: float) -> None:
+    async def cache_put(self, key: bytes, value: bytes, expires_at: float, max_bytes: int = 0) -> None:
+        if max_bytes and policy.entry_bytes(key, value) > max_bytes:
+            return
         entry = self._cache.get(key)
         if entry is None:
             self._cache[key] = _CacheEntry(value, expires_at)
         else:  # a refreshed result keeps its key's popularity, as the other backends do
             entry.value, entry.expires_at = value, expires_at
+        if max_bytes:  # a scan per put: this store is for tests and demos, and no cache level of the server
+            excess = sum(policy.entry_bytes(k, e.value) for k, e in self._cache.items()) - max_bytes
+            if excess > 0:
+                by_expiry = sorted((e.expires_at, k) for k, e in self._cache.items() if k != key)
+                for gone in policy.first_to_drop(((k, policy.entry_bytes(k, self._cache[k].value)) for _, k in by_expiry), excess):
+                    del self._cache[gone]
 
     async def cache_top(self, limit: int, max_bytes: int, now: float) -> list[tuple[bytes, bytes, float]]:
         live = [(key, e) for key, e in self._cache.items() if now < e.expires_at]

@@ -138,6 +138,18 @@ def entry_bytes(key: bytes, value: bytes) -> int:
     return len(key) + len(value)
 
 
+def first_to_drop(by_expiry: Iterable[tuple[bytes, int]], excess: int) -> list[bytes]:
+    """From (key, bytes) soonest-expiring first, the first keys whose bytes add up to at least `excess`."""
+    gone: list[bytes] = []
+    freed = 0
+    for key, size in by_expiry:
+        if freed >= excess:
+            break
+        gone.append(bytes(key))
+        freed += size
+    return gone
+
+
 def pick_top(
     by_hits: Iterable[tuple[bytes, bytes, float]], limit: int, max_bytes: int,
 ) -> list[tuple[bytes, bytes, float]]:

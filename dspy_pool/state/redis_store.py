@@ -35,7 +35,9 @@ ids are embedded as given, behind a fixed-kind segment, so no two kinds collide)
     session_turns:ID                list     JSON [program, inputs_json, outputs_json] per turn (same PEXPIRE)
     cache:KEY                       hash     v (value), e (expires_at)       (PEXPIREAT expires_at)
     cache_hits                      zset     KEY scored by its hits (cache_top)
-    cache_expiry                    zset     KEY scored by when Redis drops it (prunes the two zsets)
+    cache_expiry                    zset     KEY scored by when Redis drops it (prunes the two zsets; evicts first)
+    cache_sizes                     hash     KEY -> its bytes (state.policy.entry_bytes)
+    cache_bytes                     string   the sizes in all (cache_put holds it within the cache's bound)
     datasets                        set      every dataset name
     dataset:NAME                    hash     rev, total, hash, updated_at, count:SPLIT and head:SPLIT per split
     dataset_examples:N:SPLIT:NAME   list     JSON [inputs_json, outputs_json, source, created_at] per example
@@ -262,9 +264,24 @@ end
 return {#ids == 2 * batch and 1 or 0, expired}
 """
 
-_CACHE_PUT = """
--- KEYS: cache:KEY, cache_hits, cache_expiry
--- ARGV: value, expires_at, KEY, grace_ms
+_CACHE_FORGET = """
+-- An entry's hit count, expiry and size (its hash is gone, or deleted by the caller).
+local function forget(key)
+  redis.call('ZREM', KEYS[2], key)
+  redis.call('ZREM', KEYS[3], key)
+  local size = redis.call('HGET', KEYS[4], key)
+  if size then
+    redis.call('HDEL', KEYS[4], key)
+    redis.call('DECRBY', KEYS[5], size)
+  end
+end
+"""
+
+_CACHE_PUT = _CACHE_FORGET + """
+-- KEYS: cache:KEY, cache_hits, cache_expiry, cache_sizes, cache_bytes
+-- ARGV: value, expires_at, KEY, grace_ms, size, max_bytes (0: none), the prefix of cache:KEY
+local size, max = tonumber(ARGV[5]), tonumber(ARGV[6])
+if max > 0 and size > max then return 0 end
 local t = redis.call('TIME')
 local now_ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local at = math.floor(tonumber(ARGV[2]) * 1000)
@@ -274,17 +291,35 @@ redis.call('HSET', KEYS[1], 'v', ARGV[1], 'e', ARGV[2])
 redis.call('PEXPIREAT', KEYS[1], at_text)
 redis.call('ZADD', KEYS[2], 'NX', 0, ARGV[3])
 redis.call('ZADD', KEYS[3], at_text, ARGV[3])
+local old = tonumber(redis.call('HGET', KEYS[4], ARGV[3]) or '0')
+redis.call('HSET', KEYS[4], ARGV[3], size)
+local total = redis.call('INCRBY', KEYS[5], size - old)
 -- Redis dropped these entries at their expiry; forget their hit counts too (a few per put keeps both zsets bounded).
 local gone = redis.call('ZRANGEBYSCORE', KEYS[3], '-inf', '(' .. string.format('%d', now_ms), 'LIMIT', 0, 100)
 for _, key in ipairs(gone) do
-  redis.call('ZREM', KEYS[2], key)
-  redis.call('ZREM', KEYS[3], key)
+  forget(key)
+end
+-- Past max_bytes, the entries that expire soonest make room (never the one just put).
+if max > 0 then
+  total = tonumber(redis.call('GET', KEYS[5]))
+  local skip = 0
+  while total > max do
+    local first = redis.call('ZRANGE', KEYS[3], skip, skip)
+    if #first == 0 then break end
+    if first[1] == ARGV[3] then
+      skip = skip + 1
+    else
+      total = total - tonumber(redis.call('HGET', KEYS[4], first[1]) or '0')
+      redis.call('DEL', ARGV[7] .. first[1])
+      forget(first[1])
+    end
+  end
 end
 return 1
 """
 
-_CACHE_GET = """
--- KEYS: cache:KEY, cache_hits, cache_expiry
+_CACHE_GET = _CACHE_FORGET + """
+-- KEYS: cache:KEY, cache_hits, cache_expiry, cache_sizes, cache_bytes
 -- ARGV: now, KEY
 local entry = redis.call('HMGET', KEYS[1], 'v', 'e')
 if entry[1] and tonumber(ARGV[1]) < tonumber(entry[2]) then
@@ -292,8 +327,7 @@ if entry[1] and tonumber(ARGV[1]) < tonumber(entry[2]) then
   return entry[1]
 end
 redis.call('DEL', KEYS[1])
-redis.call('ZREM', KEYS[2], ARGV[2])
-redis.call('ZREM', KEYS[3], ARGV[2])
+forget(ARGV[2])
 return false
 """
 
@@ -810,15 +844,18 @@ class RedisStore(StateStore):
 
     # -- result cache ---------------------------------------------------------
     def _cache_keys(self, key: bytes) -> list[bytes]:
-        return [self._key("cache:", key), self._key("cache_hits"), self._key("cache_expiry")]
+        return [self._key("cache:", key), self._key("cache_hits"), self._key("cache_expiry"), self._key("cache_sizes"),
+                self._key("cache_bytes")]
 
     @_translated
     async def cache_get(self, key: bytes, now: float) -> bytes | None:
         return await self._pipeliner.run(self._cache_get, self._cache_keys(key), [_text(now), key])
 
     @_translated
-    async def cache_put(self, key: bytes, value: bytes, expires_at: float) -> None:
-        await self._pipeliner.run(self._cache_put, self._cache_keys(key), [value, _text(expires_at), key, _CLOCK_GRACE_MS])
+    async def cache_put(self, key: bytes, value: bytes, expires_at: float, max_bytes: int = 0) -> None:
+        await self._pipeliner.run(self._cache_put, self._cache_keys(key),
+                                  [value, _text(expires_at), key, _CLOCK_GRACE_MS, policy.entry_bytes(key, value), max_bytes,
+                                   self._key("cache:")])
 
     @_translated
     async def cache_top(self, limit: int, max_bytes: int, now: float) -> list[tuple[bytes, bytes, float]]:

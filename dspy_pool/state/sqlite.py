@@ -138,6 +138,19 @@ _V3 = (
 )
 
 
+# Version 4: the result cache's bytes in all, kept by triggers, so a put can hold the cache within its bound without
+# summing the table (_cache_put).
+_V4 = (
+    "INSERT INTO counters (name, value) SELECT 'cache_bytes', COALESCE(SUM(bytes), 0) FROM cache",
+    """CREATE TRIGGER cache_bytes_added AFTER INSERT ON cache
+        BEGIN UPDATE counters SET value = value + NEW.bytes WHERE name = 'cache_bytes'; END""",
+    """CREATE TRIGGER cache_bytes_removed AFTER DELETE ON cache
+        BEGIN UPDATE counters SET value = value - OLD.bytes WHERE name = 'cache_bytes'; END""",
+    """CREATE TRIGGER cache_bytes_changed AFTER UPDATE OF bytes ON cache
+        BEGIN UPDATE counters SET value = value - OLD.bytes + NEW.bytes WHERE name = 'cache_bytes'; END""",
+)
+
+
 def _statements(ddl: tuple[str, ...]) -> Callable[[sqlite3.Connection], None]:
     def migrate(conn: sqlite3.Connection) -> None:
         # Statement by statement: executescript() would COMMIT first and break the migration's transaction.
@@ -148,7 +161,8 @@ def _statements(ddl: tuple[str, ...]) -> Callable[[sqlite3.Connection], None]:
 
 # MIGRATIONS[n] takes schema version n to n + 1; version 0 is an empty file. Never edit a shipped step: files
 # written by it exist (tests/integration/test_state_sqlite.py builds a version 1 file with MIGRATIONS[0]).
-MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_statements(_V1), _statements(_V2), _statements(_V3))
+MIGRATIONS: tuple[Callable[[sqlite3.Connection], None], ...] = (_statements(_V1), _statements(_V2), _statements(_V3),
+                                                               _statements(_V4))
 assert len(MIGRATIONS) == SCHEMA_VERSION, "every schema version needs its migration"
 
 
@@ -519,10 +533,29 @@ def _cache_get(conn: sqlite3.Connection, key: bytes, now: float) -> bytes | None
     return bytes(rows[0][0]) if rows else None
 
 
-def _cache_put(conn: sqlite3.Connection, key: bytes, value: bytes, expires_at: float) -> None:
-    conn.execute("INSERT INTO cache (key, value, expires_at, hits, bytes) VALUES (?, ?, ?, 0, ?) "
-                 "ON CONFLICT (key) DO UPDATE SET value = excluded.value, expires_at = excluded.expires_at, "
-                 "bytes = excluded.bytes", (key, value, expires_at, policy.entry_bytes(key, value)))
+def _cache_put(conn: sqlite3.Connection, key: bytes, value: bytes, expires_at: float, max_bytes: int) -> None:
+    size = policy.entry_bytes(key, value)
+    if max_bytes and size > max_bytes:
+        return  # it would push out everything else and still not fit
+    with _transaction(conn):
+        conn.execute("INSERT INTO cache (key, value, expires_at, hits, bytes) VALUES (?, ?, ?, 0, ?) "
+                     "ON CONFLICT (key) DO UPDATE SET value = excluded.value, expires_at = excluded.expires_at, "
+                     "bytes = excluded.bytes", (key, value, expires_at, size))
+        if max_bytes:
+            _cache_trim(conn, key, max_bytes)
+
+
+def _cache_trim(conn: sqlite3.Connection, kept: bytes, max_bytes: int) -> None:
+    """Drop the entries that expire soonest (never `kept`, just put) until the cache is within max_bytes."""
+    (total,) = conn.execute("SELECT value FROM counters WHERE name = 'cache_bytes'").fetchone()
+    if total <= max_bytes:
+        return
+    rows = conn.execute("SELECT key, bytes FROM cache WHERE key != ? ORDER BY expires_at", (kept,))
+    try:
+        gone = policy.first_to_drop(rows, total - max_bytes)
+    finally:
+        rows.close()
+    conn.executemany("DELETE FROM cache WHERE key = ?", ((key,) for key in gone))
 
 
 def _cache_top(conn: sqlite3.Connection, limit: int, max_bytes: int, now: float) -> list[tuple[bytes, bytes, float]]:
@@ -945,8 +978,8 @@ class SQLiteStore(StateStore):
     async def cache_get(self, key: bytes, now: float) -> bytes | None:
         return await self._run(_cache_get, key, now)
 
-    async def cache_put(self, key: bytes, value: bytes, expires_at: float) -> None:
-        await self._run(_cache_put, key, value, expires_at)
+    async def cache_put(self, key: bytes, value: bytes, expires_at: float, max_bytes: int = 0) -> None:
+        await self._run(_cache_put, key, value, expires_at, max_bytes)
 
     async def cache_top(self, limit: int, max_bytes: int, now: float) -> list[tuple[bytes, bytes, float]]:
         return await self._run(_cache_top, limit, max_bytes, now)

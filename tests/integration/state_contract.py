@@ -486,6 +486,50 @@ async def test_cache_expire_keeps_live_entries(store):
     assert await store.cache_get(b"live", T0 + 50) == b"v"
 
 
+async def _live_keys(store, keys: list[bytes], now: float = T0) -> list[bytes]:
+    return [key for key in keys if await store.cache_get(key, now) is not None]
+
+
+async def test_cache_put_keeps_the_cache_within_max_bytes_dropping_what_expires_soonest(store):
+    """With max_bytes, the entries that expire soonest make room (each costs its key and value); the one just put
+    stays even when it expires soonest of all. A busy program's unique inputs must not fill the disk or the Redis
+    that sessions and programs need."""
+    keys = [f"k{i}".encode() for i in range(8)]  # 2-byte keys, 98-byte values: 100 bytes an entry
+    for i, key in enumerate(keys):
+        await store.cache_put(key, b"v" * 98, T0 + 100 + i, max_bytes=500)
+    assert await _live_keys(store, keys) == keys[3:]  # k0..k2 expired soonest
+    await store.cache_put(b"k9", b"v" * 98, T0 + 50, max_bytes=500)  # expires soonest of all, yet stays
+    assert await _live_keys(store, keys + [b"k9"]) == keys[4:] + [b"k9"]
+
+
+async def test_cache_put_counts_a_replaced_entrys_new_size(store):
+    """A key put again with a larger value is counted at its new size (no stale bytes, no double count)."""
+    await store.cache_put(b"a1", b"v" * 98, T0 + 100, max_bytes=300)
+    await store.cache_put(b"b1", b"v" * 98, T0 + 101, max_bytes=300)
+    await store.cache_put(b"a1", b"v" * 198, T0 + 102, max_bytes=300)  # 200 + 100: fits exactly
+    assert await _live_keys(store, [b"a1", b"b1"]) == [b"a1", b"b1"]
+    await store.cache_put(b"b1", b"v" * 8, T0 + 103, max_bytes=300)  # smaller now: room for another of 90
+    await store.cache_put(b"c1", b"v" * 88, T0 + 104, max_bytes=300)
+    assert await _live_keys(store, [b"a1", b"b1", b"c1"]) == [b"a1", b"b1", b"c1"]
+
+
+async def test_cache_put_does_not_store_an_entry_larger_than_max_bytes(store):
+    """An entry that alone passes max_bytes is not stored, and pushes nothing out."""
+    await store.cache_put(b"small", b"v" * 10, T0 + 100, max_bytes=100)
+    await store.cache_put(b"huge", b"v" * 200, T0 + 200, max_bytes=100)
+    assert await _live_keys(store, [b"small", b"huge"]) == [b"small"]
+
+
+async def test_cache_entries_read_as_expired_free_their_bytes(store):
+    """An entry dropped because it expired (read after its expiry, or swept) no longer counts against max_bytes."""
+    await store.cache_put(b"old", b"v" * 398, T0 + 10, max_bytes=500)
+    assert await store.cache_get(b"old", T0 + 20) is None
+    await store.cache_expire(T0 + 20)
+    await store.cache_put(b"n1", b"v" * 198, T0 + 100, max_bytes=500)
+    await store.cache_put(b"n2", b"v" * 198, T0 + 101, max_bytes=500)
+    assert await _live_keys(store, [b"n1", b"n2"], T0 + 20) == [b"n1", b"n2"]
+
+
 async def _put_with_hits(store, hits: dict[bytes, int], value_size: int = 8, expires_at: float = T0 + 100) -> None:
     for key, count in hits.items():
         await store.cache_put(key, b"v" * value_size, expires_at)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sqlite3
+
 import grpc
 import pytest
 
@@ -116,3 +118,30 @@ async def test_cache_levels_reach_prometheus():
         await eventually(exported, timeout_s=10, interval_s=0.2)
     finally:
         await app.stop()
+
+
+async def test_the_store_level_stays_within_its_byte_bound(tmp_path):
+    """Sixty calls with unique inputs to a serve-mode program: the state file's cache holds at most
+    --result-cache-store-max-bytes (its soonest-expiring results made room), and the newest result is still served
+    from the store after a restart. Unbounded, a busy program's unique inputs grew the file (or a Redis that
+    sessions share) by every result for its whole TTL."""
+    state_dir = tmp_path / "state"
+    bound = 4096
+
+    async def many(stub):
+        await stub.RegisterProgram(pb.RegisterProgramRequest(spec=_spec("served", "serve")), timeout=30)
+        for i in range(60):
+            await stub.Execute(execute_request("served", question=f"question number {i} " + "x" * 100), timeout=20)
+
+    await _run(make_config(state=f"sqlite:///{state_dir}/state.db", workers=1, result_cache_store_max_bytes=bound), many)
+    with sqlite3.connect(state_dir / "state.db") as conn:
+        entries, stored = conn.execute("SELECT COUNT(*), COALESCE(SUM(LENGTH(key) + LENGTH(value)), 0) FROM cache").fetchone()
+    conn.close()
+    assert 0 < stored <= bound and entries < 60, (entries, stored)
+
+    async def newest_served(stub):
+        again = await stub.Execute(execute_request("served", question="question number 59 " + "x" * 100), timeout=20)
+        assert (again.served_by, again.cache_level) == ("cache", "store")
+
+    await _run(make_config(state=f"sqlite:///{state_dir}/state.db", workers=1, result_cache_warm_entries=0,
+                           result_cache_store_max_bytes=bound), newest_served)

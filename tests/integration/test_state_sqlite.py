@@ -119,6 +119,31 @@ async def test_a_version_1_file_is_migrated_and_keeps_its_state(tmp_path):
     conn.close()
 
 
+async def test_a_version_3_files_cached_results_count_against_the_caches_bound(tmp_path):
+    """Results a version 3 file holds are counted by version 4's byte total at the migration: a put past the bound
+    drops the old ones that expire soonest, not only entries written since."""
+    path = tmp_path / "state.db"
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        for migrate in MIGRATIONS[:3]:
+            migrate(conn)
+        conn.execute("INSERT INTO meta (key, value) VALUES ('schema_version', '3')")
+        for i in range(3):
+            conn.execute("INSERT INTO cache (key, value, expires_at, hits, bytes) VALUES (?, ?, ?, 0, 100)",
+                         (f"o{i}".encode(), b"v" * 98, T0 + 100 + i))
+        conn.execute("COMMIT")
+    finally:
+        conn.close()
+    store = await _reopened(path)
+    try:
+        await store.cache_put(b"n1", b"v" * 98, T0 + 200, max_bytes=300)
+        assert [key for key in (b"o0", b"o1", b"o2", b"n1") if await store.cache_get(key, T0) is not None] == \
+               [b"o1", b"o2", b"n1"]
+    finally:
+        await store.close()
+
+
 async def test_a_migrated_file_reopens_as_it_is(tmp_path):
     """Reopening a migrated file runs no migration again and finds what it held."""
     path = tmp_path / "state.db"
