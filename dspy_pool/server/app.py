@@ -304,6 +304,7 @@ class App:
             try:
                 await self.sessions.sweep(time.time())
                 await self.store.cache_expire(time.time())  # expired results would otherwise stay on disk until read
+                await self.store.release_free_space()  # a file keeps its largest size otherwise
             except (errors.Unavailable, StateUnavailable):
                 pass  # the store is down: the registry's watch logs it; expiry also happens on read
 

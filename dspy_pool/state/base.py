@@ -266,6 +266,11 @@ class StateStore(abc.ABC):
         dropped when read. A backend whose entries expire by themselves (Redis TTLs) keeps this default."""
         return 0
 
+    async def release_free_space(self) -> int:
+        """Give space that deleted rows left free back to the file system, a bounded amount at a time (state.policy.
+        pages_to_release); pages given back. Call it now and then. A backend with no file (memory, Redis) keeps this."""
+        return 0
+
     # -- datasets (optimization's training data) ----------------------------------
     @abc.abstractmethod
     async def add_examples(self, dataset: str, split: str, examples: list[ExampleRecord], max_examples: int) -> DatasetInfo:

@@ -138,6 +138,19 @@ def entry_bytes(key: bytes, value: bytes) -> int:
     return len(key) + len(value)
 
 
+RELEASE_MIN_FREE_PAGES = 1024  # 4 MiB of SQLite's 4 KiB pages
+RELEASE_MAX_PAGES = 4096  # at once: the write lock is held while they are given back
+
+
+def pages_to_release(page_count: int, free_pages: int) -> int:
+    """How many of a file's free pages to give back now: none while fewer than RELEASE_MIN_FREE_PAGES or under a
+    quarter of the file are free (a file whose sessions shrink and grow again is not cut and regrown each time),
+    else all of them, RELEASE_MAX_PAGES at a time."""
+    if free_pages < RELEASE_MIN_FREE_PAGES or free_pages * 4 < page_count:
+        return 0
+    return min(free_pages, RELEASE_MAX_PAGES)
+
+
 def first_to_drop(by_expiry: Iterable[tuple[bytes, int]], excess: int) -> list[bytes]:
     """From (key, bytes) soonest-expiring first, the first keys whose bytes add up to at least `excess`."""
     gone: list[bytes] = []

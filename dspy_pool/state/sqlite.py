@@ -262,6 +262,9 @@ _WAL_LIMIT_BYTES = 64 * 1024 * 1024
 
 
 def _configure(conn: sqlite3.Connection) -> None:
+    # Free pages can be given back to the file system (_release_free_space). Takes effect on a new file only (before
+    # its first table); an older file keeps NONE until an operator runs VACUUM on it (docs/OPERATIONS.md).
+    conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
     conn.execute("PRAGMA journal_mode = WAL")
     # WAL + NORMAL syncs only at checkpoints, not at each commit. A commit is in the WAL file (the OS's page cache)
     # when COMMIT returns, so it survives the process being killed (tests/integration/test_state_sqlite.py kills
@@ -568,6 +571,22 @@ def _cache_top(conn: sqlite3.Connection, limit: int, max_bytes: int, now: float)
 
 def _cache_expire(conn: sqlite3.Connection, now: float) -> int:
     return conn.execute("DELETE FROM cache WHERE expires_at <= ?", (now,)).rowcount
+
+
+_INCREMENTAL = 2  # PRAGMA auto_vacuum's value for INCREMENTAL
+
+
+def _release_free_space(conn: sqlite3.Connection) -> int:
+    if conn.execute("PRAGMA auto_vacuum").fetchone()[0] != _INCREMENTAL:
+        return 0
+    (pages,) = conn.execute("PRAGMA page_count").fetchone()
+    (free,) = conn.execute("PRAGMA freelist_count").fetchone()
+    released = policy.pages_to_release(pages, free)
+    if released:
+        # Not execute(): the statement frees one page per step, and a statement without result columns is stepped
+        # once. executescript() steps it to its end (no transaction is open here: it would commit that first).
+        conn.executescript(f"PRAGMA incremental_vacuum({int(released)})")
+    return released
 
 
 # -- datasets ----------------------------------------------------------------------------------------------------------
@@ -986,6 +1005,9 @@ class SQLiteStore(StateStore):
 
     async def cache_expire(self, now: float) -> int:
         return await self._run(_cache_expire, now)
+
+    async def release_free_space(self) -> int:
+        return await self._run(_release_free_space)
 
     async def add_examples(self, dataset: str, split: str, examples: list[ExampleRecord],
                            max_examples: int) -> DatasetInfo:

@@ -496,3 +496,35 @@ async def test_the_wal_file_is_cut_back_after_a_burst_of_writes(tmp_path, monkey
         assert os.path.getsize(store.path + "-wal") <= 1024 * 1024
     finally:
         await store.close()
+
+
+async def test_space_freed_by_deleted_rows_goes_back_to_the_file_system(tmp_path):
+    """A new file gives free pages back (auto_vacuum INCREMENTAL, release_free_space from the server's sweep): 16 MB of
+    cached results, expired and swept, leave a file of a few hundred KB once checkpointed, not one of 16 MB."""
+    path = tmp_path / "state.db"
+    store = await _reopened(path)
+    try:
+        for i in range(160):
+            await store.cache_put(f"k{i}".encode(), os.urandom(100_000), T0 + 10)
+        await store.cache_expire(T0 + 20)
+        released = [await store.release_free_space() for _ in range(3)]
+        assert released[0] > 0 and released[-1] == 0, released
+    finally:
+        await store.close()  # checkpoints the WAL into the file
+    assert path.stat().st_size < 2_000_000, path.stat().st_size
+
+
+async def test_a_file_made_without_auto_vacuum_still_opens_and_gives_nothing_back(tmp_path):
+    """A file from before INCREMENTAL (auto_vacuum NONE) works as it is; release_free_space leaves it alone."""
+    path = tmp_path / "state.db"
+    _write_v1_file(path)
+    store = await _reopened(path)
+    try:
+        await store.cache_put(b"k", b"v" * 100_000, T0 + 10)
+        await store.cache_expire(T0 + 20)
+        assert await store.release_free_space() == 0
+    finally:
+        await store.close()
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA auto_vacuum").fetchone() == (0,)
+    conn.close()

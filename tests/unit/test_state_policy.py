@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 
 from dspy_pool.errors import ErrorKind
+from dspy_pool.state import policy
 from dspy_pool.state.base import ExampleRecord, JobRecord, SessionLimits
 from dspy_pool.state.policy import (
     EMPTY_HEAD, Room, can_claim, chain_examples, dataset_hash, entry_bytes, examples_fit, examples_full, is_expired,
@@ -217,3 +218,21 @@ def test_the_newest_turns_that_fit_are_kept_and_the_newest_always():
     assert first_kept_by_size([3, 3, 3], 0) == 0  # no bound
     assert first_kept_by_size([], 10) == 0
     assert first_kept_by_size([3, 3, 50], 10, keep_newest=False) == 3  # what a program is sent: not even the newest
+
+
+# -- giving a file's free pages back ------------------------------------------------------------------------------------
+
+
+def test_few_free_pages_are_kept_for_the_file_to_grow_into():
+    assert policy.pages_to_release(page_count=100_000, free_pages=policy.RELEASE_MIN_FREE_PAGES - 1) == 0
+
+
+def test_under_a_quarter_of_the_file_free_is_kept():
+    """A file whose sessions shrink and grow again is not cut and regrown every sweep."""
+    assert policy.pages_to_release(page_count=100_000, free_pages=24_999) == 0
+    assert policy.pages_to_release(page_count=100_000, free_pages=25_000) == policy.RELEASE_MAX_PAGES
+
+
+def test_free_pages_are_given_back_a_bounded_amount_at_a_time():
+    assert policy.pages_to_release(page_count=3_000, free_pages=2_000) == 2_000
+    assert policy.pages_to_release(page_count=100_000, free_pages=90_000) == policy.RELEASE_MAX_PAGES
