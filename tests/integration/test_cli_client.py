@@ -210,10 +210,10 @@ async def test_bad_inputs_are_a_usage_error(cli, inputs):
 
 async def test_no_server_says_so(cli):
     """Nothing listening at --target: 'no server at TARGET', exit 1."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        free = f"127.0.0.1:{probe.getsockname()[1]}"
-    ran = await cli("status", at=free)
+    with socket.socket() as held:  # bound, never listening: refused, and no other test can take the port meanwhile
+        held.bind(("127.0.0.1", 0))
+        free = f"127.0.0.1:{held.getsockname()[1]}"
+        ran = await cli("status", at=free)
     assert ran.code == 1 and ran.err.startswith(f"dspy-pool: UNAVAILABLE: no server at {free} ")
 
 

@@ -108,8 +108,8 @@ async def test_a_wrong_redis_url_stops_start_up_with_a_clear_error():
     """--state redis:// on a closed port fails start-up quickly, saying it cannot reach Redis, with no traceback."""
     import socket
 
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    code, printed = await Server("--state", f"redis://127.0.0.1:{port}/0").failed()
+    with socket.socket() as held:  # bound, never listening: refused, and no other test can take the port meanwhile
+        held.bind(("127.0.0.1", 0))
+        port = held.getsockname()[1]
+        code, printed = await Server("--state", f"redis://127.0.0.1:{port}/0").failed()
     assert code != 0 and f"127.0.0.1:{port}" in printed and "Traceback" not in printed

@@ -7,7 +7,6 @@
 const { test, before, after } = require('node:test');
 const assert = require('node:assert/strict');
 const { spawn } = require('node:child_process');
-const net = require('node:net');
 const path = require('node:path');
 
 const { DSPyPoolClient, toStruct, fromStruct, status, isRetryable } = require('..');
@@ -22,18 +21,6 @@ let client;
 let target;
 // The server imports the test kinds (tests/fixtures/chaos_kinds.py) from the repository root.
 const REPO_ROOT = path.resolve(__dirname, '..', '..', '..');
-
-function freePort() {
-  return new Promise((resolve, reject) => {
-    const probe = net.createServer();
-    probe.unref();
-    probe.on('error', reject);
-    probe.listen(0, '127.0.0.1', () => {
-      const { port } = probe.address();
-      probe.close(() => resolve(port));
-    });
-  });
-}
 
 function exited(child) {
   if (child.exitCode !== null || child.signalCode !== null) return Promise.resolve();
@@ -66,13 +53,21 @@ process.on('exit', () => {
   if (server && server.exitCode === null) server.kill('SIGKILL');
 });
 
+// The port the server bound, from its `server_serving ... port=N` line: it listens on port 0, so no port picked
+// here beforehand can be taken by another process (or the server's own children) before the server binds it.
+const SERVING_LINE = /server_serving\b.*\bport=(\d+)/;
+
 before(async () => {
-  const port = await freePort();
-  target = `127.0.0.1:${port}`;
-  const args = ['serve', '--state', 'memory', '--lm', 'sim', '--workers', '1', '--drain-grace-s', '2', '--listen', target, '--programs', 'tests.fixtures.chaos_kinds'];
+  const args = ['serve', '--state', 'memory', '--lm', 'sim', '--workers', '1', '--drain-grace-s', '2', '--listen', '127.0.0.1:0', '--programs', 'tests.fixtures.chaos_kinds'];
   server = spawn(SERVER_BIN, args, { cwd: REPO_ROOT, stdio: ['ignore', 'pipe', 'pipe'] });
+  let announced;
+  const serving = new Promise((resolve) => {
+    announced = resolve;
+  });
   const keep = (chunk) => {
     serverLog = (serverLog + chunk.toString()).slice(-20000);
+    const match = SERVING_LINE.exec(serverLog);
+    if (match) announced(Number(match[1]));
   };
   server.stdout.on('data', keep);
   server.stderr.on('data', keep);
@@ -80,12 +75,20 @@ before(async () => {
     server.once('error', (error) => reject(new Error(`cannot start ${SERVER_BIN}: ${error.message}`)));
     server.once('exit', (code, signal) => reject(new Error(`server exited during boot (code ${code}, signal ${signal}):\n${serverLog}`)));
   });
-  client = new DSPyPoolClient(target, { defaultDeadlineMs: 10000 });
+  let bootTimer;
+  const bootTimeout = new Promise((_, reject) => {
+    bootTimer = setTimeout(() => reject(new Error(`no server_serving line within ${BOOT_TIMEOUT_MS} ms`)), BOOT_TIMEOUT_MS);
+  });
   try {
+    const port = await Promise.race([serving, spawnFailed, bootTimeout]);
+    target = `127.0.0.1:${port}`;
+    client = new DSPyPoolClient(target, { defaultDeadlineMs: 10000 });
     await Promise.race([client.waitForServing({ timeoutMs: BOOT_TIMEOUT_MS }), spawnFailed]);
   } catch (error) {
     await stopServer();
     throw new Error(`${error.message}\n--- server log ---\n${serverLog}`);
+  } finally {
+    clearTimeout(bootTimer);
   }
   spawnFailed.catch(() => {}); // later exits are reported by the tests themselves
 }, { timeout: BOOT_TIMEOUT_MS + 10000 });
