@@ -27,7 +27,7 @@ from dspy_pool.pool.api import Pool, PoolSettings, RecycleConfig, ScalerConfig, 
 from dspy_pool.pool.metrics import PoolMetrics
 from dspy_pool.server.breaker import AsyncBreakerGuard, BreakerRegistry
 from dspy_pool.server.cache import TieredCache
-from dspy_pool.server.config import ServerConfig, public_view, worker_bounds
+from dspy_pool.server.config import ServerConfig, ServerSection, public_view, worker_bounds
 from dspy_pool.server.handlers import add_service
 from dspy_pool.server.metrics_http import MetricsInterceptor, PoolExporter, start_metrics_server, stop_metrics_server
 from dspy_pool.server.peers import FrontGroup, Peers
@@ -96,7 +96,33 @@ def grpc_options(config: ServerConfig, share_port: bool = False) -> list[tuple[s
         ("grpc.so_reuseport", 1 if share_port else 0),
         ("grpc.server.max_pending_requests", pending),
         ("grpc.server.max_pending_requests_hard_limit", pending * 2),
+        *connection_options(config.server),
     ]
+
+
+def connection_options(server: ServerSection) -> list[tuple[str, int]]:
+    """Keepalive and connection age. grpc core's defaults close the connection of a client that pings more often than
+    every 5 minutes (too_many_pings: its calls fail UNAVAILABLE), while it pings its own clients every 2 hours only
+    (a vanished client's watch stream is held that long), and keep a connection for ever (behind an L4 balancer every
+    call of a client goes to the replica it first reached)."""
+    options = [
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_ping_interval_without_data_ms", _ms(server.client_keepalive_min_s)),
+        ("grpc.http2.max_pings_without_data", 0),
+    ]
+    if server.keepalive_s > 0:
+        unanswered = _ms(server.keepalive_timeout_s)
+        # grpc core 1.6x+ waits for a ping's answer ping_timeout_ms (1 minute), whatever keepalive_timeout_ms says.
+        options += [("grpc.keepalive_time_ms", _ms(server.keepalive_s)), ("grpc.keepalive_timeout_ms", unanswered),
+                    ("grpc.http2.ping_timeout_ms", unanswered)]
+    if server.max_connection_age_s > 0:
+        options += [("grpc.max_connection_age_ms", _ms(server.max_connection_age_s)),
+                    ("grpc.max_connection_age_grace_ms", _ms(server.max_deadline_s))]
+    return options
+
+
+def _ms(seconds: float) -> int:
+    return max(1, min(2**31 - 1, round(seconds * 1000)))
 
 
 def pool_settings(config: ServerConfig) -> PoolSettings:

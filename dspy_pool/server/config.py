@@ -83,6 +83,15 @@ class ServerSection(_Section):
     drain_grace_s: float = setting(10.0, "time to finish calls on SIGTERM/SIGINT before they end UNAVAILABLE", unit="s", minimum=0)
     front_processes: int = setting(1, "front processes sharing the listening port (SO_REUSEPORT), each with its share of the workers; "
                                       "they share sessions and programs through the state store", minimum=1, maximum=64)
+    keepalive_s: float = setting(60.0, "ping a client's connection after this long without traffic; one that does not answer within "
+                                       "--keepalive-timeout-s is closed and its calls end (0: never ping)", unit="s", minimum=0)
+    keepalive_timeout_s: float = setting(20.0, "how long a keepalive ping may go unanswered", unit="s", minimum=0.001)
+    client_keepalive_min_s: float = setting(10.0, "the shortest interval between a client's own keepalive pings the server "
+                                                  "accepts, with or without calls (more often: the connection is closed, "
+                                                  "too_many_pings)", unit="s", minimum=0.001)
+    max_connection_age_s: float = setting(0.0, "close a connection this old, after its calls finish (within --max-deadline-s), "
+                                               "so clients reconnect and spread over replicas behind an L4 balancer "
+                                               "(0: never)", unit="s", minimum=0)
 
     def problems(self) -> list[str]:
         listen = check_listen(self.listen)
