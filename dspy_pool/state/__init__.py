@@ -14,12 +14,13 @@ import os
 
 from dspy_pool.state.base import (
     JOB_ACTIVE_STATES, JOB_FINISHED_STATES, SCHEMA_VERSION, AddedProgram, AppendResult, DatasetInfo, ExampleRecord,
-    JobRecord, NewProgram, ProgramRecord, Revision, SessionLimits, SessionRecord, StateError, StateStore, StateUnavailable, TurnRecord,
+    JobRecord, NewProgram, ProgramRecord, Revision, SessionLimits, SessionRecord, StateError, StateStore, StateUnavailable,
+    StatsCount, TurnRecord,
 )
 
 __all__ = [
     "JOB_ACTIVE_STATES", "JOB_FINISHED_STATES", "SCHEMA_VERSION", "Revision", "AddedProgram", "DatasetInfo", "ExampleRecord", "JobRecord", "AppendResult", "NewProgram", "ProgramRecord", "SessionLimits", "SessionRecord",
-    "StateError", "StateStore", "StateUnavailable", "TurnRecord", "make_store", "open_store",
+    "StateError", "StateStore", "StateUnavailable", "StatsCount", "TurnRecord", "make_store", "open_store",
 ]
 
 SQLITE_FILE = "state.db"

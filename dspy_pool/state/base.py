@@ -143,6 +143,21 @@ class Revision:
 
 
 @dataclass(frozen=True, slots=True)
+class StatsCount:
+    """Counts of one program's version and arm: add_stats adds them up, load_stats returns the sums. Feedback is per
+    version (arm ""), examples added from feedback per program (version 0, arm "")."""
+
+    program: str
+    version: int
+    arm: str
+    calls: int = 0
+    errors: int = 0
+    feedback_count: int = 0
+    feedback_sum: float = 0.0
+    feedback_examples: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class SessionLimits:
     """What bounds sessions, the same on every replica and across restarts."""
 
@@ -338,4 +353,17 @@ class StateStore(abc.ABC):
     @abc.abstractmethod
     async def list_policies(self) -> dict[str, bytes]:
         """Every program's execution policy."""
+
+    # -- program statistics (what each version served, and its feedback) -------------
+    @abc.abstractmethod
+    async def add_stats(self, counts: list[StatsCount]) -> None:
+        """Add each count to its (program, version, arm) sums, atomically per row: fronts and replicas add theirs."""
+
+    @abc.abstractmethod
+    async def load_stats(self) -> list[StatsCount]:
+        """Every (program, version, arm) sum."""
+
+    @abc.abstractmethod
+    async def forget_stats(self, program: str, versions: list[int] | None) -> None:
+        """Drop the sums of deleted versions (None: of the whole program)."""
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from dspy_pool.state import policy
 from dspy_pool.state.base import (
     JOB_FINISHED_STATES, AddedProgram, AppendResult, DatasetInfo, ExampleRecord, JobRecord, NewProgram, ProgramRecord,
-    Revision, SessionLimits, SessionRecord, StateStore, TurnRecord,
+    Revision, SessionLimits, SessionRecord, StateStore, StatsCount, TurnRecord,
 )
 
 
@@ -71,6 +71,7 @@ class MemoryStore(StateStore):
         self._jobs: dict[str, JobRecord] = {}
         self._job_cancels: set[str] = set()  # job ids asked to stop (request_job_cancel)
         self._policies: dict[str, bytes] = {}
+        self._stats: dict[tuple[str, int, str], StatsCount] = {}
 
     async def open(self) -> None:
         return None
@@ -293,3 +294,15 @@ class MemoryStore(StateStore):
 
     async def list_policies(self) -> dict[str, bytes]:
         return dict(self._policies)
+
+    # -- program statistics -------------------------------------------------------
+    async def add_stats(self, counts: list[StatsCount]) -> None:
+        for count in counts:
+            key = (count.program, count.version, count.arm)
+            self._stats[key] = policy.add_counts(self._stats.get(key), count)
+
+    async def load_stats(self) -> list[StatsCount]:
+        return list(self._stats.values())
+
+    async def forget_stats(self, program: str, versions: list[int] | None) -> None:
+        self._stats = {key: count for key, count in self._stats.items() if not policy.forgotten(key, program, versions)}

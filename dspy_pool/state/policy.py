@@ -16,7 +16,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from dspy_pool.errors import ResourceExhausted
-from dspy_pool.state.base import ExampleRecord, JobRecord, SessionLimits
+from dspy_pool.state.base import ExampleRecord, JobRecord, SessionLimits, StatsCount
 
 # open_session leaves a session used less than this long ago as it is (see open_touches).
 OPEN_TOUCH_SLACK_S = 1.0
@@ -236,3 +236,17 @@ def can_claim(owner: str, lease_expires_at: float, claimant: str, now: float) ->
 def newest_first(job: JobRecord) -> tuple[float, str]:
     """Sort key (with reverse=True) of every job listing: created_at, then job_id, both descending."""
     return job.created_at, job.job_id
+
+
+def add_counts(total: StatsCount | None, more: StatsCount) -> StatsCount:
+    """`more` added to `total` (None: nothing yet), field by field."""
+    if total is None:
+        return more
+    return StatsCount(total.program, total.version, total.arm, total.calls + more.calls, total.errors + more.errors,
+                      total.feedback_count + more.feedback_count, total.feedback_sum + more.feedback_sum,
+                      total.feedback_examples + more.feedback_examples)
+
+
+def forgotten(key: tuple[str, int, str], program: str, versions: list[int] | None) -> bool:
+    """Whether forget_stats(program, versions) drops the sums kept under `key` (program, version, arm)."""
+    return key[0] == program and (versions is None or key[1] in versions)

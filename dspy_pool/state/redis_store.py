@@ -37,6 +37,8 @@ ids are embedded as given, behind a fixed-kind segment, so no two kinds collide)
     cache_hits                      zset     KEY scored by its hits (cache_top)
     cache_expiry                    zset     KEY scored by when Redis drops it (prunes the two zsets; evicts first)
     cache_sizes                     hash     KEY -> its bytes (state.policy.entry_bytes)
+    stats:PROGRAM                   hash     VERSION\0ARM\0COUNT -> its sum (StatsCount's fields)
+    stats_programs                  set      programs with a stats hash
     cache_bytes                     string   the sizes in all (cache_put holds it within the cache's bound)
     datasets                        set      every dataset name
     dataset:NAME                    hash     rev, total, hash, updated_at, count:SPLIT and head:SPLIT per split
@@ -92,7 +94,7 @@ from dspy_pool.errors import ResourceExhausted
 from dspy_pool.state import policy
 from dspy_pool.state.base import (
     JOB_FINISHED_STATES, SCHEMA_VERSION, AddedProgram, AppendResult, DatasetInfo, ExampleRecord, JobRecord, NewProgram,
-    ProgramRecord, Revision, SessionLimits, SessionRecord, StateError, StateStore, StateUnavailable, TurnRecord,
+    ProgramRecord, Revision, SessionLimits, SessionRecord, StateError, StateStore, StateUnavailable, StatsCount, TurnRecord,
 )
 
 DEFAULT_PREFIX = "dspy_pool:"
@@ -263,6 +265,8 @@ for i = 1, #ids, 2 do
 end
 return {#ids == 2 * batch and 1 or 0, expired}
 """
+
+_STATS_INTS = ("calls", "errors", "feedback_count", "feedback_examples")  # StatsCount's counts kept with HINCRBY
 
 _CACHE_FORGET = """
 -- An entry's hit count, expiry and size (its hash is gone, or deleted by the caller).
@@ -1027,3 +1031,48 @@ class RedisStore(StateStore):
     @_translated
     async def list_policies(self) -> dict[str, bytes]:
         return {k.decode(): v for k, v in (await self._client.hgetall(self._key("policies"))).items()}
+
+    # -- program statistics -------------------------------------------------------
+    @_translated
+    async def add_stats(self, counts: list[StatsCount]) -> None:
+        async with self._client.pipeline(transaction=True) as pipe:  # MULTI: a flush is added whole or not at all
+            for count in counts:
+                key = self._key("stats:", count.program)
+                prefix = f"{count.version}\x00{count.arm}\x00"
+                for name in _STATS_INTS:
+                    if getattr(count, name):
+                        pipe.hincrby(key, prefix + name, getattr(count, name))
+                if count.feedback_sum:
+                    pipe.hincrbyfloat(key, prefix + "feedback_sum", count.feedback_sum)
+                pipe.sadd(self._key("stats_programs"), count.program)
+            await pipe.execute()
+
+    @_translated
+    async def load_stats(self) -> list[StatsCount]:
+        programs = sorted(member.decode() for member in await self._client.smembers(self._key("stats_programs")))
+        async with self._client.pipeline(transaction=False) as pipe:
+            for program in programs:
+                pipe.hgetall(self._key("stats:", program))
+            hashes = await pipe.execute()
+        counts: list[StatsCount] = []
+        for program, fields in zip(programs, hashes):
+            rows: dict[tuple[int, str], dict[str, float]] = {}
+            for field, value in fields.items():
+                version, arm, name = field.decode().split("\x00")
+                rows.setdefault((int(version), arm), {})[name] = float(value)
+            for (version, arm), values in sorted(rows.items()):
+                counts.append(StatsCount(program, version, arm, **{name: int(values.get(name, 0)) for name in _STATS_INTS},
+                                         feedback_sum=values.get("feedback_sum", 0.0)))
+        return counts
+
+    @_translated
+    async def forget_stats(self, program: str, versions: list[int] | None) -> None:
+        key = self._key("stats:", program)
+        if versions is None:
+            async with self._client.pipeline(transaction=True) as pipe:
+                await pipe.delete(key).srem(self._key("stats_programs"), program).execute()
+            return
+        gone = {str(version) for version in versions}
+        fields = [field for field in await self._client.hkeys(key) if field.decode().split("\x00")[0] in gone]
+        if fields:
+            await self._client.hdel(key, *fields)

@@ -63,7 +63,7 @@ import structlog
 from dspy_pool.state import policy
 from dspy_pool.state.base import (
     JOB_FINISHED_STATES, SCHEMA_VERSION, AddedProgram, AppendResult, DatasetInfo, ExampleRecord, JobRecord, NewProgram,
-    ProgramRecord, Revision, SessionLimits, SessionRecord, StateError, StateStore, StateUnavailable, TurnRecord,
+    ProgramRecord, Revision, SessionLimits, SessionRecord, StateError, StateStore, StateUnavailable, StatsCount, TurnRecord,
 )
 
 T = TypeVar("T")
@@ -139,8 +139,12 @@ _V3 = (
 
 
 # Version 4: the result cache's bytes in all, kept by triggers, so a put can hold the cache within its bound without
-# summing the table (_cache_put).
+# summing the table (_cache_put); program statistics (StatsCount sums), so a restart forgets no version's figures.
 _V4 = (
+    """CREATE TABLE program_stats (
+        program TEXT NOT NULL, version INTEGER NOT NULL, arm TEXT NOT NULL, calls INTEGER NOT NULL, errors INTEGER NOT NULL,
+        feedback_count INTEGER NOT NULL, feedback_sum REAL NOT NULL, feedback_examples INTEGER NOT NULL,
+        PRIMARY KEY (program, version, arm)) WITHOUT ROWID""",
     "INSERT INTO counters (name, value) SELECT 'cache_bytes', COALESCE(SUM(bytes), 0) FROM cache",
     """CREATE TRIGGER cache_bytes_added AFTER INSERT ON cache
         BEGIN UPDATE counters SET value = value + NEW.bytes WHERE name = 'cache_bytes'; END""",
@@ -743,6 +747,33 @@ def _list_policies(conn: sqlite3.Connection) -> dict[str, bytes]:
     return {program: bytes(blob) for program, blob in conn.execute("SELECT program, policy FROM policies")}
 
 
+# -- program statistics ------------------------------------------------------------------------------------------------
+
+_STATS_COLUMNS = "program, version, arm, calls, errors, feedback_count, feedback_sum, feedback_examples"
+
+
+def _add_stats(conn: sqlite3.Connection, counts: list[StatsCount]) -> None:
+    with _transaction(conn):
+        conn.executemany(
+            f"INSERT INTO program_stats ({_STATS_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+            "ON CONFLICT (program, version, arm) DO UPDATE SET calls = calls + excluded.calls, errors = errors + excluded.errors, "
+            "feedback_count = feedback_count + excluded.feedback_count, feedback_sum = feedback_sum + excluded.feedback_sum, "
+            "feedback_examples = feedback_examples + excluded.feedback_examples",
+            [(c.program, c.version, c.arm, c.calls, c.errors, c.feedback_count, c.feedback_sum, c.feedback_examples) for c in counts])
+
+
+def _load_stats(conn: sqlite3.Connection) -> list[StatsCount]:
+    return [StatsCount(*row) for row in conn.execute(f"SELECT {_STATS_COLUMNS} FROM program_stats")]
+
+
+def _forget_stats(conn: sqlite3.Connection, program: str, versions: list[int] | None) -> None:
+    with _transaction(conn):
+        if versions is None:
+            conn.execute("DELETE FROM program_stats WHERE program = ?", (program,))
+        else:
+            conn.executemany("DELETE FROM program_stats WHERE program = ? AND version = ?", [(program, v) for v in versions])
+
+
 # -- the store ---------------------------------------------------------------------------------------------------------
 
 class _StoreThread:
@@ -1054,3 +1085,12 @@ class SQLiteStore(StateStore):
 
     async def list_policies(self) -> dict[str, bytes]:
         return await self._run(_list_policies)
+
+    async def add_stats(self, counts: list[StatsCount]) -> None:
+        await self._run(_add_stats, list(counts))
+
+    async def load_stats(self) -> list[StatsCount]:
+        return await self._run(_load_stats)
+
+    async def forget_stats(self, program: str, versions: list[int] | None) -> None:
+        await self._run(_forget_stats, program, None if versions is None else list(versions))

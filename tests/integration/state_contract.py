@@ -19,7 +19,7 @@ import json
 import pytest
 
 from dspy_pool.errors import ResourceExhausted
-from dspy_pool.state import NewProgram, SessionLimits, TurnRecord
+from dspy_pool.state import NewProgram, SessionLimits, StatsCount, TurnRecord
 from dspy_pool.state.base import ExampleRecord, JobRecord
 
 T0 = 4_000_000_000.0  # the year 2096
@@ -828,3 +828,39 @@ async def test_policies_round_trip_and_move_the_revision(store):
     await store.put_policy("qa", b"mode=hybrid")
     assert before < first < await store.program_revision()
     assert await store.list_policies() == {"qa": b"mode=hybrid", "other": b"x"}
+
+
+# -- program statistics -------------------------------------------------------------------------------------------------
+
+def _by_key(counts) -> dict:
+    return {(c.program, c.version, c.arm): c for c in counts}
+
+
+async def test_stats_are_added_up_per_program_version_and_arm(store):
+    """Counts added by several fronts (or replicas), in several flushes, are summed per (program, version, arm)."""
+    await store.add_stats([StatsCount("qa", 1, "base", calls=3, errors=1), StatsCount("qa", 2, "optimized", calls=2),
+                           StatsCount("qa", 1, "", feedback_count=2, feedback_sum=1.5), StatsCount("qa", 0, "", feedback_examples=4)])
+    await store.add_stats([StatsCount("qa", 1, "base", calls=4), StatsCount("qa", 1, "", feedback_count=1, feedback_sum=0.25),
+                           StatsCount("other", 1, "base", calls=1, errors=1)])
+    assert _by_key(await store.load_stats()) == {
+        ("qa", 1, "base"): StatsCount("qa", 1, "base", calls=7, errors=1),
+        ("qa", 2, "optimized"): StatsCount("qa", 2, "optimized", calls=2),
+        ("qa", 1, ""): StatsCount("qa", 1, "", feedback_count=3, feedback_sum=1.75),
+        ("qa", 0, ""): StatsCount("qa", 0, "", feedback_examples=4),
+        ("other", 1, "base"): StatsCount("other", 1, "base", calls=1, errors=1),
+    }
+
+
+async def test_concurrent_stat_adds_lose_nothing(store):
+    """Fronts flushing at the same moment: every count is added."""
+    await asyncio.gather(*(store.add_stats([StatsCount("qa", 1, "base", calls=1, errors=i % 2)]) for i in range(20)))
+    assert _by_key(await store.load_stats())[("qa", 1, "base")] == StatsCount("qa", 1, "base", calls=20, errors=10)
+
+
+async def test_forget_stats_drops_deleted_versions_or_the_whole_program(store):
+    await store.add_stats([StatsCount("qa", 1, "base", calls=1), StatsCount("qa", 2, "base", calls=2),
+                           StatsCount("qa", 0, "", feedback_examples=1), StatsCount("keep", 1, "base", calls=5)])
+    await store.forget_stats("qa", [1])
+    assert set(_by_key(await store.load_stats())) == {("qa", 2, "base"), ("qa", 0, ""), ("keep", 1, "base")}
+    await store.forget_stats("qa", None)
+    assert set(_by_key(await store.load_stats())) == {("keep", 1, "base")}
