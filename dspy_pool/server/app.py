@@ -23,6 +23,7 @@ from prometheus_client import CollectorRegistry
 from dspy_pool import errors
 from dspy_pool.optimize.datasets import Datasets
 from dspy_pool.optimize.jobs import JobManager, JobSettings
+from dspy_pool.optimize.stats import ProgramStats
 from dspy_pool.pool.api import Pool, PoolSettings, RecycleConfig, ScalerConfig, ScalingSettings, WarmupSettings, WorkerSettings
 from dspy_pool.pool.metrics import PoolMetrics
 from dspy_pool.server.breaker import AsyncBreakerGuard, BreakerRegistry
@@ -36,6 +37,7 @@ from dspy_pool.server.registry import ProgramRegistry
 from dspy_pool.server.result_cache import ResultCache
 from dspy_pool.server.service import DSPyPoolService, breaker_config, resilience_settings, warmup_programs
 from dspy_pool.server.sessions import SessionStore
+from dspy_pool.server.stats_sync import StatsSync
 from dspy_pool.simlm.faults import LatencySpec
 from dspy_pool.simlm.process import SimLMProcess, start_sim_lm
 from dspy_pool.spec_files import load_specs
@@ -169,6 +171,7 @@ class App:
         self.cache: TieredCache | None = None
         self.jobs: JobManager | None = None
         self.service: DSPyPoolService | None = None
+        self.stats_sync: StatsSync | None = None
         self.server: grpc.aio.Server | None = None
         self.health: health.aio.HealthServicer | None = None
         self.port = 0
@@ -240,8 +243,10 @@ class App:
             register_version=lambda spec, meta: self.service.register_optimized(spec, meta),
             observe=lambda program: self.service.observe(program),
         ) if optimize.optimizer_workers else None
-        self.service = DSPyPoolService(self.config, pool, registry, self.sessions, breakers, self.cache, lm_up=self._sim_up,
-                                       datasets=datasets, jobs=self.jobs, peers=Peers(self.front) if self.front else None)
+        self.stats_sync = StatsSync(ProgramStats(), self.store)
+        await self.stats_sync.sync()  # the figures every version had: a restart forgets none
+        self.service = DSPyPoolService(self.config, pool, registry, self.sessions, breakers, self.cache, self.stats_sync,
+                                       lm_up=self._sim_up, datasets=datasets, jobs=self.jobs, peers=Peers(self.front) if self.front else None)
         add_service(self.service, self.server, self.config.server.max_message_bytes)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection((SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name), self.server)
@@ -269,6 +274,7 @@ class App:
         await self._set_health(pool.healthy)
         loop = asyncio.get_running_loop()
         self._background.append(loop.create_task(self._sweep_expired()))
+        self._background.append(loop.create_task(self.stats_sync.run()))
         if self.store.durable:  # another replica (or process) may change the programs: versioned reads
             self._background.append(loop.create_task(registry.watch(_PROGRAM_POLL_S)))
         if self.config.observe.metrics_port >= 0:
@@ -376,6 +382,8 @@ class App:
             await asyncio.to_thread(stop_metrics_server, self.metrics_server)
         if self.cache is not None:
             await self.cache.flush()
+        if self.stats_sync is not None:
+            await self.stats_sync.sync()  # the drained calls' counts
         if self.store is not None:
             await self.store.close()  # last: calls finishing during the drain commit their session turns
         log.info("server_stopped")

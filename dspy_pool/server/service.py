@@ -26,7 +26,6 @@ from google.protobuf import struct_pb2
 from dspy_pool import errors, logs, structs
 from dspy_pool.optimize import catalog, routing
 from dspy_pool.optimize.feedback import Captured, Captures, sampled
-from dspy_pool.optimize.stats import ProgramStats
 from dspy_pool.optimize.triggers import Observation
 from dspy_pool.pool.api import Pool, WarmupProgram
 from dspy_pool.server import config as config_module, paging
@@ -41,6 +40,7 @@ from dspy_pool.server.handlers import Undecodable, checks_decoding, undecodable
 from dspy_pool.server.peers import SCOPE_FRONT, SCOPE_KEY, Peers, merge as merge_status, merge_program_stats
 from dspy_pool.server.resilience import ResilienceSettings, ResilientExecutor, chain_for
 from dspy_pool.server.sessions import SessionStore, check_session_id, newest_turns
+from dspy_pool.server.stats_sync import StatsSync
 from dspy_pool.server.status import to_grpc_status
 from dspy_pool.v1 import dspy_pool_pb2 as pb
 from dspy_pool.v1 import dspy_pool_pb2_grpc as pb_grpc
@@ -187,13 +187,14 @@ def check_spec_values(spec: pb.ProgramSpec, max_depth: int) -> None:
 
 class DSPyPoolService(pb_grpc.DSPyPoolServicer):
     def __init__(self, config: ServerConfig, pool: Pool, registry: ProgramRegistry, sessions: SessionStore,
-                 breakers: AsyncBreakerGuard, cache: TieredCache, lm_up: Callable[[], bool] = lambda: True,
+                 breakers: AsyncBreakerGuard, cache: TieredCache, stats_sync: StatsSync, lm_up: Callable[[], bool] = lambda: True,
                  datasets=None, jobs=None, peers: Peers | None = None) -> None:
         self.config = config
         self.peers = peers  # the other front processes (--front-processes N), or None
         self.datasets = datasets
         self.jobs = jobs  # None when optimization is off
-        self.stats = ProgramStats()
+        self.stats_sync = stats_sync  # adds this front's counts to the store's, reads back every front's and replica's
+        self.stats = stats_sync.stats
         self.captures = Captures(max_bytes=config.optimize.capture_max_bytes)
         self._example_max_bytes = config.optimize.example_max_bytes
         self.lm_up = lm_up  # False while a supervised local LM (the sim) is down and being restarted
@@ -310,7 +311,7 @@ class DSPyPoolService(pb_grpc.DSPyPoolServicer):
         # What this front holds per program goes with it: statistics, breakers, worked-out facts (a client that
         # registers, calls and deletes programs in a loop grew /metrics and GetPoolStatus without bound).
         every_version = self.registry.known_base(request.name) is None
-        self.stats.forget(request.name, None if every_version else deleted)
+        await self.stats_sync.forget(request.name, None if every_version else list(deleted))
         self.resilient.forget(request.name, [before[number].key for number in deleted if number in before], every_version)
         return pb.DeleteProgramResponse(deleted_versions=deleted)
 
@@ -693,8 +694,10 @@ class DSPyPoolService(pb_grpc.DSPyPoolServicer):
             await self._abort(context, error)
             return
         stats = pb.ProgramStats(program=request.program, policy=self.registry.policy(request.program))
-        for arm in self.stats.view(request.program):
-            count, mean = self.stats.feedback(request.program, arm.version)
+        # A peer front asking gets only the counts this front has not added to the store yet: it has the store's sums.
+        with_stored = not _front_scoped(context)
+        for arm in self.stats.view(request.program, with_stored):
+            count, mean = self.stats.feedback(request.program, arm.version, with_stored)
             stats.arms.add(version=arm.version, arm=arm.arm, calls=arm.calls, errors=arm.errors, latency_p50_ms=arm.p50_ms,
                            latency_p95_ms=arm.p95_ms, error_rate=arm.error_rate, feedback_count=count, feedback_score_mean=mean)
         if self.peers is not None and not _front_scoped(context):  # each front counts the calls it served

@@ -281,7 +281,8 @@ class DSPyPoolServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetProgramStats(self, request, context):
-        """Per version and per hybrid arm: calls, latency, errors, feedback.
+        """Per version and per hybrid arm: calls, latency, errors, feedback. Counts and feedback are kept in the
+        state store (across restarts, summed over replicas); latency percentiles are this server's since it started.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -1,0 +1,66 @@
+"""Keeps the program statistics (optimize/stats.py) and the state store in step.
+
+Every `interval_s` this front adds the counts it made since the last time to the
+store's sums (one batch, atomically) and reads the sums back: what every front
+and replica added. Once at start (so a restarted server shows the figures it had)
+and once at stop (after the drain, so the last calls count). A store that cannot
+be reached keeps the counts here until it can.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import structlog
+
+from dspy_pool.optimize.stats import ProgramStats
+from dspy_pool.state import StateError, StateStore
+
+log = structlog.get_logger("dspy_pool.stats")
+
+SYNC_INTERVAL_S = 5.0
+
+
+class StatsSync:
+    def __init__(self, stats: ProgramStats, store: StateStore, interval_s: float = SYNC_INTERVAL_S) -> None:
+        self.stats = stats
+        self.store = store
+        self.interval_s = interval_s
+        self._failures = 0
+
+    async def sync(self) -> bool:
+        """Add this front's new counts, then read the sums; False when the store could not be reached."""
+        batch = self.stats.take_pending()
+        try:
+            if batch:
+                await self.store.add_stats(batch)
+        except StateError as exc:
+            self.stats.added(succeeded=False)
+            self._failed(exc)
+            return False
+        self.stats.added(succeeded=True)
+        try:
+            self.stats.stored(await self.store.load_stats())
+        except StateError as exc:
+            self._failed(exc)
+            return False
+        self._failures = 0
+        return True
+
+    async def run(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval_s)
+            await self.sync()
+
+    async def forget(self, program: str, versions: list[int] | None) -> None:
+        """A deleted version's (or program's) sums go too."""
+        self.stats.forget(program, versions)
+        try:
+            await self.store.forget_stats(program, versions)
+        except StateError as exc:  # the version is gone already; its sums are only shown with it
+            log.warning("stats_forget_failed", program=program, error=str(exc)[:300])
+
+    def _failed(self, exc: StateError) -> None:
+        self._failures += 1
+        if self._failures == 1 or self._failures % 100 == 0:
+            log.warning("stats_sync_failed", store=self.store.description, error=str(exc)[:300], failures=self._failures)

@@ -1,0 +1,82 @@
+"""Program statistics outlive the process and are shared by replicas: what each version served and the feedback it
+got (GetProgramStats, the triggers) were in one front's memory and were lost at every restart or deploy, so an A/B
+test of two versions started again from nothing each time."""
+
+from __future__ import annotations
+
+import contextlib
+
+import grpc
+import pytest
+
+from dspy_pool.server.app import App
+from dspy_pool.v1 import dspy_pool_pb2 as pb
+from dspy_pool.v1 import dspy_pool_pb2_grpc as pb_grpc
+
+from .harness import execute_request, make_config
+
+pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(120)]
+
+REDIS_DB = 9  # this module's own database on the shared test server
+
+
+@contextlib.asynccontextmanager
+async def _serving(state: str):
+    app = App(make_config(state=state, workers=1))
+    await app.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+            yield app, pb_grpc.DSPyPoolStub(channel)
+    finally:
+        await app.stop(grace_s=2.0)
+
+
+def _arms(stats: pb.ProgramStats) -> dict:
+    return {(arm.version, arm.arm): (arm.calls, arm.errors, arm.feedback_count, round(arm.feedback_score_mean, 3))
+            for arm in stats.arms}
+
+
+async def test_a_versions_figures_survive_a_restart(tmp_path):
+    """Four calls and one feedback score, then a restart on the same state file: GetProgramStats still shows them."""
+    state = f"sqlite:///{tmp_path}/state.db"
+    spec = pb.ProgramSpec(name="qa", signature="question -> answer", capture=pb.CapturePolicy(sample_rate=1.0))
+    async with _serving(state) as (_, stub):
+        await stub.RegisterProgram(pb.RegisterProgramRequest(spec=spec), timeout=30)
+        replies = [await stub.Execute(execute_request("qa", question=f"q{i}"), timeout=20) for i in range(4)]
+        await stub.RecordFeedback(pb.RecordFeedbackRequest(request_id=replies[0].request_id, score=0.5, has_score=True), timeout=10)
+        before = _arms(await stub.GetProgramStats(pb.GetProgramStatsRequest(program="qa"), timeout=10))
+    assert before == {(1, "traditional"): (4, 0, 1, 0.5)}
+    async with _serving(state) as (app, stub):
+        after = _arms(await stub.GetProgramStats(pb.GetProgramStatsRequest(program="qa"), timeout=10))
+        assert app.service.stats.all() == {}  # Prometheus's counters are this process's: none yet
+    assert after == before
+
+
+async def test_a_deleted_versions_figures_do_not_come_back_after_a_restart(tmp_path):
+    state = f"sqlite:///{tmp_path}/state.db"
+    async with _serving(state) as (_, stub):
+        for instructions in ("first", "second"):
+            spec = pb.ProgramSpec(name="qa", signature="question -> answer", instructions=instructions)
+            version = (await stub.RegisterProgram(pb.RegisterProgramRequest(spec=spec), timeout=30)).version
+            request = execute_request("qa", question="q")
+            request.version = version
+            await stub.Execute(request, timeout=20)
+        await stub.DeleteProgram(pb.DeleteProgramRequest(name="qa", version=1), timeout=10)
+    async with _serving(state) as (_, stub):
+        assert _arms(await stub.GetProgramStats(pb.GetProgramStatsRequest(program="qa"), timeout=10)) == {(2, "version"): (1, 0, 0, 0.0)}
+
+
+async def test_replicas_on_one_redis_show_every_replicas_calls(redis_server):
+    """Three calls on A, two on B: once both have synced (every 5 s; asked directly here), each shows five."""
+    state = f"redis://127.0.0.1:{redis_server.port}/{REDIS_DB}"
+    async with _serving(state) as (app_a, stub_a), _serving(state) as (app_b, stub_b):
+        await stub_a.RegisterProgram(pb.RegisterProgramRequest(spec=pb.ProgramSpec(name="shared", signature="question -> answer")),
+                                     timeout=30)
+        for stub, count in ((stub_a, 3), (stub_b, 2)):
+            for i in range(count):
+                await stub.Execute(execute_request("shared", question=f"q{i}"), timeout=20)
+        for app in (app_a, app_b, app_a):
+            assert await app.stats_sync.sync()
+        for stub in (stub_a, stub_b):
+            stats = await stub.GetProgramStats(pb.GetProgramStatsRequest(program="shared"), timeout=10)
+            assert _arms(stats) == {(1, "traditional"): (5, 0, 0, 0.0)}
