@@ -27,9 +27,15 @@ class StatsSync:
         self.store = store
         self.interval_s = interval_s
         self._failures = 0
+        # One sync or forget at a time: a batch is never taken twice, nor a deleted version's sums read back.
+        self._lock = asyncio.Lock()
 
     async def sync(self) -> bool:
         """Add this front's new counts, then read the sums; False when the store could not be reached."""
+        async with self._lock:
+            return await self._sync()
+
+    async def _sync(self) -> bool:
         batch = self.stats.take_pending()
         try:
             if batch:
@@ -50,15 +56,17 @@ class StatsSync:
     async def run(self) -> None:
         while True:
             await asyncio.sleep(self.interval_s)
-            await self.sync()
+            # Shielded: the shutdown cancels this task, and a batch cut off between taken and added would be lost.
+            await asyncio.shield(self.sync())
 
     async def forget(self, program: str, versions: list[int] | None) -> None:
         """A deleted version's (or program's) sums go too."""
-        self.stats.forget(program, versions)
-        try:
-            await self.store.forget_stats(program, versions)
-        except StateError as exc:  # the version is gone already; its sums are only shown with it
-            log.warning("stats_forget_failed", program=program, error=str(exc)[:300])
+        async with self._lock:
+            self.stats.forget(program, versions)
+            try:
+                await self.store.forget_stats(program, versions)
+            except StateError as exc:  # the version is gone already; its sums are only shown with it
+                log.warning("stats_forget_failed", program=program, error=str(exc)[:300])
 
     def _failed(self, exc: StateError) -> None:
         self._failures += 1
