@@ -72,6 +72,8 @@ class Captures:
             ids = self._per_program.get(captured.program)
             if ids and request_id in ids:
                 ids.remove(request_id)
+            if not ids:  # a queue per program that ever captured a call grew with every program registered
+                self._per_program.pop(captured.program, None)
         return captured
 
     def __len__(self) -> int:

@@ -390,7 +390,11 @@ class JobManager:
         self._wakeup.set()
 
     def _done(self, program: str) -> None:
-        self._active[program] = max(0, self._active.get(program, 0) - 1)
+        left = self._active.get(program, 0) - 1
+        if left > 0:
+            self._active[program] = left
+        else:  # not kept at 0: every program that ever had a job stayed here
+            self._active.pop(program, None)
         event = self._finished.pop(program, None)
         if event is not None:
             event.set()

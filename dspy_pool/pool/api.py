@@ -273,6 +273,13 @@ class Pool:
         reply, _ = await self._workers.dispatcher.run(Job(program.key, program.spec, request, deadline, counted=False))
         return ProgramShape(tuple(reply.input_names), tuple(reply.output_names), reply.takes_history)
 
+    def forget_programs(self, keys: list[str]) -> None:
+        """Deleted programs: no worker is taken to hold them any more (each worker's own cache of built programs is
+        least-recently-used, so it lets them go by itself; a key noted here for every program a worker ever built grew
+        with every program registered)."""
+        for handle in self._workers.handles():
+            handle.loaded_programs.difference_update(keys)
+
     @property
     def worker_pool(self) -> WorkerPool:
         """The supervisor behind this API, for tests and benchmarks that look inside; the server never does."""

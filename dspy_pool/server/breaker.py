@@ -613,7 +613,9 @@ class AsyncBreakerGuard:
         now = self._clock()
         if duration_s is None:
             duration_s = now - permit.issued_at
-        breaker = self._breakers.get(key) or self.registry.get(key)
+        breaker = self._breakers.get(key)
+        if breaker is None:  # forgotten since the permit (its program was deleted): not made again for one late call
+            return
         breaker.record(permit, outcome, duration_s, now)
         if breaker._transitions:
             self._log_transitions(key, breaker)

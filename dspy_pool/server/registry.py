@@ -134,6 +134,7 @@ class ProgramRegistry:
         self._kept: dict[str, dict[int, ProgramVersion]] = {}
         self._kept_policies: dict[str, pb.ExecutionPolicy] = {}
         self._store_down = False
+        self._changes = 0  # writes made here: a load that overlapped one reads again
 
     def __len__(self) -> int:
         return sum(len(v) for v in self._versions.values())
@@ -141,10 +142,16 @@ class ProgramRegistry:
     # -- the snapshot ---------------------------------------------------------
     async def load(self) -> None:
         """Replace the snapshot with what the store holds now."""
-        async with _store_errors():
-            revision = await self.store.revision()
-            records = await self.store.list_programs()
-            stored_policies = await self.store.list_policies()
+        for _ in range(_LOAD_TRIES):
+            changes = self._changes
+            async with _store_errors():
+                revision = await self.store.revision()
+                records = await self.store.list_programs()
+                stored_policies = await self.store.list_policies()
+            # A register, delete or policy written here while this read was under way may be missing from it (or, a
+            # delete, still in it): read again rather than put back what the client was just told is gone.
+            if changes == self._changes:
+                break
         stored: dict[str, dict[int, ProgramVersion]] = {}
         for record in records:
             stored.setdefault(record.name, {})[record.version] = _version(record, created=False)
@@ -255,6 +262,7 @@ class ProgramRegistry:
         async with _store_errors():
             await self.store.put_policy(policy.program, policy.SerializeToString())
         self.policies[policy.program] = policy
+        self._changes += 1
         return policy
 
     def list(self, all_versions: bool) -> list[ProgramVersion]:
@@ -276,6 +284,7 @@ class ProgramRegistry:
         versions = self._versions.setdefault(spec.name, {})
         versions[entry.version] = entry
         self.bases[spec.name] = _base(versions)
+        self._changes += 1
         return entry
 
     async def delete(self, name: str, version: int = 0) -> list[int]:
@@ -293,13 +302,23 @@ class ProgramRegistry:
         else:
             self._versions.pop(name, None)
             self.bases.pop(name, None)
+        self._changes += 1
         policy = self.policies.get(name)
-        if policy is not None:
-            # A policy never names a deleted version; a program deleted whole starts again from the default.
-            kept = policy_within(policy, versions) if versions else pb.ExecutionPolicy(program=name)
+        if not versions:  # the store deleted the policy with the last version: the name starts from the default
+            self.policies.pop(name, None)
+        elif policy is not None:  # a policy never names a deleted version
+            kept = policy_within(policy, versions)
             if kept is not policy:
                 await self.set_policy(kept)
         return deleted
+
+    def holds(self, name: str, version: int) -> bool:
+        """Whether the snapshot has this version (a call that ran on a version deleted meanwhile counts for nothing)."""
+        versions = self._versions.get(name)
+        return versions is not None and version in versions
+
+
+_LOAD_TRIES = 5  # a load overlapped by writes this many times in a row keeps the last read (the next poll mends it)
 
 
 def _negative(version: int) -> InvalidArgument:

@@ -257,6 +257,10 @@ class DSPyPoolService(pb_grpc.DSPyPoolServicer):
         """An optimization's result as a new version: built on a worker first (its saved state must load), then stored."""
         async with self._register_lock:
             shape = await self.pool.validate(program_ref(spec), asyncio.get_running_loop().time() + _VALIDATE_TIMEOUT_S)
+            if self.registry.known_base(spec.name) is None:  # deleted while the job ran or this build did (DeleteProgram
+                # takes the lock too): storing the result would bring the name back as an optimized version alone
+                raise errors.PoolError(f"program {spec.name!r} was deleted while it was being optimized; the result is not kept",
+                                       kind=errors.ErrorKind.FAILED_PRECONDITION)
             entry = await self.registry.add(spec, list(shape.input_names), list(shape.output_names), shape.takes_history, meta=meta)
         log.info("program_optimized", program=spec.name, version=entry.program.version, job_id=meta.job_id,
                  baseline=round(meta.baseline_score, 4), optimized=round(meta.optimized_score, 4))
@@ -302,8 +306,9 @@ class DSPyPoolService(pb_grpc.DSPyPoolServicer):
 
     async def DeleteProgram(self, request: pb.DeleteProgramRequest, context):
         try:
-            before = self.registry.versions(request.name)
-            deleted = await self.registry.delete(request.name, request.version)
+            async with self._register_lock:  # not between an optimization's build and its store (register_optimized)
+                before = self.registry.versions(request.name)
+                deleted = await self.registry.delete(request.name, request.version)
         except errors.PoolError as error:
             await self._abort(context, error)
             return
@@ -312,7 +317,9 @@ class DSPyPoolService(pb_grpc.DSPyPoolServicer):
         # registers, calls and deletes programs in a loop grew /metrics and GetPoolStatus without bound).
         every_version = self.registry.known_base(request.name) is None
         await self.stats_sync.forget(request.name, None if every_version else list(deleted))
-        self.resilient.forget(request.name, [before[number].key for number in deleted if number in before], every_version)
+        keys = [before[number].key for number in deleted if number in before]
+        self.resilient.forget(request.name, keys, every_version)
+        self.pool.forget_programs(keys)
         return pb.DeleteProgramResponse(deleted_versions=deleted)
 
     # -- execute ------------------------------------------------------------
@@ -455,7 +462,7 @@ class DSPyPoolService(pb_grpc.DSPyPoolServicer):
                 served = await self.resilient.execute(program, request, request_id, deadline)
                 evaluation = None
         except errors.PoolError as error:
-            if route is not None and not error.meaning.caller_fault:
+            if route is not None and not error.meaning.caller_fault and self.registry.holds(program.name, program.version):
                 self.stats.record(program.name, program.version, route.label, (time.perf_counter() - started) * 1000.0, True)
             self._log_failure(error)
             if error.kind is errors.ErrorKind.DEADLINE_EXCEEDED and remaining is not None and remaining > self._max_deadline_s:
@@ -472,7 +479,8 @@ class DSPyPoolService(pb_grpc.DSPyPoolServicer):
         # An answer from the fallback chain is not the program's: it counts as the version's error (the triggers and
         # the A/B figures see the outage) and is never captured as an example of the program.
         fell_back = bool(served.fallback_reason)
-        self.stats.record(name, version, route.label, total_ms, fell_back)
+        if self.registry.holds(name, version):  # a call that ran on a version deleted meanwhile counts for nothing
+            self.stats.record(name, version, route.label, total_ms, fell_back)
         if shape.capture_rate > 0 and not fell_back and sampled(request_id, shape.capture_rate):
             self._capture(request_id, program, request.inputs, result.outputs)
         # Scalars through the constructor, sub-messages filled in place (no temporary messages to copy);

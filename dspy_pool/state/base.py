@@ -206,7 +206,8 @@ class StateStore(abc.ABC):
 
     @abc.abstractmethod
     async def delete_programs(self, name: str, version: int = 0) -> list[int]:
-        """Delete one version, or every version when `version` is 0; the versions deleted ([] if none)."""
+        """Delete one version, or every version when `version` is 0; the versions deleted ([] if none). The deleted
+        versions' statistics go with them, and the program's policy and statistics with its last version."""
 
     @abc.abstractmethod
     async def list_programs(self) -> list[ProgramRecord]:

@@ -103,8 +103,12 @@ class MemoryStore(StateStore):
         doomed = sorted(versions) if version == 0 else [version] if version in versions else []
         for number in doomed:
             del versions[number]
+        if doomed:
+            self._stats = {key: count for key, count in self._stats.items() if not policy.forgotten(key, name, doomed)}
         if not versions:
             self._programs.pop(name, None)
+            self._policies.pop(name, None)
+            self._stats = {key: count for key, count in self._stats.items() if key[0] != name}
         if doomed:
             self._revision += 1
         return doomed

@@ -132,7 +132,7 @@ return {1, version}
 """
 
 _DELETE_PROGRAMS = """
--- KEYS: programs, program_versions:NAME, program_revision
+-- KEYS: programs, program_versions:NAME, program_revision, policies, stats:NAME, stats_programs
 -- ARGV: prefix, name, version ('0': every version)
 local versions = {}
 if ARGV[3] == '0' then
@@ -140,12 +140,26 @@ if ARGV[3] == '0' then
 elseif redis.call('ZSCORE', KEYS[2], ARGV[3]) then
   versions = {ARGV[3]}
 end
+local gone = {}
 for _, v in ipairs(versions) do
   redis.call('DEL', ARGV[1] .. 'program:' .. v .. ':' .. ARGV[2])
   redis.call('ZREM', KEYS[2], v)
   redis.call('SREM', KEYS[1], v .. ':' .. ARGV[2])
+  gone[v] = true
 end
 if #versions > 0 then
+  -- The deleted versions' statistics go with them; the policy and every statistic with the last version.
+  if redis.call('ZCARD', KEYS[2]) == 0 then
+    redis.call('HDEL', KEYS[4], ARGV[2])
+    redis.call('DEL', KEYS[5])
+    redis.call('SREM', KEYS[6], ARGV[2])
+  else
+    for _, field in ipairs(redis.call('HKEYS', KEYS[5])) do
+      if gone[string.match(field, '^([^%z]*)')] then
+        redis.call('HDEL', KEYS[5], field)
+      end
+    end
+  end
   redis.call('INCR', KEYS[3])
 end
 return versions
@@ -762,7 +776,8 @@ class RedisStore(StateStore):
     @_translated
     async def delete_programs(self, name: str, version: int = 0) -> list[int]:
         deleted = await self._delete_programs(
-            keys=[self._key("programs"), self._key("program_versions:", name), self._key("program_revision")],
+            keys=[self._key("programs"), self._key("program_versions:", name), self._key("program_revision"),
+                  self._key("policies"), self._key("stats:", name), self._key("stats_programs")],
             args=[self._prefix, name, str(int(version))],
         )
         return sorted(int(v) for v in deleted)

@@ -404,6 +404,10 @@ def _delete_programs(conn: sqlite3.Connection, name: str, version: int) -> list[
     with _transaction(conn):
         deleted = sorted(v for (v,) in conn.execute(f"DELETE FROM programs WHERE {where} RETURNING version", args))
         if deleted:
+            conn.executemany("DELETE FROM program_stats WHERE program = ? AND version = ?", [(name, v) for v in deleted])
+            if conn.execute("SELECT 1 FROM programs WHERE name = ? LIMIT 1", (name,)).fetchone() is None:
+                conn.execute("DELETE FROM policies WHERE program = ?", (name,))
+                conn.execute("DELETE FROM program_stats WHERE program = ?", (name,))
             _bump_revision(conn)
     return deleted
 

@@ -864,3 +864,18 @@ async def test_forget_stats_drops_deleted_versions_or_the_whole_program(store):
     assert set(_by_key(await store.load_stats())) == {("qa", 2, "base"), ("qa", 0, ""), ("keep", 1, "base")}
     await store.forget_stats("qa", None)
     assert set(_by_key(await store.load_stats())) == {("keep", 1, "base")}
+
+
+async def test_deleting_versions_deletes_their_stats_and_the_last_one_the_policy_too(store):
+    """A deleted version's statistics go with it; the program's policy and every statistic go with its last version
+    (a default policy written instead was left behind for every program ever deleted)."""
+    for content in ("one", "two"):
+        await store.add_program(_program(content=content), MAX_PROGRAMS)
+    await store.put_policy("qa", b"policy")
+    await store.add_stats([StatsCount("qa", 1, "base", calls=1), StatsCount("qa", 2, "base", calls=2),
+                           StatsCount("qa", 1, "", feedback_count=1, feedback_sum=1.0), StatsCount("qa", 0, "", feedback_examples=1)])
+    assert await store.delete_programs("qa", 1) == [1]
+    assert set(_by_key(await store.load_stats())) == {("qa", 2, "base"), ("qa", 0, "")}
+    assert await store.list_policies() == {"qa": b"policy"}
+    assert await store.delete_programs("qa", 0) == [2]
+    assert await store.load_stats() == [] and await store.list_policies() == {}

@@ -4,6 +4,7 @@ test of two versions started again from nothing each time."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 
 import grpc
@@ -13,7 +14,7 @@ from dspy_pool.server.app import App
 from dspy_pool.v1 import dspy_pool_pb2 as pb
 from dspy_pool.v1 import dspy_pool_pb2_grpc as pb_grpc
 
-from .harness import execute_request, make_config
+from .harness import eventually, execute_request, make_config
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(120)]
 
@@ -80,3 +81,21 @@ async def test_replicas_on_one_redis_show_every_replicas_calls(redis_server):
         for stub in (stub_a, stub_b):
             stats = await stub.GetProgramStats(pb.GetProgramStatsRequest(program="shared"), timeout=10)
             assert _arms(stats) == {(1, "traditional"): (5, 0, 0, 0.0)}
+
+
+async def test_calls_in_flight_when_their_program_is_deleted_leave_nothing_behind(tmp_path):
+    """Calls still running when their program is deleted finish, and make no breaker, statistic or store row for it
+    again (a soak found 226 breakers and 251 stored statistics of 300 deleted programs)."""
+    state = f"sqlite:///{tmp_path}/state.db"
+    async with _serving(state) as (app, stub):
+        await stub.RegisterProgram(pb.RegisterProgramRequest(spec=pb.ProgramSpec(name="doomed", signature="seconds -> slept",
+                                                                                   module="sleepy")), timeout=30)
+        calls = [asyncio.ensure_future(stub.Execute(execute_request("doomed", seconds=0.5), timeout=20)) for _ in range(4)]
+        await eventually(lambda: app.pool.worker_pool.dispatcher.in_flight == 4)
+        await stub.DeleteProgram(pb.DeleteProgramRequest(name="doomed"), timeout=10)
+        await asyncio.gather(*calls, return_exceptions=True)
+        assert await app.stats_sync.sync()
+        status = await stub.GetPoolStatus(pb.GetPoolStatusRequest(), timeout=10)
+        assert [b.program for b in status.breakers if b.program == "doomed"] == []
+        assert [key for key in app.service.stats.all() if key[0] == "doomed"] == []
+        assert [count for count in await app.store.load_stats() if count.program == "doomed"] == []
