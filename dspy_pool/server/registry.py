@@ -134,7 +134,7 @@ class ProgramRegistry:
         self._kept: dict[str, dict[int, ProgramVersion]] = {}
         self._kept_policies: dict[str, pb.ExecutionPolicy] = {}
         self._store_down = False
-        self._changes = 0  # writes made here: a load that overlapped one reads again
+        self._writing = asyncio.Lock()  # a write here (store, then snapshot) and a load never interleave
 
     def __len__(self) -> int:
         return sum(len(v) for v in self._versions.values())
@@ -142,16 +142,16 @@ class ProgramRegistry:
     # -- the snapshot ---------------------------------------------------------
     async def load(self) -> None:
         """Replace the snapshot with what the store holds now."""
-        for _ in range(_LOAD_TRIES):
-            changes = self._changes
-            async with _store_errors():
-                revision = await self.store.revision()
-                records = await self.store.list_programs()
-                stored_policies = await self.store.list_policies()
-            # A register, delete or policy written here while this read was under way may be missing from it (or, a
-            # delete, still in it): read again rather than put back what the client was just told is gone.
-            if changes == self._changes:
-                break
+        # Under the write lock: a register, delete or policy written here while the read was under way could be
+        # missing from it (or, a delete, still in it), and the snapshot would put back what a client was just told.
+        async with self._writing:
+            self._replace(*await self._read())
+
+    async def _read(self) -> tuple[Revision, list[ProgramRecord], dict[str, bytes]]:
+        async with _store_errors():
+            return await self.store.revision(), await self.store.list_programs(), await self.store.list_policies()
+
+    def _replace(self, revision: Revision, records: list[ProgramRecord], stored_policies: dict[str, bytes]) -> None:
         stored: dict[str, dict[int, ProgramVersion]] = {}
         for record in records:
             stored.setdefault(record.name, {})[record.version] = _version(record, created=False)
@@ -259,10 +259,10 @@ class ProgramRegistry:
 
     async def set_policy(self, policy: pb.ExecutionPolicy) -> pb.ExecutionPolicy:
         """Store a program's policy (committed when this returns; replicas reload it with the programs)."""
-        async with _store_errors():
-            await self.store.put_policy(policy.program, policy.SerializeToString())
-        self.policies[policy.program] = policy
-        self._changes += 1
+        async with self._writing:
+            async with _store_errors():
+                await self.store.put_policy(policy.program, policy.SerializeToString())
+            self.policies[policy.program] = policy
         return policy
 
     def list(self, all_versions: bool) -> list[ProgramVersion]:
@@ -278,35 +278,34 @@ class ProgramRegistry:
         """Store a new version (or find the latest with this content); committed when this returns."""
         new = NewProgram(spec.name, spec.SerializeToString(deterministic=True), content_hash(spec), tuple(input_names),
                          tuple(output_names), takes_history, time.time(), meta.SerializeToString() if meta is not None else b"")
-        async with _store_errors():
-            added = await self.store.add_program(new, self.max_programs)
-        entry = _version(added.record, created=added.created)
-        versions = self._versions.setdefault(spec.name, {})
-        versions[entry.version] = entry
-        self.bases[spec.name] = _base(versions)
-        self._changes += 1
+        async with self._writing:
+            async with _store_errors():
+                added = await self.store.add_program(new, self.max_programs)
+            entry = _version(added.record, created=added.created)
+            versions = self._versions.setdefault(spec.name, {})
+            versions[entry.version] = entry
+            self.bases[spec.name] = _base(versions)
         return entry
 
     async def delete(self, name: str, version: int = 0) -> list[int]:
         if version < 0:
             raise _negative(version)
-        async with _store_errors():
-            deleted = await self.store.delete_programs(name, version)
-        if not deleted:
-            raise NotFound(f"no program named {name!r}" if version == 0 else f"program {name!r} has no version {version}")
-        versions = self._versions.get(name, {})
-        for number in deleted:
-            versions.pop(number, None)
-        if versions:
-            self.bases[name] = _base(versions)
-        else:
-            self._versions.pop(name, None)
-            self.bases.pop(name, None)
-        self._changes += 1
+        async with self._writing:
+            async with _store_errors():
+                deleted = await self.store.delete_programs(name, version)
+            if not deleted:
+                raise NotFound(f"no program named {name!r}" if version == 0 else f"program {name!r} has no version {version}")
+            versions = self._versions.get(name, {})
+            for number in deleted:
+                versions.pop(number, None)
+            if versions:
+                self.bases[name] = _base(versions)
+            else:
+                self._versions.pop(name, None)
+                self.bases.pop(name, None)
+                self.policies.pop(name, None)  # the store deleted it with the last version: the name starts afresh
         policy = self.policies.get(name)
-        if not versions:  # the store deleted the policy with the last version: the name starts from the default
-            self.policies.pop(name, None)
-        elif policy is not None:  # a policy never names a deleted version
+        if versions and policy is not None:  # a policy never names a deleted version
             kept = policy_within(policy, versions)
             if kept is not policy:
                 await self.set_policy(kept)
@@ -316,9 +315,6 @@ class ProgramRegistry:
         """Whether the snapshot has this version (a call that ran on a version deleted meanwhile counts for nothing)."""
         versions = self._versions.get(name)
         return versions is not None and version in versions
-
-
-_LOAD_TRIES = 5  # a load overlapped by writes this many times in a row keeps the last read (the next poll mends it)
 
 
 def _negative(version: int) -> InvalidArgument:

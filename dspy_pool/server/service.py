@@ -320,6 +320,8 @@ class DSPyPoolService(pb_grpc.DSPyPoolServicer):
         keys = [before[number].key for number in deleted if number in before]
         self.resilient.forget(request.name, keys, every_version)
         self.pool.forget_programs(keys)
+        for key in keys:
+            self._shapes.pop(key, None)
         return pb.DeleteProgramResponse(deleted_versions=deleted)
 
     # -- execute ------------------------------------------------------------

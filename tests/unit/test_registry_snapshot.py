@@ -46,9 +46,11 @@ async def _overlapping(store: _SlowListing, registry: ProgramRegistry, write) ->
     gate = store.gate = asyncio.Event()
     loading = asyncio.ensure_future(registry.load())
     await store.listing.wait()  # the load has read the programs and waits
-    await write()
+    writing = asyncio.ensure_future(write())
+    for _ in range(10):  # the write gets every chance to run before the load goes on (it may wait for it)
+        await asyncio.sleep(0)
     gate.set()
-    await loading
+    await asyncio.wait_for(asyncio.gather(loading, writing), 10)
 
 
 def test_a_program_deleted_during_a_load_stays_deleted():
