@@ -56,7 +56,7 @@ from typing import Any, NamedTuple, Protocol
 
 import structlog
 
-from dspy_pool.errors import PoolError
+from dspy_pool.errors import ErrorKind, PoolError
 
 
 class BreakerState(enum.StrEnum):
@@ -71,14 +71,22 @@ class Outcome(enum.Enum):
     IGNORED = "ignored"  # the caller's bad input, cancellation: says nothing about the endpoint
 
 
-def outcome_for(error: PoolError) -> Outcome:
+# A deadline shorter than this that ran out says nothing about the LM endpoint: the caller asked for less time than
+# most LM calls take. Counted, one client's too-short deadlines opened the breaker every client of the program shares.
+MIN_DEADLINE_COUNTED_S = 1.0
+
+
+def outcome_for(error: PoolError, budget_s: float | None = None) -> Outcome:
     """FAILURE when the error table says the kind counts against the breaker (hard rule 8), else IGNORED.
 
-    A call that never left our queue says nothing about the LM endpoint, whatever its kind.
+    A call that never left our queue says nothing about the LM endpoint, whatever its kind; nor does a deadline
+    of less than MIN_DEADLINE_COUNTED_S (`budget_s`: the time the call had) running out.
     """
-    if error.meaning.breaker_failure and not error.queued_only:
-        return Outcome.FAILURE
-    return Outcome.IGNORED
+    if not error.meaning.breaker_failure or error.queued_only:
+        return Outcome.IGNORED
+    if error.kind is ErrorKind.DEADLINE_EXCEEDED and budget_s is not None and budget_s < MIN_DEADLINE_COUNTED_S:
+        return Outcome.IGNORED
+    return Outcome.FAILURE
 
 
 class BreakerKey(NamedTuple):

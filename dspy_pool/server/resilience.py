@@ -110,8 +110,8 @@ class ResilientExecutor:
             for key in [key for key in self.breakers.registry.keys() if isinstance(key, BreakerKey) and key.program == program]:
                 self.breakers.registry.discard(key)
 
-    def _outcome_for(self, program: str, error: errors.PoolError) -> Outcome:
-        outcome = breaker_outcome_for(error)  # the error table decides; this only de-duplicates deaths
+    def _outcome_for(self, program: str, error: errors.PoolError, budget_s: float) -> Outcome:
+        outcome = breaker_outcome_for(error, budget_s)  # the error table decides; this only de-duplicates deaths
         worker_pid = error.metadata.get("worker_pid")  # set only on errors a worker's death caused
         if outcome is Outcome.FAILURE and worker_pid:
             # One crash fails every call its worker ran; it is one failure, not one per call.
@@ -180,6 +180,7 @@ class ResilientExecutor:
         key = facts.breaker_key
         breakers = self.breakers
         permit = breakers.acquire(key)
+        started = time.monotonic()  # the loop's clock (a deadline is on it), read without looking the loop up
         if permit is None:
             return await self._fall_back(program, request, deadline, "breaker_open", errors.Unavailable(
                 f"circuit breaker open for {program.name!r}; no fallback answered"))
@@ -203,7 +204,7 @@ class ResilientExecutor:
             if failed is not None:  # out of the except block, so later attempts' errors do not chain to this one
                 served = await self._retry(program, request, request_id, primary_deadline, attempts, failed)
         except errors.PoolError as error:
-            breakers.record(key, permit, self._outcome_for(key.program, error))
+            breakers.record(key, permit, self._outcome_for(key.program, error, deadline - started))
             reason = fallback_policy.classify(error.kind.value)
             if reason is None:  # the caller's own fault never falls back
                 raise

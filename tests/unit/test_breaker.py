@@ -18,6 +18,7 @@ from dspy_pool.server.breaker import (
     CircuitBreaker,
     Outcome,
     Permit,
+    MIN_DEADLINE_COUNTED_S,
     outcome_for,
 )
 from dspy_pool.server.breaker import _CountWindow
@@ -619,3 +620,14 @@ def test_failures_before_the_minimum_trip_on_the_success_that_reaches_it():
     assert breaker.state(0.0) is BreakerState.CLOSED
     call(breaker, Outcome.SUCCESS, 0.0)  # 4 calls, 2 failed: 0.5
     assert breaker.state(0.0) is BreakerState.OPEN
+
+
+def test_a_short_deadline_running_out_does_not_count_against_the_breaker():
+    """A deadline of under a second says more about the caller than the LM: one client's 1 ms deadlines opened the
+    breaker for every client of the program (a soak found it). A longer one, or another kind, still counts."""
+    deadline = errors.PoolError("deadline exceeded while running", kind=errors.ErrorKind.DEADLINE_EXCEEDED)
+    assert outcome_for(deadline, budget_s=0.001) is Outcome.IGNORED
+    assert outcome_for(deadline, budget_s=MIN_DEADLINE_COUNTED_S) is Outcome.FAILURE
+    assert outcome_for(deadline) is Outcome.FAILURE  # the budget unknown: the error table decides
+    lm_down = errors.PoolError("connection refused", kind=errors.ErrorKind.LM_CONNECTION)
+    assert outcome_for(lm_down, budget_s=0.001) is Outcome.FAILURE
