@@ -41,7 +41,7 @@ from dspy_pool.server.stats_sync import StatsSync
 from dspy_pool.simlm.faults import LatencySpec
 from dspy_pool.simlm.process import SimLMProcess, start_sim_lm
 from dspy_pool.spec_files import load_specs
-from dspy_pool.state import SessionLimits, StateStore, StateUnavailable, open_store
+from dspy_pool.state import SessionLimits, StateError, StateStore, open_store
 from dspy_pool.v1 import dspy_pool_pb2 as pb
 
 log = structlog.get_logger("dspy_pool.server")
@@ -246,7 +246,8 @@ class App:
         self.stats_sync = StatsSync(ProgramStats(), self.store)
         await self.stats_sync.sync()  # the figures every version had: a restart forgets none
         self.service = DSPyPoolService(self.config, pool, registry, self.sessions, breakers, self.cache, self.stats_sync,
-                                       lm_up=self._sim_up, datasets=datasets, jobs=self.jobs, peers=Peers(self.front) if self.front else None)
+                                       lm_up=self._sim_up, datasets=datasets, jobs=self.jobs,
+                                       peers=Peers(self.front) if self.front else None)
         add_service(self.service, self.server, self.config.server.max_message_bytes)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection((SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name), self.server)
@@ -337,8 +338,8 @@ class App:
                 await self.sessions.sweep(time.time())
                 await self.store.cache_expire(time.time())  # expired results would otherwise stay on disk until read
                 await self.store.release_free_space()  # a file keeps its largest size otherwise
-            except (errors.Unavailable, StateUnavailable):
-                pass  # the store is down: the registry's watch logs it; expiry also happens on read
+            except (errors.Unavailable, StateError):
+                pass  # the store is down (the registry's watch logs it) or refused a write: expiry also happens on read
 
     async def stop(self, grace_s: float | None = None) -> None:
         """The shutdown staircase; idempotent."""
