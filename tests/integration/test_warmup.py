@@ -116,7 +116,7 @@ async def test_a_program_whose_breaker_is_open_is_built_but_not_called(server):
     try:
         for _ in range(2):
             with pytest.raises(grpc.aio.AioRpcError) as raised:
-                await stub.Execute(execute_request("tripped", seconds=5), timeout=0.8)
+                await stub.Execute(execute_request("tripped", seconds=5), timeout=1.5)  # over breaker.MIN_DEADLINE_COUNTED_S: it counts
             assert raised.value.code() is grpc.StatusCode.DEADLINE_EXCEEDED
         status = await stub.GetPoolStatus(pb.GetPoolStatusRequest())
         assert any(b.program == "tripped" and b.state == "open" for b in status.breakers), status.breakers
