@@ -293,6 +293,8 @@ class ProgramRegistry:
         async with self._writing:
             async with _store_errors():
                 deleted = await self.store.delete_programs(name, version)
+            if not deleted:  # a program the store lost (a reset) that this replica still serves can be deleted too
+                deleted = self._forget_kept(name, version)
             if not deleted:
                 raise NotFound(f"no program named {name!r}" if version == 0 else f"program {name!r} has no version {version}")
             versions = self._versions.get(name, {})
@@ -310,6 +312,19 @@ class ProgramRegistry:
             if kept is not policy:
                 await self.set_policy(kept)
         return deleted
+
+    def _forget_kept(self, name: str, version: int) -> list[int]:
+        """Drop `version` (0: every version) of a name kept from before a store reset; the versions dropped."""
+        kept = self._kept.get(name)
+        if not kept:
+            return []
+        doomed = sorted(kept) if version == 0 else [version] if version in kept else []
+        for number in doomed:
+            kept.pop(number)
+        if not kept:
+            self._kept.pop(name)
+            self._kept_policies.pop(name, None)
+        return doomed
 
     def holds(self, name: str, version: int) -> bool:
         """Whether the snapshot has this version (a call that ran on a version deleted meanwhile counts for nothing)."""

@@ -13,6 +13,7 @@ import pytest
 import redis.asyncio as aioredis
 from structlog.testing import capture_logs
 
+from dspy_pool.errors import NotFound
 from dspy_pool.server.registry import ProgramRegistry
 from dspy_pool.state.redis_store import RedisStore
 from dspy_pool.v1 import dspy_pool_pb2 as pb
@@ -101,3 +102,29 @@ async def test_a_kept_program_registered_again_is_the_stores_from_then_on(redis_
         await other.delete("qa")
         await registry.refresh()
         assert registry.known_base("qa") is None  # not the old snapshot's again
+
+
+async def test_a_kept_program_can_be_deleted_on_the_replica_that_keeps_it(redis_server):
+    """After a reset the replica still serves what the store lost; a client can delete it there (it was NOT_FOUND
+    until the replica restarted), one version or all, and a refresh does not bring it back."""
+    async with _replica(redis_server.url) as (replica, wipe_and_reopen):
+        registry = ProgramRegistry(replica, max_programs=100)
+        await registry.load()
+        await _register(registry, "qa")
+        await _register(registry, "qa", "question -> answer, reason")
+        await _register(registry, "kept", "question -> answer")
+        other = ProgramRegistry(await wipe_and_reopen(), max_programs=100)
+        await other.load()
+        await _register(other, "fresh")  # the store counts on from its reset
+        await registry.refresh()
+        assert registry.get("qa").version == 2 and registry.get("kept").version == 1
+        assert await registry.delete("qa", 2) == [2]
+        assert registry.get("qa").version == 1
+        assert await registry.delete("qa") == [1]
+        with pytest.raises(NotFound):
+            registry.get("qa")
+        await _register(other, "fresh2")
+        await registry.refresh()
+        with pytest.raises(NotFound):
+            registry.get("qa")
+        assert registry.get("kept").version == 1  # the other kept program is still served
