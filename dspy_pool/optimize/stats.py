@@ -5,7 +5,7 @@ GetProgramStats and the optimization triggers. Two views of the counts:
 
 - this process's own, since it started (`all()`, exported to Prometheus as
   counters, which are per process by convention);
-- the shared ones (`view`, `feedback`, `totals`): the sums in the state store,
+- the shared ones (`view`, `feedback`): the sums in the state store,
   which every front and replica adds its counts to (server/stats_sync.py), plus
   this front's counts not yet added. They survive a restart: a version's figures
   in an A/B test are not lost at every deploy.
@@ -35,6 +35,7 @@ class _Arm:
     calls: int = 0
     errors: int = 0
     latencies_ms: collections.deque = field(default_factory=lambda: collections.deque(maxlen=_WINDOW))
+    failures: collections.deque = field(default_factory=lambda: collections.deque(maxlen=_WINDOW))  # 1 for each failed
 
 
 def _percentile(values: list[float], share: float) -> float:
@@ -87,6 +88,7 @@ class ProgramStats:
         entry.calls += 1
         entry.errors += failed
         entry.latencies_ms.append(latency_ms)
+        entry.failures.append(int(failed))
         pending = self._pending_calls.get(key)
         if pending is None:
             pending = self._pending_calls[key] = [0, 0]
@@ -158,13 +160,14 @@ class ProgramStats:
             return 0, 0.0
         return count.feedback_count, count.feedback_sum / count.feedback_count
 
-    def totals(self, program: str, version: int) -> tuple[int, float]:
-        """(calls, error rate) of one version over every arm it served (shared counts)."""
+    def recent(self, program: str, version: int) -> tuple[int, float]:
+        """(calls, error rate) of one version over the last calls each arm served here (up to a window's worth): what
+        it does now. The shared sums are its whole life: an outage long past would keep their rate up for good."""
         calls = errors = 0
-        for (name, number, arm), count in self._shared().items():
-            if name == program and number == version and arm != FEEDBACK_ARM:
-                calls += count.calls
-                errors += count.errors
+        for (name, number, _), entry in self._arms.items():
+            if name == program and number == version:
+                calls += len(entry.failures)
+                errors += sum(entry.failures)
         return calls, (errors / calls if calls else 0.0)
 
     def all(self) -> dict[tuple[str, int, str], ArmView]:

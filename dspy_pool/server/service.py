@@ -692,7 +692,7 @@ class DSPyPoolService(pb_grpc.DSPyPoolServicer):
         version = policy.optimized_version or self.registry.base_version(program).program.version
         entry = self.registry.get(program, version)
         count, mean = self.stats.feedback(program, version)
-        calls, error_rate = self.stats.totals(program, version)
+        calls, error_rate = self.stats.recent(program, version)  # the error-rate trigger asks about now, not all time
         dev_score = entry.program.meta.optimized_score if entry.program.meta.job_id else 0.0
         return Observation(self.stats.feedback_examples.get(program, 0), count, mean, dev_score, calls, error_rate,
                            job_active=self.jobs is not None and self.jobs.active(program))

@@ -62,7 +62,17 @@ def test_figures_from_before_a_restart_show_without_latencies_and_are_not_export
     [view] = stats.view("qa")
     assert (view.calls, view.errors, view.p50_ms) == (5, 1, 0.0)
     assert stats.all() == {}  # Prometheus counters are per process
-    assert stats.totals("qa", 1) == (5, 0.2)
+    assert stats.recent("qa", 1) == (0, 0.0)  # what the version does now: nothing served here yet
+
+
+def test_the_recent_error_rate_forgets_an_outage_long_past():
+    """The error-rate trigger reads the last calls served here, not the version's whole life."""
+    stats = ProgramStats()
+    stats.stored([StatsCount("qa", 1, "traditional", calls=1000, errors=600)])  # an old outage, in the sums
+    for failed in [True] * 10 + [False] * 1000:
+        stats.record("qa", 1, "traditional", 10.0, failed)
+    assert stats.recent("qa", 1) == (1000, 0.0)  # the window holds the last 1,000 calls
+    assert _calls(stats) == {(1, "traditional"): (2010, 610)}
 
 
 def test_forget_drops_a_versions_figures_everywhere():
