@@ -952,12 +952,16 @@ class RedisStore(StateStore):
 
     @_translated
     async def list_datasets(self) -> list[DatasetInfo]:
-        names = sorted(n.decode() for n in await self._client.smembers(self._key("datasets")))
-        async with self._client.pipeline(transaction=False) as pipe:
-            for name in names:
-                pipe.hgetall(self._key("dataset:", name))
-            replies = await pipe.execute()
+        names, replies = await self._members_hashes("datasets", "dataset:")
         return [_dataset(name, fields) for name, fields in zip(names, replies) if fields]
+
+    async def _members_hashes(self, index: str, prefix: str) -> tuple[list[str], list[dict]]:
+        """A set's members, sorted, and the hash PREFIX+member of each (one pipelined round trip)."""
+        members = sorted(member.decode() for member in await self._client.smembers(self._key(index)))
+        async with self._client.pipeline(transaction=False) as pipe:
+            for member in members:
+                pipe.hgetall(self._key(prefix, member))
+            return members, await pipe.execute()
 
     @_translated
     async def load_examples(self, dataset: str, split: str) -> list[ExampleRecord]:
@@ -1064,11 +1068,7 @@ class RedisStore(StateStore):
 
     @_translated
     async def load_stats(self) -> list[StatsCount]:
-        programs = sorted(member.decode() for member in await self._client.smembers(self._key("stats_programs")))
-        async with self._client.pipeline(transaction=False) as pipe:
-            for program in programs:
-                pipe.hgetall(self._key("stats:", program))
-            hashes = await pipe.execute()
+        programs, hashes = await self._members_hashes("stats_programs", "stats:")
         counts: list[StatsCount] = []
         for program, fields in zip(programs, hashes):
             rows: dict[tuple[int, str], dict[str, float]] = {}
