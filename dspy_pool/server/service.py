@@ -706,7 +706,11 @@ class DSPyPoolService(pb_grpc.DSPyPoolServicer):
         stats = pb.ProgramStats(program=request.program, policy=self.registry.policy(request.program))
         # A peer front asking gets only the counts this front has not added to the store yet: it has the store's sums.
         with_stored = not _front_scoped(context)
+        # Only versions that exist: another replica's calls to a version deleted meanwhile may have added counts to it.
+        known = self.registry.versions(request.program)
         for arm in self.stats.view(request.program, with_stored):
+            if arm.version not in known:
+                continue
             count, mean = self.stats.feedback(request.program, arm.version, with_stored)
             stats.arms.add(version=arm.version, arm=arm.arm, calls=arm.calls, errors=arm.errors, latency_p50_ms=arm.p50_ms,
                            latency_p95_ms=arm.p95_ms, error_rate=arm.error_rate, feedback_count=count, feedback_score_mean=mean)

@@ -11,6 +11,7 @@ import grpc
 import pytest
 
 from dspy_pool.server.app import App
+from dspy_pool.state import StatsCount
 from dspy_pool.v1 import dspy_pool_pb2 as pb
 from dspy_pool.v1 import dspy_pool_pb2_grpc as pb_grpc
 
@@ -99,3 +100,15 @@ async def test_calls_in_flight_when_their_program_is_deleted_leave_nothing_behin
         assert [b.program for b in status.breakers if b.program == "doomed"] == []
         assert [key for key in app.service.stats.all() if key[0] == "doomed"] == []
         assert [count for count in await app.store.load_stats() if count.program == "doomed"] == []
+
+
+async def test_counts_a_replica_added_to_a_deleted_version_are_not_shown(tmp_path):
+    """Another replica may add counts for a version deleted meanwhile (its calls finished before it saw the delete);
+    GetProgramStats shows only versions that exist."""
+    async with _serving(f"sqlite:///{tmp_path}/state.db") as (app, stub):
+        await stub.RegisterProgram(pb.RegisterProgramRequest(spec=pb.ProgramSpec(name="qa", signature="question -> answer")), timeout=30)
+        await stub.Execute(execute_request("qa", question="q"), timeout=20)
+        await app.store.add_stats([StatsCount("qa", 7, "traditional", calls=3)])  # version 7 was never (or no longer) here
+        assert await app.stats_sync.sync()
+        assert _arms(await stub.GetProgramStats(pb.GetProgramStatsRequest(program="qa"), timeout=10)) == {
+            (1, "traditional"): (1, 0, 0, 0.0)}
