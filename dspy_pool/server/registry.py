@@ -9,6 +9,7 @@ the one it replaces.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import re
 import time
@@ -231,12 +232,10 @@ class ProgramRegistry:
         try:
             return self.get(name, version)
         except NotFound:
-            try:
-                changed = await self.refresh()
-            except Unavailable:
-                changed = False
-            if not changed:
-                raise
+            with contextlib.suppress(Unavailable):  # the store down: what the snapshot knows is the answer
+                await self.refresh()
+            # Whether or not this refresh loaded anything: a concurrent call's load may have brought the program in
+            # meanwhile (this refresh then finds the revision unchanged), and a client just told it exists must find it.
             return self.get(name, version)
 
     def versions(self, name: str) -> dict[int, ProgramVersion]:

@@ -24,6 +24,15 @@ class _SlowListing(MemoryStore):
         super().__init__()
         self.gate: asyncio.Event | None = None
         self.listing = asyncio.Event()
+        self.revision_gate: asyncio.Event | None = None  # the next revision() read waits at it
+        self.revision_waiting = asyncio.Event()
+
+    async def revision(self):
+        if self.revision_gate is not None:
+            gate, self.revision_gate = self.revision_gate, None
+            self.revision_waiting.set()
+            await gate.wait()
+        return await super().revision()
 
     async def list_programs(self):
         records = await super().list_programs()
@@ -69,5 +78,28 @@ def test_a_program_registered_during_a_load_stays_registered():
         store, registry = await _registry()
         await _overlapping(store, registry, lambda: registry.add(pb.ProgramSpec(name="qa", signature="q -> a"), ["q"], ["a"], False))
         assert registry.get("qa").program.version == 1
+
+    asyncio.run(run())
+
+
+def test_a_program_another_call_loaded_meanwhile_is_found():
+    """find() on a name this registry does not know: a concurrent call's load may bring it in while this one waits for
+    the store's revision, and this refresh then sees nothing new. The program is found all the same (14 % of
+    concurrent GetProgram calls on another replica right after a register said NOT_FOUND)."""
+    async def run() -> None:
+        store, registry = await _registry()
+        other = ProgramRegistry(store, max_programs=100)  # another replica, on the same store
+        await other.add(pb.ProgramSpec(name="qa", signature="q -> a"), ["q"], ["a"], False)
+        gate = store.gate = asyncio.Event()
+        first = asyncio.ensure_future(registry.find("qa"))  # its load waits at the gate, holding the registry's lock
+        await store.listing.wait()
+        revision_gate = store.revision_gate = asyncio.Event()
+        second = asyncio.ensure_future(registry.find("qa"))  # does not know it either; its revision read waits
+        await store.revision_waiting.wait()
+        gate.set()
+        await asyncio.wait_for(first, 10)  # the first load brought the program in, and its revision
+        revision_gate.set()  # the second now reads that same revision: nothing new to load
+        found = [await asyncio.wait_for(first, 10), await asyncio.wait_for(second, 10)]
+        assert [entry.program.version for entry in found] == [1, 1]
 
     asyncio.run(run())
