@@ -17,6 +17,7 @@ per (program, version, arm), and a deleted version's figures go with it (forget)
 from __future__ import annotations
 
 import collections
+import uuid
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 
@@ -59,6 +60,12 @@ class ArmView:
         return self.errors / self.calls if self.calls else 0.0
 
 
+@dataclass(frozen=True, slots=True)
+class Batch:
+    id: str  # the store adds a batch id once
+    counts: list[StatsCount]
+
+
 def _summed(counts: Iterable[StatsCount]) -> dict[_Key, StatsCount]:
     out: dict[_Key, StatsCount] = {}
     for count in counts:
@@ -76,8 +83,9 @@ class ProgramStats:
         self._stored: dict[_Key, StatsCount] = {}
         self._added: list[StatsCount] = []
         self._adding: list[StatsCount] = []
+        self._adding_id = ""
         self._pending_calls: dict[_Key, list[int]] = {}  # [calls, errors]: the hot path adds to a list, not a record
-        self._pending: dict[_Key, StatsCount] = {}  # feedback, and batches the store refused
+        self._pending: dict[_Key, StatsCount] = {}  # feedback
 
     # -- recording (on every call) -------------------------------------------------------------------------------
     def record(self, program: str, version: int, arm: str, latency_ms: float, failed: bool) -> None:
@@ -107,20 +115,21 @@ class ProgramStats:
         self._pending[key] = add_counts(self._pending.get(key), count)
 
     # -- keeping in step with the store (server/stats_sync.py) ------------------------------------------------------
-    def take_pending(self) -> list[StatsCount]:
-        """The counts not yet added to the store, as the batch now being added (still counted meanwhile)."""
-        self._adding = self._pending_counts()
+    def take_pending(self) -> Batch:
+        """The batch to add to the store now (its counts are still counted meanwhile): the one whose outcome is not
+        known yet, again under its id (the store adds an id once), or else the counts not yet added, under a new id."""
+        if self._adding:
+            return Batch(self._adding_id, self._adding)
+        self._adding, self._adding_id = self._pending_counts(), uuid.uuid4().hex
         self._pending, self._pending_calls = {}, {}
-        return self._adding
+        return Batch(self._adding_id, self._adding)
 
     def added(self, succeeded: bool) -> None:
-        """The batch from take_pending is in the store (or, having failed, is pending again)."""
+        """The batch from take_pending is in the store; or its outcome is unknown (a timeout may come after the store
+        had it), and take_pending offers it again."""
         if succeeded:
             self._added += self._adding
-        else:
-            for count in self._adding:
-                self._count(count)
-        self._adding = []
+            self._adding = []
 
     def stored(self, counts: list[StatsCount]) -> None:
         """The store's sums, read after every added batch was committed."""

@@ -38,8 +38,8 @@ class StatsSync:
     async def _sync(self) -> bool:
         batch = self.stats.take_pending()
         try:
-            if batch:
-                await self.store.add_stats(batch)
+            if batch.counts:
+                await self.store.add_stats(batch.counts, batch.id)
         except StateError as exc:
             self.stats.added(succeeded=False)
             self._failed(exc)

@@ -357,8 +357,11 @@ class StateStore(abc.ABC):
 
     # -- program statistics (what each version served, and its feedback) -------------
     @abc.abstractmethod
-    async def add_stats(self, counts: list[StatsCount]) -> None:
-        """Add each count to its (program, version, arm) sums, atomically per row: fronts and replicas add theirs."""
+    async def add_stats(self, counts: list[StatsCount], batch_id: str) -> None:
+        """Add each count to its (program, version, arm) sums, all or none: fronts and replicas add theirs. A batch id
+        already added is not added again (a retry of a batch whose outcome was unknown, Redis timing out after it had
+        the commands). Counts for a version the store no longer holds (version 0: for a program with none) are dropped:
+        calls that finished after a delete must not bring its figures back."""
 
     @abc.abstractmethod
     async def load_stats(self) -> list[StatsCount]:

@@ -54,6 +54,9 @@ class _CacheEntry:
     hits: int = 0
 
 
+_STATS_BATCHES_KEPT = 10_000
+
+
 class MemoryStore(StateStore):
     description = "memory"
     durable = False
@@ -72,6 +75,7 @@ class MemoryStore(StateStore):
         self._job_cancels: set[str] = set()  # job ids asked to stop (request_job_cancel)
         self._policies: dict[str, bytes] = {}
         self._stats: dict[tuple[str, int, str], StatsCount] = {}
+        self._stats_batches: dict[str, None] = {}  # batch ids added, oldest first (a retried batch is added once)
 
     async def open(self) -> None:
         return None
@@ -300,8 +304,16 @@ class MemoryStore(StateStore):
         return dict(self._policies)
 
     # -- program statistics -------------------------------------------------------
-    async def add_stats(self, counts: list[StatsCount]) -> None:
+    async def add_stats(self, counts: list[StatsCount], batch_id: str) -> None:
+        if batch_id in self._stats_batches:
+            return
+        self._stats_batches[batch_id] = None
+        if len(self._stats_batches) > _STATS_BATCHES_KEPT:
+            self._stats_batches.pop(next(iter(self._stats_batches)))
         for count in counts:
+            versions = self._programs.get(count.program)
+            if not versions or (count.version and count.version not in versions):
+                continue  # a deleted version's (or program's) late counts
             key = (count.program, count.version, count.arm)
             self._stats[key] = policy.add_counts(self._stats.get(key), count)
 

@@ -281,6 +281,39 @@ return {#ids == 2 * batch and 1 or 0, expired}
 """
 
 _STATS_INTS = ("calls", "errors", "feedback_count", "feedback_examples")  # StatsCount's counts kept with HINCRBY
+_STATS_BATCH_KEPT_S = 3600  # a batch is retried within seconds or minutes; its id is kept an hour
+
+_ADD_STATS = """
+-- KEYS: stats_batch:ID, stats_programs, then per count: stats:PROGRAM, program_versions:PROGRAM
+-- ARGV: seconds to keep the batch id, then per count: program, version, arm, calls, errors, feedback_count,
+--       feedback_sum, feedback_examples
+if not redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) then
+  return 0  -- added already: a retry of a batch whose reply was lost
+end
+local names = {'calls', 'errors', 'feedback_count', 'feedback_sum', 'feedback_examples'}
+for i = 1, (#KEYS - 2) / 2 do
+  local stats, versions = KEYS[1 + 2 * i], KEYS[2 + 2 * i]
+  local a = 2 + (i - 1) * 8
+  local program, version, arm = ARGV[a], ARGV[a + 1], ARGV[a + 2]
+  local held
+  if version == '0' then held = redis.call('ZCARD', versions) > 0 else held = redis.call('ZSCORE', versions, version) end
+  if held then  -- a deleted version's (or program's) late counts are dropped
+    for j, name in ipairs(names) do
+      local value = ARGV[a + 2 + j]
+      if tonumber(value) ~= 0 then
+        local field = version .. '\0' .. arm .. '\0' .. name
+        if name == 'feedback_sum' then
+          redis.call('HINCRBYFLOAT', stats, field, value)
+        else
+          redis.call('HINCRBY', stats, field, value)
+        end
+      end
+    end
+    redis.call('SADD', KEYS[2], program)
+  end
+end
+return 1
+"""
 
 _CACHE_FORGET = """
 -- An entry's hit count, expiry and size (its hash is gone, or deleted by the caller).
@@ -695,6 +728,7 @@ class RedisStore(StateStore):
             raise
         self._add_program = client.register_script(_ADD_PROGRAM)
         self._delete_programs = client.register_script(_DELETE_PROGRAMS)
+        self._add_stats = client.register_script(_ADD_STATS)
         self._open_session = client.register_script(_OPEN_SESSION)
         self._get_session = client.register_script(_GET_SESSION)
         self._expire_sessions = client.register_script(_EXPIRE_SESSIONS)
@@ -1053,18 +1087,14 @@ class RedisStore(StateStore):
 
     # -- program statistics -------------------------------------------------------
     @_translated
-    async def add_stats(self, counts: list[StatsCount]) -> None:
-        async with self._client.pipeline(transaction=True) as pipe:  # MULTI: a flush is added whole or not at all
-            for count in counts:
-                key = self._key("stats:", count.program)
-                prefix = f"{count.version}\x00{count.arm}\x00"
-                for name in _STATS_INTS:
-                    if getattr(count, name):
-                        pipe.hincrby(key, prefix + name, getattr(count, name))
-                if count.feedback_sum:
-                    pipe.hincrbyfloat(key, prefix + "feedback_sum", count.feedback_sum)
-                pipe.sadd(self._key("stats_programs"), count.program)
-            await pipe.execute()
+    async def add_stats(self, counts: list[StatsCount], batch_id: str) -> None:
+        keys = [self._key("stats_batch:", batch_id), self._key("stats_programs")]
+        args: list = [_STATS_BATCH_KEPT_S]
+        for count in counts:
+            keys += [self._key("stats:", count.program), self._key("program_versions:", count.program)]
+            args += [count.program, count.version, count.arm, count.calls, count.errors, count.feedback_count,
+                     _text(count.feedback_sum), count.feedback_examples]
+        await self._add_stats(keys=keys, args=args)
 
     @_translated
     async def load_stats(self) -> list[StatsCount]:

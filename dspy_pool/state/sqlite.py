@@ -145,6 +145,9 @@ _V4 = (
         program TEXT NOT NULL, version INTEGER NOT NULL, arm TEXT NOT NULL, calls INTEGER NOT NULL, errors INTEGER NOT NULL,
         feedback_count INTEGER NOT NULL, feedback_sum REAL NOT NULL, feedback_examples INTEGER NOT NULL,
         PRIMARY KEY (program, version, arm)) WITHOUT ROWID""",
+    # Statistics batches already added (StatsCount batches are retried whole when their outcome was unknown).
+    "CREATE TABLE stats_batches (id TEXT PRIMARY KEY, added_at REAL NOT NULL) WITHOUT ROWID",
+    "CREATE INDEX stats_batches_added ON stats_batches (added_at)",
     "INSERT INTO counters (name, value) SELECT 'cache_bytes', COALESCE(SUM(bytes), 0) FROM cache",
     """CREATE TRIGGER cache_bytes_added AFTER INSERT ON cache
         BEGIN UPDATE counters SET value = value + NEW.bytes WHERE name = 'cache_bytes'; END""",
@@ -756,14 +759,22 @@ def _list_policies(conn: sqlite3.Connection) -> dict[str, bytes]:
 _STATS_COLUMNS = "program, version, arm, calls, errors, feedback_count, feedback_sum, feedback_examples"
 
 
-def _add_stats(conn: sqlite3.Connection, counts: list[StatsCount]) -> None:
+_STATS_BATCHES_KEPT_S = 3600.0  # a batch is retried within seconds or minutes; its id is kept an hour
+
+
+def _add_stats(conn: sqlite3.Connection, counts: list[StatsCount], batch_id: str, now: float) -> None:
     with _transaction(conn):
+        conn.execute("DELETE FROM stats_batches WHERE added_at < ?", (now - _STATS_BATCHES_KEPT_S,))
+        if conn.execute("INSERT OR IGNORE INTO stats_batches (id, added_at) VALUES (?, ?)", (batch_id, now)).rowcount == 0:
+            return  # added already
         conn.executemany(
-            f"INSERT INTO program_stats ({_STATS_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+            f"INSERT INTO program_stats ({_STATS_COLUMNS}) SELECT ?, ?, ?, ?, ?, ?, ?, ? "
+            "WHERE EXISTS (SELECT 1 FROM programs WHERE name = ? AND (? = 0 OR version = ?)) "
             "ON CONFLICT (program, version, arm) DO UPDATE SET calls = calls + excluded.calls, errors = errors + excluded.errors, "
             "feedback_count = feedback_count + excluded.feedback_count, feedback_sum = feedback_sum + excluded.feedback_sum, "
             "feedback_examples = feedback_examples + excluded.feedback_examples",
-            [(c.program, c.version, c.arm, c.calls, c.errors, c.feedback_count, c.feedback_sum, c.feedback_examples) for c in counts])
+            [(c.program, c.version, c.arm, c.calls, c.errors, c.feedback_count, c.feedback_sum, c.feedback_examples,
+              c.program, c.version, c.version) for c in counts])
 
 
 def _load_stats(conn: sqlite3.Connection) -> list[StatsCount]:
@@ -1090,8 +1101,8 @@ class SQLiteStore(StateStore):
     async def list_policies(self) -> dict[str, bytes]:
         return await self._run(_list_policies)
 
-    async def add_stats(self, counts: list[StatsCount]) -> None:
-        await self._run(_add_stats, list(counts))
+    async def add_stats(self, counts: list[StatsCount], batch_id: str) -> None:
+        await self._run(_add_stats, list(counts), batch_id, time.time())
 
     async def load_stats(self) -> list[StatsCount]:
         return await self._run(_load_stats)
