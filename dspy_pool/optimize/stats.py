@@ -164,10 +164,13 @@ class ProgramStats:
 
     def feedback(self, program: str, version: int, with_stored: bool = True) -> tuple[int, float]:
         """(scores received, their mean) for one version."""
-        count = self._shared(with_stored).get((program, version, FEEDBACK_ARM))
-        if count is None or not count.feedback_count:
-            return 0, 0.0
-        return count.feedback_count, count.feedback_sum / count.feedback_count
+        return self.feedbacks(program, with_stored).get(version, (0, 0.0))
+
+    def feedbacks(self, program: str, with_stored: bool = True) -> dict[int, tuple[int, float]]:
+        """Per version of the program that received any: (scores received, their mean)."""
+        return {version: (count.feedback_count, count.feedback_sum / count.feedback_count)
+                for (name, version, arm), count in self._shared(with_stored).items()
+                if name == program and arm == FEEDBACK_ARM and count.feedback_count}
 
     def recent(self, program: str, version: int) -> tuple[int, float]:
         """(calls, error rate) of one version over the last calls each arm served here (up to a window's worth): what

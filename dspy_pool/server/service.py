@@ -708,10 +708,11 @@ class DSPyPoolService(pb_grpc.DSPyPoolServicer):
         with_stored = not _front_scoped(context)
         # Only versions that exist: another replica's calls to a version deleted meanwhile may have added counts to it.
         known = self.registry.versions(request.program)
+        feedbacks = self.stats.feedbacks(request.program, with_stored)
         for arm in self.stats.view(request.program, with_stored):
             if arm.version not in known:
                 continue
-            count, mean = self.stats.feedback(request.program, arm.version, with_stored)
+            count, mean = feedbacks.get(arm.version, (0, 0.0))
             stats.arms.add(version=arm.version, arm=arm.arm, calls=arm.calls, errors=arm.errors, latency_p50_ms=arm.p50_ms,
                            latency_p95_ms=arm.p95_ms, error_rate=arm.error_rate, feedback_count=count, feedback_score_mean=mean)
         if self.peers is not None and not _front_scoped(context):  # each front counts the calls it served

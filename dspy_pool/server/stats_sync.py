@@ -60,13 +60,10 @@ class StatsSync:
             await asyncio.shield(self.sync())
 
     async def forget(self, program: str, versions: list[int] | None) -> None:
-        """A deleted version's (or program's) sums go too."""
+        """A deleted version's (or program's) figures go here too. The store deleted its sums with it, and drops any
+        counts added for it afterwards; this waits for a sync in flight, so none is read back."""
         async with self._lock:
             self.stats.forget(program, versions)
-            try:
-                await self.store.forget_stats(program, versions)
-            except StateError as exc:  # the version is gone already; its sums are only shown with it
-                log.warning("stats_forget_failed", program=program, error=str(exc)[:300])
 
     def _failed(self, exc: StateError) -> None:
         self._failures += 1

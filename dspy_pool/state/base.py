@@ -366,8 +366,3 @@ class StateStore(abc.ABC):
     @abc.abstractmethod
     async def load_stats(self) -> list[StatsCount]:
         """Every (program, version, arm) sum."""
-
-    @abc.abstractmethod
-    async def forget_stats(self, program: str, versions: list[int] | None) -> None:
-        """Drop the sums of deleted versions (None: of the whole program)."""
-

@@ -319,6 +319,3 @@ class MemoryStore(StateStore):
 
     async def load_stats(self) -> list[StatsCount]:
         return list(self._stats.values())
-
-    async def forget_stats(self, program: str, versions: list[int] | None) -> None:
-        self._stats = {key: count for key, count in self._stats.items() if not policy.forgotten(key, program, versions)}

@@ -248,5 +248,5 @@ def add_counts(total: StatsCount | None, more: StatsCount) -> StatsCount:
 
 
 def forgotten(key: tuple[str, int, str], program: str, versions: list[int] | None) -> bool:
-    """Whether forget_stats(program, versions) drops the sums kept under `key` (program, version, arm)."""
+    """Whether the figures kept under `key` (program, version, arm) go with `versions` of `program` (None: all of it)."""
     return key[0] == program and (versions is None or key[1] in versions)

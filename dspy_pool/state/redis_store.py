@@ -1109,15 +1109,3 @@ class RedisStore(StateStore):
                 counts.append(StatsCount(program, version, arm, **{name: int(values.get(name, 0)) for name in _STATS_INTS},
                                          feedback_sum=values.get("feedback_sum", 0.0)))
         return counts
-
-    @_translated
-    async def forget_stats(self, program: str, versions: list[int] | None) -> None:
-        key = self._key("stats:", program)
-        if versions is None:
-            async with self._client.pipeline(transaction=True) as pipe:
-                await pipe.delete(key).srem(self._key("stats_programs"), program).execute()
-            return
-        gone = {str(version) for version in versions}
-        fields = [field for field in await self._client.hkeys(key) if field.decode().split("\x00")[0] in gone]
-        if fields:
-            await self._client.hdel(key, *fields)

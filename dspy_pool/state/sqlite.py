@@ -781,14 +781,6 @@ def _load_stats(conn: sqlite3.Connection) -> list[StatsCount]:
     return [StatsCount(*row) for row in conn.execute(f"SELECT {_STATS_COLUMNS} FROM program_stats")]
 
 
-def _forget_stats(conn: sqlite3.Connection, program: str, versions: list[int] | None) -> None:
-    with _transaction(conn):
-        if versions is None:
-            conn.execute("DELETE FROM program_stats WHERE program = ?", (program,))
-        else:
-            conn.executemany("DELETE FROM program_stats WHERE program = ? AND version = ?", [(program, v) for v in versions])
-
-
 # -- the store ---------------------------------------------------------------------------------------------------------
 
 class _StoreThread:
@@ -1106,6 +1098,3 @@ class SQLiteStore(StateStore):
 
     async def load_stats(self) -> list[StatsCount]:
         return await self._run(_load_stats)
-
-    async def forget_stats(self, program: str, versions: list[int] | None) -> None:
-        await self._run(_forget_stats, program, None if versions is None else list(versions))

@@ -887,16 +887,6 @@ async def test_concurrent_stat_adds_lose_nothing(store):
     assert _by_key(await store.load_stats())[("qa", 1, "base")] == StatsCount("qa", 1, "base", calls=20, errors=10)
 
 
-async def test_forget_stats_drops_deleted_versions_or_the_whole_program(store):
-    await _programs(store, ("qa", 2), ("keep", 1))
-    await store.add_stats([StatsCount("qa", 1, "base", calls=1), StatsCount("qa", 2, "base", calls=2),
-                           StatsCount("qa", 0, "", feedback_examples=1), StatsCount("keep", 1, "base", calls=5)], "b1")
-    await store.forget_stats("qa", [1])
-    assert set(_by_key(await store.load_stats())) == {("qa", 2, "base"), ("qa", 0, ""), ("keep", 1, "base")}
-    await store.forget_stats("qa", None)
-    assert set(_by_key(await store.load_stats())) == {("keep", 1, "base")}
-
-
 async def test_deleting_versions_deletes_their_stats_and_the_last_one_the_policy_too(store):
     """A deleted version's statistics go with it; the program's policy and every statistic go with its last version
     (a default policy written instead was left behind for every program ever deleted)."""
