@@ -24,6 +24,7 @@ from dspy_pool import fields as spec_fields
 from dspy_pool.errors import InvalidArgument, NotFound, Unavailable
 from dspy_pool.pool.api import ProgramRef
 from dspy_pool.state import NewProgram, ProgramRecord, Revision, StateStore
+from dspy_pool.state.policy import versions_to_delete
 from dspy_pool.state.unreachable import unavailable_while_down
 from dspy_pool.v1 import dspy_pool_pb2 as pb
 
@@ -317,7 +318,7 @@ class ProgramRegistry:
         kept = self._kept.get(name)
         if not kept:
             return []
-        doomed = sorted(kept) if version == 0 else [version] if version in kept else []
+        doomed = versions_to_delete(kept, version)
         for number in doomed:
             kept.pop(number)
         if not kept:

@@ -707,10 +707,9 @@ class DSPyPoolService(pb_grpc.DSPyPoolServicer):
         # A peer front asking gets only the counts this front has not added to the store yet: it has the store's sums.
         with_stored = not _front_scoped(context)
         # Only versions that exist: another replica's calls to a version deleted meanwhile may have added counts to it.
-        known = self.registry.versions(request.program)
         feedbacks = self.stats.feedbacks(request.program, with_stored)
         for arm in self.stats.view(request.program, with_stored):
-            if arm.version not in known:
+            if not self.registry.holds(request.program, arm.version):
                 continue
             count, mean = feedbacks.get(arm.version, (0, 0.0))
             stats.arms.add(version=arm.version, arm=arm.arm, calls=arm.calls, errors=arm.errors, latency_p50_ms=arm.p50_ms,

@@ -104,7 +104,7 @@ class MemoryStore(StateStore):
 
     async def delete_programs(self, name: str, version: int = 0) -> list[int]:
         versions = self._programs.get(name, {})
-        doomed = sorted(versions) if version == 0 else [version] if version in versions else []
+        doomed = policy.versions_to_delete(versions, version)
         for number in doomed:
             del versions[number]
         if doomed:

@@ -238,6 +238,12 @@ def newest_first(job: JobRecord) -> tuple[float, str]:
     return job.created_at, job.job_id
 
 
+def versions_to_delete(held: Iterable[int], version: int) -> list[int]:
+    """What delete_programs(name, version) removes of the versions `held`: all for 0, else that one if held."""
+    held = sorted(held)
+    return held if version == 0 else [version] if version in held else []
+
+
 def add_counts(total: StatsCount | None, more: StatsCount) -> StatsCount:
     """`more` added to `total` (None: nothing yet), field by field."""
     if total is None:
