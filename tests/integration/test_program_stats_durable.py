@@ -5,32 +5,17 @@ test of two versions started again from nothing each time."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
-import grpc
 import pytest
 
-from dspy_pool.server.app import App
 from dspy_pool.state import StatsCount
 from dspy_pool.v1 import dspy_pool_pb2 as pb
-from dspy_pool.v1 import dspy_pool_pb2_grpc as pb_grpc
 
-from .harness import eventually, execute_request, make_config
+from .harness import eventually, execute_request, running_app
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(120)]
 
 REDIS_DB = 9  # this module's own database on the shared test server
-
-
-@contextlib.asynccontextmanager
-async def _serving(state: str):
-    app = App(make_config(state=state, workers=1))
-    await app.start()
-    try:
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
-            yield app, pb_grpc.DSPyPoolStub(channel)
-    finally:
-        await app.stop(grace_s=2.0)
 
 
 def _arms(stats: pb.ProgramStats) -> dict:
@@ -42,13 +27,13 @@ async def test_a_versions_figures_survive_a_restart(tmp_path):
     """Four calls and one feedback score, then a restart on the same state file: GetProgramStats still shows them."""
     state = f"sqlite:///{tmp_path}/state.db"
     spec = pb.ProgramSpec(name="qa", signature="question -> answer", capture=pb.CapturePolicy(sample_rate=1.0))
-    async with _serving(state) as (_, stub):
+    async with running_app(state=state, workers=1) as (_, stub, _):
         await stub.RegisterProgram(pb.RegisterProgramRequest(spec=spec), timeout=30)
         replies = [await stub.Execute(execute_request("qa", question=f"q{i}"), timeout=20) for i in range(4)]
         await stub.RecordFeedback(pb.RecordFeedbackRequest(request_id=replies[0].request_id, score=0.5, has_score=True), timeout=10)
         before = _arms(await stub.GetProgramStats(pb.GetProgramStatsRequest(program="qa"), timeout=10))
     assert before == {(1, "traditional"): (4, 0, 1, 0.5)}
-    async with _serving(state) as (app, stub):
+    async with running_app(state=state, workers=1) as (app, stub, _):
         after = _arms(await stub.GetProgramStats(pb.GetProgramStatsRequest(program="qa"), timeout=10))
         assert app.service.stats.all() == {}  # Prometheus's counters are this process's: none yet
     assert after == before
@@ -56,7 +41,7 @@ async def test_a_versions_figures_survive_a_restart(tmp_path):
 
 async def test_a_deleted_versions_figures_do_not_come_back_after_a_restart(tmp_path):
     state = f"sqlite:///{tmp_path}/state.db"
-    async with _serving(state) as (_, stub):
+    async with running_app(state=state, workers=1) as (_, stub, _):
         for instructions in ("first", "second"):
             spec = pb.ProgramSpec(name="qa", signature="question -> answer", instructions=instructions)
             version = (await stub.RegisterProgram(pb.RegisterProgramRequest(spec=spec), timeout=30)).version
@@ -64,14 +49,15 @@ async def test_a_deleted_versions_figures_do_not_come_back_after_a_restart(tmp_p
             request.version = version
             await stub.Execute(request, timeout=20)
         await stub.DeleteProgram(pb.DeleteProgramRequest(name="qa", version=1), timeout=10)
-    async with _serving(state) as (_, stub):
+    async with running_app(state=state, workers=1) as (_, stub, _):
         assert _arms(await stub.GetProgramStats(pb.GetProgramStatsRequest(program="qa"), timeout=10)) == {(2, "version"): (1, 0, 0, 0.0)}
 
 
 async def test_replicas_on_one_redis_show_every_replicas_calls(redis_server):
     """Three calls on A, two on B: once both have synced (every 5 s; asked directly here), each shows five."""
     state = f"redis://127.0.0.1:{redis_server.port}/{REDIS_DB}"
-    async with _serving(state) as (app_a, stub_a), _serving(state) as (app_b, stub_b):
+    async with running_app(state=state, workers=1) as (app_a, stub_a, _), \
+               running_app(state=state, workers=1) as (app_b, stub_b, _):
         await stub_a.RegisterProgram(pb.RegisterProgramRequest(spec=pb.ProgramSpec(name="shared", signature="question -> answer")),
                                      timeout=30)
         for stub, count in ((stub_a, 3), (stub_b, 2)):
@@ -88,7 +74,7 @@ async def test_calls_in_flight_when_their_program_is_deleted_leave_nothing_behin
     """Calls still running when their program is deleted finish, and make no breaker, statistic or store row for it
     again (a soak found 226 breakers and 251 stored statistics of 300 deleted programs)."""
     state = f"sqlite:///{tmp_path}/state.db"
-    async with _serving(state) as (app, stub):
+    async with running_app(state=state, workers=1) as (app, stub, _):
         await stub.RegisterProgram(pb.RegisterProgramRequest(spec=pb.ProgramSpec(name="doomed", signature="seconds -> slept",
                                                                                    module="sleepy")), timeout=30)
         calls = [asyncio.ensure_future(stub.Execute(execute_request("doomed", seconds=0.5), timeout=20)) for _ in range(4)]
@@ -105,7 +91,7 @@ async def test_calls_in_flight_when_their_program_is_deleted_leave_nothing_behin
 async def test_counts_a_replica_added_to_a_deleted_version_are_not_shown(tmp_path):
     """Another replica may add counts for a version deleted meanwhile (its calls finished before it saw the delete);
     GetProgramStats shows only versions that exist."""
-    async with _serving(f"sqlite:///{tmp_path}/state.db") as (app, stub):
+    async with running_app(state=f"sqlite:///{tmp_path}/state.db", workers=1) as (app, stub, _):
         await stub.RegisterProgram(pb.RegisterProgramRequest(spec=pb.ProgramSpec(name="qa", signature="question -> answer")), timeout=30)
         await stub.Execute(execute_request("qa", question="q"), timeout=20)
         # Version 7 was never here: the store drops its counts, and were they read, GetProgramStats would not show them.
