@@ -14,12 +14,7 @@ import grpc
 import pytest
 
 from dspy_pool.server import bind
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+from tests.redis_server import free_port
 
 
 def test_a_taken_port_is_refused_naming_the_address_and_the_flag():
@@ -34,7 +29,7 @@ def test_a_taken_port_is_refused_naming_the_address_and_the_flag():
 def test_a_reserved_port_is_held_from_other_binds_until_released():
     """While held, a bind that does not share ports (as a bind to port 0 never does) is refused it; once released,
     it is free again."""
-    port = _free_port()
+    port = free_port()
     held = bind.reserve_listen(f"127.0.0.1:{port}")
     with socket.socket() as other:
         with pytest.raises(OSError) as refused:
@@ -53,7 +48,7 @@ def test_port_zero_and_unix_sockets_are_not_reserved():
 def test_the_server_binds_and_serves_beside_its_own_reservation():
     """gRPC (port sharing off, as the server runs it) binds the held port, and calls reach it."""
     async def serve() -> grpc.StatusCode:
-        port = _free_port()
+        port = free_port()
         held = bind.reserve_listen(f"127.0.0.1:{port}")
         server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
         try:
