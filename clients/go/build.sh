@@ -51,9 +51,18 @@ go build -o "$BUILD/dspy-pool-example" "$APP_IMPORT"
 echo "built $BUILD/dspy-pool-example"
 
 if [ "${1:-}" = "--run" ]; then
-  PORT="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
-  dspy-pool serve --lm sim --workers 1 --drain-grace-s 2 --listen "127.0.0.1:$PORT" >"$BUILD/server.log" 2>&1 &
+  # Port 0, then the port from the server's `server_serving ... port=N` line: a port picked free here
+  # beforehand could be taken by another process (or the server's own children) before the server binds it.
+  dspy-pool serve --lm sim --workers 1 --drain-grace-s 2 --listen 127.0.0.1:0 >"$BUILD/server.log" 2>&1 &
   SERVER=$!
   trap 'kill -TERM $SERVER 2>/dev/null; wait $SERVER 2>/dev/null || true' EXIT
+  PORT=""
+  for _ in $(seq 1 600); do
+    PORT="$(sed -n 's/.*server_serving.*port=\([0-9][0-9]*\).*/\1/p' "$BUILD/server.log" | head -n 1)"
+    [ -n "$PORT" ] && break
+    kill -0 "$SERVER" 2>/dev/null || { echo "build.sh: the server exited; its log:" >&2; cat "$BUILD/server.log" >&2; exit 1; }
+    sleep 0.1
+  done
+  [ -n "$PORT" ] || { echo "build.sh: no server_serving line within 60 s; see $BUILD/server.log" >&2; exit 1; }
   "$BUILD/dspy-pool-example" -target "127.0.0.1:$PORT"
 fi
