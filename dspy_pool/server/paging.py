@@ -24,6 +24,7 @@ T = TypeVar("T")
 
 MAX_PAGE_SIZE = 1000
 MAX_PAGE_BYTES = 2 << 20  # half of a gRPC client's default 4 MiB receive limit
+MAX_TOKEN_CHARS = 2048  # a token names a listing and one item's key (names are at most 128 characters)
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,9 +48,11 @@ class Listing(Generic[T]):
 
     def resume_after(self, token: str) -> tuple:
         """The key a token resumes after; INVALID_ARGUMENT when it is not one this listing issued."""
+        if len(token) > MAX_TOKEN_CHARS:  # ours name a listing and one key: never this long
+            raise InvalidArgument("page_token is not one this server issued")
         try:
             name, key = json.loads(base64.urlsafe_b64decode(token.encode("ascii")))
-        except (ValueError, TypeError, UnicodeEncodeError, binascii.Error):
+        except (ValueError, TypeError, UnicodeEncodeError, binascii.Error, RecursionError):  # deep nesting: forged
             raise InvalidArgument("page_token is not one this server issued") from None
         if name != self.name:
             raise InvalidArgument("page_token belongs to another listing (it was issued with other request fields)")

@@ -1,5 +1,7 @@
 """Pages of a listing (dspy_pool/server/paging.py): every item once, in order, within the size limits."""
 
+import base64
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -49,8 +51,13 @@ def test_items_removed_or_added_between_pages_are_neither_repeated_nor_skipped()
     assert [item[0] for item in rest.items] == ["bb", "c"] and rest.next_token == ""
 
 
+_NESTED = base64.urlsafe_b64encode(b"[" * 5000 + b"]" * 5000).decode()  # forged: json.loads runs out of recursion
+_NESTED_SHORT = base64.urlsafe_b64encode(b"[" * 1500 + b"]" * 1).decode()  # within the length bound, still too deep
+
+
 @pytest.mark.parametrize("token", ["not base64!", "bm90IGpzb24=", paging.Listing("programs", lambda i: (i[0],), (str,), len).token(("a",)),
-                                   OTHER.token(("a", 1, 0))], ids=["not-base64", "not-json", "other-key-shape", "other-listing"])
+                                   OTHER.token(("a", 1, 0)), _NESTED, _NESTED_SHORT],
+                         ids=["not-base64", "not-json", "other-key-shape", "other-listing", "deeply-nested", "nested-within-bound"])
 def test_a_token_this_listing_did_not_issue_is_invalid_argument(token):
     with pytest.raises(InvalidArgument, match="page_token"):
         paging.take_page([("a", 1, 1)], PROGRAMS, 0, token)
