@@ -26,7 +26,7 @@ def _serve(args: argparse.Namespace) -> int:
     except (ValueError, OSError) as exc:
         print(f"dspy-pool: {exc}", file=sys.stderr)
         return 2
-    logs.configure(config.observe.log_format, config.observe.log_level, secrets=(config.lm.api_key,))
+    logs.configure(config.observe.log_format, config.observe.log_level, secrets=config_module.secrets_of(config))
 
     async def run() -> None:
         demos: list[asyncio.Future] = []

@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     die_with_parent(args.supervisor_pid)  # a kill -9 of the supervisor takes every front (and so every worker) with it
     config = read_config(sys.stdin.read())
-    logs.configure(config.observe.log_format, config.observe.log_level, secrets=(config.lm.api_key,))
+    logs.configure(config.observe.log_format, config.observe.log_level, secrets=config_module.secrets_of(config))
     structlog.contextvars.bind_contextvars(front=args.index)  # every line says which front wrote it
 
     from dspy_pool.cli import run_loop

@@ -63,7 +63,7 @@ class ZygoteClient:
         """Exec the zygote and hand it its config; returns before it has imported anything."""
         loop = asyncio.get_running_loop()
         # Operator code prints; the zygote's output and its workers' is scrubbed of the key it gets here.
-        redact.remember(config.lm_api_key)
+        redact.remember(config.lm_api_key, *redact.url_secrets(config.lm_api_base))
         self._redactor = redact.process_redactor()
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         ours.setblocking(False)

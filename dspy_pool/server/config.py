@@ -31,6 +31,7 @@ from typing import Any, Iterator, Mapping
 
 from dspy_pool.options import DEFAULT_LM_CALL_OPTIONS, parse_lm_rule
 from dspy_pool.pool.api import LM_ENGINES, WARMUP_MODES
+from dspy_pool.redact import mask_urls_in, url_secrets
 
 ENV_PREFIX = "DSPY_POOL_"
 PROFILES_DIR = pathlib.Path(__file__).resolve().parent.parent / "profiles"
@@ -485,15 +486,30 @@ def load_profile(name: str) -> dict[str, Any]:
 
 
 def public_view(config: ServerConfig) -> dict[str, Any]:
-    """The configuration with secrets removed, for logs and status."""
+    """The configuration with secrets removed, for logs and status: secret settings say only whether they are set,
+    and URLs (an LM endpoint, a Redis URL, MODEL@URL entries) lose their credentials."""
     view = {}
     for name, section in SECTIONS.items():
-        values = dataclasses.asdict(getattr(config, name))
+        values = {key: _masked(value) for key, value in dataclasses.asdict(getattr(config, name)).items()}
         for spec in settings():
             if spec.section == name and spec.secret:
                 values[spec.attribute] = "[set]" if values[spec.attribute] else ""
         view[name] = values
     return view
+
+
+def _masked(value: Any) -> Any:
+    if isinstance(value, str):
+        return mask_urls_in(value)
+    if isinstance(value, (tuple, list)):
+        return type(value)(_masked(item) for item in value)
+    return value
+
+
+def secrets_of(config: ServerConfig) -> tuple[str, ...]:
+    """What the log redactor scrubs wherever it appears: the LM key and credentials inside configured URLs."""
+    urls = (config.lm.api_base, config.state.url, *config.lm.fallback_lms, *config.optimize.optimizer_lms)
+    return (config.lm.api_key, *(secret for url in urls for secret in url_secrets(url)))
 
 
 def _cell(text: str) -> str:

@@ -79,7 +79,6 @@ import asyncio
 import functools
 import json
 import math
-import urllib.parse
 import uuid
 from typing import Any, AsyncIterator, Awaitable, Callable, TypeVar
 
@@ -91,6 +90,7 @@ from redis.exceptions import NoScriptError, ReadOnlyError, RedisError, ResponseE
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from dspy_pool.errors import ResourceExhausted
+from dspy_pool.redact import mask_url
 from dspy_pool.state import policy
 from dspy_pool.state.base import (
     JOB_FINISHED_STATES, SCHEMA_VERSION, AddedProgram, AppendResult, DatasetInfo, ExampleRecord, JobRecord, NewProgram,
@@ -467,26 +467,6 @@ return 0
 _ADD_EXAMPLES_TRIES = 100
 _JOB_SCAN_BATCH = 64
 _JOB_CANCEL_TTL_S = 7 * 24 * 3600
-
-
-def mask_url(url: str) -> str:
-    """The URL with any password (in the user part or a ?password= query argument) shown as ***."""
-    try:
-        parts = urllib.parse.urlsplit(url)
-    except ValueError:
-        return "<unparsable redis url>"
-    netloc = parts.netloc
-    if "@" in netloc:
-        userinfo, host = netloc.rsplit("@", 1)
-        # "redis://secret@host" is a username to redis-py, but people put passwords there: hide it too.
-        user = userinfo.split(":", 1)[0] if ":" in userinfo else ""
-        netloc = f"{user}:***@{host}" if ":" in userinfo else f"***@{host}"
-    query = "&".join(
-        f"{item.split('=', 1)[0]}=***" if item.split("=", 1)[0].lower() == "password" else item
-        for item in parts.query.split("&")
-    ) if parts.query else ""
-    # Not urlunsplit: it turns unix:///path into unix:/path.
-    return f"{parts.scheme}://{netloc}{parts.path}" + (f"?{query}" if query else "") + (f"#{parts.fragment}" if parts.fragment else "")
 
 
 _T = TypeVar("_T")

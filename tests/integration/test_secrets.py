@@ -40,3 +40,28 @@ async def test_api_key_never_leaks():
     assert SECRET not in str(status)
     assert SECRET not in str(logs)
     assert SECRET not in argv
+
+
+async def test_credentials_inside_the_lm_endpoint_url_never_leak():
+    """A password in --lm-api-base's user part and a key in its query are masked in status (a breaker's lm_endpoint),
+    the start-up line's configuration and every log line; the endpoint is still named."""
+    sim = await start_sim_lm("--error-rate", "1")
+    host_and_path = sim.api_base.split("://", 1)[1]
+    api_base = f"http://opsuser:hunter2-db-pass@{host_and_path}?api-key=QUERYSECRET99"
+    app = App(make_config(lm="openai/sim", lm_api_base=api_base, workers=1, programs=()))
+    try:
+        with capture_logs() as logs:
+            await app.start()
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{app.port}") as channel:
+                stub = pb_grpc.DSPyPoolStub(channel)
+                await stub.RegisterProgram(pb.RegisterProgramRequest(spec=pb.ProgramSpec(name="qa", signature="question -> answer")))
+                with pytest.raises(grpc.aio.AioRpcError) as caught:
+                    await stub.Execute(execute_request("qa", question="leak?"), timeout=20)
+                status = await stub.GetPoolStatus(pb.GetPoolStatusRequest())
+    finally:
+        await app.stop(grace_s=1.0)
+        await sim.stop()
+    seen = [caught.value.details(), str(caught.value.trailing_metadata()), str(status), str(logs)]
+    for secret in ("hunter2-db-pass", "QUERYSECRET99"):
+        assert not any(secret in text for text in seen), secret
+    assert [breaker.lm_endpoint for breaker in status.breakers] == [f"http://opsuser:***@{host_and_path}?api-key=***"]

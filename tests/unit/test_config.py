@@ -8,7 +8,7 @@ import pathlib
 import pytest
 
 from dspy_pool.server import config as config_module
-from dspy_pool.server.config import ServerConfig, add_flags, build, from_sources, public_view
+from dspy_pool.server.config import ServerConfig, add_flags, build, from_sources, public_view, secrets_of
 
 README = pathlib.Path(__file__).resolve().parents[2] / "README.md"
 
@@ -115,6 +115,18 @@ def test_api_key_from_env_never_in_repr_or_public_view():
     assert view["lm"]["api_key"] == "[set]" and view["pool"]["workers"] == 3
     assert "sk-live-123456" not in str(view)
     assert public_view(ServerConfig())["lm"]["api_key"] == ""
+
+
+def test_credentials_in_configured_urls_are_masked_in_public_view_and_scrubbed_from_logs():
+    """A Redis password, an LM endpoint's user password and query key, a MODEL@URL entry's: masked in the view the
+    start-up line logs, and handed to the log redactor (secrets_of)."""
+    config = build(state="redis://:redispw1@127.0.0.1:6379/0", lm_api_base="http://ops:lmpass1@llm:8000/v1?key=qkey1",
+                   fallback_lms=("small@http://u:fbpass1@llm2/v1",), lm_api_key="sk-live-123456")
+    view = str(public_view(config))
+    for secret in ("redispw1", "lmpass1", "qkey1", "fbpass1", "sk-live-123456"):
+        assert secret not in view
+        assert secret in secrets_of(config)
+    assert "redis://:***@127.0.0.1:6379/0" in view and "http://ops:***@llm:8000/v1?key=***" in view
 
 
 def test_no_api_key_flag_and_every_other_setting_has_one():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 
+from dspy_pool import redact
 from dspy_pool.redact import MASK, Redactor
 
 
@@ -55,3 +56,17 @@ def test_hyphenated_words_ending_in_sk_are_unchanged():
     """Ordinary hyphenated words such as 'risk-averse' are not mistaken for sk- keys."""
     text = "a risk-averse task-manager"
     assert Redactor().scrub(text) == text
+
+
+def test_a_url_loses_its_password_and_query_values_but_keeps_where_it_points():
+    assert redact.mask_url("https://ops:hunter2@llm.internal:8443/v1?api-key=Q1&api-version=2024-06-01") == \
+        "https://ops:***@llm.internal:8443/v1?api-key=***&api-version=2024-06-01"
+    assert redact.mask_url("http://tokenonly@llm/v1") == "http://***@llm/v1"
+    assert redact.mask_url("http://llm.internal:8000/v1") == "http://llm.internal:8000/v1"
+
+
+def test_urls_inside_text_are_masked_and_their_secrets_listed_for_the_redactors():
+    text = "gpt-4o@https://u:pw-secret@proxy/v1?key=abcd1234"
+    assert redact.mask_urls_in(text) == "gpt-4o@https://u:***@proxy/v1?key=***"
+    assert redact.url_secrets(text) == ["pw-secret", "abcd1234"]
+    assert redact.mask_urls_in("openai/gpt-4o-mini") == "openai/gpt-4o-mini"
