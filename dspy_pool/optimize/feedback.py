@@ -16,8 +16,11 @@ from __future__ import annotations
 
 import collections
 import hashlib
+import math
 from dataclasses import dataclass
 from typing import Any
+
+from dspy_pool.optimize.datasets import NAME_PATTERN, SPLITS
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +30,28 @@ class Captured:
     inputs: dict[str, Any] | None  # None: kept for its score only (too large to become an example)
     outputs: dict[str, Any] | None
     size_bytes: int = 0  # what the inputs and outputs take (their encoded size)
+
+
+def dataset_for(program: str, dataset: str) -> str:
+    """The dataset a program's feedback examples go to: the capture's, or the program's own."""
+    return dataset or f"{program}-feedback"
+
+
+def check_capture(program: str, sample_rate: float, max_examples: int, dataset: str, split: str, good_score: float) -> None:
+    """A program's capture policy, checked when it is registered (ValueError saying what is wrong): a policy that
+    fails later would fail every RecordFeedback on the program, for a fault of its spec and not of the caller."""
+    if not (math.isfinite(sample_rate) and 0 <= sample_rate <= 1):
+        raise ValueError(f"capture.sample_rate must be within 0..1, not {sample_rate}")
+    if max_examples < 0:
+        raise ValueError(f"capture.max_examples must be >= 0 (0: the default), not {max_examples}")
+    if not math.isfinite(good_score):
+        raise ValueError(f"capture.good_score must be a finite number, not {good_score}")
+    if split and split not in SPLITS:
+        raise ValueError(f"capture.split must be one of {', '.join(SPLITS)} (empty: train), not {split!r}")
+    name = dataset_for(program, dataset)
+    if not NAME_PATTERN.fullmatch(name):
+        given = "capture.dataset" if dataset else f"the default dataset name {name!r} (the program's name + '-feedback')"
+        raise ValueError(f"{given} must match {NAME_PATTERN.pattern}" + ("" if dataset else "; name a dataset in capture.dataset"))
 
 
 def sampled(request_id: str, sample_rate: float) -> bool:

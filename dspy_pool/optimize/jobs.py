@@ -213,15 +213,7 @@ class JobManager:
 
     # -- RPCs ----------------------------------------------------------------------
     async def start_job(self, request: pb.StartOptimizationRequest) -> pb.OptimizationJob:
-        base = self._base(request)
-        catalog.check_budget(request.budget.max_lm_calls, request.budget.max_seconds)
-        try:
-            allowed = tuple(entry.partition("@")[0] for entry in self.settings.allowed_lms)
-            catalog.check_optimizer(request.optimizer, structs.struct_to_dict(request.options), allowed)
-            catalog.check_metric(request.metric.kind, tuple(request.metric.fields), structs.struct_to_dict(request.metric.options),
-                                 tuple(self.pool.metric_kinds), allowed, output_fields=tuple(base.program.output_names))
-        except ValueError as exc:
-            raise errors.InvalidArgument(str(exc)) from None
+        base = self.check_request(request)
         dataset = await self._dataset(request.dataset)
         dev = dict(dataset.counts).get("dev", 0)
         if request.budget.max_lm_calls and request.budget.max_lm_calls < 2 * dev:
@@ -361,6 +353,20 @@ class JobManager:
         return True
 
     # -- helpers -------------------------------------------------------------------
+    def check_request(self, request: pb.StartOptimizationRequest):
+        """What can be checked of a job before its dataset is read (also a policy's auto_optimize job, when it is set);
+        returns the base version it would optimize."""
+        base = self._base(request)
+        catalog.check_budget(request.budget.max_lm_calls, request.budget.max_seconds)
+        try:
+            allowed = tuple(entry.partition("@")[0] for entry in self.settings.allowed_lms)
+            catalog.check_optimizer(request.optimizer, structs.struct_to_dict(request.options), allowed)
+            catalog.check_metric(request.metric.kind, tuple(request.metric.fields), structs.struct_to_dict(request.metric.options),
+                                 tuple(self.pool.metric_kinds), allowed, output_fields=tuple(base.program.output_names))
+        except ValueError as exc:
+            raise errors.InvalidArgument(str(exc)) from None
+        return base
+
     def _base(self, request: pb.StartOptimizationRequest):
         if not request.program:
             raise errors.InvalidArgument("program is required")

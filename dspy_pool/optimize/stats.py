@@ -17,6 +17,7 @@ per (program, version, arm), and a deleted version's figures go with it (forget)
 from __future__ import annotations
 
 import collections
+import math
 import uuid
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
@@ -104,7 +105,7 @@ class ProgramStats:
         pending[1] += failed
 
     def record_feedback(self, program: str, version: int, score: float | None, example_added: bool) -> None:
-        if score is not None:
+        if score is not None and math.isfinite(score):  # the edge refuses others; a NaN sum would poison every read
             self._count(StatsCount(program, version, FEEDBACK_ARM, feedback_count=1, feedback_sum=score))
         if example_added:
             self.feedback_examples[program] = self.feedback_examples.get(program, 0) + 1
@@ -130,6 +131,10 @@ class ProgramStats:
         if succeeded:
             self._added += self._adding
             self._adding = []
+
+    def dropped(self) -> None:
+        """The batch from take_pending was refused by the store for good: its counts are given up."""
+        self._adding = []
 
     def stored(self, counts: list[StatsCount]) -> None:
         """The store's sums, read after every added batch was committed."""

@@ -24,10 +24,12 @@ import structlog
 from google.protobuf import struct_pb2
 
 from dspy_pool import errors, logs, structs
+from dspy_pool import fields as spec_fields
 from dspy_pool.optimize import catalog, routing
-from dspy_pool.optimize.feedback import Captured, Captures, sampled
+from dspy_pool.optimize.feedback import Captured, Captures, check_capture, dataset_for, sampled
 from dspy_pool.optimize.triggers import Observation
 from dspy_pool.pool.api import Pool, WarmupProgram
+from dspy_pool.redact import mask_url
 from dspy_pool.server import config as config_module, paging
 from dspy_pool.server.breaker import AsyncBreakerGuard, BreakerConfig, BreakerState
 from dspy_pool.server.client_limits import ClientLimits, client_of
@@ -57,6 +59,8 @@ _VALIDATE_TIMEOUT_S = 60.0
 _DEADLINE_MARGIN_S = 0.05
 _DEADLINE_MARGIN_SHARE = 0.05
 _OPTIMIZATION_WAIT_SHARE = 0.5  # of the time left: the most a call waits for a running optimization
+# A feedback score's bound: wide enough for any metric's scale, and sums of a lifetime of them stay finite.
+MAX_FEEDBACK_SCORE = 1e9
 
 
 def _deadline(context: grpc.aio.ServicerContext, config: ServerConfig, loop: asyncio.AbstractEventLoop) -> float:
@@ -202,7 +206,7 @@ class DSPyPoolService(pb_grpc.DSPyPoolServicer):
         self.registry = registry
         self.sessions = sessions
         self.executor = Executor(pool, sessions, config.sessions.max_in_flight, config.sessions.history_max_bytes)
-        self.resilient = ResilientExecutor(self.executor, registry, resilience_settings(config), config.lm.api_base or config.lm.model,
+        self.resilient = ResilientExecutor(self.executor, registry, resilience_settings(config), mask_url(config.lm.api_base) if config.lm.api_base else config.lm.model,
                                            breakers, cache)
         self.started_at = time.monotonic()
         self._register_lock = asyncio.Lock()
@@ -242,12 +246,13 @@ class DSPyPoolService(pb_grpc.DSPyPoolServicer):
                 program.CopyFrom(existing.program)
                 program.created = False
                 return program
-            shape = await self.pool.validate(program_ref(spec), deadline)
-            for number, inputs in enumerate(spec.warmup_inputs):
-                try:
-                    check_inputs(spec.name, inputs.keys(), list(shape.input_names), shape.takes_history)
-                except errors.InvalidArgument as error:
-                    raise errors.InvalidArgument(f"warmup_inputs[{number}]: {error.message}") from None
+            ref = program_ref(spec)
+            shape = await self.pool.validate(ref, deadline)
+            try:
+                self._check_built(spec, list(shape.input_names), list(shape.output_names), shape.takes_history)
+            except errors.InvalidArgument:
+                self.pool.forget_programs([ref.key])  # built to be checked, never registered: no worker holds it for calls
+                raise
             entry = await self.registry.add(spec, list(shape.input_names), list(shape.output_names), shape.takes_history)
         log.info("program_registered", program=spec.name, version=entry.program.version, key=entry.key,
                  module=spec.module or "predict", created=entry.program.created)
@@ -288,6 +293,55 @@ class DSPyPoolService(pb_grpc.DSPyPoolServicer):
                 self.registry.get(chain.program)
             except errors.NotFound:
                 raise errors.InvalidArgument(f"fallback program {chain.program!r} is not registered; register it first") from None
+        if spec.HasField("capture"):
+            capture = spec.capture
+            try:
+                check_capture(spec.name, capture.sample_rate, capture.max_examples, capture.dataset, capture.split, capture.good_score)
+            except ValueError as exc:
+                raise errors.InvalidArgument(str(exc)) from None
+
+    def _check_built(self, spec: pb.ProgramSpec, inputs: list[str], outputs: list[str], takes_history: bool) -> None:
+        """What needs the built program's inputs and outputs. Warm-up inputs must be valid calls. A fallback must be able
+        to answer the program's calls: static outputs name the program's outputs and give every declared one; a
+        fallback program takes no input the program's calls lack and gives its declared outputs."""
+        for number, warmup in enumerate(spec.warmup_inputs):
+            try:
+                check_inputs(spec.name, warmup.keys(), inputs, takes_history)
+            except errors.InvalidArgument as error:
+                raise errors.InvalidArgument(f"warmup_inputs[{number}]: {error.message}") from None
+        declared = spec_fields.declared_fields(spec).outputs
+        chain = chain_for(spec, self.resilient.settings.default_chain)
+        if Step.STATIC in chain.steps:
+            given = set(spec.fallback.static_outputs.keys())
+            unknown, missing = given - set(outputs), [name for name in declared if name not in given]
+            if unknown or missing:
+                raise errors.InvalidArgument(
+                    "fallback.static_outputs must give the program's outputs: "
+                    + "; ".join(part for part in (f"{', '.join(sorted(unknown))} not among {', '.join(outputs)}" if unknown else "",
+                                                  f"missing {', '.join(missing)}" if missing else "") if part))
+        if chain.program:
+            simpler = self.registry.get(chain.program).program
+            lacking = set(simpler.input_names) - set(inputs) - ({HISTORY_INPUT} if takes_history else set())
+            missing = [name for name in declared if name not in simpler.output_names]
+            if lacking or missing:
+                raise errors.InvalidArgument(
+                    f"fallback program {chain.program!r} cannot answer this program's calls: "
+                    + "; ".join(part for part in (f"it needs inputs {', '.join(sorted(lacking))} these calls do not have" if lacking else "",
+                                                  f"it does not give {', '.join(missing)}" if missing else "") if part))
+
+    def _check_no_fallback_to(self, name: str) -> None:
+        """A program another names as its fallback stays until that one is gone: deleting it would leave the fallback
+        failing on every call it should have rescued."""
+        dependents: dict[str, list[int]] = {}
+        for entry in self.registry.list(all_versions=True):
+            if entry.name != name and entry.program.spec.fallback.program == name:
+                dependents.setdefault(entry.name, []).append(entry.version)
+        if dependents:
+            named = "; ".join(f"{other} (version {', '.join(map(str, sorted(versions)))})"
+                              for other, versions in sorted(dependents.items())[:10])
+            raise errors.PoolError(f"program {name!r} is the fallback program of {named}"
+                                   f"{' and others' if len(dependents) > 10 else ''}: delete those versions first",
+                                   kind=errors.ErrorKind.FAILED_PRECONDITION)
 
     async def GetProgram(self, request: pb.GetProgramRequest, context):
         try:
@@ -308,6 +362,8 @@ class DSPyPoolService(pb_grpc.DSPyPoolServicer):
         try:
             async with self._register_lock:  # not between an optimization's build and its store (register_optimized)
                 before = self.registry.versions(request.name)
+                if request.version == 0 or set(before) == {request.version}:
+                    self._check_no_fallback_to(request.name)
                 deleted = await self.registry.delete(request.name, request.version)
         except errors.PoolError as error:
             await self._abort(context, error)
@@ -600,6 +656,22 @@ class DSPyPoolService(pb_grpc.DSPyPoolServicer):
         except errors.PoolError as error:
             await self._abort(context, error)
 
+    def _check_auto_job(self, program: str, template: pb.StartOptimizationRequest) -> None:
+        """The checks StartOptimization makes of the job (its dataset aside: it may fill up before a trigger fires)."""
+        job = pb.StartOptimizationRequest()
+        job.CopyFrom(template)
+        job.program = program
+        try:
+            if self.jobs is not None:
+                self.jobs.check_request(job)
+            else:  # optimization is off here, maybe not on a replica: what needs no optimizer workers
+                catalog.check_budget(job.budget.max_lm_calls, job.budget.max_seconds)
+                catalog.check_optimizer(job.optimizer, structs.struct_to_dict(job.options))
+        except (ValueError, errors.InvalidArgument) as exc:  # ValueError: an unset Value in the options
+            raise errors.InvalidArgument(f"auto_optimize.job: {getattr(exc, 'message', exc)}") from None
+        if not job.dataset:
+            raise errors.InvalidArgument("auto_optimize.job.dataset is required")
+
     def _checked_policy(self, policy: pb.ExecutionPolicy) -> pb.ExecutionPolicy:
         self.registry.get(policy.program)  # NOT_FOUND for an unknown program
         checked = pb.ExecutionPolicy()
@@ -624,15 +696,12 @@ class DSPyPoolService(pb_grpc.DSPyPoolServicer):
                 raise errors.InvalidArgument(f"{field} must be a finite number >= 0, not {value}")
         if not 0 <= auto.on_error_rate <= 1:
             raise errors.InvalidArgument(f"auto_optimize.on_error_rate must be within 0..1 (0: off), not {auto.on_error_rate}")
+        triggered = auto.after_feedback_examples or auto.on_score_drop or auto.on_error_rate
+        if triggered and not auto.job.optimizer:
+            raise errors.InvalidArgument("auto_optimize.job.optimizer is required when a trigger is set (without one no job "
+                                         "would ever start)")
         if checked.HasField("auto_optimize") and auto.job.optimizer:
-            template = auto.job
-            try:
-                catalog.check_budget(template.budget.max_lm_calls, template.budget.max_seconds)
-                catalog.check_optimizer(template.optimizer, structs.struct_to_dict(template.options))
-            except (ValueError, errors.InvalidArgument) as exc:  # ValueError: an unset Value in the options
-                raise errors.InvalidArgument(f"auto_optimize.job: {exc}") from None
-            if not template.dataset:
-                raise errors.InvalidArgument("auto_optimize.job.dataset is required")
+            self._check_auto_job(policy.program, auto.job)
         for field, version in (("base_version", checked.base_version), ("optimized_version", checked.optimized_version)):
             if version:
                 try:
@@ -656,6 +725,8 @@ class DSPyPoolService(pb_grpc.DSPyPoolServicer):
     async def record_feedback(self, request: pb.RecordFeedbackRequest) -> pb.RecordFeedbackResponse:
         """Feedback on a captured call: its score to the version's statistics; expected outputs (or a good score) to a dataset."""
         # Checked before the capture is taken, so a request refused here can be sent again, corrected.
+        if request.has_score and not abs(request.score) <= MAX_FEEDBACK_SCORE:  # NaN fails this too
+            raise errors.InvalidArgument(f"score must be a finite number within ±{MAX_FEEDBACK_SCORE:g} (got {request.score!r})")
         if request.HasField("expected_outputs"):
             _check_struct(request.expected_outputs, self._max_input_depth, "expected_outputs")
         captured = self.captures.peek(request.request_id)
@@ -675,7 +746,7 @@ class DSPyPoolService(pb_grpc.DSPyPoolServicer):
             example = pb.Example()
             example.inputs.update(captured.inputs)
             example.outputs.update(expected)
-            dataset = capture.dataset or f"{captured.program}-feedback"
+            dataset = dataset_for(captured.program, capture.dataset)
             try:
                 await self.datasets.add(pb.AddExamplesRequest(dataset=dataset, split=capture.split or "train", examples=[example]))
             except errors.PoolError:

@@ -14,11 +14,14 @@ import asyncio
 import structlog
 
 from dspy_pool.optimize.stats import ProgramStats
-from dspy_pool.state import StateError, StateStore
+from dspy_pool.state import StateError, StateStore, StateUnavailable
 
 log = structlog.get_logger("dspy_pool.stats")
 
 SYNC_INTERVAL_S = 5.0
+# A batch the store refuses (not: cannot be reached) is tried this often, then dropped: one bad batch must not hold
+# back every later count for good.
+REFUSED_TRIES = 3
 
 
 class StatsSync:
@@ -27,6 +30,7 @@ class StatsSync:
         self.store = store
         self.interval_s = interval_s
         self._failures = 0
+        self._refusals = 0  # of the batch being added
         # One sync or forget at a time: a batch is never taken twice, nor a deleted version's sums read back.
         self._lock = asyncio.Lock()
 
@@ -40,10 +44,14 @@ class StatsSync:
         try:
             if batch.counts:
                 await self.store.add_stats(batch.counts, batch.id)
-        except StateError as exc:
+        except StateUnavailable as exc:
             self.stats.added(succeeded=False)
             self._failed(exc)
             return False
+        except StateError as exc:
+            self._refused(exc, len(batch.counts))
+            return False
+        self._refusals = 0
         self.stats.added(succeeded=True)
         try:
             self.stats.stored(await self.store.load_stats())
@@ -69,3 +77,14 @@ class StatsSync:
         self._failures += 1
         if self._failures == 1 or self._failures % 100 == 0:
             log.warning("stats_sync_failed", store=self.store.description, error=str(exc)[:300], failures=self._failures)
+
+    def _refused(self, exc: StateError, counts: int) -> None:
+        self._refusals += 1
+        if self._refusals < REFUSED_TRIES:
+            self.stats.added(succeeded=False)
+            self._failed(exc)
+            return
+        self._refusals = 0
+        self.stats.dropped()
+        log.error("stats_batch_dropped", store=self.store.description, error=str(exc)[:300], counts=counts,
+                  tries=REFUSED_TRIES, hint="the store refused these program statistics; later ones are added as usual")

@@ -82,6 +82,90 @@ async def test_fallback_program_must_exist(server):
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "no_such_program" in error.details()
 
 
+@pytest.mark.parametrize("static, says", [({"zzz": 1}, "zzz not among answer"), ({}, "needs outputs"),
+                                            ({"other": 1, "answer": "x"}, "other not among")],
+                         ids=["unknown-output", "none", "one-unknown"])
+async def test_static_fallback_outputs_must_be_the_programs_outputs(server, static, says):
+    """Static outputs that are not the program's outputs would be served as its answer: INVALID_ARGUMENT at registration."""
+    _, stub, _ = server
+    spec = pb.ProgramSpec(name="static_checked", signature="question -> answer")
+    spec.fallback.chain.append("static")
+    spec.fallback.static_outputs.update(static)
+    error = await _error(stub.RegisterProgram(pb.RegisterProgramRequest(spec=spec), timeout=10))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and says in error.details(), error.details()
+
+
+async def test_a_static_fallback_may_leave_out_the_outputs_a_module_adds(server):
+    """chain_of_thought's `reasoning` is the module's, not the signature's: a static answer need not invent one."""
+    _, stub, _ = server
+    spec = pb.ProgramSpec(name="static_cot", signature="question -> answer", module="chain_of_thought")
+    spec.fallback.chain.append("static")
+    spec.fallback.static_outputs.update({"answer": "later"})
+    assert (await stub.RegisterProgram(pb.RegisterProgramRequest(spec=spec), timeout=30)).version >= 1
+
+
+async def test_a_fallback_program_must_be_able_to_answer_the_calls(server):
+    """A fallback program needing inputs the calls lack, or not giving the declared outputs, would fail every call it
+    should rescue: INVALID_ARGUMENT at registration; one taking fewer inputs is fine."""
+    _, stub, _ = server
+    await register(stub, "needs_context", "context, question -> answer")
+    await register(stub, "gives_other", "question -> summary")
+    for fallback, says in (("needs_context", "needs inputs context"), ("gives_other", "does not give answer")):
+        spec = pb.ProgramSpec(name="rescued", signature="question -> answer", fallback=pb.FallbackSpec(chain=["program"], program=fallback))
+        error = await _error(stub.RegisterProgram(pb.RegisterProgramRequest(spec=spec), timeout=10))
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and says in error.details(), error.details()
+    spec = pb.ProgramSpec(name="rescued", signature="context, question -> answer", fallback=pb.FallbackSpec(chain=["program"], program="qa"))
+    assert (await stub.RegisterProgram(pb.RegisterProgramRequest(spec=spec), timeout=30)).version >= 1
+
+
+async def test_a_program_named_as_a_fallback_cannot_be_deleted_until_its_dependents_are(server):
+    """Deleting a fallback program would leave its dependents' fallback failing: FAILED_PRECONDITION naming them,
+    until the versions naming it are deleted."""
+    _, stub, _ = server
+    await register(stub, "plan_b", "question -> answer")
+    await register(stub, "plan_a", "question -> answer", fallback=pb.FallbackSpec(chain=["program"], program="plan_b"))
+    for version in (0, 1):
+        error = await _error(stub.DeleteProgram(pb.DeleteProgramRequest(name="plan_b", version=version), timeout=10))
+        assert error.code() == grpc.StatusCode.FAILED_PRECONDITION and "plan_a (version 1)" in error.details(), error.details()
+    await stub.DeleteProgram(pb.DeleteProgramRequest(name="plan_a"), timeout=10)
+    assert list((await stub.DeleteProgram(pb.DeleteProgramRequest(name="plan_b"), timeout=10)).deleted_versions) == [1]
+
+
+@pytest.mark.parametrize("capture, says", [
+    (pb.CapturePolicy(sample_rate=2), "sample_rate"), (pb.CapturePolicy(sample_rate=float("nan")), "sample_rate"),
+    (pb.CapturePolicy(sample_rate=1, split="test"), "split"), (pb.CapturePolicy(sample_rate=1, dataset="../../etc/passwd"), "capture.dataset"),
+    (pb.CapturePolicy(sample_rate=1, max_examples=-5), "max_examples"), (pb.CapturePolicy(sample_rate=1, good_score=float("inf")), "good_score"),
+], ids=["rate-over-1", "rate-nan", "split", "dataset-name", "max-examples", "good-score"])
+async def test_a_capture_policy_is_checked_at_registration(server, capture, says):
+    """A capture policy that would fail every RecordFeedback later is INVALID_ARGUMENT when the program is registered."""
+    _, stub, _ = server
+    spec = pb.ProgramSpec(name="captures_badly", signature="question -> answer", capture=capture)
+    error = await _error(stub.RegisterProgram(pb.RegisterProgramRequest(spec=spec), timeout=10))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and says in error.details(), error.details()
+
+
+async def test_a_long_program_name_needs_a_named_feedback_dataset(server):
+    """The default feedback dataset is the name + '-feedback': past the name limit it must be named in the policy."""
+    _, stub, _ = server
+    spec = pb.ProgramSpec(name="p" * 128, signature="question -> answer", capture=pb.CapturePolicy(sample_rate=1))
+    error = await _error(stub.RegisterProgram(pb.RegisterProgramRequest(spec=spec), timeout=10))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "capture.dataset" in error.details(), error.details()
+    spec.capture.dataset = "long-feedback"
+    assert (await stub.RegisterProgram(pb.RegisterProgramRequest(spec=spec), timeout=30)).version >= 1
+
+
+@pytest.mark.parametrize("score", [float("nan"), float("inf"), -float("inf"), 1e300], ids=["nan", "inf", "-inf", "huge"])
+async def test_a_feedback_score_that_is_not_a_finite_number_in_range_is_invalid_and_the_call_stays_open(server, score):
+    """NaN or infinite scores (or ones whose sums would overflow) are INVALID_ARGUMENT; the call can still be scored."""
+    _, stub, _ = server
+    await register(stub, "scored", "question -> answer", capture=pb.CapturePolicy(sample_rate=1))
+    reply = await stub.Execute(execute_request("scored", question=f"q{score}"), timeout=30)
+    error = await _error(stub.RecordFeedback(pb.RecordFeedbackRequest(request_id=reply.request_id, score=score, has_score=True), timeout=10))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "score" in error.details(), error.details()
+    scored = await stub.RecordFeedback(pb.RecordFeedbackRequest(request_id=reply.request_id, score=0.5, has_score=True), timeout=10)
+    assert scored.program == "scored"
+
+
 async def test_history_input_refused_for_a_program_without_one(server):
     """`history` sent to a program with no history input is INVALID_ARGUMENT; a history program takes it from its session."""
     _, stub, _ = server

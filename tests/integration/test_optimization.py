@@ -545,3 +545,20 @@ async def test_finished_jobs_are_pruned_past_the_newest_kept(monkeypatch):
         assert running in [job.job_id for job in jobs]  # running: never pruned
         finished = [job for job in jobs if job.state == "cancelled"]
         assert 2 <= len(finished) <= 4  # pruned to 2 at the 9th start, then at most the 2 cancels since
+
+
+@pytest.mark.parametrize("auto, says", [
+    (pb.AutoOptimize(after_feedback_examples=3), "optimizer is required"),
+    (pb.AutoOptimize(on_error_rate=0.5, job=pb.StartOptimizationRequest(dataset="words", optimizer="labeled_few_shot",
+                                                                        metric=pb.MetricSpec(kind="os.system"))), "metric"),
+    (pb.AutoOptimize(on_score_drop=0.2, job=pb.StartOptimizationRequest(dataset="words", optimizer="labeled_few_shot",
+                                                                        metric=pb.MetricSpec(kind="exact_match", fields=["nope"]))), "nope"),
+], ids=["no-optimizer", "unknown-metric", "metric-field-not-an-output"])
+async def test_an_auto_optimize_job_is_checked_as_start_optimization_checks_it(server, auto, says):
+    """A policy's auto_optimize job gets StartOptimization's checks when it is set, not a log line when a trigger fires;
+    thresholds with no job to start are refused too."""
+    _, stub, _ = server
+    await stub.RegisterProgram(pb.RegisterProgramRequest(spec=pb.ProgramSpec(name="coder_auto_checked", signature="word -> code")), timeout=30)
+    error = await _error(stub.SetExecutionPolicy(pb.SetExecutionPolicyRequest(
+        policy=pb.ExecutionPolicy(program="coder_auto_checked", auto_optimize=auto)), timeout=10))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and says in error.details(), error.details()
