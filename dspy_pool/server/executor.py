@@ -21,7 +21,7 @@ from google.protobuf import struct_pb2
 from dspy_pool import errors, structs
 from dspy_pool.pool.api import CallRequest, CallResult, LMChoice, Pool
 from dspy_pool.server.registry import ProgramVersion
-from dspy_pool.server.sessions import SessionStore, turn_record
+from dspy_pool.server.sessions import LostReason, SessionStore, turn_record
 
 
 # Small immutable values built on every call: tuples (NamedTuple), the cheapest to build.
@@ -84,6 +84,8 @@ class Executor:
             local.in_flight -= 1
         if result.worker is not None:
             local.preferred_worker = result.worker.id
+        if local.closed:  # CloseSession ran meanwhile: appending would make the session again
+            return Served(result, session=SessionNote(session.started, LostReason.CLOSED))
         turn = turn_record(program.name, structs.struct_to_dict(inputs), structs.struct_to_dict(result.outputs))
         await self.sessions.record_turn(session_id, turn, time.time())
         return Served(result, session=SessionNote(session.started, session.lost))

@@ -9,6 +9,9 @@ replica and the limits hold across restarts. Per call:
     ... the call runs ...
     record_turn(...)  ──> store.append_turn: committed before Execute answers
 
+A session closed while calls on it run (on this front) is closed for them
+too: their turns are dropped, and they say session_lost "closed".
+
 A call that wants no history, of a session this front appended to less than
 the open slack ago (state.policy.open_needless), skips the open: the store
 would only have answered "live, not started", and the append re-checks all
@@ -45,6 +48,7 @@ SESSION_ID_PATTERN = re.compile(r"[A-Za-z0-9_.:\-]{1,128}")
 class LostReason:
     EVICTED = "evicted"
     EXPIRED = "expired"
+    CLOSED = "closed"  # said by a call that ran while its session was closed: its turn is not kept
 
 
 @dataclass
@@ -55,6 +59,7 @@ class LocalSession:
     preferred_worker: int = -1
     committed_at: float = 0.0  # when this front's last append of it committed (its clock); 0: none yet
     created_at: float = 0.0  # as that append returned it
+    closed: bool = False  # CloseSession ended it while calls ran: their turns are dropped, not a new session made
 
 
 @dataclass(frozen=True, slots=True)
@@ -171,7 +176,9 @@ class SessionStore:
             record = await self.store.delete_session(session_id)
         if record is None:
             raise NotFound(f"no session {session_id!r}")
-        self._local.pop(session_id, None)
+        local = self._local.pop(session_id, None)
+        if local is not None:
+            local.closed = True  # calls still running on it must not append and so make it again
         self._lost.pop(session_id, None)
         return record
 

@@ -158,6 +158,26 @@ async def test_session_history_reaches_the_program(server):
     assert error.code() == grpc.StatusCode.NOT_FOUND
 
 
+async def test_a_session_closed_while_a_call_runs_stays_closed(server):
+    """CloseSession while a call on the session runs: the call's turn is dropped (it says session_lost "closed")
+    instead of making the session again; the next call starts a new one."""
+    _, stub, _ = server
+    first = execute_request("sleepy", seconds=0)
+    first.session_id = "closed-mid-call"
+    await stub.Execute(first, timeout=20)
+    running = execute_request("sleepy", seconds=1.0)
+    running.session_id = "closed-mid-call"
+    call = asyncio.ensure_future(stub.Execute(running, timeout=20))
+    await eventually(lambda: getattr(server[0].service.executor.sessions._local.get("closed-mid-call"), "in_flight", 0) == 1)
+    assert (await stub.CloseSession(pb.CloseSessionRequest(session_id="closed-mid-call"), timeout=10)).turns == 1
+    reply = await call
+    assert reply.session_lost == "closed" and not reply.session_started
+    error = await _status_code(stub.GetSession(pb.GetSessionRequest(session_id="closed-mid-call")))
+    assert error.code() == grpc.StatusCode.NOT_FOUND
+    again = await stub.Execute(first, timeout=20)
+    assert again.session_started and again.session_lost == ""
+
+
 async def test_bad_session_id_is_invalid(server):
     """A session id that is too long or has odd characters is refused."""
     _, stub, _ = server
