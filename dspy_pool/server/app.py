@@ -205,7 +205,7 @@ class App:
         if self.config.lm.model == SIM_LM:
             self.sim = await start_sim_lm("--latency", self.config.lm.sim_latency, on_change=self._on_sim_change)
             log.info("sim_lm_started", port=self.sim.port, latency=self.config.lm.sim_latency)
-        registry = ProgramRegistry(self.store, self.config.server.max_programs)
+        registry = ProgramRegistry(self.store, self.config.server.max_programs, self.config.server.max_programs_bytes)
         await registry.load()  # so a restarted pod's new workers warm every program it knew
         breakers = AsyncBreakerGuard(BreakerRegistry(breaker_config(self.config)))
         resilience = self.config.resilience

@@ -79,6 +79,10 @@ class ServerSection(_Section):
     client_max_in_flight: int = setting(0, "Execute calls one client may have in flight (x-dspy-pool-client metadata, else "
                                            "its host); beyond it RESOURCE_EXHAUSTED (0: no limit)", minimum=0)
     max_programs: int = setting(1000, "program versions the registry holds", minimum=1)
+    max_program_bytes: int = setting(1 << 20, "largest program spec (serialized: signature, instructions, demos, saved state); "
+                                              "past it RegisterProgram is INVALID_ARGUMENT", unit="bytes", minimum=1024)
+    max_programs_bytes: int = setting(256 << 20, "the program versions the registry holds, together (serialized specs): "
+                                                 "past it RegisterProgram is RESOURCE_EXHAUSTED", unit="bytes", minimum=1024)
     default_deadline_s: float = setting(30.0, "deadline for calls that set none", unit="s", minimum=0.001)
     max_deadline_s: float = setting(600.0, "longest deadline a call may ask for", unit="s", minimum=0.001)
     drain_grace_s: float = setting(10.0, "time to finish calls on SIGTERM/SIGINT before they end UNAVAILABLE", unit="s", minimum=0)

@@ -21,7 +21,7 @@ import structlog
 from google.protobuf import timestamp_pb2
 
 from dspy_pool import fields as spec_fields
-from dspy_pool.errors import InvalidArgument, NotFound, Unavailable
+from dspy_pool.errors import InvalidArgument, NotFound, ResourceExhausted, Unavailable
 from dspy_pool.pool.api import ProgramRef
 from dspy_pool.state import NewProgram, ProgramRecord, Revision, StateStore
 from dspy_pool.state.policy import versions_to_delete
@@ -48,12 +48,14 @@ class ProgramVersion:
     version: int = field(init=False)
     key: str = field(init=False)  # the content's key (ref.key): versions with one content share it
     client_registered: bool = field(init=False)  # not an optimization's result: a candidate for base_version
+    spec_bytes: int = field(init=False)  # what the spec takes serialized (the registry's byte bound counts it)
 
     def __post_init__(self) -> None:
         self.name = self.program.spec.name
         self.version = self.program.version
         self.key = self.ref.key
         self.client_registered = not self.program.meta.job_id
+        self.spec_bytes = self.program.spec.ByteSize()
 
     @property
     def input_names(self) -> list[str]:
@@ -125,9 +127,12 @@ class ProgramRegistry:
     restarts.
     """
 
-    def __init__(self, store: StateStore, max_programs: int) -> None:
+    def __init__(self, store: StateStore, max_programs: int, max_bytes: int = 256 << 20) -> None:
         self.store = store
         self.max_programs = max_programs
+        # The versions' specs together, as this snapshot holds them (every version the store holds, and any kept):
+        # a soft bound (two replicas adding at once may both pass), where max_programs is the store's own.
+        self.max_bytes = max_bytes
         self._versions: dict[str, dict[int, ProgramVersion]] = {}
         self.bases: dict[str, ProgramVersion] = {}  # name -> base_version(name), worked out when the versions change
         self._revision: Revision | None = None
@@ -140,6 +145,9 @@ class ProgramRegistry:
 
     def __len__(self) -> int:
         return sum(len(v) for v in self._versions.values())
+
+    def held_bytes(self) -> int:
+        return sum(entry.spec_bytes for versions in self._versions.values() for entry in versions.values())
 
     # -- the snapshot ---------------------------------------------------------
     async def load(self) -> None:
@@ -279,6 +287,11 @@ class ProgramRegistry:
         new = NewProgram(spec.name, spec.SerializeToString(deterministic=True), content_hash(spec), tuple(input_names),
                          tuple(output_names), takes_history, time.time(), meta.SerializeToString() if meta is not None else b"")
         async with self._writing:
+            held = self.held_bytes()
+            if held + len(new.spec) > self.max_bytes:
+                raise ResourceExhausted(f"the registry's program versions take {held / 2**20:.1f} MiB and this one "
+                                        f"{len(new.spec) / 2**20:.2f} MiB more, past its {self.max_bytes / 2**20:.0f} MiB "
+                                        "(--max-programs-bytes); delete some first")
             async with _store_errors():
                 added = await self.store.add_program(new, self.max_programs)
             entry = _version(added.record, created=added.created)

@@ -275,6 +275,10 @@ class DSPyPoolService(pb_grpc.DSPyPoolServicer):
         """Everything the front can check before a worker builds the spec."""
         if not self.pool.ready:
             raise errors.Unavailable("the server is starting: workers are not ready yet; retry shortly")
+        size = spec.ByteSize()
+        if size > self.config.server.max_program_bytes:
+            raise errors.InvalidArgument(f"the program spec takes {size:,} bytes serialized; the limit is "
+                                         f"{self.config.server.max_program_bytes:,} (--max-program-bytes)")
         check_spec_values(spec, self.config.server.max_input_depth)
         check_spec(spec, self.pool.module_kinds)
         try:

@@ -166,6 +166,14 @@ async def test_a_feedback_score_that_is_not_a_finite_number_in_range_is_invalid_
     assert scored.program == "scored"
 
 
+async def test_a_program_spec_past_max_program_bytes_is_invalid_argument(server):
+    """A spec within the message limit but past --max-program-bytes (1 MiB) is refused before any worker builds it."""
+    _, stub, _ = server
+    spec = pb.ProgramSpec(name="huge_instructions", signature="question -> answer", instructions="x" * (1 << 20))
+    error = await _error(stub.RegisterProgram(pb.RegisterProgramRequest(spec=spec), timeout=10))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "--max-program-bytes" in error.details(), error.details()
+
+
 async def test_history_input_refused_for_a_program_without_one(server):
     """`history` sent to a program with no history input is INVALID_ARGUMENT; a history program takes it from its session."""
     _, stub, _ = server

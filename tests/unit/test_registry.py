@@ -210,6 +210,18 @@ async def test_max_programs_counts_versions():
         await add(registry, spec(name="other"))
 
 
+async def test_the_versions_held_are_bounded_in_bytes_too():
+    """Past max_bytes of specs held together, adding is ResourceExhausted naming the flag; a delete makes room."""
+    registry = ProgramRegistry(MemoryStore(), max_programs=100, max_bytes=10_000)
+    for number in range(4):
+        await add(registry, spec(name=f"big{number}", instructions="x" * 2_000))
+    with pytest.raises(ResourceExhausted, match="--max-programs-bytes"):
+        await add(registry, spec(name="big4", instructions="x" * 2_000))
+    assert registry.held_bytes() < 10_000
+    await registry.delete("big0")
+    await add(registry, spec(name="big4", instructions="x" * 2_000))
+
+
 async def test_list_latest_vs_all_versions():
     """list(False) gives the latest per name; list(True) every version, sorted by name then version."""
     registry = make_registry(10)
