@@ -81,7 +81,7 @@ class ServerSection(_Section):
     max_programs: int = setting(1000, "program versions the registry holds", minimum=1)
     max_program_bytes: int = setting(1 << 20, "largest program spec (serialized: signature, instructions, demos, saved state); "
                                               "past it RegisterProgram is INVALID_ARGUMENT", unit="bytes", minimum=1024)
-    max_programs_bytes: int = setting(256 << 20, "the program versions the registry holds, together (serialized specs): "
+    max_programs_bytes: int = setting(128 << 20, "the program versions the registry holds, together (serialized specs): "
                                                  "past it RegisterProgram is RESOURCE_EXHAUSTED", unit="bytes", minimum=1024)
     default_deadline_s: float = setting(30.0, "deadline for calls that set none", unit="s", minimum=0.001)
     max_deadline_s: float = setting(600.0, "longest deadline a call may ask for", unit="s", minimum=0.001)

@@ -127,7 +127,7 @@ class ProgramRegistry:
     restarts.
     """
 
-    def __init__(self, store: StateStore, max_programs: int, max_bytes: int = 256 << 20) -> None:
+    def __init__(self, store: StateStore, max_programs: int, max_bytes: int = 128 << 20) -> None:
         self.store = store
         self.max_programs = max_programs
         # The versions' specs together, as this snapshot holds them (every version the store holds, and any kept):
