@@ -891,14 +891,15 @@ async def _running(stub, job_id: str) -> bool:
 
 
 async def test_list_programs_pages_stay_readable_with_large_specs(server):
-    """Two accepted programs with 3 MB demos each: each ListPrograms page fits a client's default 4 MiB limit (was one
-    6 MB response no client could read), and following next_page_token lists every program once."""
+    """Five accepted programs with 0.9 MB demos each (under --max-program-bytes): each ListPrograms page stays within
+    its 2 MiB (a client's default limit is 4 MiB; one 4.5 MB response no client could read), and following
+    next_page_token lists every program once."""
     _, stub, _, _ = server
-    names = ["large-a", "large-b"]
+    names = [f"large-{letter}" for letter in "abcde"]
     try:
         for name in names:
             demo = struct_pb2.Struct()
-            demo.update({"question": "q" * (3 * 1024 * 1024), "answer": "a"})
+            demo.update({"question": "q" * (900 * 1024), "answer": "a"})
             await stub.RegisterProgram(pb.RegisterProgramRequest(spec=pb.ProgramSpec(name=name, signature="question -> answer", demos=[demo])),
                                        timeout=30)
         listed, token, pages = [], "", 0
@@ -908,7 +909,7 @@ async def test_list_programs_pages_stay_readable_with_large_specs(server):
             token, pages = page.next_page_token, pages + 1
             if not token:
                 break
-        assert pages >= 2 and sorted(listed) == listed and len(set(listed)) == len(listed) and set(names) <= set(listed)
+        assert pages >= 3 and sorted(listed) == listed and len(set(listed)) == len(listed) and set(names) <= set(listed)
     finally:
         for name in names:
             try:
