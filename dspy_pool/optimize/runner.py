@@ -372,7 +372,7 @@ def _evaluate(module: Any, examples: list[dspy.Example], metric: Metric, lm: Any
 
     def one(example: dspy.Example) -> float:
         nonlocal errors
-        with dspy.context(lm=lm):
+        with dspy.context(lm=lm, trace=[]):  # this example's: DSPy's global trace would keep it (see pool/worker.py)
             try:
                 return metric(example, module(**example.inputs()))
             except Exception:
@@ -706,7 +706,8 @@ class _Runner:
                    self.num_threads, phase, lambda model: gated(self.p.lms[model], phase), self.status)
         refused_before = self.budget.refused
         try:
-            with dspy.context(lm=lm, callbacks=[*(dspy.settings.get("callbacks") or []), recorder]):
+            # The job's own trace (freed with it), not DSPy's process-wide list, which kept every candidate's calls.
+            with dspy.context(lm=lm, trace=[], callbacks=[*(dspy.settings.get("callbacks") or []), recorder]):
                 program = _OPTIMIZERS[name](job)
             stopped = False
         except _BudgetReached:
