@@ -44,6 +44,8 @@ from dspy_pool.v1 import dspy_pool_pb2 as pb
 log = structlog.get_logger("dspy_pool.optimize")
 
 QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED, INTERRUPTED = "queued", "running", "succeeded", "failed", "cancelled", "interrupted"
+_PENDING_POLL_S = 0.5  # a call waiting for a job another front or replica runs looks at the store this often
+_ADOPT_EVERY_S = 5.0  # a shared store's queued jobs are looked for this often (they may be a dead replica's)
 FINISHED = (SUCCEEDED, FAILED, CANCELLED, INTERRUPTED)
 _WATCH_POLL_S = 1.0  # a watcher with no local news re-reads the store this often
 _PROGRESS_WRITE_S = 0.5  # progress reaches watchers at once, the store at most this often
@@ -173,7 +175,7 @@ class JobManager:
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._run_forever()) for _ in range(max(0, runners))]
         if self.store.shared:
-            self._tasks.append(loop.create_task(self._sweep_abandoned()))
+            self._tasks += [loop.create_task(self._sweep_abandoned()), loop.create_task(self._adopt_forever())]
         if self._observe is not None:
             self._tasks.append(loop.create_task(self._watch_triggers()))
 
@@ -197,6 +199,21 @@ class JobManager:
                 await self._interrupt_abandoned(everything=False)
             except StateUnavailable:
                 pass
+
+    async def _adopt_forever(self) -> None:
+        while True:
+            await asyncio.sleep(_ADOPT_EVERY_S)
+            with contextlib.suppress(StateUnavailable):
+                await self._adopt_queued()
+
+    async def _adopt_queued(self) -> None:
+        """A shared store's queued jobs, wherever they were started, join this queue too: the replica that queued one
+        may have died (its jobs waited for ever, and an identical start got the dead job back) or be busy. Whichever
+        runner claims a job first runs it; the others find it taken and pass."""
+        here = {job_id for _, _, job_id in self._queue} | set(self._runs)
+        for record in reversed(await self.store.list_jobs(states=(QUEUED,), limit=10_000)):
+            if record.job_id not in here:
+                self._enqueue(record)
 
     async def stop(self) -> None:
         for task in self._tasks:
@@ -342,15 +359,32 @@ class JobManager:
                  failed_in_a_row=state.failures or None)
 
     async def wait_for_job(self, program: str, timeout_s: float) -> bool:
-        """Wait up to `timeout_s` for this program's queued or running job to finish here; False if none or in time."""
-        if not self._active.get(program) or timeout_s <= 0:
+        """Wait up to `timeout_s` for this program's queued or running jobs to finish, here or (a shared store) on
+        another front or replica; True if one was pending and none is any more, False if none was or it ran out."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout_s
+        waited = False
+        while await self._job_pending(program):
+            left = deadline - loop.time()
+            if left <= 0:
+                return False
+            waited = True
+            event = self._finished.setdefault(program, asyncio.Event())
+            # A job here says when it ends; one elsewhere is looked for again now and then.
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(event.wait(), min(left, _PENDING_POLL_S) if self.store.shared else left)
+        return waited
+
+    async def _job_pending(self, program: str) -> bool:
+        if self._active.get(program) and not self.store.shared:
+            return True
+        if not self.store.shared:
             return False
-        event = self._finished.setdefault(program, asyncio.Event())
-        try:
-            await asyncio.wait_for(event.wait(), timeout_s)
-        except asyncio.TimeoutError:
-            return False
-        return True
+        with contextlib.suppress(StateUnavailable):
+            now = time.time()
+            return any(record.state == QUEUED or record.lease_expires_at >= now
+                       for record in await self.store.list_jobs(program, states=(QUEUED, RUNNING), limit=8))
+        return bool(self._active.get(program))
 
     # -- helpers -------------------------------------------------------------------
     def check_request(self, request: pb.StartOptimizationRequest):

@@ -444,6 +444,8 @@ class DSPyPoolService(pb_grpc.DSPyPoolServicer):
                 left_s = deadline - asyncio.get_running_loop().time()
                 wait_s = min(request.max_optimization_wait_ms / 1000.0, left_s * _OPTIMIZATION_WAIT_SHARE)
                 if await self.jobs.wait_for_job(request.program, wait_s):
+                    with contextlib.suppress(errors.Unavailable):  # the job may have run on another front or replica
+                        await self.registry.refresh()
                     policy = self.registry.policy(request.program)
                     view = routing.PolicyView(view.mode, view.base_version, policy.optimized_version, view.hybrid_percent,
                                               view.sticky_sessions)

@@ -142,3 +142,37 @@ async def test_a_job_running_on_one_replica_is_cancelled_from_another(redis_serv
         for replica in (replica_a, replica_b):
             if replica is not None:
                 replica.stop()
+
+
+async def test_a_job_queued_on_a_replica_that_dies_is_run_by_another(redis_server):
+    """Jobs queue in the store, not in the replica that took them: a job queued behind a running one on A, which is
+    then killed, is run by B (before, it stayed queued for ever, and an identical start got the stuck job back)."""
+    from .test_optimization import METRIC, start_running_job
+
+    args = ("--state", f"redis://127.0.0.1:{redis_server.port}/{REDIS_DB + 2}", "--optimizer-workers", "1",
+            "--lm", "sim", "--sim-latency", "fixed:20")
+    replica_a, replica_b = ServeProcess(*args), ServeProcess(*args)  # both up before any job: B learns of it from the store
+    channels = []
+    try:
+        await asyncio.gather(replica_a.serving(), replica_b.serving())
+        (channel_a, stub_a), (channel_b, stub_b) = await _stub_for(replica_a), await _stub_for(replica_b)
+        channels += [channel_a, channel_b]
+        await start_running_job(stub_a, setup=True)
+        queued = await stub_a.StartOptimization(pb.StartOptimizationRequest(
+            program="coder", dataset="words", optimizer="labeled_few_shot", metric=METRIC), timeout=10)
+        assert queued.state == "queued"
+        replica_a.kill9()  # with its running job and the one queued behind it
+
+        async def state_of(job_id: str) -> str:
+            return (await stub_b.GetOptimization(pb.GetOptimizationRequest(job_id=job_id), timeout=10)).state
+
+        async def queued_one_done():
+            return await state_of(queued.job_id) == "succeeded"
+
+        await eventually(queued_one_done, timeout_s=60, interval_s=0.3)
+    finally:
+        for channel in channels:
+            await channel.close()
+        for replica in (replica_a, replica_b):
+            if replica is not None:
+                replica.stop()
