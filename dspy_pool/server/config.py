@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import math
 import os
 import pathlib
 import tomllib
@@ -47,6 +48,11 @@ def setting(default: Any, meaning: str, *, unit: str = "", choices: tuple[str, .
     return field(default=default, metadata=metadata, repr=not secret)
 
 
+# Where a setting declares no maximum: what a C int holds (gRPC options, socket sizes and counts end up as one), so
+# a huge value is refused naming the setting instead of failing later, deep in a library, after children started.
+_INT_MAXIMUM = 2**31 - 1
+
+
 def _check_section(section: Any) -> list[str]:
     problems = []
     for item in fields(section):
@@ -54,10 +60,15 @@ def _check_section(section: Any) -> list[str]:
         name = meta["flat"] or item.name
         if meta["choices"] and value not in meta["choices"]:
             problems.append(f"{name} must be one of {', '.join(meta['choices'])}, not {value!r}")
+        if isinstance(value, float) and not math.isfinite(value):  # NaN passes every comparison below
+            problems.append(f"{name} must be a finite number, not {value!r}")
+            continue
         if meta["minimum"] is not None and value < meta["minimum"]:
             problems.append(f"{name} must be >= {meta['minimum']}, not {value!r}")
-        if meta["maximum"] is not None and value > meta["maximum"]:
-            problems.append(f"{name} must be <= {meta['maximum']}, not {value!r}")
+        maximum = meta["maximum"] if meta["maximum"] is not None else (_INT_MAXIMUM if isinstance(value, int) and
+                                                                         not isinstance(value, bool) else None)
+        if maximum is not None and value > maximum:
+            problems.append(f"{name} must be <= {maximum}, not {value!r}")
     return problems
 
 
@@ -74,7 +85,7 @@ class _Section:
 @dataclass(frozen=True)
 class ServerSection(_Section):
     listen: str = setting("127.0.0.1:50051", "gRPC address: HOST:PORT ([v6]:PORT) or unix:PATH; loopback unless asked")
-    max_message_bytes: int = setting(4 * 1024 * 1024, "largest accepted request", unit="bytes", minimum=1024)
+    max_message_bytes: int = setting(4 * 1024 * 1024, "largest accepted request", unit="bytes", minimum=1024, maximum=1 << 30)
     max_input_depth: int = setting(32, "deepest nesting of inputs and spec values", minimum=1, maximum=100)
     client_max_in_flight: int = setting(0, "Execute calls one client may have in flight (x-dspy-pool-client metadata, else "
                                            "its host); beyond it RESOURCE_EXHAUSTED (0: no limit)", minimum=0)
@@ -83,8 +94,8 @@ class ServerSection(_Section):
                                               "past it RegisterProgram is INVALID_ARGUMENT", unit="bytes", minimum=1024)
     max_programs_bytes: int = setting(128 << 20, "the program versions the registry holds, together (serialized specs): "
                                                  "past it RegisterProgram is RESOURCE_EXHAUSTED", unit="bytes", minimum=1024)
-    default_deadline_s: float = setting(30.0, "deadline for calls that set none", unit="s", minimum=0.001)
-    max_deadline_s: float = setting(600.0, "longest deadline a call may ask for", unit="s", minimum=0.001)
+    default_deadline_s: float = setting(30.0, "deadline for calls that set none (capped at max_deadline_s)", unit="s", minimum=0.001)
+    max_deadline_s: float = setting(600.0, "longest deadline a call may ask for, or get by default", unit="s", minimum=0.001)
     drain_grace_s: float = setting(10.0, "time to finish calls on SIGTERM/SIGINT before they end UNAVAILABLE", unit="s", minimum=0)
     front_processes: int = setting(1, "front processes sharing the listening port (SO_REUSEPORT), each with its share of the workers; "
                                       "they share sessions and programs through the state store", minimum=1, maximum=64)
@@ -102,13 +113,18 @@ class ServerSection(_Section):
         listen = check_listen(self.listen)
         return [listen] if listen else []
 
+    @property
+    def effective_default_deadline_s(self) -> float:
+        """A call that sets no deadline gets the default, capped like any other at max_deadline_s."""
+        return min(self.default_deadline_s, self.max_deadline_s)
+
 
 @dataclass(frozen=True)
 class PoolSection(_Section):
     workers: int = setting(2, "worker processes at start (alone: exactly this many; see min/max_workers)", minimum=1)
     min_workers: int = setting(0, "autoscaling lower bound (0: = workers)", minimum=0)
     max_workers: int = setting(0, "autoscaling upper bound (0: = workers)", minimum=0)
-    fixed_workers: int = setting(0, "exactly this many workers, never autoscaled (0: off)", minimum=0)
+    fixed_workers: int = setting(0, "exactly this many workers, never autoscaled, whatever min/max_workers say (0: off)", minimum=0)
     worker_concurrency: int = setting(64, "calls one worker runs at once", minimum=1)
     max_queue: int = setting(1000, "calls waiting for a slot; beyond it RESOURCE_EXHAUSTED", minimum=0)
     warming: str = setting("parallel", "how the first workers start: all at once, one by one, or min first", choices=("parallel", "sequential", "staged"))
@@ -216,8 +232,19 @@ class ResilienceSection(_Section):
                                                 "sessions and programs, so caching never fills what they need",
                                                 unit="bytes", minimum=1024)
     result_cache_warm_entries: int = setting(1000, "most-hit entries loaded from the store into memory at start-up", minimum=0)
-    default_fallback: tuple[str, ...] = setting((), "fallback chain for programs that set none, e.g. cache,static")
+    default_fallback: tuple[str, ...] = setting((), "fallback chain for programs that set none, e.g. cache,static (a lm, program "
+                                                    "or static step applies to the programs whose spec gives its LM, program "
+                                                    "or outputs)")
     fallback_concurrency: int = setting(256, "fallbacks doing work at once", minimum=0)
+
+    def problems(self) -> list[str]:
+        from dspy_pool.server.fallback import check_default_chain  # imports grpc: not for `dspy-pool --help`
+
+        try:
+            check_default_chain(self.default_fallback)
+        except ValueError as exc:
+            return [f"default_fallback: {exc}"]
+        return []
 
 
 @dataclass(frozen=True)

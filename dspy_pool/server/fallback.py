@@ -100,6 +100,19 @@ def validate_chain(
         raise ValueError("fallback step 'static' needs outputs (FallbackSpec.static_outputs)")
 
 
+def check_default_chain(steps: Iterable[str]) -> None:
+    """The server's default chain (ValueError naming the problem): known steps, each once, 'fail' last. Its lm,
+    program and static steps need what only a spec gives, so they apply to the programs that give it."""
+    validate_chain(steps, lm="(from the spec)", program="(from the spec)", static_outputs={"(from the spec)": ""})
+
+
+def default_steps_for(default: Iterable[str], lm: str, program: str, static_outputs: Mapping[str, Any] | None) -> tuple[str, ...]:
+    """The default chain as it applies to a program that sets no chain of its own: the steps it gives what they need
+    (a program without static outputs is not made to fail registration by a default 'static' step)."""
+    needs = {Step.LM.value: lm, Step.PROGRAM.value: program, Step.STATIC.value: static_outputs}
+    return tuple(step for step in default if step not in needs or needs[step])
+
+
 # Programs registered without a chain: the primary's error is the answer.
 NO_FALLBACK = FallbackChain()
 

@@ -37,7 +37,7 @@ from dspy_pool.server import retry as retry_policy
 from dspy_pool.server.executor import Served, primary
 from dspy_pool.server.breaker import AsyncBreakerGuard, BreakerConfig, BreakerKey, BreakerRegistry, Outcome
 from dspy_pool.server.breaker import outcome_for as breaker_outcome_for
-from dspy_pool.server.fallback import FallbackBudget, FallbackChain, Step
+from dspy_pool.server.fallback import FallbackBudget, FallbackChain, Step, default_steps_for
 from dspy_pool.server.registry import ProgramRegistry, ProgramVersion
 from dspy_pool.server.cache import Mode, Policy, TieredCache, policy_for
 from dspy_pool.server.result_cache import ResultCache, cache_key
@@ -64,8 +64,8 @@ class ResilienceSettings:
 def chain_for(spec: pb.ProgramSpec, default_chain: tuple[str, ...]) -> FallbackChain:
     """The program's own chain, else the server default; raises ValueError when invalid."""
     fb = spec.fallback
-    steps = tuple(fb.chain) or default_chain
     static = structs.struct_to_dict(fb.static_outputs) if fb.HasField("static_outputs") else None
+    steps = tuple(fb.chain) or default_steps_for(default_chain, fb.lm, fb.program, static)
     return FallbackChain(steps=steps, lm=fb.lm, lm_api_base=fb.lm_api_base, program=fb.program, static_outputs=static)
 
 

@@ -66,7 +66,7 @@ MAX_FEEDBACK_SCORE = 1e9
 def _deadline(context: grpc.aio.ServicerContext, config: ServerConfig, loop: asyncio.AbstractEventLoop) -> float:
     remaining = context.time_remaining()
     if remaining is None:
-        return loop.time() + config.server.default_deadline_s
+        return loop.time() + config.server.effective_default_deadline_s
     budget = min(remaining, config.server.max_deadline_s)
     return loop.time() + budget - min(_DEADLINE_MARGIN_S, budget * _DEADLINE_MARGIN_SHARE)
 
@@ -215,7 +215,7 @@ class DSPyPoolService(pb_grpc.DSPyPoolServicer):
         self._loop: asyncio.AbstractEventLoop | None = None  # the loop Execute last ran on
         self._request_ids = _RequestIds()
         # Read on every call: copied out of the config once.
-        self._default_deadline_s = config.server.default_deadline_s
+        self._default_deadline_s = config.server.effective_default_deadline_s
         self._max_deadline_s = config.server.max_deadline_s
         self._max_input_depth = config.server.max_input_depth
         self._shared_status: tuple[float, asyncio.Future] | None = None  # (built at, the status) for watchers
@@ -884,7 +884,7 @@ class DSPyPoolService(pb_grpc.DSPyPoolServicer):
             config=pb.PoolConfig(
                 workers=view.target_workers, min_workers=minimum, max_workers=maximum,
                 worker_concurrency=self.config.pool.worker_concurrency, max_queue=self.config.pool.max_queue,
-                default_deadline_s=self.config.server.default_deadline_s, lm=self.config.lm.model, module_kinds=view.module_kinds,
+                default_deadline_s=self.config.server.effective_default_deadline_s, lm=self.config.lm.model, module_kinds=view.module_kinds,
             ),
             recycled_workers=view.recycled, scale_events=view.scale_events, workers_warming=view.workers_warming,
             warmup_calls=view.warmup_calls, warmup_failures=view.warmup_failures,

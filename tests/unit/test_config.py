@@ -238,3 +238,26 @@ def test_lm_call_options_are_an_allow_list_that_never_names_the_operators_lm():
     for entry in ("api_base=a|b", "api_key=0:1", "temperature"):
         with pytest.raises(ValueError, match="lm_call_options|operator"):
             build(lm_call_options=(entry,))
+
+
+@pytest.mark.parametrize("settings, says", [
+    ({"default_deadline_s": float("nan")}, "default_deadline_s must be a finite number"),
+    ({"drain_grace_s": float("nan")}, "drain_grace_s must be a finite number"),
+    ({"session_ttl_s": float("inf")}, "session_ttl_s must be a finite number"),
+    ({"max_queue": 10**20}, "max_queue must be <= 2147483647"),
+    ({"max_message_bytes": 3_000_000_000}, "max_message_bytes must be <= 1073741824"),
+    ({"default_fallback": ("cache", "statik")}, "default_fallback: unknown fallback step 'statik'"),
+    ({"default_fallback": ("fail", "cache")}, "'fail' must be the last step"),
+], ids=["nan-deadline", "nan-grace", "inf-ttl", "huge-int", "huge-message", "unknown-step", "fail-first"])
+def test_settings_that_would_fail_later_are_refused_naming_the_setting(settings, says):
+    """NaN passed every bound check, a huge int failed deep in grpc after children started, a default chain's typo
+    failed every registration: all refused at start-up."""
+    with pytest.raises(ValueError) as refused:
+        build(**settings)
+    assert says in str(refused.value)
+
+
+def test_the_default_deadline_is_capped_at_the_maximum_like_any_other():
+    """--max-deadline-s 5 with the default 30: a call that sets no deadline gets 5 s (it ran 30 s, past the cap)."""
+    assert build(max_deadline_s=5.0).server.effective_default_deadline_s == 5.0
+    assert build(max_deadline_s=600.0, default_deadline_s=30.0).server.effective_default_deadline_s == 30.0

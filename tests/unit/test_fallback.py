@@ -13,7 +13,9 @@ from dspy_pool.server.fallback import (
     FallbackBudget,
     FallbackChain,
     Step,
+    check_default_chain,
     classify,
+    default_steps_for,
     plan,
     reserve_s,
 )
@@ -204,3 +206,14 @@ def test_budget_release_without_acquire_is_an_error():
     """An unmatched release raises instead of letting the bound drift."""
     with pytest.raises(RuntimeError):
         FallbackBudget(max_concurrent=1).release()
+
+
+def test_a_default_chain_applies_its_lm_program_and_static_steps_to_programs_that_give_what_they_need():
+    """--default-fallback cache,static: a program with static outputs gets both steps, one without gets cache alone
+    (its registration failed, blaming a field the client never set)."""
+    default = ("cache", "program", "static", "fail")
+    assert default_steps_for(default, "", "", None) == ("cache", "fail")
+    assert default_steps_for(default, "", "simple", {"answer": "later"}) == default
+    check_default_chain(default)
+    with pytest.raises(ValueError, match="appears more than once"):
+        check_default_chain(("cache", "cache"))
