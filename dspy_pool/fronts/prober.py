@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import signal
 import sys
 
 import grpc
@@ -61,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--supervisor-pid", type=int, required=True)
     args = parser.parse_args(argv)
     die_with_parent(args.supervisor_pid)
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)  # a closed terminal: the group drains (stop_signals.py); we die with it
     try:
         asyncio.run(probe(FrontGroup(0, args.count, args.socket_dir), args.interval_s))
     except (BrokenPipeError, KeyboardInterrupt):

@@ -38,6 +38,7 @@ import structlog
 
 from dspy_pool.fronts import liveness, plan
 from dspy_pool.restarts import RestartPolicy, RestartState, after_failure, after_start
+from dspy_pool.stop_signals import StopSignals
 from dspy_pool.server import config as config_module
 from dspy_pool.server.config import ServerConfig
 
@@ -337,16 +338,8 @@ def _stop_http(server) -> None:
 
 
 async def serve_group(config: ServerConfig, on_serving: Callable[[int], None] | None = None) -> None:
-    """Run the group until SIGTERM/SIGINT."""
+    """Run the group until SIGTERM/SIGINT/SIGHUP; a later signal makes the fronts stop without waiting for their calls."""
     stop = asyncio.Event()
     supervisor = FrontSupervisor(config, on_serving=on_serving)
-
-    def on_signal() -> None:
-        if stop.is_set():
-            supervisor.cut_drain()  # a second signal: the fronts stop without waiting for their calls
-        stop.set()
-
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, on_signal)
+    StopSignals(on_stop=stop.set, on_cut=supervisor.cut_drain).install(asyncio.get_running_loop())
     await supervisor.run(stop)

@@ -370,6 +370,7 @@ def run(worker_id: int, channel_fd: int, config: wire.ZygoteConfig, boot_started
     # execs would inherit (and then ignore their own SIGTERM).
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, lambda signum, frame: None)
+    signal.signal(signal.SIGHUP, lambda signum, frame: None)  # a closed terminal: the front drains us (stop_signals.py)
     for stream in (sys.stdout, sys.stderr):
         stream.reconfigure(line_buffering=True)
     sys.stdout, sys.stderr = calltag.TaggingStream(sys.stdout), calltag.TaggingStream(sys.stderr)

@@ -197,6 +197,7 @@ def main(argv: list[str] | None = None) -> int:
     # which take seconds. A handler, not SIG_IGN, for SIGTERM: forked workers set
     # their own, and processes they exec get the default back.
     signal.signal(signal.SIGTERM, _ignore_signal)
+    signal.signal(signal.SIGHUP, _ignore_signal)  # a closed terminal: the front drains (stop_signals.py)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     control = socket.socket(fileno=args.control_fd)
     config = _read_config(control)

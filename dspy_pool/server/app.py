@@ -9,7 +9,6 @@ NOT_SERVING, stop accepting, drain (grace), stop workers, stop the zygote.
 from __future__ import annotations
 
 import asyncio
-import signal
 import socket
 import time
 import uuid
@@ -21,6 +20,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client import CollectorRegistry
 
 from dspy_pool import errors
+from dspy_pool.stop_signals import StopSignals
 from dspy_pool.optimize.datasets import Datasets
 from dspy_pool.optimize.jobs import JobManager, JobSettings
 from dspy_pool.optimize.stats import ProgramStats
@@ -413,12 +413,10 @@ class App:
 
 
 async def serve(config: ServerConfig, on_serving=None, front: FrontGroup | None = None) -> None:
-    """Run until SIGTERM/SIGINT, then shut down gracefully. Signal handlers only set an event."""
+    """Run until SIGTERM/SIGINT/SIGHUP, then shut down gracefully; a later signal cuts the drain (stop_signals.py)."""
     app = App(config, front)
     stop_requested = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop_requested.set)
+    StopSignals(on_stop=stop_requested.set, on_cut=app.cut_drain).install(asyncio.get_running_loop())
     start = asyncio.ensure_future(app.start())
     waiter = asyncio.ensure_future(stop_requested.wait())
     await asyncio.wait([start, waiter], return_when=asyncio.FIRST_COMPLETED)
@@ -428,8 +426,6 @@ async def serve(config: ServerConfig, on_serving=None, front: FrontGroup | None 
         await waiter
     elif not start.done():
         start.cancel()
-    for sig in (signal.SIGTERM, signal.SIGINT):  # from now on a signal means: do not wait for the drain
-        loop.add_signal_handler(sig, app.cut_drain)
     await app.stop()
     if start.done() and not start.cancelled() and start.exception() is not None:
         raise start.exception()

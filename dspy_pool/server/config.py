@@ -96,7 +96,7 @@ class ServerSection(_Section):
                                                  "past it RegisterProgram is RESOURCE_EXHAUSTED", unit="bytes", minimum=1024)
     default_deadline_s: float = setting(30.0, "deadline for calls that set none (capped at max_deadline_s)", unit="s", minimum=0.001)
     max_deadline_s: float = setting(600.0, "longest deadline a call may ask for, or get by default", unit="s", minimum=0.001)
-    drain_grace_s: float = setting(10.0, "time to finish calls on SIGTERM/SIGINT before they end UNAVAILABLE", unit="s", minimum=0)
+    drain_grace_s: float = setting(10.0, "time to finish calls on SIGTERM/SIGINT/SIGHUP before they end UNAVAILABLE", unit="s", minimum=0)
     front_processes: int = setting(1, "front processes sharing the listening port (SO_REUSEPORT), each with its share of the workers; "
                                       "they share sessions and programs through the state store", minimum=1, maximum=64)
     keepalive_s: float = setting(60.0, "ping a client's connection after this long without traffic; one that does not answer within "

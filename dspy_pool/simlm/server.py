@@ -531,7 +531,7 @@ SUPERVISED_STOP_SIGNAL = signal.SIGUSR1
 async def _serve_until_signal(server: SimLMServer, supervised: bool = False) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         loop.add_signal_handler(sig, (lambda: None) if supervised else stop.set)
     if supervised:
         loop.add_signal_handler(SUPERVISED_STOP_SIGNAL, stop.set)

@@ -4,6 +4,7 @@ import asyncio
 import signal
 import subprocess
 import sys
+import time
 
 import grpc
 import psutil
@@ -11,6 +12,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from dspy_pool.server.app import App
+from dspy_pool.stop_signals import REPEAT_AFTER_S
 
 from .harness import FRONTS_SERVING, ServeProcess, eventually, execute_request, make_config, register
 
@@ -93,6 +95,7 @@ async def test_a_second_signal_stops_without_waiting_for_the_drain(tmp_path):
                 await eventually(running, timeout_s=20)
                 server.process.send_signal(signal.SIGINT)
                 await eventually(lambda: server.log.count(b"server_draining") == int(fronts), timeout_s=20)
+                await asyncio.sleep(REPEAT_AFTER_S)  # sooner, it is the same stop delivered twice (the test below)
                 server.process.send_signal(signal.SIGINT)
                 code = await asyncio.to_thread(server.process.wait, 30)  # not the 45 s calls, nor the 60 s grace
                 results = await asyncio.gather(*calls, return_exceptions=True)
@@ -102,3 +105,43 @@ async def test_a_second_signal_stops_without_waiting_for_the_drain(tmp_path):
             assert b"drain_cut" in server.log
         finally:
             server.stop()
+
+
+@pytest.mark.parametrize("fronts, signals", [("1", "hup"), ("2", "term-then-group")], ids=["sighup", "timeout-like"])
+async def test_one_stop_delivered_twice_at_once_or_a_sighup_still_drains(tmp_path, fronts, signals):
+    """`timeout` and `kill -- -PGID` signal the server and then its whole group (a group's fronts get it from both):
+    that is one stop, and the calls in flight finish (they ended UNAVAILABLE, the drain cut). A SIGHUP (a closed
+    terminal) drains like SIGTERM (it killed the front mid-call)."""
+    import os
+
+    from dspy_pool.v1 import dspy_pool_pb2 as pb
+    from dspy_pool.v1 import dspy_pool_pb2_grpc as pb_grpc
+
+    server = ServeProcess("--front-processes", fronts, "--state-dir", str(tmp_path), "--optimizer-workers", "0",
+                          "--drain-grace-s", "30", ready=FRONTS_SERVING if fronts == "2" else None)
+    try:
+        await server.serving()
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = pb_grpc.DSPyPoolStub(channel)
+            await register(stub, "sleepy", "seconds -> slept", "sleepy")
+            calls = [asyncio.ensure_future(stub.Execute(execute_request("sleepy", seconds=2.0), timeout=60)) for _ in range(2)]
+
+            async def running() -> bool:
+                return (await stub.GetPoolStatus(pb.GetPoolStatusRequest(), timeout=5)).in_flight == 2
+
+            await eventually(running, timeout_s=20)
+            if signals == "hup":
+                os.killpg(server.process.pid, signal.SIGHUP)  # the whole group, as a closed terminal does
+            else:  # the group's copy after the server began to drain (when the old code read it as "stop now")
+                sent_at = time.monotonic()
+                server.process.send_signal(signal.SIGTERM)
+                await eventually(lambda: server.log.count(b"server_draining") == int(fronts), timeout_s=20)
+                if time.monotonic() - sent_at > REPEAT_AFTER_S / 2:
+                    pytest.skip("the machine took too long to start draining to send the copy within the repeat window")
+                os.killpg(server.process.pid, signal.SIGTERM)
+            results = await asyncio.gather(*calls, return_exceptions=True)
+            code = await asyncio.to_thread(server.process.wait, 30)
+        assert [getattr(result, "outputs", result)["slept"] for result in results] == [2.0, 2.0], results
+        assert code == 0 and b"drain_cut" not in server.log, server.log.decode(errors="replace")[-2000:]
+    finally:
+        server.stop()
