@@ -217,11 +217,11 @@ class ProgramRegistry:
 
     # -- reads ------------------------------------------------------------------
     def existing(self, spec: pb.ProgramSpec) -> ProgramVersion | None:
-        versions = self._versions.get(spec.name)
-        if not versions:
-            return None
-        latest = versions[max(versions)]
-        return latest if latest.program.content_hash == content_hash(spec) else None
+        """The version a client registration of `spec` gives back unchanged: the latest one a client registered, when
+        its content is the same (an optimization's versions since do not count: a programs file read again at every
+        start made a new version after each optimization)."""
+        base = self.bases.get(spec.name)
+        return base if base is not None and base.program.content_hash == content_hash(spec) else None
 
     def get(self, name: str, version: int = 0) -> ProgramVersion:
         versions = self._versions.get(name)

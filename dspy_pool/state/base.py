@@ -198,8 +198,9 @@ class StateStore(abc.ABC):
     async def add_program(self, program: NewProgram, max_programs: int) -> AddedProgram:
         """Add the next version of `program.name`, atomically across replicas.
 
-        If the latest version of the name has the same content hash, return it
-        with created=False instead. Version numbers are never reused, even after
+        If the latest version a client registered (no meta) has the same content
+        hash as a client's registration, return it with created=False instead;
+        an optimization's result (meta set) is compared with the latest version. Version numbers are never reused, even after
         a delete. Past `max_programs` versions in all, raise ResourceExhausted
         (dspy_pool.errors).
         """

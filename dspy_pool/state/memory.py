@@ -86,8 +86,9 @@ class MemoryStore(StateStore):
     # -- programs -------------------------------------------------------------
     async def add_program(self, program: NewProgram, max_programs: int) -> AddedProgram:
         versions = self._programs.get(program.name, {})
-        if versions:
-            latest = versions[max(versions)]
+        compared = [number for number, record in versions.items() if program.meta or not record.meta]
+        if compared:
+            latest = versions[max(compared)]
             if latest.content_hash == program.content_hash:
                 return AddedProgram(latest, created=False)
         if sum(len(v) for v in self._programs.values()) >= max_programs:

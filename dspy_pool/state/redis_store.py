@@ -111,11 +111,15 @@ _UNAVAILABLE = (RedisConnectionError, RedisTimeoutError, ReadOnlyError, OSError)
 _ADD_PROGRAM = """
 -- KEYS: programs, program_versions:NAME, program_next:NAME, program_revision
 -- ARGV: prefix, name, content_hash, max_programs, spec, input_names, output_names, takes_history, created_at, meta
-local latest = redis.call('ZREVRANGE', KEYS[2], 0, 0)[1]
-if latest then
+-- A client's registration (no meta) is compared with the latest version a client registered; an optimization's
+-- with the latest version.
+for _, latest in ipairs(redis.call('ZREVRANGE', KEYS[2], 0, -1)) do
   local key = ARGV[1] .. 'program:' .. latest .. ':' .. ARGV[2]
-  if redis.call('HGET', key, 'content_hash') == ARGV[3] then
-    return {0, latest, redis.call('HGETALL', key)}
+  if ARGV[10] ~= '' or (redis.call('HGET', key, 'meta') or '') == '' then
+    if redis.call('HGET', key, 'content_hash') == ARGV[3] then
+      return {0, latest, redis.call('HGETALL', key)}
+    end
+    break
   end
 end
 if redis.call('SCARD', KEYS[1]) >= tonumber(ARGV[4]) then

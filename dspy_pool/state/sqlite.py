@@ -382,7 +382,10 @@ def _bump_revision(conn: sqlite3.Connection) -> None:
 
 def _add_program(conn: sqlite3.Connection, program: NewProgram, max_programs: int) -> AddedProgram:
     with _transaction(conn):
-        latest = conn.execute(f"SELECT {_PROGRAM_COLUMNS} FROM programs WHERE name = ? ORDER BY version DESC LIMIT 1",
+        # A client's registration is compared with the latest version a client registered; an optimization's with the
+        # latest version.
+        clients_only = "" if program.meta else " AND length(coalesce(meta, x'')) = 0"
+        latest = conn.execute(f"SELECT {_PROGRAM_COLUMNS} FROM programs WHERE name = ?{clients_only} ORDER BY version DESC LIMIT 1",
                               (program.name,)).fetchone()
         if latest is not None and latest[3] == program.content_hash:
             return AddedProgram(_program(latest), created=False)

@@ -76,6 +76,20 @@ async def test_content_of_an_older_version_is_a_new_version(store):
     assert back.created and back.record.version == 3
 
 
+async def test_a_clients_content_again_after_an_optimization_returns_the_clients_version(store):
+    """An optimization's versions since do not count: the client's latest version with the same content comes back
+    unchanged (a programs file read at every start made a new version after each optimization); an optimization's
+    result is compared with the latest version."""
+    first = await store.add_program(_program(content="a"), MAX_PROGRAMS)
+    optimized = dataclasses.replace(_program(content="a-optimized"), meta=b"job-1")
+    assert (await store.add_program(optimized, MAX_PROGRAMS)).record.version == 2
+    again = await store.add_program(_program(content="a", created_at=T0 + 1), MAX_PROGRAMS)
+    assert again.created is False and again.record == first.record
+    same_result = await store.add_program(dataclasses.replace(optimized, created_at=T0 + 2), MAX_PROGRAMS)
+    assert same_result.created is False and same_result.record.version == 2
+    assert len(await store.list_programs()) == 2
+
+
 async def test_versions_are_counted_per_name(store):
     """Two names each start at version 1."""
     a = await store.add_program(_program("a"), MAX_PROGRAMS)
