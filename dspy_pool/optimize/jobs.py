@@ -239,7 +239,7 @@ class JobManager:
                                          f"twice (the base and the result): give at least {2 * dev}")
         key = dedup_key(base.key, dataset.content_hash, request)
         existing = await self.store.find_job(key)
-        if existing is not None and reusable(existing, time.time()):
+        if existing is not None and reusable(existing, time.time()) and self._result_kept(existing):
             return to_message(existing, reused=True)  # the optimization cache: identical work is done once
         if len(self._queue) >= self.settings.max_queue:
             raise errors.ResourceExhausted(f"{len(self._queue)} optimization jobs are queued (limit {self.settings.max_queue})",
@@ -617,10 +617,25 @@ class JobManager:
                  baseline=round(result.baseline_score, 4), optimized=round(result.optimized_score, 4), promoted=promoted,
                  budget_limited=result.budget_limited, lm_calls=result.lm_calls)
 
+    def _result_kept(self, record: JobRecord) -> bool:
+        """A finished job is handed out again only while the version it made is there (a deleted one: run it again)."""
+        if record.state != SUCCEEDED or not record.result:
+            return True
+        version = pb.OptimizationResult.FromString(record.result).version
+        return not version or self.registry.holds(record.program, version)
+
+    def _served_score(self, name: str, version: int, dataset_hash: str) -> float | None:
+        """The promoted version's dev score, if it was measured on this dev set (the same dataset content)."""
+        if not version or not self.registry.holds(name, version):
+            return None
+        meta = self.registry.get(name, version).program.meta
+        return meta.optimized_score if meta.job_id and meta.dataset_hash == dataset_hash else None
+
     async def _maybe_promote(self, name: str, program: pb.Program, result: OptimizeResult) -> bool:
         policy = self.registry.policy(name)
+        served = self._served_score(name, policy.optimized_version, program.meta.dataset_hash)
         if not should_promote(policy.promotion, policy.min_improvement, policy.min_dev_examples,
-                              Outcome(result.baseline_score, result.optimized_score, result.dev_examples)):
+                              Outcome(result.baseline_score, result.optimized_score, result.dev_examples, served)):
             return False
         promoted = pb.ExecutionPolicy()
         promoted.CopyFrom(policy)

@@ -562,3 +562,17 @@ async def test_an_auto_optimize_job_is_checked_as_start_optimization_checks_it(s
     error = await _error(stub.SetExecutionPolicy(pb.SetExecutionPolicyRequest(
         policy=pb.ExecutionPolicy(program="coder_auto_checked", auto_optimize=auto)), timeout=10))
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and says in error.details(), error.details()
+
+
+async def test_a_finished_job_whose_version_was_deleted_is_run_again(server):
+    """The optimization cache hands back a finished job only while its version exists: after the version is deleted,
+    an identical start is a new job (it returned the old one, naming a version GetProgram said NOT_FOUND for)."""
+    _, stub, _ = server
+    await stub.RegisterProgram(pb.RegisterProgramRequest(spec=pb.ProgramSpec(name="coder_redo", signature="word -> code")), timeout=30)
+    request = pb.StartOptimizationRequest(program="coder_redo", dataset="words", optimizer="labeled_few_shot", metric=METRIC)
+    first = await _finished(stub, (await stub.StartOptimization(request, timeout=10)).job_id)
+    assert first.state == "succeeded" and (await stub.StartOptimization(request, timeout=10)).reused
+    await stub.DeleteProgram(pb.DeleteProgramRequest(name="coder_redo", version=first.result.version), timeout=10)
+    again = await stub.StartOptimization(request, timeout=10)
+    assert not again.reused and again.job_id != first.job_id
+    assert (await _finished(stub, again.job_id)).state == "succeeded"

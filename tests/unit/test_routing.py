@@ -70,3 +70,12 @@ def test_unknown_mode_is_a_value_error():
 def test_auto_promotion_needs_the_improvement_on_enough_examples(promotion, baseline, optimized, examples, expected):
     """Auto promotes when optimized - baseline >= min_improvement on >= min_dev_examples; manual never does."""
     assert should_promote(promotion, 0.1, 10, Outcome(baseline, optimized, examples)) is expected
+
+
+@pytest.mark.parametrize(("served", "optimized", "expected"), [
+    (0.93, 0.77, False),  # beats the base, but not the version served now (it replaced a better one)
+    (0.60, 0.77, True),
+    (None, 0.77, True),  # nothing promoted, or scored on another dev set
+])
+def test_auto_promotion_never_replaces_a_better_promoted_version(served, optimized, expected):
+    assert should_promote("auto", 0.05, 10, Outcome(0.5, optimized, 20, served)) is expected
