@@ -246,7 +246,7 @@ class App:
         self.stats_sync = StatsSync(ProgramStats(), self.store)
         await self.stats_sync.sync()  # the figures every version had: a restart forgets none
         self.service = DSPyPoolService(self.config, pool, registry, self.sessions, breakers, self.cache, self.stats_sync,
-                                       lm_up=self._sim_up, datasets=datasets, jobs=self.jobs,
+                                       up=lambda: not self._stopping and self._sim_up(), datasets=datasets, jobs=self.jobs,
                                        peers=Peers(self.front) if self.front else None)
         add_service(self.service, self.server, self.config.server.max_message_bytes)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
@@ -352,7 +352,7 @@ class App:
         if self.sim is not None:
             self.sim.stop_supervising()  # nothing is restarted once shutdown begins
         grace = self.config.server.drain_grace_s if grace_s is None else grace_s
-        log.info("server_draining", grace_s=grace, hint="a second SIGINT (Ctrl-C) or SIGTERM stops without waiting")
+        log.info("server_draining", grace_s=grace, hint="another SIGINT (Ctrl-C) or SIGTERM a second or more later stops without waiting")
         await self._set_health(False)
         for task in self._background:
             task.cancel()

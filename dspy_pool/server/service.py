@@ -191,7 +191,7 @@ def check_spec_values(spec: pb.ProgramSpec, max_depth: int) -> None:
 
 class DSPyPoolService(pb_grpc.DSPyPoolServicer):
     def __init__(self, config: ServerConfig, pool: Pool, registry: ProgramRegistry, sessions: SessionStore,
-                 breakers: AsyncBreakerGuard, cache: TieredCache, stats_sync: StatsSync, lm_up: Callable[[], bool] = lambda: True,
+                 breakers: AsyncBreakerGuard, cache: TieredCache, stats_sync: StatsSync, up: Callable[[], bool] = lambda: True,
                  datasets=None, jobs=None, peers: Peers | None = None) -> None:
         self.config = config
         self.peers = peers  # the other front processes (--front-processes N), or None
@@ -201,7 +201,7 @@ class DSPyPoolService(pb_grpc.DSPyPoolServicer):
         self.stats = stats_sync.stats
         self.captures = Captures(max_bytes=config.optimize.capture_max_bytes)
         self._example_max_bytes = config.optimize.example_max_bytes
-        self.lm_up = lm_up  # False while a supervised local LM (the sim) is down and being restarted
+        self.up = up  # False while draining, or while a supervised local LM (the sim) is down and being restarted
         self.pool = pool
         self.registry = registry
         self.sessions = sessions
@@ -878,7 +878,7 @@ class DSPyPoolService(pb_grpc.DSPyPoolServicer):
         view = self.pool.view()
         _, minimum, maximum = config_module.worker_bounds(self.config)
         status = pb.PoolStatus(
-            serving=view.serving and self.lm_up(), queue_depth=view.queue_depth, in_flight=view.in_flight, completed=view.completed,
+            serving=view.serving and self.up(), queue_depth=view.queue_depth, in_flight=view.in_flight, completed=view.completed,
             failed=view.failed, rejected=view.rejected, worker_restarts=view.restarts, sessions=await self._session_count(),
             programs=len(self.registry), uptime_s=time.monotonic() - self.started_at,
             config=pb.PoolConfig(

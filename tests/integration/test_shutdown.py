@@ -20,7 +20,7 @@ pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(60)]
 
 
 async def test_drain_finishes_in_flight_calls_and_refuses_new_ones():
-    """During stop(), running calls complete OK, new calls get UNAVAILABLE, health turns NOT_SERVING."""
+    """During stop(), running calls complete OK, new calls get UNAVAILABLE, health and status say not serving."""
     app = App(make_config(workers=1))
     await app.start()
     channel = grpc.aio.insecure_channel(f"127.0.0.1:{app.port}")
@@ -36,6 +36,9 @@ async def test_drain_finishes_in_flight_calls_and_refuses_new_ones():
         await eventually(lambda: app.pool.worker_pool.dispatcher.closed)
         reply = await health.Check(health_pb2.HealthCheckRequest())
         assert reply.status == health_pb2.HealthCheckResponse.NOT_SERVING
+        from dspy_pool.v1 import dspy_pool_pb2 as pb
+
+        assert not (await stub.GetPoolStatus(pb.GetPoolStatusRequest(), timeout=5)).serving  # as health says (it said serving)
         with pytest.raises(grpc.aio.AioRpcError) as caught:
             await stub.Execute(execute_request("sleepy", seconds=0.1), timeout=5)
         assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
