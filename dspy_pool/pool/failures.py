@@ -57,6 +57,11 @@ _LM_KINDS: tuple[tuple[type[BaseException], ErrorKind], ...] = (
 )
 
 
+# LiteLLM's words (raised as a 400, which DSPy maps to LMInvalidRequestError) for a model id it cannot place: every
+# call fails alike, so it is the configuration's fault, not the caller's.
+_NO_PROVIDER = "LLM Provider NOT provided"
+
+
 def _chain(exc: BaseException) -> Iterator[BaseException]:
     """exc, then its causes, as Python would print them (a `from None` hides the context)."""
     seen: set[int] = set()
@@ -93,6 +98,8 @@ def classify(exc: BaseException) -> ErrorKind:
             return ErrorKind.LM_MALFORMED_OUTPUT
         if isinstance(link, dspy.LMTransportError):
             return _transport_kind(link)
+        if isinstance(link, dspy.LMInvalidRequestError) and _NO_PROVIDER in str(link):
+            return ErrorKind.LM_AUTH  # LiteLLM cannot tell whose model --lm names (a typo): the operator's to fix
         if isinstance(link, dspy.LMError):
             return next(kind for error_type, kind in _LM_KINDS if isinstance(link, error_type))
     return ErrorKind.PROGRAM_ERROR

@@ -155,3 +155,12 @@ def test_pool_error_keeps_its_kind():
 def test_unrelated_error_is_program_error():
     """A plain ValueError from user code is a program error."""
     assert classify(ValueError("bad input")) is ErrorKind.PROGRAM_ERROR
+
+
+def test_a_model_id_litellm_cannot_place_is_the_operators_configuration_not_the_callers_request():
+    """--lm gtp-4o-mini (a typo): LiteLLM raises a 400 that DSPy maps to LMInvalidRequestError; every call fails alike,
+    so it is LM_AUTH (FAILED_PRECONDITION, counted by the breaker, falls back), not the caller's INVALID_ARGUMENT."""
+    exc = dspy.LMInvalidRequestError("[gtp-4o-mini] litellm.BadRequestError: LLM Provider NOT provided. Pass in the LLM "
+                                     "provider you are trying to call. You passed model=gtp-4o-mini", status=400)
+    assert classify(exc) is ErrorKind.LM_AUTH
+    assert classify(dspy.LMInvalidRequestError("max_tokens is too large", status=400)) is ErrorKind.LM_BAD_REQUEST
