@@ -341,12 +341,13 @@ class JobManager:
 
     async def _tick_trigger(self, name: str, auto: pb.AutoOptimize) -> None:
         config = TriggerConfig(auto.after_feedback_examples, auto.on_score_drop, auto.on_error_rate, auto.min_interval_s or 3600.0)
-        state = self._triggers.get(name, TriggerState())
+        seen = self._observe(name)
+        state = self._triggers.get(name) or await self._trigger_state_from_store(name, seen)
         if state.last_job_id:
             last = await self.store.get_job(state.last_job_id)
             if last is None or last.state in FINISHED:
                 state = triggers.after_job(state, failed=last is not None and last.state == FAILED)
-        reason, state = decide(config, state, self._observe(name), time.time())
+        reason, state = decide(config, state, seen, time.time())
         self._triggers[name] = state
         if not reason:
             return
@@ -357,6 +358,15 @@ class JobManager:
         self._triggers[name] = triggers.started(state, job.job_id)
         log.info("auto_optimize_started", program=name, reason=reason, job_id=job.job_id, reused=job.reused,
                  failed_in_a_row=state.failures or None)
+
+    async def _trigger_state_from_store(self, name: str, seen: Observation) -> TriggerState:
+        """A program's trigger state when this process has none (it restarted, or another replica started its jobs):
+        its newest job's start stands for the last one, so min_interval_s holds across restarts and replicas; the
+        examples counted toward the next job are those since then (unknown: counted from now), or all (no job yet)."""
+        newest = await self.store.list_jobs(name, limit=1)
+        if not newest:
+            return TriggerState()
+        return TriggerState(last_started_at=newest[0].created_at, examples_at_last_start=seen.feedback_examples)
 
     async def wait_for_job(self, program: str, timeout_s: float) -> bool:
         """Wait up to `timeout_s` for this program's queued or running jobs to finish, here or (a shared store) on

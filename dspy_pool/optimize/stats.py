@@ -78,7 +78,6 @@ def _summed(counts: Iterable[StatsCount]) -> dict[_Key, StatsCount]:
 class ProgramStats:
     def __init__(self) -> None:
         self._arms: dict[_Key, _Arm] = {}  # this process's, since it started
-        self.feedback_examples: dict[str, int] = {}  # program -> examples feedback added here (a counter)
         # The shared counts: the store's sums as last read, batches added since (not yet in a read), the batch being
         # added, and what this front counted since it took the last batch.
         self._stored: dict[_Key, StatsCount] = {}
@@ -108,7 +107,6 @@ class ProgramStats:
         if score is not None and math.isfinite(score):  # the edge refuses others; a NaN sum would poison every read
             self._count(StatsCount(program, version, FEEDBACK_ARM, feedback_count=1, feedback_sum=score))
         if example_added:
-            self.feedback_examples[program] = self.feedback_examples.get(program, 0) + 1
             self._count(StatsCount(program, EXAMPLES_VERSION, FEEDBACK_ARM, feedback_examples=1))
 
     def _count(self, count: StatsCount) -> None:
@@ -177,6 +175,11 @@ class ProgramStats:
                 for (name, version, arm), count in self._shared(with_stored).items()
                 if name == program and arm == FEEDBACK_ARM and count.feedback_count}
 
+    def examples(self, program: str) -> int:
+        """Examples feedback added to the program's dataset, by every front and replica, across restarts."""
+        count = self._shared().get((program, EXAMPLES_VERSION, FEEDBACK_ARM))
+        return count.feedback_examples if count is not None else 0
+
     def recent(self, program: str, version: int) -> tuple[int, float]:
         """(calls, error rate) of one version over the last calls each arm served here (up to a window's worth): what
         it does now. The shared sums are its whole life: an outage long past would keep their rate up for good."""
@@ -201,8 +204,6 @@ class ProgramStats:
         chosen = None if versions is None else list(versions)
 
         self._arms = {key: entry for key, entry in self._arms.items() if not forgotten(key, program, chosen)}
-        if versions is None:
-            self.feedback_examples.pop(program, None)
         self._stored = {key: count for key, count in self._stored.items() if not forgotten(key, program, chosen)}
         self._pending = {key: count for key, count in self._pending.items() if not forgotten(key, program, chosen)}
         self._pending_calls = {key: pending for key, pending in self._pending_calls.items() if not forgotten(key, program, chosen)}

@@ -771,7 +771,7 @@ class DSPyPoolService(pb_grpc.DSPyPoolServicer):
         count, mean = self.stats.feedback(program, version)
         calls, error_rate = self.stats.recent(program, version)  # the error-rate trigger asks about now, not all time
         dev_score = entry.program.meta.optimized_score if entry.program.meta.job_id else 0.0
-        return Observation(self.stats.feedback_examples.get(program, 0), count, mean, dev_score, calls, error_rate,
+        return Observation(self.stats.examples(program), count, mean, dev_score, calls, error_rate,
                            job_active=self.jobs is not None and self.jobs.active(program))
 
     async def GetProgramStats(self, request: pb.GetProgramStatsRequest, context):

@@ -98,3 +98,40 @@ async def test_counts_a_replica_added_to_a_deleted_version_are_not_shown(tmp_pat
         app.stats_sync.stats.stored([StatsCount("qa", 7, "traditional", calls=3)])
         assert _arms(await stub.GetProgramStats(pb.GetProgramStatsRequest(program="qa"), timeout=10)) == {
             (1, "traditional"): (1, 0, 0, 0.0)}
+
+
+async def test_feedback_examples_count_toward_a_trigger_across_a_restart(tmp_path):
+    """after_feedback_examples=3: two examples, a restart, one more: the job starts (the count was this process's, so
+    the restart began it again from 0); a restart right after does not start another within min_interval_s."""
+    from .test_optimization import METRIC, _examples
+
+    state = f"sqlite:///{tmp_path}/state.db"
+    settings = dict(state=state, workers=1, optimizer_workers=1, auto_optimize_tick_s=0.1)
+    spec = pb.ProgramSpec(name="coder", signature="word -> code", capture=pb.CapturePolicy(sample_rate=1.0, dataset="words"))
+    template = pb.StartOptimizationRequest(dataset="words", optimizer="labeled_few_shot", metric=METRIC)
+
+    async def give_examples(stub, words: list[str]) -> None:
+        for word in words:
+            reply = await stub.Execute(execute_request("coder", word=word), timeout=20)
+            await stub.RecordFeedback(pb.RecordFeedbackRequest(request_id=reply.request_id,
+                                                               expected_outputs=_examples("dev")[0].outputs), timeout=10)
+
+    async def jobs(stub) -> list:
+        return list((await stub.ListOptimizations(pb.ListOptimizationsRequest(program="coder"), timeout=10)).jobs)
+
+    async with running_app(**settings) as (app, stub, _):
+        await stub.RegisterProgram(pb.RegisterProgramRequest(spec=spec), timeout=30)
+        for split in ("train", "dev"):
+            await stub.AddExamples(pb.AddExamplesRequest(dataset="words", split=split, examples=_examples(split)), timeout=30)
+        await stub.SetExecutionPolicy(pb.SetExecutionPolicyRequest(policy=pb.ExecutionPolicy(
+            program="coder", auto_optimize=pb.AutoOptimize(job=template, after_feedback_examples=3, min_interval_s=3600))), timeout=10)
+        await give_examples(stub, ["melon", "grape"])
+        await asyncio.sleep(0.5)  # five trigger ticks: two examples start nothing
+        assert await jobs(stub) == []
+    async with running_app(**settings) as (_, stub, _):
+        await give_examples(stub, ["lemon"])
+        await eventually(lambda: jobs(stub), timeout_s=20)
+    async with running_app(**settings) as (_, stub, _):
+        await give_examples(stub, ["peach", "mango", "plum"])
+        await asyncio.sleep(0.5)  # five trigger ticks: min_interval_s holds across the restart
+        assert len(await jobs(stub)) == 1

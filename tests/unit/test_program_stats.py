@@ -57,7 +57,9 @@ def test_feedback_is_per_version_and_examples_per_program():
     stats.record_feedback("qa", 2, 1.0, example_added=True)
     assert stats.feedback("qa", 2) == (4, 0.625)
     assert stats.feedback("qa", 2, with_stored=False) == (1, 1.0)
-    assert stats.feedback_examples == {"qa": 1}  # this process's counter, as the triggers read it
+    assert stats.examples("qa") == 1
+    stats.stored([StatsCount("qa", 0, "", feedback_examples=4)])  # other fronts' and replicas', and from before a restart
+    assert stats.examples("qa") == 5
     assert _calls(stats) == {}  # feedback rows are not arms
 
 
