@@ -448,8 +448,8 @@ class SimLMServer:
 def parse_listen(text: str) -> tuple[str, int]:
     """'host:port' (IPv6 hosts in brackets) -> (host, port)."""
     host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit():
-        raise ValueError(f"--listen must be HOST:PORT, got {text!r}")
+    if not sep or not port.isdigit() or int(port) > 65535:  # a bind wraps a larger number round to another port
+        raise ValueError(f"--listen must be HOST:PORT with a port of 0..65535, got {text!r}")
     return host.strip("[]") or "127.0.0.1", int(port)
 
 

@@ -70,3 +70,11 @@ def test_target_before_the_subcommand_is_used(command, capsys, monkeypatch):
         assert cli.main(["--target", f"127.0.0.1:{port}", *command, *(["--timeout", "2"] if command == ["status"] else [])]) == 1
     err = capsys.readouterr().err
     assert f"no server at 127.0.0.1:{port}" in err or "not serving: UNAVAILABLE" in err, err
+
+
+@pytest.mark.parametrize("listen", ["127.0.0.1:99999", "127.0.0.1:65536", "127.0.0.1:x", "nope"])
+def test_sim_lm_listen_refuses_a_port_out_of_range(listen):
+    """`sim-lm --listen 127.0.0.1:99999` listened on 34463 (the bind wraps round): refused, as `serve` refuses it."""
+    with pytest.raises(ValueError, match="0..65535"):
+        simlm_server.parse_listen(listen)
+    assert simlm_server.parse_listen("127.0.0.1:65535") == ("127.0.0.1", 65535)
