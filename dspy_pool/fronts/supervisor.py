@@ -39,7 +39,7 @@ import structlog
 from dspy_pool.fronts import liveness, plan
 from dspy_pool.restarts import RestartPolicy, RestartState, after_failure, after_start
 from dspy_pool.stop_signals import StopSignals
-from dspy_pool.server import config as config_module
+from dspy_pool.server import bind, config as config_module
 from dspy_pool.server.config import ServerConfig
 
 log = structlog.get_logger("dspy_pool.fronts")
@@ -253,6 +253,13 @@ class FrontSupervisor:
         self.socket_dir = tempfile.mkdtemp(prefix=f"{_SOCKET_DIR_PREFIX}{os.getpid()}-")
         reservation = reserve_port(self.config.server.listen)
         self.port = reservation.getsockname()[1]
+        observe = self.config.observe
+        try:  # checked before any front starts, as one front does (it failed after both served, naming nothing)
+            metrics_hold = bind.reserve(observe.metrics_addr, observe.metrics_port, "--metrics-port") if observe.metrics_port > 0 else None
+        except OSError:
+            reservation.close()
+            shutil.rmtree(self.socket_dir, ignore_errors=True)
+            raise
         metrics = None
         keepers: list[asyncio.Task] = []
         try:
@@ -260,6 +267,9 @@ class FrontSupervisor:
                 return  # SIGTERM while starting: stop what started
             keepers = [asyncio.ensure_future(self._keep(index)) for index in range(self.count)]
             keepers.append(asyncio.ensure_future(self._watch()))
+            if metrics_hold is not None:
+                metrics_hold.close()  # held until now: the endpoint binds it next
+                metrics_hold = None
             metrics = self._serve_metrics()
             log.info("fronts_serving", port=self.port, fronts=self.count, pids=[self._info[i].pid for i in sorted(self._info)],
                      metrics_port=metrics[1] if metrics else -1)
@@ -273,6 +283,8 @@ class FrontSupervisor:
                 keeper.cancel()
             if metrics is not None:
                 await asyncio.to_thread(_stop_http, metrics[0])
+            if metrics_hold is not None:
+                metrics_hold.close()
             reservation.close()
             shutil.rmtree(self.socket_dir, ignore_errors=True)
 

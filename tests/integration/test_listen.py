@@ -1,5 +1,7 @@
 """Listening on a Unix domain socket, for sidecars that share a volume instead of a port."""
 
+import asyncio
+
 import grpc
 import pytest
 
@@ -65,3 +67,16 @@ async def test_a_bad_sim_latency_is_an_invalid_configuration():
     """--sim-latency foo is refused when the configuration is checked (exit 2), not by the sim LM's own usage text."""
     with pytest.raises(ValueError, match="invalid configuration: latency parameters must be numbers"):
         App(make_config(sim_latency="fixed:foo"))
+
+
+async def test_a_front_group_checks_its_metrics_port_before_any_front_starts(taken_port, tmp_path):
+    """--front-processes 2 with --metrics-port taken: the same error naming the address and flag, before any front
+    starts (both fronts served, then the group failed with a bare 'Address already in use')."""
+    from dspy_pool.fronts.supervisor import FrontSupervisor
+
+    before = _children()
+    supervisor = FrontSupervisor(make_config(front_processes=2, state=f"sqlite:///{tmp_path}/state.db", metrics_port=taken_port))
+    with pytest.raises(OSError) as caught:
+        await supervisor.run(asyncio.Event())
+    assert f"cannot listen on 127.0.0.1:{taken_port}" in str(caught.value) and "--metrics-port" in str(caught.value)
+    assert _children() == before
