@@ -391,7 +391,9 @@ class WorkerPool:
             self.zygote_down = False
             log.info("zygote_relaunched", pid=ready.pid, import_s=round(ready.import_s, 3), attempt=self._zygote_restarts.failures)
             self._update_ready()
-            for _ in range(self.target_workers - self._live_count()):
+            replacing = self.target_workers - self._live_count()
+            self.restarts += max(0, replacing)  # the zygote's workers died with it: replacing them is a restart each
+            for _ in range(replacing):
                 self._spawn_in_background()
             return
 

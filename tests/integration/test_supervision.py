@@ -165,6 +165,7 @@ async def test_a_killed_zygote_is_relaunched_and_workers_respawned(server):
     app, stub, channel = server
     workers = app.pool.worker_pool
     old_zygote, old_workers = workers.zygote.pid, {h.pid for h in workers.handles()}
+    restarts_before = (await stub.GetPoolStatus(pb.GetPoolStatusRequest(), timeout=10)).worker_restarts
     # 2 workers x 16 slots run 32; the other 8 wait in the queue.
     calls = [asyncio.ensure_future(stub.Execute(execute_request("sleepy", seconds=3.0), timeout=30)) for _ in range(40)]
     await eventually(lambda: workers.dispatcher.queue_depth > 0)
@@ -180,6 +181,8 @@ async def test_a_killed_zygote_is_relaunched_and_workers_respawned(server):
     await eventually(lambda: _is(channel, SERVING), timeout_s=10)
     assert not {h.pid for h in _ready(workers)} & old_workers
     assert (await stub.Execute(execute_request("qa", question="after the relaunch"), timeout=15)).outputs["answer"]
+    # Monitoring sees it: the workers it took down count as restarts (they did not, so an alert on them missed it).
+    assert (await stub.GetPoolStatus(pb.GetPoolStatusRequest(), timeout=10)).worker_restarts >= restarts_before + 2
 
 
 # -- item 4: resize beside draining workers -----------------------------------------------------
