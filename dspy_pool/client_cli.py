@@ -589,11 +589,13 @@ def _top(args: argparse.Namespace) -> int:
         # --once is one reply, so it has a deadline; the live view runs until Ctrl-C.
         stream = stub.WatchPoolStatus(request, timeout=_timeout(args) if args.once else None)
         try:
-            if args.once:
-                _print_snapshot(next(stream), args)
-            elif args.json:
-                for status in stream:  # one object per line, for a reader that follows the stream
+            if args.json:  # one object per line, for a reader that follows the stream (--once: its first line)
+                for status in stream:
                     print(json.dumps(to_dict(status), ensure_ascii=False), flush=True)
+                    if args.once:
+                        break
+            elif args.once:
+                _print_snapshot(next(stream), args)
             else:
                 _live(stream, args.target)
         except KeyboardInterrupt:

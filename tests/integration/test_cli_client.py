@@ -169,8 +169,11 @@ async def test_status_table_lists_every_worker(cli):
 
 
 async def test_top_once_prints_one_frame(cli):
-    """`top --once` prints one snapshot from WatchPoolStatus and exits; with --json, one object."""
-    snapshot = (await cli("top", "--once", "--json")).json()
+    """`top --once` prints one snapshot from WatchPoolStatus and exits; with --json, one object on one line (the README's
+    "a line per frame", which a script following `top --json` reads; it was pretty-printed over ~90 lines)."""
+    once = await cli("top", "--once", "--json")
+    assert len(once.out.strip().splitlines()) == 1, once.out[:300]
+    snapshot = once.json()
     assert len(snapshot["workers"]) == 2 and snapshot["serving"] is True
     ran = await cli("top", "--once")
     assert ran.code == 0, ran.err
