@@ -489,7 +489,10 @@ def load(args: argparse.Namespace, environ: Mapping[str, str] | None = None) -> 
     config_path = getattr(args, "config", None) or environ.get(ENV_PREFIX + "CONFIG")
     if config_path:
         with open(config_path, "rb") as handle:
-            file_values = tomllib.load(handle)
+            try:
+                file_values = tomllib.load(handle)
+            except tomllib.TOMLDecodeError as exc:  # its message names the line, not the file
+                raise ValueError(f"{config_path}: not valid TOML: {exc}") from None
     flags = {name: getattr(args, name, None) for name in _BY_NAME}
     return from_sources(load_profile(profile), file_values, environ, flags)
 

@@ -261,3 +261,13 @@ def test_the_default_deadline_is_capped_at_the_maximum_like_any_other():
     """--max-deadline-s 5 with the default 30: a call that sets no deadline gets 5 s (it ran 30 s, past the cap)."""
     assert build(max_deadline_s=5.0).server.effective_default_deadline_s == 5.0
     assert build(max_deadline_s=600.0, default_deadline_s=30.0).server.effective_default_deadline_s == 30.0
+
+
+def test_a_config_file_that_is_not_toml_is_named_in_the_error(tmp_path):
+    """`--config bad.toml`: the error names the file (it said only "Invalid value (at end of document)")."""
+    import argparse
+
+    bad = tmp_path / "bad.toml"
+    bad.write_text("workers = \n")
+    with pytest.raises(ValueError, match=rf"{bad}: not valid TOML"):
+        config_module.load(argparse.Namespace(config=str(bad)), environ={})
