@@ -78,3 +78,17 @@ def test_sim_lm_listen_refuses_a_port_out_of_range(listen):
     with pytest.raises(ValueError, match="0..65535"):
         simlm_server.parse_listen(listen)
     assert simlm_server.parse_listen("127.0.0.1:65535") == ("127.0.0.1", 65535)
+
+
+def test_ctrl_c_before_the_command_has_started_is_one_line_and_exit_130(monkeypatch, capsys):
+    """Ctrl-C in the first few hundred ms (while imports run) printed a traceback; now as later: one line, exit 130."""
+    import types
+
+    from dspy_pool import entry
+
+    def interrupted() -> int:
+        raise KeyboardInterrupt
+
+    monkeypatch.setitem(sys.modules, "dspy_pool.cli", types.SimpleNamespace(main=interrupted))
+    assert entry.main() == 130
+    assert capsys.readouterr().err == "dspy-pool: interrupted\n"
