@@ -206,8 +206,8 @@ class DSPyPoolService(pb_grpc.DSPyPoolServicer):
         self.registry = registry
         self.sessions = sessions
         self.executor = Executor(pool, sessions, config.sessions.max_in_flight, config.sessions.history_max_bytes)
-        self.resilient = ResilientExecutor(self.executor, registry, resilience_settings(config), mask_url(config.lm.api_base) if config.lm.api_base else config.lm.model,
-                                           breakers, cache)
+        lm_endpoint = mask_url(config.lm.api_base) if config.lm.api_base else config.lm.model  # named in status: no credentials
+        self.resilient = ResilientExecutor(self.executor, registry, resilience_settings(config), lm_endpoint, breakers, cache)
         self.started_at = time.monotonic()
         self._register_lock = asyncio.Lock()
         self._failure_log = logs.RateLimiter()
