@@ -252,17 +252,11 @@ class App:
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         reflection.enable_server_reflection((SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name), self.server)
         await self._set_health(False)
-        listen = self.config.server.listen
-        try:
-            self.port = self.server.add_insecure_port(listen)
-        except RuntimeError as exc:  # taken since the check above (grpcio raises; older releases returned 0)
-            raise RuntimeError(bind.describe_bind_error(listen, str(exc).partition(";")[0], "--listen")) from None
-        if self.port == 0 and not listen.startswith("unix:"):
-            raise RuntimeError(bind.describe_bind_error(listen, "the address is in use or not available", "--listen"))
-        self._release("--listen")
-        if self.front is not None:  # where the other fronts reach this one (the shared port lands anywhere)
-            self.server.add_insecure_port(self.front.own_socket)
-        await self.server.start()
+        # One front listens while it starts, its health saying NOT_SERVING. A front of a group listens once it is
+        # ready: the kernel hands each new connection on the shared port to any front listening there, and one still
+        # starting answered UNAVAILABLE while the others (and `dspy-pool probe`) said SERVING.
+        if self.front is None:
+            await self._listen()
         try:
             await pool.start()
         except BaseException:
@@ -272,6 +266,8 @@ class App:
             await self.jobs.start(runners=self.config.optimize.optimizer_workers)
         if file_specs:
             await self._register_file_programs(file_specs)  # before SERVING: a pod starts with its programs warm
+        if self.front is not None:
+            await self._listen()
         await self._set_health(pool.healthy)
         loop = asyncio.get_running_loop()
         self._background.append(loop.create_task(self._sweep_expired()))
@@ -291,6 +287,19 @@ class App:
         log.info("server_serving", listen=self.config.server.listen, port=self.port, workers=initial,
                  pool_size=f"{minimum}" if minimum == maximum else f"{minimum}..{maximum} (autoscaling)")
         return self.port
+
+    async def _listen(self) -> None:
+        listen = self.config.server.listen
+        try:
+            self.port = self.server.add_insecure_port(listen)  # grpc listens from here on, before start()
+        except RuntimeError as exc:  # taken since the check above (grpcio raises; older releases returned 0)
+            raise RuntimeError(bind.describe_bind_error(listen, str(exc).partition(";")[0], "--listen")) from None
+        if self.port == 0 and not listen.startswith("unix:"):
+            raise RuntimeError(bind.describe_bind_error(listen, "the address is in use or not available", "--listen"))
+        self._release("--listen")
+        if self.front is not None:  # where the other fronts reach this one (the shared port lands anywhere)
+            self.server.add_insecure_port(self.front.own_socket)
+        await self.server.start()
 
     def _hold(self, flag: str, reserved: socket.socket | None) -> None:
         if reserved is not None:
