@@ -706,6 +706,9 @@ class DSPyPoolService(pb_grpc.DSPyPoolServicer):
         if triggered and not auto.job.optimizer:
             raise errors.InvalidArgument("auto_optimize.job.optimizer is required when a trigger is set (without one no job "
                                          "would ever start)")
+        if triggered and self.jobs is None and not self.registry.store.shared:  # replicas may run them; this one alone not
+            raise errors.PoolError("optimization is off on this server (--optimizer-workers 0): no automatic job would "
+                                   "ever start", kind=errors.ErrorKind.FAILED_PRECONDITION)
         if checked.HasField("auto_optimize") and auto.job.optimizer:
             self._check_auto_job(policy.program, auto.job)
         for field, version in (("base_version", checked.base_version), ("optimized_version", checked.optimized_version)):

@@ -299,3 +299,13 @@ async def test_one_client_at_its_limit_does_not_hold_back_another():
         assert [reply.outputs["slept"] for reply in await asyncio.gather(*held)] == [1.0, 1.0]
         again = await stub.Execute(execute_request("sleepy", seconds=0.01), metadata=as_a, timeout=30)
         assert again.outputs["slept"] == 0.01
+
+
+async def test_an_auto_optimize_trigger_on_a_server_that_cannot_optimize_is_failed_precondition(server):
+    """--optimizer-workers 0 on a store no replica shares: a trigger would never start a job (it was accepted and
+    silently did nothing)."""
+    _, stub, _ = server
+    job = pb.StartOptimizationRequest(dataset="d", optimizer="labeled_few_shot", metric=pb.MetricSpec(kind="exact_match"))
+    policy = pb.ExecutionPolicy(program="qa", auto_optimize=pb.AutoOptimize(job=job, after_feedback_examples=3))
+    error = await _error(stub.SetExecutionPolicy(pb.SetExecutionPolicyRequest(policy=policy), timeout=10))
+    assert error.code() == grpc.StatusCode.FAILED_PRECONDITION and "--optimizer-workers 0" in error.details(), error.details()
