@@ -63,7 +63,7 @@ def format_of(path: str | Path) -> str:
 
 
 def load_specs(path: str | Path) -> list[pb.ProgramSpec]:
-    """Every spec in the file at `path`, in file order; SpecFileError naming what is wrong."""
+    """Every spec in the file at `path`, in registration order (parse_specs); SpecFileError naming what is wrong."""
     fmt = format_of(path)
     try:
         text = Path(path).read_text(encoding="utf-8")
@@ -73,10 +73,27 @@ def load_specs(path: str | Path) -> list[pb.ProgramSpec]:
 
 
 def parse_specs(text: str, fmt: str, source: str = "<input>") -> list[pb.ProgramSpec]:
-    """The specs in `text` of format `fmt` ("yaml" also reads JSON); `source` names it in errors."""
+    """The specs in `text` of format `fmt` ("yaml" also reads JSON), in registration order (in_fallback_order);
+    `source` names it in errors."""
     document = _parse_document(text, fmt, source)
     entries, label = _entries(document, source)
-    return [_to_spec(entry, label(index, entry), source) for index, entry in enumerate(entries)]
+    return in_fallback_order([_to_spec(entry, label(index, entry), source) for index, entry in enumerate(entries)])
+
+
+def in_fallback_order(specs: list[pb.ProgramSpec]) -> list[pb.ProgramSpec]:
+    """File order, except that a program named as another's fallback comes before it (registration refuses a fallback
+    program not registered yet). Programs whose fallbacks form a cycle keep their order (registration refuses it)."""
+    names = {spec.name for spec in specs}
+    placed: set[str] = set()
+    ordered: list[pb.ProgramSpec] = []
+    waiting = list(specs)
+    while waiting:
+        ready = [spec for spec in waiting if spec.fallback.program not in names - placed or spec.fallback.program == spec.name]
+        for spec in ready or waiting:  # nothing ready: a cycle; the rest go as they are
+            ordered.append(spec)
+            placed.add(spec.name)
+        waiting = [spec for spec in waiting if spec not in ready] if ready else []
+    return ordered
 
 
 def _parse_document(text: str, fmt: str, source: str) -> Any:

@@ -634,16 +634,17 @@ class JobManager:
         version = pb.OptimizationResult.FromString(record.result).version
         return not version or self.registry.holds(record.program, version)
 
-    def _served_score(self, name: str, version: int, dataset_hash: str) -> float | None:
-        """The promoted version's dev score, if it was measured on this dev set (the same dataset content)."""
+    def _served_score(self, name: str, version: int, dataset: str) -> float | None:
+        """The promoted version's dev score, if it was measured on the same dataset's dev split. By name, not content:
+        feedback adds train examples (the content changes) while the dev split, what both were scored on, stays."""
         if not version or not self.registry.holds(name, version):
             return None
         meta = self.registry.get(name, version).program.meta
-        return meta.optimized_score if meta.job_id and meta.dataset_hash == dataset_hash else None
+        return meta.optimized_score if meta.job_id and meta.dataset == dataset else None
 
     async def _maybe_promote(self, name: str, program: pb.Program, result: OptimizeResult) -> bool:
         policy = self.registry.policy(name)
-        served = self._served_score(name, policy.optimized_version, program.meta.dataset_hash)
+        served = self._served_score(name, policy.optimized_version, program.meta.dataset)
         if not should_promote(policy.promotion, policy.min_improvement, policy.min_dev_examples,
                               Outcome(result.baseline_score, result.optimized_score, result.dev_examples, served)):
             return False

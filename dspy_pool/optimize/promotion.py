@@ -10,8 +10,8 @@ class Outcome:
     baseline_score: float
     optimized_score: float
     dev_examples: int
-    # The dev score of the version promoted now, when it was scored on the same dev set (None: none promoted, or
-    # scored on another set, so not comparable).
+    # The dev score of the version promoted now, when it was scored on the same dataset's dev split (None: none
+    # promoted, or scored on another dataset, so not comparable).
     served_score: float | None = None
 
 

@@ -189,6 +189,16 @@ def check_spec_values(spec: pb.ProgramSpec, max_depth: int) -> None:
         _check_struct(spec.fallback.static_outputs, max_depth, "fallback.static_outputs")
 
 
+def _fallback_misfit(fallback_inputs: list[str], fallback_outputs: list[str], inputs: list[str], takes_history: bool,
+                     declared_outputs: list[str] | tuple[str, ...]) -> str:
+    """Why a fallback program could not answer a program's calls ("" when it can): it must take no input the calls
+    lack (a session's history aside, where the program has one) and give the outputs the program declares."""
+    lacking = set(fallback_inputs) - set(inputs) - ({HISTORY_INPUT} if takes_history else set())
+    missing = [name for name in declared_outputs if name not in fallback_outputs]
+    return "; ".join(part for part in (f"it needs inputs {', '.join(sorted(lacking))} these calls do not have" if lacking else "",
+                                       f"it does not give {', '.join(missing)}" if missing else "") if part)
+
+
 class DSPyPoolService(pb_grpc.DSPyPoolServicer):
     def __init__(self, config: ServerConfig, pool: Pool, registry: ProgramRegistry, sessions: SessionStore,
                  breakers: AsyncBreakerGuard, cache: TieredCache, stats_sync: StatsSync, up: Callable[[], bool] = lambda: True,
@@ -238,6 +248,9 @@ class DSPyPoolService(pb_grpc.DSPyPoolServicer):
 
     async def register(self, spec: pb.ProgramSpec, deadline: float) -> pb.Program:
         """Check, build on a worker, store: a new version, or the latest when its content is unchanged."""
+        if spec.fallback.program:  # one another front or replica registered just now: look again before refusing
+            with contextlib.suppress(errors.NotFound, errors.Unavailable):
+                await self.registry.find(spec.fallback.program)
         self._check_register(spec)
         async with self._register_lock:  # one version number per distinct content
             existing = self.registry.existing(spec)
@@ -297,6 +310,9 @@ class DSPyPoolService(pb_grpc.DSPyPoolServicer):
                 self.registry.get(chain.program)
             except errors.NotFound:
                 raise errors.InvalidArgument(f"fallback program {chain.program!r} is not registered; register it first") from None
+            cycle = self._fallback_path(chain.program, spec.name)
+            if cycle:  # harmless to run, but neither could then be deleted: each would be the other's fallback
+                raise errors.InvalidArgument(f"fallback programs would form a cycle: {' -> '.join([spec.name, *cycle])}")
         if spec.HasField("capture"):
             capture = spec.capture
             try:
@@ -325,21 +341,44 @@ class DSPyPoolService(pb_grpc.DSPyPoolServicer):
                                                   f"missing {', '.join(missing)}" if missing else "") if part))
         if chain.program:
             simpler = self.registry.get(chain.program).program
-            lacking = set(simpler.input_names) - set(inputs) - ({HISTORY_INPUT} if takes_history else set())
-            missing = [name for name in declared if name not in simpler.output_names]
-            if lacking or missing:
-                raise errors.InvalidArgument(
-                    f"fallback program {chain.program!r} cannot answer this program's calls: "
-                    + "; ".join(part for part in (f"it needs inputs {', '.join(sorted(lacking))} these calls do not have" if lacking else "",
-                                                  f"it does not give {', '.join(missing)}" if missing else "") if part))
+            problem = _fallback_misfit(list(simpler.input_names), list(simpler.output_names), inputs, takes_history, declared)
+            if problem:
+                raise errors.InvalidArgument(f"fallback program {chain.program!r} cannot answer this program's calls: {problem}")
+        # And as a fallback itself: a new version must still answer the calls of the programs that name it.
+        for entry in self._naming_as_fallback(spec.name):
+            caller = entry.program
+            problem = _fallback_misfit(inputs, outputs, list(caller.input_names), entry.takes_history,
+                                       spec_fields.declared_fields(caller.spec).outputs)
+            if problem:
+                raise errors.InvalidArgument(f"{entry.name!r} (version {entry.version}) names {spec.name!r} as its fallback "
+                                             f"program, and this version could not answer its calls: {problem}")
+
+    def _naming_as_fallback(self, name: str) -> list[ProgramVersion]:
+        """The versions of other programs whose fallback program is `name`."""
+        return [entry for entry in self.registry.list(all_versions=True)
+                if entry.name != name and entry.program.spec.fallback.program == name]
+
+    def _fallback_path(self, start: str, name: str) -> list[str]:
+        """The fallback programs from `start` that lead back to `name` (any version's), or [] when none do."""
+        stack, seen = [[start]], set()
+        while stack:
+            path = stack.pop()
+            if path[-1] == name:
+                return path
+            if path[-1] in seen:
+                continue
+            seen.add(path[-1])
+            for entry in self.registry.versions(path[-1]).values():
+                if entry.program.spec.fallback.program:
+                    stack.append([*path, entry.program.spec.fallback.program])
+        return []
 
     def _check_no_fallback_to(self, name: str) -> None:
         """A program another names as its fallback stays until that one is gone: deleting it would leave the fallback
         failing on every call it should have rescued."""
         dependents: dict[str, list[int]] = {}
-        for entry in self.registry.list(all_versions=True):
-            if entry.name != name and entry.program.spec.fallback.program == name:
-                dependents.setdefault(entry.name, []).append(entry.version)
+        for entry in self._naming_as_fallback(name):
+            dependents.setdefault(entry.name, []).append(entry.version)
         if dependents:
             named = "; ".join(f"{other} (version {', '.join(map(str, sorted(versions)))})"
                               for other, versions in sorted(dependents.items())[:10])
@@ -367,6 +406,8 @@ class DSPyPoolService(pb_grpc.DSPyPoolServicer):
             async with self._register_lock:  # not between an optimization's build and its store (register_optimized)
                 before = self.registry.versions(request.name)
                 if request.version == 0 or set(before) == {request.version}:
+                    with contextlib.suppress(errors.Unavailable):  # a program another replica registered may name it
+                        await self.registry.refresh()
                     self._check_no_fallback_to(request.name)
                 deleted = await self.registry.delete(request.name, request.version)
         except errors.PoolError as error:

@@ -131,6 +131,31 @@ async def test_a_program_named_as_a_fallback_cannot_be_deleted_until_its_depende
     assert list((await stub.DeleteProgram(pb.DeleteProgramRequest(name="plan_b"), timeout=10)).deleted_versions) == [1]
 
 
+async def test_fallback_programs_that_would_form_a_cycle_are_refused(server):
+    """A v2 naming B while B names A: neither could be deleted after (each the other's fallback): INVALID_ARGUMENT."""
+    _, stub, _ = server
+    await register(stub, "cycle_a", "question -> answer")
+    await register(stub, "cycle_b", "question -> answer", fallback=pb.FallbackSpec(chain=["program"], program="cycle_a"))
+    spec = pb.ProgramSpec(name="cycle_a", signature="question -> answer", fallback=pb.FallbackSpec(chain=["program"], program="cycle_b"))
+    error = await _error(stub.RegisterProgram(pb.RegisterProgramRequest(spec=spec), timeout=10))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "cycle_a -> cycle_b -> cycle_a" in error.details(), error.details()
+
+
+async def test_a_new_version_of_a_fallback_program_must_still_answer_its_dependents_calls(server):
+    """A program named as another's fallback may change only so that it still takes those calls' inputs and gives their
+    outputs (a v2 needing an input they lack made every rescue fail while the registration said OK)."""
+    _, stub, _ = server
+    await register(stub, "rescuer", "question -> answer")
+    await register(stub, "rescued_by", "question -> answer", fallback=pb.FallbackSpec(chain=["program"], program="rescuer"))
+    for signature, says in (("question, extra -> answer", "needs inputs extra"), ("question -> other", "does not give answer")):
+        spec = pb.ProgramSpec(name="rescuer", signature=signature)
+        error = await _error(stub.RegisterProgram(pb.RegisterProgramRequest(spec=spec), timeout=10))
+        assert error.code() == grpc.StatusCode.INVALID_ARGUMENT and "'rescued_by' (version 1)" in error.details(), error.details()
+        assert says in error.details()
+    fits = pb.ProgramSpec(name="rescuer", signature="question -> answer, notes")  # more outputs: still fits
+    assert (await stub.RegisterProgram(pb.RegisterProgramRequest(spec=fits), timeout=30)).version == 2
+
+
 @pytest.mark.parametrize("capture, says", [
     (pb.CapturePolicy(sample_rate=2), "sample_rate"), (pb.CapturePolicy(sample_rate=float("nan")), "sample_rate"),
     (pb.CapturePolicy(sample_rate=1, split="test"), "split"), (pb.CapturePolicy(sample_rate=1, dataset="../../etc/passwd"), "capture.dataset"),

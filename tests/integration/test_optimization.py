@@ -576,3 +576,28 @@ async def test_a_finished_job_whose_version_was_deleted_is_run_again(server):
     again = await stub.StartOptimization(request, timeout=10)
     assert not again.reused and again.job_id != first.job_id
     assert (await _finished(stub, again.job_id)).state == "succeeded"
+
+
+async def test_auto_promotion_keeps_a_better_promoted_version(server):
+    """With auto promotion, a later job that beats the base but scores below the version promoted now is not promoted
+    (a copro run at 0.767 replaced a promoted 0.933), also after feedback added train examples to the dataset."""
+    _, stub, _ = server
+    await stub.RegisterProgram(pb.RegisterProgramRequest(spec=pb.ProgramSpec(name="coder_keep", signature="word -> code")), timeout=30)
+    for split in ("train", "dev"):
+        await stub.AddExamples(pb.AddExamplesRequest(dataset="words_keep", split=split, examples=_examples(split)), timeout=30)
+    await stub.SetExecutionPolicy(pb.SetExecutionPolicyRequest(policy=pb.ExecutionPolicy(
+        program="coder_keep", mode="optimized", promotion="auto", min_improvement=0.05, min_dev_examples=10)), timeout=10)
+
+    async def run(options: dict) -> pb.OptimizationJob:
+        request = pb.StartOptimizationRequest(program="coder_keep", dataset="words_keep", optimizer="labeled_few_shot", metric=METRIC)
+        request.options.update(options)
+        return await _finished(stub, (await stub.StartOptimization(request, timeout=10)).job_id)
+
+    better = await run({})
+    assert better.result.promoted, better
+    await stub.AddExamples(pb.AddExamplesRequest(dataset="words_keep", split="train", examples=_examples("dev")[:1]), timeout=30)
+    weaker = await run({"k": 1})
+    assert weaker.result.optimized_score - weaker.result.baseline_score >= 0.05, weaker.result  # it beats the base...
+    assert weaker.result.optimized_score < better.result.optimized_score and not weaker.result.promoted  # ...not the served one
+    policy = await stub.GetExecutionPolicy(pb.GetExecutionPolicyRequest(program="coder_keep"), timeout=10)
+    assert policy.optimized_version == better.result.version

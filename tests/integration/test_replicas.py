@@ -176,3 +176,21 @@ async def test_a_job_queued_on_a_replica_that_dies_is_run_by_another(redis_serve
         for replica in (replica_a, replica_b):
             if replica is not None:
                 replica.stop()
+
+
+async def test_a_fallback_program_registered_on_one_replica_can_be_named_at_once_on_another(redis_server):
+    """Registering on B a program whose fallback program A registered a moment ago: B looks again before refusing (it
+    said "not registered" for ~0.2 s, until its poll); deleting that fallback program on A is then refused."""
+    from .harness import running_app
+
+    state = f"redis://127.0.0.1:{redis_server.port}/{REDIS_DB + 3}"
+    async with running_app(state=state, workers=1) as (_, stub_a, _), running_app(state=state, workers=1) as (_, stub_b, _):
+        for round_ in range(5):
+            small = pb.ProgramSpec(name=f"small{round_}", signature="question -> answer")
+            await stub_a.RegisterProgram(pb.RegisterProgramRequest(spec=small), timeout=30)
+            qa = pb.ProgramSpec(name=f"qa{round_}", signature="question -> answer",
+                                fallback=pb.FallbackSpec(chain=["program"], program=f"small{round_}"))
+            await stub_b.RegisterProgram(pb.RegisterProgramRequest(spec=qa), timeout=30)
+            with pytest.raises(grpc.aio.AioRpcError) as refused:
+                await stub_a.DeleteProgram(pb.DeleteProgramRequest(name=f"small{round_}"), timeout=10)
+            assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION, refused.value.details()

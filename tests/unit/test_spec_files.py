@@ -204,3 +204,17 @@ def test_missing_file_and_unknown_suffix(tmp_path):
         spec_files.load_specs(tmp_path / "missing.yaml")
     with pytest.raises(SpecFileError, match=r"specs\.txt: unknown format"):
         spec_files.load_specs(_write(tmp_path, "specs.txt", "name: a\n"))
+
+
+def test_a_fallback_program_is_registered_before_the_programs_that_name_it():
+    """A file listing qa before its fallback qa_small stopped start-up ("fallback program 'qa_small' is not registered"):
+    the specs come out with each fallback first, the rest in file order; a cycle keeps its order (the server refuses it)."""
+    text = textwrap.dedent("""
+        programs:
+          - {name: qa, signature: "question -> answer", fallback: {chain: [program], program: qa_small}}
+          - {name: other, signature: "question -> answer"}
+          - {name: qa_small, signature: "question -> answer"}
+          - {name: x, signature: "q -> a", fallback: {chain: [program], program: y}}
+          - {name: y, signature: "q -> a", fallback: {chain: [program], program: x}}
+    """)
+    assert [spec.name for spec in spec_files.parse_specs(text, "yaml")] == ["other", "qa_small", "qa", "x", "y"]
