@@ -151,7 +151,8 @@ class DSPyPoolServicer:
 
     def RegisterProgram(self, request, context):
         """Registers a program. Re-registering a name with new content creates a new
-        version; identical content returns the existing version.
+        version; the content of the latest version a client registered returns that
+        version (created false), whatever optimizations added since.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
