@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 
 import grpc
@@ -108,6 +109,24 @@ async def test_two_replicas_share_programs_and_sessions_and_survive_each_other_a
         replica_b.stop()
 
 
+def _job_replica_args(redis_server, db: int) -> tuple[str, ...]:
+    """A replica that runs optimization jobs, on database `db`; 20 ms per LM call keeps a job running."""
+    return ("--state", f"redis://127.0.0.1:{redis_server.port}/{db}", "--optimizer-workers", "1", "--lm", "sim",
+            "--sim-latency", "fixed:20")
+
+
+@contextlib.asynccontextmanager
+async def _stopped_after(replicas: list[ServeProcess], channels: list):
+    """Closes the channels and stops the replicas (those in the lists when the block ends) however it ends."""
+    try:
+        yield
+    finally:
+        for channel in channels:
+            await channel.close()
+        for replica in replicas:
+            replica.stop()
+
+
 async def test_a_job_running_on_one_replica_is_cancelled_from_another(redis_server):
     """StartOptimization on A runs there; CancelOptimization on B (no peers between replicas) stops it through the store.
 
@@ -115,19 +134,16 @@ async def test_a_job_running_on_one_replica_is_cancelled_from_another(redis_serv
     """
     from .test_optimization import start_running_job
 
-    # Its own database: the test above kills replicas and Redis in its. 20 ms per LM call keeps the job running.
-    args = ("--state", f"redis://127.0.0.1:{redis_server.port}/{REDIS_DB + 1}", "--optimizer-workers", "1",
-            "--lm", "sim", "--sim-latency", "fixed:20")
-    replica_a, replica_b = ServeProcess(*args), None
-    channels = []
-    try:
-        await replica_a.serving()
-        channel_a, stub_a = await _stub_for(replica_a)
+    args = _job_replica_args(redis_server, REDIS_DB + 1)  # its own database: the test above kills replicas and Redis in its
+    replicas, channels = [ServeProcess(*args)], []
+    async with _stopped_after(replicas, channels):
+        await replicas[0].serving()
+        channel_a, stub_a = await _stub_for(replicas[0])
         channels.append(channel_a)
         job_id = await start_running_job(stub_a, setup=True)
-        replica_b = ServeProcess(*args)  # started only now: the job is A's, and B's runner never takes a leased job
-        await replica_b.serving()
-        channel_b, stub_b = await _stub_for(replica_b)
+        replicas.append(ServeProcess(*args))  # started only now: the job is A's, and B's runner never takes a leased job
+        await replicas[1].serving()
+        channel_b, stub_b = await _stub_for(replicas[1])
         channels.append(channel_b)
         await stub_b.CancelOptimization(pb.CancelOptimizationRequest(job_id=job_id), timeout=10)
 
@@ -136,12 +152,6 @@ async def test_a_job_running_on_one_replica_is_cancelled_from_another(redis_serv
             return job.state == "cancelled"
 
         await eventually(cancelled, timeout_s=30, interval_s=0.2)
-    finally:
-        for channel in channels:
-            await channel.close()
-        for replica in (replica_a, replica_b):
-            if replica is not None:
-                replica.stop()
 
 
 async def test_a_job_queued_on_a_replica_that_dies_is_run_by_another(redis_server):
@@ -149,11 +159,10 @@ async def test_a_job_queued_on_a_replica_that_dies_is_run_by_another(redis_serve
     then killed, is run by B (before, it stayed queued for ever, and an identical start got the stuck job back)."""
     from .test_optimization import METRIC, start_running_job
 
-    args = ("--state", f"redis://127.0.0.1:{redis_server.port}/{REDIS_DB + 2}", "--optimizer-workers", "1",
-            "--lm", "sim", "--sim-latency", "fixed:20")
+    args = _job_replica_args(redis_server, REDIS_DB + 2)
     replica_a, replica_b = ServeProcess(*args), ServeProcess(*args)  # both up before any job: B learns of it from the store
     channels = []
-    try:
+    async with _stopped_after([replica_a, replica_b], channels):
         await asyncio.gather(replica_a.serving(), replica_b.serving())
         (channel_a, stub_a), (channel_b, stub_b) = await _stub_for(replica_a), await _stub_for(replica_b)
         channels += [channel_a, channel_b]
@@ -170,12 +179,6 @@ async def test_a_job_queued_on_a_replica_that_dies_is_run_by_another(redis_serve
             return await state_of(queued.job_id) == "succeeded"
 
         await eventually(queued_one_done, timeout_s=60, interval_s=0.3)
-    finally:
-        for channel in channels:
-            await channel.close()
-        for replica in (replica_a, replica_b):
-            if replica is not None:
-                replica.stop()
 
 
 async def test_a_fallback_program_registered_on_one_replica_can_be_named_at_once_on_another(redis_server):

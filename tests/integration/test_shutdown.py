@@ -1,6 +1,8 @@
 """Graceful shutdown: in-flight calls finish, new calls are refused, nothing is left behind."""
 
 import asyncio
+import contextlib
+import os
 import signal
 import subprocess
 import sys
@@ -17,6 +19,24 @@ from dspy_pool.stop_signals import REPEAT_AFTER_S
 from .harness import FRONTS_SERVING, ServeProcess, eventually, execute_request, make_config, register
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(60)]
+
+
+@contextlib.asynccontextmanager
+async def _two_sleepy_calls(server: ServeProcess, seconds: float):
+    """Two `sleepy` calls of `seconds` running on the serving `server` (each until it answers): their futures."""
+    from dspy_pool.v1 import dspy_pool_pb2 as pb
+    from dspy_pool.v1 import dspy_pool_pb2_grpc as pb_grpc
+
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        stub = pb_grpc.DSPyPoolStub(channel)
+        await register(stub, "sleepy", "seconds -> slept", "sleepy")
+        calls = [asyncio.ensure_future(stub.Execute(execute_request("sleepy", seconds=seconds), timeout=120)) for _ in range(2)]
+
+        async def running() -> bool:
+            return (await stub.GetPoolStatus(pb.GetPoolStatusRequest(), timeout=5)).in_flight == 2
+
+        await eventually(running, timeout_s=20)
+        yield calls
 
 
 async def test_drain_finishes_in_flight_calls_and_refuses_new_ones():
@@ -79,23 +99,12 @@ async def test_sigterm_exits_cleanly_without_orphans():
 async def test_a_second_signal_stops_without_waiting_for_the_drain(tmp_path):
     """Ctrl-C twice: the first drains (calls may take the whole --drain-grace-s), the second stops at once, for one front
     and for a front group alike; the calls still in flight end UNAVAILABLE with the server's own status."""
-    from dspy_pool.v1 import dspy_pool_pb2 as pb
-    from dspy_pool.v1 import dspy_pool_pb2_grpc as pb_grpc
-
     for fronts in ("1", "2"):
         server = ServeProcess("--front-processes", fronts, "--state-dir", str(tmp_path / fronts), "--optimizer-workers", "0",
                               "--drain-grace-s", "60", ready=FRONTS_SERVING if fronts == "2" else None)
         try:
             await server.serving()
-            async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
-                stub = pb_grpc.DSPyPoolStub(channel)
-                await register(stub, "sleepy", "seconds -> slept", "sleepy")
-                calls = [asyncio.ensure_future(stub.Execute(execute_request("sleepy", seconds=45.0), timeout=120)) for _ in range(2)]
-
-                async def running() -> bool:
-                    return (await stub.GetPoolStatus(pb.GetPoolStatusRequest(), timeout=5)).in_flight == 2
-
-                await eventually(running, timeout_s=20)
+            async with _two_sleepy_calls(server, seconds=45.0) as calls:
                 server.process.send_signal(signal.SIGINT)
                 await eventually(lambda: server.log.count(b"server_draining") == int(fronts), timeout_s=20)
                 await asyncio.sleep(REPEAT_AFTER_S)  # sooner, it is the same stop delivered twice (the test below)
@@ -115,24 +124,11 @@ async def test_one_stop_delivered_twice_at_once_or_a_sighup_still_drains(tmp_pat
     """`timeout` and `kill -- -PGID` signal the server and then its whole group (a group's fronts get it from both):
     that is one stop, and the calls in flight finish (they ended UNAVAILABLE, the drain cut). A SIGHUP (a closed
     terminal) drains like SIGTERM (it killed the front mid-call)."""
-    import os
-
-    from dspy_pool.v1 import dspy_pool_pb2 as pb
-    from dspy_pool.v1 import dspy_pool_pb2_grpc as pb_grpc
-
     server = ServeProcess("--front-processes", fronts, "--state-dir", str(tmp_path), "--optimizer-workers", "0",
                           "--drain-grace-s", "30", ready=FRONTS_SERVING if fronts == "2" else None)
     try:
         await server.serving()
-        async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as channel:
-            stub = pb_grpc.DSPyPoolStub(channel)
-            await register(stub, "sleepy", "seconds -> slept", "sleepy")
-            calls = [asyncio.ensure_future(stub.Execute(execute_request("sleepy", seconds=2.0), timeout=60)) for _ in range(2)]
-
-            async def running() -> bool:
-                return (await stub.GetPoolStatus(pb.GetPoolStatusRequest(), timeout=5)).in_flight == 2
-
-            await eventually(running, timeout_s=20)
+        async with _two_sleepy_calls(server, seconds=2.0) as calls:
             if signals == "hup":
                 os.killpg(server.process.pid, signal.SIGHUP)  # the whole group, as a closed terminal does
             else:  # the group's copy after the server began to drain (when the old code read it as "stop now")
