@@ -38,9 +38,9 @@ import structlog
 
 from dspy_pool.fronts import liveness, plan
 from dspy_pool.restarts import RestartPolicy, RestartState, after_failure, after_start
-from dspy_pool.stop_signals import StopSignals
 from dspy_pool.server import bind, config as config_module
 from dspy_pool.server.config import ServerConfig
+from dspy_pool.stop_signals import StopSignals
 
 log = structlog.get_logger("dspy_pool.fronts")
 

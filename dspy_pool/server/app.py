@@ -20,7 +20,6 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client import CollectorRegistry
 
 from dspy_pool import errors
-from dspy_pool.stop_signals import StopSignals
 from dspy_pool.optimize.datasets import Datasets
 from dspy_pool.optimize.jobs import JobManager, JobSettings
 from dspy_pool.optimize.stats import ProgramStats
@@ -42,6 +41,7 @@ from dspy_pool.simlm.faults import LatencySpec
 from dspy_pool.simlm.process import SimLMProcess, start_sim_lm
 from dspy_pool.spec_files import load_specs
 from dspy_pool.state import SessionLimits, StateError, StateStore, open_store
+from dspy_pool.stop_signals import StopSignals
 from dspy_pool.v1 import dspy_pool_pb2 as pb
 
 log = structlog.get_logger("dspy_pool.server")
