@@ -419,6 +419,9 @@ def _file_values(raw: Mapping[str, Any], where: str) -> dict[str, Any]:
                 values[spec.name] = _coerce(spec.name, inner)
         elif name in _BY_NAME:
             values[name] = _coerce(name, value)
+        elif name in SECTIONS:  # `server = 5`: it said "unknown setting 'server'; did you mean 'server'?"
+            raise ValueError(f"{key!r} in {where} names a section: write it as a table, [{name}], with its settings "
+                             f"under it (not {value!r})")
         else:
             raise ValueError(f"unknown setting {key!r} in {where}" + _did_you_mean(name, [*_BY_NAME, *SECTIONS])
                              + " (a key outside a [section] is the flag's name with underscores: lm_api_key, workers)")

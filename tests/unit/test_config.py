@@ -271,3 +271,8 @@ def test_a_config_file_that_is_not_toml_is_named_in_the_error(tmp_path):
     bad.write_text("workers = \n")
     with pytest.raises(ValueError, match=rf"{bad}: not valid TOML"):
         config_module.load(argparse.Namespace(config=str(bad)), environ={})
+
+
+def test_a_section_name_given_a_value_says_to_write_a_table():
+    with pytest.raises(ValueError, match=r"'server' in the config file names a section: write it as a table, \[server\]"):
+        sources(file={"server": 5})
