@@ -95,6 +95,13 @@ def _store_errors():
     return unavailable_while_down("session calls are refused until it is back")
 
 
+def _expired_here(local: LocalSession | None, now: float, limits: SessionLimits) -> str:
+    """"expired" when this front's last turn of the session is older than the TTL: the store dropped it on this open
+    (the sweep, every 30 s, had not yet), so no note of it was kept."""
+    expired = local is not None and local.committed_at and policy.is_expired(local.committed_at, now, limits.ttl_s)
+    return LostReason.EXPIRED if expired else ""
+
+
 class SessionStore:
     def __init__(self, store: StateStore, limits: SessionLimits) -> None:
         self.store = store
@@ -146,9 +153,10 @@ class SessionStore:
         except ResourceExhausted:
             self.refused += 1
             raise
+        # Its own note first: the evictions that made room for it could push that out of the bounded memory.
+        lost = (self._lost.pop(session_id, "") or _expired_here(local, now, self.limits)) if opened.started else ""
         self.evicted += len(opened.evicted)
         self._forget(opened.evicted, LostReason.EVICTED)
-        lost = self._lost.pop(session_id, "") if opened.started else ""
         return OpenedSession(session_id, opened.session, opened.started, lost, self.local(session_id))
 
     async def record_turn(self, session_id: str, turn: TurnRecord, now: float) -> None:

@@ -89,14 +89,17 @@ async def test_session_context_manager_closes_the_session(server):
     def converse():
         with Client(target, default_timeout=20) as client:
             with client.session() as session:
-                session.execute("chat", {"question": "first"})
-                session.execute("chat", {"question": "second"})
+                first = session.execute("chat", {"question": "first"})
+                second = session.execute("chat", {"question": "second"})
                 turns = len(session.history().turns)
             with pytest.raises(NotFound):
                 client.get_session(session.session_id)
-            return turns
+            return turns, first, second
 
-    assert await asyncio.to_thread(converse) == 2
+    turns, first, second = await asyncio.to_thread(converse)
+    assert turns == 2
+    # What the server says of the session reaches the caller (the Result had neither field: an evicted history was silent).
+    assert (first.session_started, second.session_started, first.session_lost) == (True, False, "")
 
 
 async def test_async_session_closes_on_exit(server):

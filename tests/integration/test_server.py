@@ -393,3 +393,23 @@ async def test_watchers_share_one_status_per_tick(server, monkeypatch):
 
     assert await asyncio.gather(*(three(stream) for stream in streams)) == [3] * 50
     assert built < 50  # 150 statuses sent; built per tick (a handful), not 150 times
+
+
+async def test_a_session_that_expired_or_was_evicted_says_so_when_its_id_comes_back():
+    """session_lost "expired" for a session past --session-ttl-s even before the 30 s sweep removed it (it said
+    nothing), and "evicted" for one pushed out at --max-sessions 1 even when making room for it pushed another out
+    (that eviction's note had displaced its own)."""
+    async with running_app(workers=1, session_ttl_s=1, max_sessions=1, session_protect_s=0) as (_, stub, _):
+        await register(stub, "qa", "question -> answer")
+
+        async def turn(session_id: str) -> pb.ExecuteResponse:
+            request = execute_request("qa", question="q")
+            request.session_id = session_id
+            return await stub.Execute(request, timeout=20)
+
+        await turn("fading")
+        await asyncio.sleep(1.2)  # past the 1 s TTL: what this test is about
+        assert (await turn("fading")).session_lost == "expired"
+        await turn("pushed")  # evicts "fading" (the cap is 1)
+        back = await turn("fading")  # evicts "pushed" to make room
+        assert back.session_started and back.session_lost == "evicted"

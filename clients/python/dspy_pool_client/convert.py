@@ -111,6 +111,9 @@ class Result:
     execution_mode: str = ""
     evaluation: "EvaluationArm | None" = None   # evaluation mode: the other version's answer
     cache_level: str = ""                        # served_by "cache": "memory" or "store"
+    session_started: bool = False                # this call began the session (its history was empty)
+    # Why the session's earlier history is gone: "evicted", "expired", or "closed" (closed while this call ran).
+    session_lost: str = ""
 
     @classmethod
     def from_proto(cls, message: pb.ExecuteResponse) -> "Result":
@@ -122,7 +125,7 @@ class Result:
             usage=Usage(message.usage.prompt_tokens, message.usage.completion_tokens, message.usage.total_tokens),
             request_id=message.request_id, session_id=message.session_id, execution_mode=message.execution_mode,
             evaluation=EvaluationArm.from_proto(message.evaluation) if message.HasField("evaluation") else None,
-            cache_level=message.cache_level,
+            cache_level=message.cache_level, session_started=message.session_started, session_lost=message.session_lost,
         )
 
 
