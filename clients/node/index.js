@@ -92,6 +92,10 @@ function toValue(value) {
       if (!Number.isFinite(value)) throw new TypeError(`cannot send ${value} in a Struct (not finite)`);
       return { numberValue: value };
     case 'bigint':
+      // A Struct number is a double: past 2^53 it would arrive as another number.
+      if (value > BigInt(Number.MAX_SAFE_INTEGER) || value < -BigInt(Number.MAX_SAFE_INTEGER)) {
+        throw new TypeError(`cannot send ${value} in a Struct exactly (past 2^53); send it as a string`);
+      }
       return { numberValue: Number(value) };
     case 'object':
       if (Array.isArray(value)) return { listValue: { values: value.map(toValue) } };
@@ -107,6 +111,11 @@ function toStruct(object) {
   if (object === null || object === undefined) return { fields: {} };
   if (typeof object !== 'object' || Array.isArray(object)) {
     throw new TypeError('a Struct must be built from a plain object');
+  }
+  const prototype = Object.getPrototypeOf(object);
+  if (prototype !== Object.prototype && prototype !== null) {
+    // A Map, Set, Buffer or typed array has no enumerable fields of its own to send: it became {} or {"0": ...}.
+    throw new TypeError(`cannot send a ${object.constructor?.name ?? 'non-plain object'} in a Struct: use a plain object`);
   }
   const fields = {};
   for (const [key, value] of Object.entries(object)) fields[key] = toValue(value);
@@ -299,8 +308,15 @@ class DSPyPoolClient {
   }
 
   async listPrograms({ allVersions = false } = {}, opts) {
-    const response = await this._call('ListPrograms', { all_versions: allVersions }, opts);
-    return response.programs.map(programFromProto);
+    // Every page: the server pages its answer (at most 1,000 programs or 2 MiB each), so one page may be a part.
+    const programs = [];
+    let pageToken = '';
+    do {
+      const response = await this._call('ListPrograms', { all_versions: allVersions, page_token: pageToken }, opts);
+      programs.push(...response.programs.map(programFromProto));
+      pageToken = response.next_page_token;
+    } while (pageToken);
+    return programs;
   }
 
   /** Deletes one version, or all when version is 0; resolves to the deleted version numbers. */

@@ -108,6 +108,26 @@ test('toStruct and fromStruct round-trip JSON-like values', () => {
   assert.throws(() => toStruct([1, 2]), TypeError);
 });
 
+test('values a Struct cannot carry exactly are refused, not sent changed', () => {
+  // A Map, Set, RegExp or Buffer became {} or {"0": ...}; a bigint past 2^53 arrived as another number.
+  for (const value of [new Map([['a', 1]]), new Set([1]), /x/, Buffer.from('hi'), new Uint8Array([1])]) {
+    assert.throws(() => toStruct({ v: value }), /use a plain object/);
+  }
+  assert.throws(() => toStruct({ big: 2n ** 60n }), /past 2\^53/);
+  assert.deepEqual(toStruct({ small: 7n }).fields.small, { numberValue: 7 });
+  assert.deepEqual(toStruct(Object.assign(Object.create(null), { k: 'v' })).fields.k, { stringValue: 'v' });
+});
+
+test('listPrograms follows every page', async () => {
+  // Specs of ~300 KB: 2 MiB pages hold about six; the answer was the first page alone.
+  const big = 'x'.repeat(300 * 1024);
+  const names = Array.from({ length: 9 }, (_, i) => `node_paged_${i}`);
+  for (const name of names) await client.registerProgram({ name, signature: 'question -> answer', instructions: big });
+  const listed = (await client.listPrograms()).map((program) => program.spec.name);
+  for (const name of names) assert.ok(listed.includes(name), `${name} missing from ${listed.length} listed`);
+  for (const name of names) await client.deleteProgram(name);
+});
+
 test('health check reports SERVING', async () => {
   assert.equal(await client.health(), 'SERVING');
 });
