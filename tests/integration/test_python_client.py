@@ -207,3 +207,29 @@ async def test_list_programs_follows_every_page(server):
             await client.delete_program(f"big{number}")
     assert raw.next_page_token and len(raw.programs) < len(listed)  # more than one page
     assert listed == listed_blocking == sorted(listed) and {"big0", "big1", "big2", "qa", "chat"} <= set(listed)
+
+
+async def test_closing_a_client_fails_its_calls_with_a_typed_error(server):
+    """AsyncClient.close() with a call in flight: the call raises DSPyPoolError(CANCELLED), as the sync client's does
+    (it raised a bare CancelledError, which a gather or TaskGroup takes for its own cancellation); a call after
+    close() raises it too (grpc's UsageError or ValueError)."""
+    from dspy_pool_client import DSPyPoolError
+
+    _, target = server
+    client = AsyncClient(target, default_timeout=20)
+    call = asyncio.ensure_future(client.execute("sleepy", {"seconds": 2.0}))
+    await asyncio.sleep(0.3)  # the call is on its way (the server holds it 2 s)
+    await client.close()
+    with pytest.raises(DSPyPoolError) as caught:
+        await call
+    assert caught.value.code == grpc.StatusCode.CANCELLED and not call.cancelled()
+    with pytest.raises(DSPyPoolError, match="closed"):
+        await client.execute("qa", {"question": "after close"})
+
+    def sync_after_close():
+        closed = Client(target)
+        closed.close()
+        closed.execute("qa", {"question": "after close"})
+
+    with pytest.raises(DSPyPoolError, match="closed"):
+        await asyncio.to_thread(sync_after_close)

@@ -35,6 +35,17 @@ def test_unavailable_that_did_not_run_is_retried():
     assert POLICY.retryable(draining) and POLICY.delay_s(1, draining, random.Random(0)) is not None
 
 
+def test_the_default_policy_keeps_trying_through_a_server_restart():
+    """A server restarting answers UNAVAILABLE for a second or two (grpc's reconnect backoff is 1 s): the default
+    waits add up to at least 3 s (4 attempts at 0.05 s doubling gave up after 0.35 s; the deadline still bounds them)."""
+    unreachable = error(grpc.StatusCode.UNAVAILABLE)
+    policy, rng = RetryPolicy(), random.Random(0)
+    waits = []
+    while (wait := policy.delay_s(len(waits) + 1, unreachable, rng)) is not None:
+        waits.append(wait)
+    assert sum(waits) >= 3.0 and max(waits) <= policy.max_backoff_s
+
+
 def test_transport_unavailable_without_error_info_is_retried():
     """No ErrorInfo (the connection failed): retried as before; the README names the caveat."""
     assert POLICY.retryable(error(grpc.StatusCode.UNAVAILABLE))

@@ -26,6 +26,10 @@ from .progress import ProgressLine
 from .retry import RetryPolicy
 
 
+def _closed_error() -> DSPyPoolError:
+    return DSPyPoolError(grpc.StatusCode.CANCELLED, "the client was closed (AsyncClient.close) before the call ended")
+
+
 class AsyncClient:
     def __init__(self, target: str, *, default_timeout: float = 30.0, retries: RetryPolicy | None = None,
                  metadata: Sequence[tuple[str, str]] = (), options: Sequence[tuple[str, Any]] = DEFAULT_CHANNEL_OPTIONS,
@@ -40,6 +44,7 @@ class AsyncClient:
         self._channel = channel if channel is not None else grpc.aio.insecure_channel(target, options=list(options))
         self._stub = pb_grpc.DSPyPoolStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
+        self._closed = False
 
     async def _invoke(self, method, request, timeout: float | None, *, retry: bool = True, idempotent: bool = True):
         loop = asyncio.get_running_loop()
@@ -47,12 +52,21 @@ class AsyncClient:
                             retry=retry, idempotent=idempotent)
         while True:
             remaining = plan.next_attempt(loop.time())
+            if self._closed:
+                raise _closed_error()
             try:
                 return await method(request, timeout=remaining, metadata=self._metadata)
             except grpc.aio.AioRpcError as exc:
                 await asyncio.sleep(plan.after(from_rpc_error(exc), exc, loop.time()))
+            except asyncio.CancelledError:
+                # close() cancels the calls in flight: for their callers that is an error, as in the sync client, not
+                # their own task being cancelled (which would end a gather or a TaskGroup for nothing they asked).
+                if self._closed and not asyncio.current_task().cancelling():
+                    raise _closed_error() from None
+                raise
 
     async def close(self) -> None:
+        self._closed = True
         if self._owns_channel:
             await self._channel.close()
 

@@ -57,6 +57,7 @@ class Client:
         self._channel = channel if channel is not None else grpc.insecure_channel(target, options=list(options))
         self._stub = pb_grpc.DSPyPoolStub(self._channel)
         self._health = health_pb2_grpc.HealthStub(self._channel)
+        self._closed = False
 
     # -- plumbing -----------------------------------------------------------
     def _invoke(self, method, request, timeout: float | None, *, retry: bool = True, idempotent: bool = True):
@@ -64,12 +65,15 @@ class Client:
                             retry=retry, idempotent=idempotent)
         while True:
             remaining = plan.next_attempt(time.monotonic())
+            if self._closed:  # grpc would raise a bare ValueError
+                raise DSPyPoolError(grpc.StatusCode.CANCELLED, "the client was closed (Client.close) before this call")
             try:
                 return method(request, timeout=remaining, metadata=self._metadata)
             except grpc.RpcError as exc:
                 time.sleep(plan.after(from_rpc_error(exc), exc, time.monotonic()))
 
     def close(self) -> None:
+        self._closed = True
         if self._owns_channel:
             self._channel.close()
 

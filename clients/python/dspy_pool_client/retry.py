@@ -27,8 +27,10 @@ from .errors import DSPyPoolError
 
 @dataclass(frozen=True)
 class RetryPolicy:
-    max_attempts: int = 4            # attempts in all, the first one included; 1 disables retries
-    initial_backoff_s: float = 0.05
+    # Attempts in all, the first one included; 1 disables retries. The default backoffs add up to 3.5-7 s (always within
+    # the call's deadline): a server restarting, or a full queue draining, takes about that; 4 attempts gave up in 0.35 s.
+    max_attempts: int = 8
+    initial_backoff_s: float = 0.1
     max_backoff_s: float = 2.0
     multiplier: float = 2.0
     jitter: float = 0.5              # delay drawn from [d*(1-jitter), d]; with a server hint h: [h', h'*(1+jitter)], h' = max(d, h)
