@@ -26,6 +26,7 @@ import dataclasses
 import datetime
 import functools
 import json
+import math
 import os
 import sys
 from collections.abc import Callable, Iterator
@@ -349,9 +350,9 @@ def _call(args: argparse.Namespace) -> int:
     with _stub(args) as stub:
         response = stub.Execute(request, timeout=_timeout(args))
     if args.json:
-        _print_json(response)
+        _print_json({**to_dict(response), "outputs": struct_values(response.outputs)})
         return EXIT_OK
-    print(json.dumps(json_format.MessageToDict(response.outputs), indent=2, ensure_ascii=False))
+    print(json.dumps(struct_values(response.outputs), indent=2, ensure_ascii=False))
     print(call_summary(response), file=sys.stderr)
     if response.HasField("evaluation"):
         print(evaluation_summary(response.evaluation), file=sys.stderr)
@@ -391,17 +392,53 @@ def _read_inputs_file(path: str) -> Any:
 
 
 def _parse_json(text: str, what: str) -> Any:
+    def not_a_number(name: str) -> Any:  # json.loads takes NaN and Infinity, which JSON has not
+        raise UsageError(f"{what}: {name} is not a JSON number; a Struct holds finite numbers only")
+
     try:
-        return json.loads(text)
+        return json.loads(text, parse_constant=not_a_number)
     except json.JSONDecodeError as exc:
         raise UsageError(f"{what}: invalid JSON: {exc}") from None
 
 
+_MAX_EXACT_INT = 2**53  # a Struct number is a double
+
+
+def _exact(value: Any, where: str) -> None:
+    """Refuse what a Struct would carry changed: integers past 2^53 (rounded) and NaN or infinities (a YAML file's)."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _exact(item, f"{where}.{key}")
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _exact(item, f"{where}[{index}]")
+    elif isinstance(value, int) and not isinstance(value, bool) and abs(value) > _MAX_EXACT_INT:
+        raise UsageError(f"{where}: {value} cannot travel exactly as a Struct number (a double): send it as a string")
+    elif isinstance(value, float) and not math.isfinite(value):
+        raise UsageError(f"{where}: {value} is not a finite number")
+
+
 def _fill_struct(struct, value: dict, what: str) -> None:
+    _exact(value, what)
     try:
         json_format.ParseDict(value, struct)
     except json_format.ParseError as exc:  # a YAML date, say: not a JSON value
         raise UsageError(f"{what}: {exc}") from None
+
+
+def struct_values(struct) -> Any:
+    """A Struct as plain values, whole numbers as ints (a Struct number is a double: 3 arrives as 3.0)."""
+    return _plain(json_format.MessageToDict(struct))
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {key: _plain(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_plain(item) for item in value]
+    if isinstance(value, float) and value.is_integer() and abs(value) <= _MAX_EXACT_INT:
+        return int(value)
+    return value
 
 
 def call_summary(response: pb.ExecuteResponse) -> str:
@@ -425,7 +462,7 @@ def evaluation_summary(arm: pb.EvaluationArm) -> str:
     score = f", dev score {arm.score:.3f}" if arm.score else ""
     if arm.error:
         return f"evaluation: version {arm.version} failed in {arm.latency_ms:.1f} ms{score}: {arm.error}"
-    outputs = json.dumps(json_format.MessageToDict(arm.outputs), ensure_ascii=False)
+    outputs = json.dumps(struct_values(arm.outputs), ensure_ascii=False)
     return f"evaluation: version {arm.version} answered in {arm.latency_ms:.1f} ms{score}: {outputs}"
 
 
@@ -645,8 +682,8 @@ def _session_get(args: argparse.Namespace) -> int:
           f"preferred worker {session.preferred_worker}")
     for number, turn in enumerate(session.turns, 1):
         print(f"#{number} {turn.program}")
-        print(f"  inputs:  {json.dumps(json_format.MessageToDict(turn.inputs), ensure_ascii=False)}")
-        print(f"  outputs: {json.dumps(json_format.MessageToDict(turn.outputs), ensure_ascii=False)}")
+        print(f"  inputs:  {json.dumps(struct_values(turn.inputs), ensure_ascii=False)}")
+        print(f"  outputs: {json.dumps(struct_values(turn.outputs), ensure_ascii=False)}")
     return EXIT_OK
 
 

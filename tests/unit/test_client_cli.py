@@ -219,3 +219,25 @@ def test_piped_tables_keep_every_cell_whole(monkeypatch):
     client_cli._console().print(client_cli.programs_table([program]))
     rows = [line for line in piped.getvalue().splitlines() if line.strip()]
     assert len(rows) == 2 and "chain_of_thought" in rows[1] and signature in rows[1]
+
+
+@pytest.mark.parametrize("inline, match", [
+    ('{"question": NaN}', "NaN is not a JSON number"),
+    ('{"question": [Infinity]}', "Infinity is not a JSON number"),
+    ('{"n": 9007199254740993}', r"inputs\.n: 9007199254740993 cannot travel exactly"),
+])
+def test_inputs_a_struct_would_change_are_usage_errors(inline, match):
+    """NaN was sent as is and 2^53+1 as 2^53, both with exit 0 (the Python client refuses both): now refused, naming where."""
+    from dspy_pool.v1 import dspy_pool_pb2 as pb
+
+    with pytest.raises(UsageError, match=match):
+        client_cli._fill_struct(pb.ExecuteRequest().inputs, client_cli.read_inputs(inline, None, io.StringIO()), "inputs")
+
+
+def test_whole_numbers_in_outputs_print_as_ints():
+    """A Struct number is a double: `call` printed "pid": 12676.0; whole numbers within 2^53 print as ints again."""
+    from google.protobuf import struct_pb2
+
+    struct = struct_pb2.Struct()
+    struct.update({"pid": 12676, "ratio": 0.5, "nested": [{"n": 3}], "big": 2.0**60})
+    assert client_cli.struct_values(struct) == {"pid": 12676, "ratio": 0.5, "nested": [{"n": 3}], "big": 2.0**60}

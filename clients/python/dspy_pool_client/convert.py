@@ -50,6 +50,8 @@ def _key(key: Any, path: str) -> str:
 
 def to_struct(values: Mapping[str, Any] | None, message: struct_pb2.Struct | None = None) -> struct_pb2.Struct:
     message = message if message is not None else struct_pb2.Struct()
+    if values is not None and not isinstance(values, Mapping):
+        raise TypeError(f"$: a Struct is built from a mapping of names to values, not {type(values).__name__}")
     if values:
         message.update(_check_value(values, "$"))
     return message
@@ -60,7 +62,7 @@ def _from_value(value: Any) -> Any:
         return {key: _from_value(item) for key, item in value.items()}
     if isinstance(value, struct_pb2.ListValue):
         return [_from_value(item) for item in value]
-    if isinstance(value, float) and value.is_integer() and abs(value) < MAX_EXACT_INT:
+    if isinstance(value, float) and value.is_integer() and abs(value) <= MAX_EXACT_INT:  # as to_struct lets them go
         return int(value)
     return value
 
