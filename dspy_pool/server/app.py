@@ -347,7 +347,7 @@ class App:
                 await self.sessions.sweep(time.time())
                 await self.store.cache_expire(time.time())  # expired results would otherwise stay on disk until read
                 await self.store.release_free_space()  # a file keeps its largest size otherwise
-            except (errors.Unavailable, StateError):
+            except (errors.PoolError, StateError):
                 pass  # the store is down (the registry's watch logs it) or refused a write: expiry also happens on read
 
     async def stop(self, grace_s: float | None = None) -> None:

@@ -21,7 +21,7 @@ import structlog
 from google.protobuf import timestamp_pb2
 
 from dspy_pool import fields as spec_fields
-from dspy_pool.errors import InvalidArgument, NotFound, ResourceExhausted, Unavailable
+from dspy_pool.errors import InvalidArgument, NotFound, PoolError, ResourceExhausted, Unavailable
 from dspy_pool.pool.api import ProgramRef
 from dspy_pool.state import NewProgram, ProgramRecord, Revision, StateStore
 from dspy_pool.state.policy import versions_to_delete
@@ -205,7 +205,7 @@ class ProgramRegistry:
             await asyncio.sleep(poll_s)
             try:
                 await self.refresh()
-            except Unavailable as error:
+            except PoolError as error:  # unreachable (Unavailable), or refusing: the loop must outlive it
                 if not self._store_down:
                     log.warning("state_store_unreachable", store=self.store.description, message=error.message,
                                 hint="serving the programs already known; writes fail UNAVAILABLE until it is back")

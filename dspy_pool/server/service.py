@@ -43,6 +43,7 @@ from dspy_pool.server.peers import SCOPE_FRONT, SCOPE_KEY, Peers, merge as merge
 from dspy_pool.server.resilience import ResilienceSettings, ResilientExecutor, chain_for
 from dspy_pool.server.sessions import SessionStore, check_session_id, newest_turns
 from dspy_pool.server.stats_sync import StatsSync
+from dspy_pool.state.unreachable import unavailable_while_down
 from dspy_pool.server.status import to_grpc_status
 from dspy_pool.v1 import dspy_pool_pb2 as pb
 from dspy_pool.v1 import dspy_pool_pb2_grpc as pb_grpc
@@ -59,6 +60,7 @@ _VALIDATE_TIMEOUT_S = 60.0
 _DEADLINE_MARGIN_S = 0.05
 _DEADLINE_MARGIN_SHARE = 0.05
 _OPTIMIZATION_WAIT_SHARE = 0.5  # of the time left: the most a call waits for a running optimization
+_SESSION_COUNT_TIMEOUT_S = 0.5  # GetPoolStatus waits this long for the store's session count, then says -1
 # A feedback score's bound: wide enough for any metric's scale, and sums of a lifetime of them stay finite.
 MAX_FEEDBACK_SCORE = 1e9
 
@@ -187,6 +189,11 @@ def check_spec_values(spec: pb.ProgramSpec, max_depth: int) -> None:
             _check_struct(message, max_depth, field.name)
     if spec.HasField("fallback") and spec.fallback.HasField("static_outputs"):
         _check_struct(spec.fallback.static_outputs, max_depth, "fallback.static_outputs")
+
+
+def _job_store():
+    """The jobs' store calls as callers should see them: UNAVAILABLE while it is unreachable, never UNKNOWN."""
+    return unavailable_while_down("optimization jobs cannot be started, read or cancelled until it is back")
 
 
 def _fallback_misfit(fallback_inputs: list[str], fallback_outputs: list[str], inputs: list[str], takes_history: bool,
@@ -647,19 +654,22 @@ class DSPyPoolService(pb_grpc.DSPyPoolServicer):
 
     async def StartOptimization(self, request: pb.StartOptimizationRequest, context):
         try:
-            return await self._jobs().start_job(request)
+            async with _job_store():
+                return await self._jobs().start_job(request)
         except errors.PoolError as error:
             await self._abort(context, error)
 
     async def GetOptimization(self, request: pb.GetOptimizationRequest, context):
         try:
-            return await self._jobs().get(request.job_id)
+            async with _job_store():
+                return await self._jobs().get(request.job_id)
         except errors.PoolError as error:
             await self._abort(context, error)
 
     async def ListOptimizations(self, request: pb.ListOptimizationsRequest, context):
         try:
-            jobs = sorted(await self._jobs().list(request.program, limit=_JOBS_LISTED), key=_JOBS.key)
+            async with _job_store():
+                jobs = sorted(await self._jobs().list(request.program, limit=_JOBS_LISTED), key=_JOBS.key)
             listing = dataclasses.replace(_JOBS, name=f"jobs:{request.program}")  # a token names its program's listing
             page = paging.take_page(jobs, listing, request.page_size, request.page_token)
         except errors.PoolError as error:
@@ -669,14 +679,16 @@ class DSPyPoolService(pb_grpc.DSPyPoolServicer):
 
     async def WatchOptimization(self, request: pb.GetOptimizationRequest, context):
         try:
-            async for job in self._jobs().watch(request.job_id):
-                yield job
+            async with _job_store():
+                async for job in self._jobs().watch(request.job_id):
+                    yield job
         except errors.PoolError as error:
             await self._abort(context, error)
 
     async def CancelOptimization(self, request: pb.CancelOptimizationRequest, context):
         try:
-            cancelled = await self._jobs().cancel(request.job_id)
+            async with _job_store():
+                cancelled = await self._jobs().cancel(request.job_id)
         except errors.PoolError as error:
             await self._abort(context, error)
             return
@@ -841,9 +853,10 @@ class DSPyPoolService(pb_grpc.DSPyPoolServicer):
 
     async def _session_count(self) -> int:
         try:
-            return await self.sessions.count()
-        except errors.Unavailable:
-            return -1  # the store is unreachable: status still answers
+            # Bounded: a paused Redis holds a read for its socket timeout (5 s), past a probe's deadline.
+            return await asyncio.wait_for(self.sessions.count(), _SESSION_COUNT_TIMEOUT_S)
+        except (errors.PoolError, asyncio.TimeoutError):
+            return -1  # the store is unreachable or slow: status still answers
 
     def _log_failure(self, error: errors.PoolError) -> None:
         """LM and worker failures at warning, rate limited per kind (an outage fails every call); the caller's own at debug."""

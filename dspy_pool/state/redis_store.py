@@ -86,7 +86,7 @@ import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, ReadOnlyError, RedisError, ResponseError
+from redis.exceptions import BusyLoadingError, MasterDownError, NoScriptError, OutOfMemoryError, ReadOnlyError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from dspy_pool.errors import ResourceExhausted
@@ -476,6 +476,22 @@ _JOB_CANCEL_TTL_S = 7 * 24 * 3600
 _T = TypeVar("_T")
 
 
+# Errors Redis answers while it cannot take a command for now: full under maxmemory (noeviction), loading its data
+# after a restart, a script running past its time limit. Raised inside a script they arrive as a plain ResponseError
+# with the words alone, so both are looked for.
+_FULL = "used memory > 'maxmemory'"
+_REFUSING_FOR_NOW = (_FULL, "LOADING", "MASTERDOWN", "BUSY")
+
+
+def _refusing_for_now(exc: RedisError) -> bool:
+    return isinstance(exc, (OutOfMemoryError, BusyLoadingError, MasterDownError)) or any(
+        words in str(exc) for words in _REFUSING_FOR_NOW)
+
+
+_FULL_HINT = ("; it is full (maxmemory with the noeviction policy): free memory (close sessions, lower "
+              "--result-cache-store-max-bytes) or raise maxmemory")
+
+
 def _translated(method: Callable[..., Awaitable[_T]]) -> Callable[..., Awaitable[_T]]:
     """Redis's errors as the store's: unreachable -> StateUnavailable, anything else Redis refused -> StateError."""
 
@@ -488,6 +504,10 @@ def _translated(method: Callable[..., Awaitable[_T]]) -> Callable[..., Awaitable
         except _UNAVAILABLE as exc:
             raise StateUnavailable(f"redis at {self.description} is unavailable ({method.__name__}): {exc}") from exc
         except RedisError as exc:
+            if _refusing_for_now(exc):  # passes by itself (memory freed, loading done): not our fault
+                full = isinstance(exc, OutOfMemoryError) or _FULL in str(exc)
+                raise StateUnavailable(f"redis at {self.description} refuses writes for now ({method.__name__}): {exc}"
+                                       + (_FULL_HINT if full else "")) from exc
             raise StateError(f"redis at {self.description}: {method.__name__} failed: {exc}") from exc
 
     return wrapper

@@ -301,3 +301,48 @@ async def test_a_wiped_database_reads_another_epoch_even_past_the_old_revision(r
     finally:
         await store.close()
         await reopened.close()
+
+
+async def test_a_full_redis_is_unavailable_saying_so_never_unknown():
+    """maxmemory with noeviction reached: writes (a registration, a session's call) answer UNAVAILABLE naming the cause
+    and what to do (they answered UNKNOWN with the raw OOM error); once memory is freed they work again without a
+    restart. With Redis down, the optimization calls answer UNAVAILABLE as the others do."""
+    import grpc
+
+    from dspy_pool.v1 import dspy_pool_pb2 as pb
+    from tests.redis_server import RedisServer
+
+    from .harness import execute_request, running_app
+    from .test_optimization import METRIC, _examples
+
+    server = RedisServer.launch()
+    admin = aioredis.Redis(port=server.port)
+    try:
+        async with running_app(state=server.url, workers=1, optimizer_workers=1) as (_, stub, _):
+            await stub.RegisterProgram(pb.RegisterProgramRequest(spec=pb.ProgramSpec(name="coder", signature="word -> code")), timeout=30)
+            for split in ("train", "dev"):
+                await stub.AddExamples(pb.AddExamplesRequest(dataset="words", split=split, examples=_examples(split)), timeout=30)
+            await admin.set("filler", b"x" * (2 << 20))
+            await admin.config_set("maxmemory-policy", "noeviction")
+            await admin.config_set("maxmemory", "1mb")
+            in_session = execute_request("coder", word="kiwi")
+            in_session.session_id = "full"
+            calls = [stub.RegisterProgram(pb.RegisterProgramRequest(spec=pb.ProgramSpec(name="qa2", signature="question -> answer")), timeout=30),
+                     stub.Execute(in_session, timeout=30)]
+            for call in calls:
+                with pytest.raises(grpc.aio.AioRpcError) as refused:
+                    await call
+                assert refused.value.code() == grpc.StatusCode.UNAVAILABLE and "raise maxmemory" in refused.value.details()
+            await admin.config_set("maxmemory", "0")
+            assert (await stub.Execute(in_session, timeout=30)).outputs["code"]
+            # Unreachable, the optimization calls say so too (they answered UNKNOWN: StateUnavailable escaped them).
+            server.stop()
+            start = pb.StartOptimizationRequest(program="coder", dataset="words", optimizer="labeled_few_shot", metric=METRIC)
+            for call in (stub.StartOptimization(start, timeout=30), stub.ListOptimizations(pb.ListOptimizationsRequest(), timeout=30),
+                         stub.GetOptimization(pb.GetOptimizationRequest(job_id="nope"), timeout=30)):
+                with pytest.raises(grpc.aio.AioRpcError) as refused:
+                    await call
+                assert refused.value.code() == grpc.StatusCode.UNAVAILABLE, refused.value.details()
+    finally:
+        await admin.aclose()
+        server.stop()
