@@ -48,9 +48,11 @@ def setting(default: Any, meaning: str, *, unit: str = "", choices: tuple[str, .
     return field(default=default, metadata=metadata, repr=not secret)
 
 
-# Where a setting declares no maximum: what a C int holds (gRPC options, socket sizes and counts end up as one), so
-# a huge value is refused naming the setting instead of failing later, deep in a library, after children started.
+# Where a setting declares no maximum: what a C int holds (gRPC options and counts end up as one), so a huge value
+# is refused naming the setting instead of failing later, deep in a library, after children started. Sizes in bytes
+# stay Python ints (a cache of 8 GiB is fine): bounded only where a double still counts them exactly.
 _INT_MAXIMUM = 2**31 - 1
+_BYTES_MAXIMUM = 2**53
 
 
 def _check_section(section: Any) -> list[str]:
@@ -65,8 +67,9 @@ def _check_section(section: Any) -> list[str]:
             continue
         if meta["minimum"] is not None and value < meta["minimum"]:
             problems.append(f"{name} must be >= {meta['minimum']}, not {value!r}")
-        maximum = meta["maximum"] if meta["maximum"] is not None else (_INT_MAXIMUM if isinstance(value, int) and
-                                                                         not isinstance(value, bool) else None)
+        maximum = meta["maximum"]
+        if maximum is None and isinstance(value, int) and not isinstance(value, bool):
+            maximum = _BYTES_MAXIMUM if meta["unit"] == "bytes" else _INT_MAXIMUM
         if maximum is not None and value > maximum:
             problems.append(f"{name} must be <= {maximum}, not {value!r}")
     return problems

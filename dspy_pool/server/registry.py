@@ -220,8 +220,9 @@ class ProgramRegistry:
         """The version a client registration of `spec` gives back unchanged: the latest one a client registered, when
         its content is the same (an optimization's versions since do not count: a programs file read again at every
         start made a new version after each optimization)."""
-        base = self.bases.get(spec.name)
-        return base if base is not None and base.program.content_hash == content_hash(spec) else None
+        base = self.bases.get(spec.name)  # an optimization's, when no client version is left: the store adds anew then
+        same = base is not None and base.client_registered and base.program.content_hash == content_hash(spec)
+        return base if same else None
 
     def get(self, name: str, version: int = 0) -> ProgramVersion:
         versions = self._versions.get(name)

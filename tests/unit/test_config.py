@@ -276,3 +276,8 @@ def test_a_config_file_that_is_not_toml_is_named_in_the_error(tmp_path):
 def test_a_section_name_given_a_value_says_to_write_a_table():
     with pytest.raises(ValueError, match=r"'server' in the config file names a section: write it as a table, \[server\]"):
         sources(file={"server": 5})
+
+
+def test_a_large_byte_size_is_still_a_valid_setting():
+    """The C-int bound is for counts: an 8 GiB store-level cache is a fine setting."""
+    assert build(result_cache_store_max_bytes=8 << 30).resilience.result_cache_store_max_bytes == 8 << 30
