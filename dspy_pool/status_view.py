@@ -23,6 +23,8 @@ def render(status: pb.PoolStatus, target: str, live: bool = False) -> Group:
         parts += [Text(""), breakers_table(status)]
     if status.quarantined_programs:
         parts += [Text(""), Text("quarantined: " + ", ".join(status.quarantined_programs), style="bold red")]
+    if status.state_store_problem:
+        parts += [Text(""), Text("state store: " + status.state_store_problem, style="bold red")]
     return Group(*parts)
 
 

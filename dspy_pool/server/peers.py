@@ -155,6 +155,7 @@ def merge(local: pb.PoolStatus, peers: Mapping[int, pb.PoolStatus | None]) -> pb
         for name in peer.quarantined_programs:
             if name not in merged.quarantined_programs:
                 merged.quarantined_programs.append(name)
+        merged.state_store_problem = merged.state_store_problem or peer.state_store_problem  # one store, shared
         _merge_cache_levels(merged, peer)
         _merge_breakers(merged, peer)
     merged.fronts.sort(key=lambda front: front.index)

@@ -140,7 +140,7 @@ class ProgramRegistry:
         # What a reset store lost and this replica still serves: names the store does not hold (again) yet.
         self._kept: dict[str, dict[int, ProgramVersion]] = {}
         self._kept_policies: dict[str, pb.ExecutionPolicy] = {}
-        self._store_down = False
+        self.store_problem = ""  # why the store cannot be used now, as the poll last found it ("" when it can)
         self._writing = asyncio.Lock()  # a write here (store, then snapshot) and a load never interleave
 
     def __len__(self) -> int:
@@ -206,14 +206,14 @@ class ProgramRegistry:
             try:
                 await self.refresh()
             except PoolError as error:  # unreachable (Unavailable), or refusing: the loop must outlive it
-                if not self._store_down:
+                if not self.store_problem:
                     log.warning("state_store_unreachable", store=self.store.description, message=error.message,
                                 hint="serving the programs already known; writes fail UNAVAILABLE until it is back")
-                self._store_down = True
+                self.store_problem = error.message
                 continue
-            if self._store_down:
+            if self.store_problem:
                 log.info("state_store_back", store=self.store.description)
-                self._store_down = False
+                self.store_problem = ""
 
     # -- reads ------------------------------------------------------------------
     def existing(self, spec: pb.ProgramSpec) -> ProgramVersion | None:

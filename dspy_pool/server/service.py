@@ -943,6 +943,7 @@ class DSPyPoolService(pb_grpc.DSPyPoolServicer):
                 worker_concurrency=self.config.pool.worker_concurrency, max_queue=self.config.pool.max_queue,
                 default_deadline_s=self.config.server.effective_default_deadline_s, lm=self.config.lm.model, module_kinds=view.module_kinds,
             ),
+            state_store_problem=self.registry.store_problem or self.registry.store.write_problem,
             recycled_workers=view.recycled, scale_events=view.scale_events, workers_warming=view.workers_warming,
             warmup_calls=view.warmup_calls, warmup_failures=view.warmup_failures,
             retries=self.resilient.retries, fallbacks_served=self.resilient.fallbacks_served,

@@ -185,6 +185,11 @@ class StateStore(abc.ABC):
     #: True when several servers may use the store at once (Redis): leases decide who runs a job
     shared: bool = False
 
+    @property
+    def write_problem(self) -> str:
+        """Why writes are refused until a restart, though reads still work ("" when they are not)."""
+        return ""
+
     @abc.abstractmethod
     async def open(self) -> None:
         """Connect, create or migrate the schema; StateError if it was written by a newer version or is unreadable."""

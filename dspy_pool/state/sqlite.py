@@ -994,6 +994,10 @@ class SQLiteStore(StateStore):
                       hint="writes fail UNAVAILABLE (they would be lost at restart); restore the file or restart the server")
             conn.execute("PRAGMA query_only = ON")  # its writes fail: StateUnavailable naming why (_translated)
 
+    @property
+    def write_problem(self) -> str:
+        return f"{self.description}: {self._file_lost}; writes are refused until a restart" if self._file_lost else ""
+
     def _translated(self, exc: sqlite3.DatabaseError) -> StateError:
         if self._file_lost:
             return StateUnavailable(f"{self.description}: {self._file_lost}; writes are refused until the server is "

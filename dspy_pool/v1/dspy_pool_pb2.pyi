@@ -712,7 +712,7 @@ class BreakerStatus(_message.Message):
     def __init__(self, program: _Optional[str] = ..., lm_endpoint: _Optional[str] = ..., state: _Optional[str] = ..., failure_rate: _Optional[float] = ..., calls_in_window: _Optional[int] = ..., opened_total: _Optional[int] = ..., half_opened_total: _Optional[int] = ..., closed_total: _Optional[int] = ...) -> None: ...
 
 class PoolStatus(_message.Message):
-    __slots__ = ("serving", "workers", "queue_depth", "in_flight", "completed", "failed", "rejected", "worker_restarts", "sessions", "programs", "config", "uptime_s", "breakers", "retries", "fallbacks_served", "recycled_workers", "scale_events", "queue_wait_p95_ms", "health_score", "calls_per_s", "workers_warming", "warmup_calls", "warmup_failures", "worker_cpu_percent", "quarantined_programs", "sessions_evicted", "sessions_refused", "cache_levels", "fronts")
+    __slots__ = ("serving", "workers", "queue_depth", "in_flight", "completed", "failed", "rejected", "worker_restarts", "sessions", "programs", "config", "uptime_s", "breakers", "retries", "fallbacks_served", "recycled_workers", "scale_events", "queue_wait_p95_ms", "health_score", "calls_per_s", "workers_warming", "warmup_calls", "warmup_failures", "worker_cpu_percent", "quarantined_programs", "sessions_evicted", "sessions_refused", "cache_levels", "fronts", "state_store_problem")
     SERVING_FIELD_NUMBER: _ClassVar[int]
     WORKERS_FIELD_NUMBER: _ClassVar[int]
     QUEUE_DEPTH_FIELD_NUMBER: _ClassVar[int]
@@ -742,6 +742,7 @@ class PoolStatus(_message.Message):
     SESSIONS_REFUSED_FIELD_NUMBER: _ClassVar[int]
     CACHE_LEVELS_FIELD_NUMBER: _ClassVar[int]
     FRONTS_FIELD_NUMBER: _ClassVar[int]
+    STATE_STORE_PROBLEM_FIELD_NUMBER: _ClassVar[int]
     serving: bool
     workers: _containers.RepeatedCompositeFieldContainer[WorkerStatus]
     queue_depth: int
@@ -771,7 +772,8 @@ class PoolStatus(_message.Message):
     sessions_refused: int
     cache_levels: _containers.RepeatedCompositeFieldContainer[CacheLevelStatus]
     fronts: _containers.RepeatedCompositeFieldContainer[FrontStatus]
-    def __init__(self, serving: _Optional[bool] = ..., workers: _Optional[_Iterable[_Union[WorkerStatus, _Mapping]]] = ..., queue_depth: _Optional[int] = ..., in_flight: _Optional[int] = ..., completed: _Optional[int] = ..., failed: _Optional[int] = ..., rejected: _Optional[int] = ..., worker_restarts: _Optional[int] = ..., sessions: _Optional[int] = ..., programs: _Optional[int] = ..., config: _Optional[_Union[PoolConfig, _Mapping]] = ..., uptime_s: _Optional[float] = ..., breakers: _Optional[_Iterable[_Union[BreakerStatus, _Mapping]]] = ..., retries: _Optional[int] = ..., fallbacks_served: _Optional[int] = ..., recycled_workers: _Optional[int] = ..., scale_events: _Optional[int] = ..., queue_wait_p95_ms: _Optional[float] = ..., health_score: _Optional[float] = ..., calls_per_s: _Optional[float] = ..., workers_warming: _Optional[int] = ..., warmup_calls: _Optional[int] = ..., warmup_failures: _Optional[int] = ..., worker_cpu_percent: _Optional[float] = ..., quarantined_programs: _Optional[_Iterable[str]] = ..., sessions_evicted: _Optional[int] = ..., sessions_refused: _Optional[int] = ..., cache_levels: _Optional[_Iterable[_Union[CacheLevelStatus, _Mapping]]] = ..., fronts: _Optional[_Iterable[_Union[FrontStatus, _Mapping]]] = ...) -> None: ...
+    state_store_problem: str
+    def __init__(self, serving: _Optional[bool] = ..., workers: _Optional[_Iterable[_Union[WorkerStatus, _Mapping]]] = ..., queue_depth: _Optional[int] = ..., in_flight: _Optional[int] = ..., completed: _Optional[int] = ..., failed: _Optional[int] = ..., rejected: _Optional[int] = ..., worker_restarts: _Optional[int] = ..., sessions: _Optional[int] = ..., programs: _Optional[int] = ..., config: _Optional[_Union[PoolConfig, _Mapping]] = ..., uptime_s: _Optional[float] = ..., breakers: _Optional[_Iterable[_Union[BreakerStatus, _Mapping]]] = ..., retries: _Optional[int] = ..., fallbacks_served: _Optional[int] = ..., recycled_workers: _Optional[int] = ..., scale_events: _Optional[int] = ..., queue_wait_p95_ms: _Optional[float] = ..., health_score: _Optional[float] = ..., calls_per_s: _Optional[float] = ..., workers_warming: _Optional[int] = ..., warmup_calls: _Optional[int] = ..., warmup_failures: _Optional[int] = ..., worker_cpu_percent: _Optional[float] = ..., quarantined_programs: _Optional[_Iterable[str]] = ..., sessions_evicted: _Optional[int] = ..., sessions_refused: _Optional[int] = ..., cache_levels: _Optional[_Iterable[_Union[CacheLevelStatus, _Mapping]]] = ..., fronts: _Optional[_Iterable[_Union[FrontStatus, _Mapping]]] = ..., state_store_problem: _Optional[str] = ...) -> None: ...
 
 class FrontStatus(_message.Message):
     __slots__ = ("index", "pid", "serving", "workers", "in_flight", "completed", "answered")

@@ -312,7 +312,7 @@ async def test_a_full_redis_is_unavailable_saying_so_never_unknown():
     from dspy_pool.v1 import dspy_pool_pb2 as pb
     from tests.redis_server import RedisServer
 
-    from .harness import execute_request, running_app
+    from .harness import eventually, execute_request, running_app
     from .test_optimization import METRIC, _examples
 
     server = RedisServer.launch()
@@ -335,8 +335,14 @@ async def test_a_full_redis_is_unavailable_saying_so_never_unknown():
                 assert refused.value.code() == grpc.StatusCode.UNAVAILABLE and "raise maxmemory" in refused.value.details()
             await admin.config_set("maxmemory", "0")
             assert (await stub.Execute(in_session, timeout=30)).outputs["code"]
-            # Unreachable, the optimization calls say so too (they answered UNKNOWN: StateUnavailable escaped them).
+            # Unreachable, the optimization calls say so too (they answered UNKNOWN: StateUnavailable escaped them), and
+            # so does GetPoolStatus (it said SERVING and nothing else).
             server.stop()
+
+            async def status_says_so() -> bool:
+                return "unreachable" in (await stub.GetPoolStatus(pb.GetPoolStatusRequest(), timeout=10)).state_store_problem
+
+            await eventually(status_says_so, timeout_s=10)
             start = pb.StartOptimizationRequest(program="coder", dataset="words", optimizer="labeled_few_shot", metric=METRIC)
             for call in (stub.StartOptimization(start, timeout=30), stub.ListOptimizations(pb.ListOptimizationsRequest(), timeout=30),
                          stub.GetOptimization(pb.GetOptimizationRequest(job_id="nope"), timeout=30)):

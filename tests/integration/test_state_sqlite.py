@@ -463,6 +463,7 @@ async def test_a_file_lost_while_open_fails_writes_unavailable(tmp_path, how):
     store = await _reopened(path)
     try:
         await store.append_turn("s1", _turn(1), T0, LIMITS)
+        assert store.write_problem == ""
         for suffix in ("", "-wal"):
             os.unlink(f"{path}{suffix}")
         if how == "replaced":
@@ -476,6 +477,7 @@ async def test_a_file_lost_while_open_fails_writes_unavailable(tmp_path, how):
                 await store.add_program(_program(), MAX_PROGRAMS)
             assert (await store.get_session("s1", T0, LIMITS)).turns == (_turn(1),)
         assert [(e["event"], e["log_level"]) for e in logs] == [("state_store_file_lost", "error")]
+        assert how in store.write_problem and "until a restart" in store.write_problem  # what GetPoolStatus says
     finally:
         await store.close()
 
