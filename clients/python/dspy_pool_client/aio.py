@@ -26,6 +26,12 @@ from .progress import ProgressLine
 from .retry import RetryPolicy
 
 
+def _being_cancelled() -> bool:
+    """Whether the current task itself is being cancelled (Task.cancelling is Python 3.11+; before, it cannot tell)."""
+    cancelling = getattr(asyncio.current_task(), "cancelling", None)
+    return bool(cancelling and cancelling())
+
+
 def _closed_error() -> DSPyPoolError:
     return DSPyPoolError(grpc.StatusCode.CANCELLED, "the client was closed (AsyncClient.close) before the call ended")
 
@@ -61,7 +67,7 @@ class AsyncClient:
             except asyncio.CancelledError:
                 # close() cancels the calls in flight: for their callers that is an error, as in the sync client, not
                 # their own task being cancelled (which would end a gather or a TaskGroup for nothing they asked).
-                if self._closed and not asyncio.current_task().cancelling():
+                if self._closed and not _being_cancelled():
                     raise _closed_error() from None
                 raise
 
