@@ -39,7 +39,7 @@ from google.protobuf.message import Message
 from google.rpc import error_details_pb2
 from grpc_status import rpc_status
 
-from dspy_pool import spec_files
+from dspy_pool import spec_files, structs
 from dspy_pool.v1 import dspy_pool_pb2 as pb
 from dspy_pool.v1 import dspy_pool_pb2_grpc as pb_grpc
 
@@ -350,9 +350,9 @@ def _call(args: argparse.Namespace) -> int:
     with _stub(args) as stub:
         response = stub.Execute(request, timeout=_timeout(args))
     if args.json:
-        _print_json({**to_dict(response), "outputs": struct_values(response.outputs)})
+        _print_json({**to_dict(response), "outputs": structs.struct_to_dict(response.outputs)})
         return EXIT_OK
-    print(json.dumps(struct_values(response.outputs), indent=2, ensure_ascii=False))
+    print(json.dumps(structs.struct_to_dict(response.outputs), indent=2, ensure_ascii=False))
     print(call_summary(response), file=sys.stderr)
     if response.HasField("evaluation"):
         print(evaluation_summary(response.evaluation), file=sys.stderr)
@@ -401,9 +401,6 @@ def _parse_json(text: str, what: str) -> Any:
         raise UsageError(f"{what}: invalid JSON: {exc}") from None
 
 
-_MAX_EXACT_INT = 2**53  # a Struct number is a double
-
-
 def _exact(value: Any, where: str) -> None:
     """Refuse what a Struct would carry changed: integers past 2^53 (rounded) and NaN or infinities (a YAML file's)."""
     if isinstance(value, dict):
@@ -412,7 +409,7 @@ def _exact(value: Any, where: str) -> None:
     elif isinstance(value, list):
         for index, item in enumerate(value):
             _exact(item, f"{where}[{index}]")
-    elif isinstance(value, int) and not isinstance(value, bool) and abs(value) > _MAX_EXACT_INT:
+    elif isinstance(value, int) and not isinstance(value, bool) and abs(value) > structs.MAX_EXACT_INT:
         raise UsageError(f"{where}: {value} cannot travel exactly as a Struct number (a double): send it as a string")
     elif isinstance(value, float) and not math.isfinite(value):
         raise UsageError(f"{where}: {value} is not a finite number")
@@ -424,21 +421,6 @@ def _fill_struct(struct, value: dict, what: str) -> None:
         json_format.ParseDict(value, struct)
     except json_format.ParseError as exc:  # a YAML date, say: not a JSON value
         raise UsageError(f"{what}: {exc}") from None
-
-
-def struct_values(struct) -> Any:
-    """A Struct as plain values, whole numbers as ints (a Struct number is a double: 3 arrives as 3.0)."""
-    return _plain(json_format.MessageToDict(struct))
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {key: _plain(item) for key, item in value.items()}
-    if isinstance(value, list):
-        return [_plain(item) for item in value]
-    if isinstance(value, float) and value.is_integer() and abs(value) <= _MAX_EXACT_INT:
-        return int(value)
-    return value
 
 
 def call_summary(response: pb.ExecuteResponse) -> str:
@@ -462,7 +444,7 @@ def evaluation_summary(arm: pb.EvaluationArm) -> str:
     score = f", dev score {arm.score:.3f}" if arm.score else ""
     if arm.error:
         return f"evaluation: version {arm.version} failed in {arm.latency_ms:.1f} ms{score}: {arm.error}"
-    outputs = json.dumps(struct_values(arm.outputs), ensure_ascii=False)
+    outputs = json.dumps(structs.struct_to_dict(arm.outputs), ensure_ascii=False)
     return f"evaluation: version {arm.version} answered in {arm.latency_ms:.1f} ms{score}: {outputs}"
 
 
@@ -682,8 +664,8 @@ def _session_get(args: argparse.Namespace) -> int:
           f"preferred worker {session.preferred_worker}")
     for number, turn in enumerate(session.turns, 1):
         print(f"#{number} {turn.program}")
-        print(f"  inputs:  {json.dumps(struct_values(turn.inputs), ensure_ascii=False)}")
-        print(f"  outputs: {json.dumps(struct_values(turn.outputs), ensure_ascii=False)}")
+        print(f"  inputs:  {json.dumps(structs.struct_to_dict(turn.inputs), ensure_ascii=False)}")
+        print(f"  outputs: {json.dumps(structs.struct_to_dict(turn.outputs), ensure_ascii=False)}")
     return EXIT_OK
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 from google.protobuf import struct_pb2
 
-_MAX_EXACT_INT = 2**53
+MAX_EXACT_INT = 2**53  # a Struct number is a double: integers up to this travel exactly
 
 
 def _from_value(value: Any) -> Any:
@@ -22,7 +22,7 @@ def _from_value(value: Any) -> Any:
         return {key: _from_value(item) for key, item in value.items()}
     if isinstance(value, struct_pb2.ListValue):
         return [_from_value(item) for item in value]
-    if isinstance(value, float) and value.is_integer() and abs(value) < _MAX_EXACT_INT:
+    if isinstance(value, float) and value.is_integer() and abs(value) < MAX_EXACT_INT:
         return int(value)
     return value
 

@@ -10,7 +10,7 @@ from google.protobuf import any_pb2
 from google.rpc import error_details_pb2, status_pb2
 from rich.console import Console
 
-from dspy_pool import client_cli, status_view
+from dspy_pool import client_cli, status_view, structs
 from dspy_pool.client_cli import UsageError
 from dspy_pool.v1 import dspy_pool_pb2 as pb
 
@@ -240,4 +240,4 @@ def test_whole_numbers_in_outputs_print_as_ints():
 
     struct = struct_pb2.Struct()
     struct.update({"pid": 12676, "ratio": 0.5, "nested": [{"n": 3}], "big": 2.0**60})
-    assert client_cli.struct_values(struct) == {"pid": 12676, "ratio": 0.5, "nested": [{"n": 3}], "big": 2.0**60}
+    assert structs.struct_to_dict(struct) == {"pid": 12676, "ratio": 0.5, "nested": [{"n": 3}], "big": 2.0**60}
