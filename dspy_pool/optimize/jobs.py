@@ -386,10 +386,10 @@ class JobManager:
         return waited
 
     async def _job_pending(self, program: str) -> bool:
-        if self._active.get(program) and not self.store.shared:
-            return True
+        """A job of the program queued or running: here (this process's store), or anywhere (a shared one; while it
+        cannot be read, as far as this process knows)."""
         if not self.store.shared:
-            return False
+            return bool(self._active.get(program))
         with contextlib.suppress(StateUnavailable):
             now = time.time()
             return any(record.state == QUEUED or record.lease_expires_at >= now
